@@ -1,0 +1,186 @@
+"""Benchmark the EAT encoder on this machine: matmul rate, forward throughput and model FLOP
+utilisation (MFU), LoRA training throughput and peak memory.
+
+    python bench/encoder.py                              # base + tiny, batch 8, 10 s clips
+    python bench/encoder.py --sizes tiny --forward_iters 5
+
+MFU = achieved FLOP/s of the forward pass (FLOPs counted analytically: patch conv, per block the
+qkv/proj/MLP matmuls and attention's QK^T and AV, 2 FLOPs per multiply-add) over the best measured
+rate of large square matmuls in the same precision (float32 on CPU, bf16 on CUDA). Training FLOPs
+are counted as 2x forward (input gradients only: the backbone's weights are frozen; LoRA is tiny).
+Each (size, mode) runs in a fresh process so that its peak memory (CPU: peak RSS; CUDA:
+torch.cuda.max_memory_allocated) is its own. Targets: CPU base forward MFU >= 0.6; GPU bf16 >= 0.4.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils import autocast, parse_config, resolve_device  # noqa: E402
+
+SIZES = ["base", "tiny"]          # encoder presets to measure
+BATCH_SIZE = 8                    # clips per forward / training step
+FRAMES = 1024                     # frames per clip (10.24 s at 100 frames/s)
+FORWARD_ITERS = 3                 # timed forward batches per size (after WARMUP_ITERS)
+TRAIN_ITERS = 2                   # timed LoRA training steps per size (after WARMUP_ITERS)
+WARMUP_ITERS = 1                  # untimed batches first (allocator, kernels, caches)
+MATMUL_SIZE = 0                   # square matmul side for the peak rate; 0 = 2048 on CPU, 8192 on CUDA
+MATMUL_REPEATS = 5                # timed matmuls; the best one counts
+DEVICE = "auto"                   # "auto" (CUDA when present), "cpu", "cuda"
+AMP = True                        # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
+THREADS = 0                       # torch CPU threads; 0 = torch's default
+TRAIN = True                      # also measure LoRA training steps
+TUNE_ALLOCATOR = True             # CPU: model.tune_cpu_allocator() (no page faults on big activations), as train.py does
+LORA_RANK = 8                     # LoRA rank for the training measurement
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_dtype(device: torch.device, amp: bool) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" and amp else torch.float32
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best FLOP/s of ``size``-square matmuls."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def peak_memory(device: torch.device) -> float:
+    """Peak bytes: CUDA allocations, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Linux reports KiB
+
+
+def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
+    """Best seconds per call of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
+    """One (size, mode) measurement in its own process; puts a result dict on ``queue``."""
+    import model as M
+
+    device = resolve_device(cfg_dict["device"])
+    if cfg_dict["threads"]:
+        torch.set_num_threads(cfg_dict["threads"])
+    if device.type == "cpu" and cfg_dict["tune_allocator"]:
+        M.tune_cpu_allocator()
+    # the machine's matmul rate right here too: MFU is taken against the best rate seen in the run
+    side = cfg_dict["matmul_size"] or (8192 if device.type == "cuda" else 2048)
+    rate = matmul_rate(device, matmul_dtype(device, cfg_dict["amp"]), side, cfg_dict["matmul_repeats"])
+    torch.manual_seed(0)
+    encoder = M.build_encoder(None, size, verbose=False).to(device)
+    x = torch.randn(cfg_dict["batch_size"], 1, cfg_dict["frames"], 128, device=device)
+    amp = cfg_dict["amp"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if mode == "forward":
+        encoder.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast(device, amp):
+                encoder(x)
+
+        seconds = time_calls(step, device, cfg_dict["warmup_iters"], cfg_dict["forward_iters"])
+    else:
+        wrapped = M.add_lora(encoder, cfg_dict["lora_rank"], 2.0 * cfg_dict["lora_rank"], 0.1)
+        model = M.ASDModel(wrapped, M.ArcFaceHead(encoder.embed_dim, 64)).to(device).train()
+        labels = torch.randint(0, 64, (x.shape[0],), device=device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step() -> None:
+            with autocast(device, amp):
+                logits = model(x, labels)
+            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        seconds = time_calls(step, device, cfg_dict["warmup_iters"], cfg_dict["train_iters"])
+    flops = M.forward_flops(encoder.config, cfg_dict["frames"]) * x.shape[0] * (1 if mode == "forward" else 2)
+    queue.put({"size": size, "mode": mode, "seconds": seconds, "matmul_rate": rate, "clips_per_s": x.shape[0] / seconds,
+               "flop_per_s": flops / seconds, "peak_bytes": peak_memory(device),
+               "params": sum(p.numel() for p in encoder.parameters())})
+
+
+def run_isolated(size: str, mode: str, cfg_dict: dict) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=measure, args=(size, mode, cfg_dict, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = parse_config(globals(), argv, description=__doc__)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = matmul_dtype(device, cfg.amp)
+    side = cfg.matmul_size or (8192 if device.type == "cuda" else 2048)
+    peak = matmul_rate(device, dtype, side, cfg.matmul_repeats)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}")
+    print(f"matmul rate ({side}x{side}, {str(dtype).replace('torch.', '')}): {peak / 1e9:.1f} GFLOP/s "
+          f"(best of {cfg.matmul_repeats})")
+    cfg_dict = vars(cfg)
+    rows = []
+    for size in cfg.sizes:
+        for mode in ["forward"] + (["train"] if cfg.train else []):
+            row = run_isolated(size, mode, cfg_dict)
+            rows.append(row)
+            print(f"  measured {size} {mode}: {row['clips_per_s']:.2f} clips/s "
+                  f"(matmul rate there {row['matmul_rate'] / 1e9:.1f} GFLOP/s)", flush=True)
+    peak = max([peak] + [r["matmul_rate"] for r in rows])
+    for row in rows:
+        row["mfu"] = row["flop_per_s"] / peak
+    print(f"best matmul rate in the run: {peak / 1e9:.1f} GFLOP/s (the MFU denominator)")
+    precision = "bf16 autocast" if device.type == "cuda" and cfg.amp else "float32"
+    print(f"\nEAT encoder, batch {cfg.batch_size} x {cfg.frames} frames ({precision}; best of "
+          f"{cfg.forward_iters} forward / {cfg.train_iters} train iterations)")
+    header = f"{'size':<6} {'mode':<8} {'params':>8} {'s/batch':>8} {'clips/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'peak mem':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['size']:<6} {r['mode']:<8} {r['params'] / 1e6:>7.1f}M {r['seconds']:>8.2f} {r['clips_per_s']:>8.2f} "
+              f"{r['flop_per_s'] / 1e9:>8.1f} {r['mfu']:>6.2f} {r['peak_bytes'] / 2 ** 30:>7.2f}GB")
+    print("peak mem: " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                          "peak RSS of the measuring process (includes the Python/torch runtime)"))
+    print("train MFU counts 2x forward FLOPs (frozen backbone: no weight gradients)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Benchmark of the ensemble scorer's pieces (every constant can be set from the command line).
+
+    python bench/scoring.py --n_test 2000 --n_normal 10000 --dim 768
+
+1. k-NN scoring (normalise, one matrix product, top-k, mean) of N_TEST test embeddings against
+   N_NORMAL normal embeddings, timed against one raw matmul of the same shapes in the same run
+   (target: within 2x of the matmul).
+2. Per-clip cost of the signal statistics (preprocessing.signal_stats) on CLIP_SECONDS clips.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluate import knn_distance                       # noqa: E402
+import preprocessing                                   # noqa: E402
+from utils import parse_config, print_config            # noqa: E402
+
+N_TEST = 2000            # test embeddings
+N_NORMAL = 10000         # normal (memory bank) embeddings
+DIM = 768                # embedding width (EAT-base)
+K = 1                    # neighbours
+REPEATS = 5              # timed repetitions (median reported), after one warm-up
+STATS_CLIPS = 20         # clips timed for the statistics
+CLIP_SECONDS = 10.0      # clip length for the statistics
+THREADS = 0              # torch threads; 0 = torch's default
+SEED = 0
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_knn(cfg) -> dict:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    test = torch.randn(cfg.n_test, cfg.dim, generator=generator)
+    bank = torch.randn(cfg.n_normal, cfg.dim, generator=generator)
+    matmul_s = timed(lambda: test @ bank.T, cfg.repeats)
+    knn_s = timed(lambda: knn_distance(test, bank, cfg.k), cfg.repeats)
+    return {"matmul_s": matmul_s, "knn_s": knn_s, "ratio": knn_s / matmul_s}
+
+
+def bench_stats(cfg) -> dict:
+    rng = np.random.default_rng(cfg.seed)
+    n = int(cfg.clip_seconds * preprocessing.SAMPLE_RATE)
+    t = np.arange(n) / preprocessing.SAMPLE_RATE
+    clips = [(0.1 * rng.normal(size=n) + 0.3 * np.sin(2 * np.pi * rng.uniform(50, 4000) * t)).astype(np.float32)
+             for _ in range(cfg.stats_clips)]
+    preprocessing.signal_stats(clips[0])                             # warm-up
+    start = time.perf_counter()
+    for clip in clips:
+        preprocessing.signal_stats(clip)
+    per_clip = (time.perf_counter() - start) / len(clips)
+    return {"stats_per_clip_ms": per_clip * 1000}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(globals(), argv, description=__doc__)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    print_config(cfg)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    knn = bench_knn(cfg)
+    flops = 2 * cfg.n_test * cfg.n_normal * cfg.dim
+    print(f"raw matmul [{cfg.n_test}x{cfg.dim}] @ [{cfg.dim}x{cfg.n_normal}]: {knn['matmul_s'] * 1000:.1f} ms "
+          f"({flops / knn['matmul_s'] / 1e9:.1f} GFLOP/s)")
+    print(f"k-NN scoring (k={cfg.k}):                  {knn['knn_s'] * 1000:.1f} ms "
+          f"= {knn['ratio']:.2f}x the matmul (target <= 2x: {'met' if knn['ratio'] <= 2 else 'NOT met'})")
+    stats = bench_stats(cfg)
+    print(f"signal statistics on {cfg.clip_seconds:g} s clips: {stats['stats_per_clip_ms']:.1f} ms per clip "
+          f"({cfg.stats_clips} clips)")
+    return knn | stats
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Check a DCASE data folder before training: what it holds, and every problem in it.
+
+    python datashape.py --data_dir dev_data
+
+Prints per machine type and split the clip counts by section, domain and label, the durations,
+sample rates and channels, the attribute values seen and the fbank shape EAT will get. Exits
+non-zero with a list of every problem: file names that follow no DCASE scheme, attributes that
+disagree with attributes_XX.csv, empty, truncated, corrupt, silent or NaN clips, mixed sample rates,
+and machine types without train or test clips.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from dataset import (SPLITS as DCASE_SPLITS, ClipNameError, apply_attribute_row, attribute_row_for,
+                     machine_type_dirs, parse_clip_name, read_attribute_tables, wav_files)
+from preprocessing import NUM_MEL_BINS, SAMPLE_RATE, AudioError, check_wav_header, num_frames
+from utils import parse_config
+
+DATA_DIR = "dev_data"            # folder with <machine_type>/{train,test}/*.wav
+MACHINE_TYPES = []               # machine types to check (empty: all)
+SPLITS = ["train", "test"]       # splits every machine type must have
+DECODE = True                    # read every clip's samples to find silent or NaN clips (False: headers only)
+TARGET_FRAMES = 1024             # model input length in frames (EAT: 1024)
+PROGRESS = True                  # progress bar while reading clips
+
+
+@dataclass
+class SplitSummary:
+    """What one machine type's split holds."""
+
+    clips: int = 0
+    sections: Counter = field(default_factory=Counter)
+    domains: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    durations: list = field(default_factory=list)
+    sample_rates: Counter = field(default_factory=Counter)
+    channels: Counter = field(default_factory=Counter)
+    subtypes: Counter = field(default_factory=Counter)
+    attributes: dict = field(default_factory=lambda: defaultdict(set))
+    frames: Counter = field(default_factory=Counter)      # fbank frames -> clips
+
+
+def inspect_audio(path: Path, decode: bool) -> tuple[sf._SoundFileInfo | None, str | None]:
+    """(soundfile info, None) for a usable clip, else (info or None, what is wrong)."""
+    try:
+        check_wav_header(path)
+        info = sf.info(str(path))
+    except AudioError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"{path}: unreadable audio file ({exc})"
+    if info.frames == 0:
+        return info, f"{path}: empty audio file (0 samples)"
+    if not decode:
+        return info, None
+    try:
+        dtype = "int16" if info.subtype == "PCM_16" else "float32"
+        data, _ = sf.read(str(path), dtype=dtype)
+    except Exception as exc:
+        return info, f"{path}: corrupt audio data ({exc})"
+    if data.size == 0:
+        return info, f"{path}: empty audio file (0 samples)"
+    if dtype == "float32" and not np.isfinite(data).all():
+        return info, f"{path}: audio contains NaN or infinite samples"
+    if not np.any(data):
+        return info, f"{path}: clip is all silent (every sample is zero)"
+    return info, None
+
+
+def fbank_frames(samples: int, sample_rate: int) -> int:
+    """Frames of EAT's fbank for a clip of ``samples`` at ``sample_rate`` (after resampling to 16 kHz)."""
+    return num_frames(math.ceil(samples * SAMPLE_RATE / sample_rate))
+
+
+def check_split(machine_dir: Path, split: str, rows: dict, cfg, problems: list[str]) -> SplitSummary:
+    """Parse and inspect every clip of one machine type's split, adding what is wrong to ``problems``."""
+    summary = SplitSummary()
+    files = wav_files(machine_dir / split)
+    for path in tqdm(files, desc=f"{machine_dir.name}/{split}", disable=not cfg.progress, leave=False, file=sys.stdout):
+        try:
+            record = apply_attribute_row(parse_clip_name(path, machine_dir.name, split), attribute_row_for(rows, path))
+        except (ClipNameError, ValueError) as exc:
+            problems.append(str(exc))
+            record = None
+        info, problem = inspect_audio(path, cfg.decode)
+        if problem:
+            problems.append(problem)
+        if info is not None:
+            summary.sample_rates[info.samplerate] += 1
+            summary.channels[info.channels] += 1
+            summary.subtypes[info.subtype] += 1
+            summary.durations.append(info.frames / info.samplerate)
+        if record is None:
+            continue
+        summary.clips += 1
+        summary.sections[record.section] += 1
+        summary.domains[record.domain or "-"] += 1
+        summary.labels[record.label] += 1
+        for key, value in record.attributes:
+            summary.attributes[key].add(value)
+        if problem is None and info is not None:
+            summary.frames[fbank_frames(info.frames, info.samplerate)] += 1
+    return summary
+
+
+def counts(counter: Counter) -> str:
+    return " ".join(f"{key}:{n}" for key, n in sorted(counter.items(), key=lambda kv: str(kv[0])))
+
+
+def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int) -> None:
+    if s.clips == 0 and not s.durations:
+        print(f"  {split:<5} no clips")
+        return
+    print(f"  {split:<5} {s.clips} clips | sections {counts(s.sections)} | domains {counts(s.domains)} | labels {counts(s.labels)}")
+    if s.durations:
+        d = np.asarray(s.durations)
+        print(f"        duration {d.mean():.2f} s (min {d.min():.2f}, max {d.max():.2f}) | "
+              f"rate {counts(s.sample_rates)} Hz | channels {counts(s.channels)} | {counts(s.subtypes)}")
+    if s.frames:
+        frames = s.frames.most_common(1)[0][0]
+        spread = f" (clips span {min(s.frames)}..{max(s.frames)} frames)" if len(s.frames) > 1 else ""
+        fit = "pad" if frames < target_frames else ("crop" if frames > target_frames else "exact")
+        windows = -(-frames // target_frames)
+        print(f"        fbank [{frames}, {NUM_MEL_BINS}]{spread} -> model input [1, {target_frames}, {NUM_MEL_BINS}] "
+              f"({fit}; {windows} window{'s' if windows > 1 else ''} to cover the clip)")
+    if s.attributes:
+        print("        attributes " + " | ".join(f"{k} = {', '.join(sorted(v))}" for k, v in s.attributes.items()))
+
+
+def check_sample_rates(summaries: dict, problems: list[str]) -> None:
+    rates = Counter()
+    for s in summaries.values():
+        rates.update(s.sample_rates)
+    if len(rates) > 1:
+        problems.append(f"mixed sample rates: {counts(rates)} (Hz:clips); every clip should have the same rate")
+    elif rates and next(iter(rates)) != SAMPLE_RATE:
+        print(f"note: clips are {next(iter(rates))} Hz; they will be resampled to {SAMPLE_RATE} Hz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(globals(), argv, description=__doc__.split("\n")[0])
+    problems: list[str] = []
+    try:
+        machine_dirs = machine_type_dirs(cfg.data_dir, cfg.machine_types or None)
+    except FileNotFoundError as exc:
+        print(f"PROBLEM: {exc}")
+        return 1
+    bad_splits = [s for s in cfg.splits if s not in DCASE_SPLITS]
+    if bad_splits:
+        print(f"PROBLEM: unknown split(s) {bad_splits}; expected {list(DCASE_SPLITS)}")
+        return 1
+    summaries = {}
+    print(f"data folder {cfg.data_dir}: {len(machine_dirs)} machine types")
+    for machine_dir in machine_dirs:
+        machine = machine_dir.name
+        try:
+            rows = read_attribute_tables(machine_dir)
+        except (ValueError, KeyError, OSError) as exc:
+            problems.append(f"{machine_dir}: unreadable attributes CSV ({exc})")
+            rows = {}
+        print(f"\n== {machine} ==" + (f" (attributes CSV: {len(rows)} rows)" if rows else ""))
+        for split in cfg.splits:
+            summary = check_split(machine_dir, split, rows, cfg, problems)
+            summaries[machine, split] = summary
+            if summary.clips == 0 and not wav_files(machine_dir / split):
+                problems.append(f"{machine}: no {split} clips in {machine_dir / split}")
+            print_summary(machine, split, summary, cfg.target_frames)
+    check_sample_rates(summaries, problems)
+    if problems:
+        print(f"\n{len(problems)} problem(s) found:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print("\nno problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Run the whole pipeline in order: check data, train, embed, Deep SVDD, ensemble, one summary table.
+
+    python run_all.py                                   # dev_data/ if present, else the demo
+    python run_all.py --data_dir /data/dcase2023/dev_data --eat_checkpoint ~/EAT-base_epoch30_pretrain
+    python run_all.py train.epochs=20 evaluate.k=3 evaluate.w=0.7    # pass any script's constant
+
+Each step is a subprocess of this Python. A step is skipped when its outputs exist and its
+command, its script and its inputs are unchanged since it last succeeded (a stamp under
+RUN_DIR/.stamps/); otherwise it runs. The first failing step stops the run with its own error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from utils import atomic_write_text, parse_config
+
+DATA_DIR = "dev_data"          # real DCASE data (<machine>/{train,test}/*.wav); the demo runs when it is missing
+DEMO_DIR = "demo_data"         # where the synthetic demo data set is generated
+RUNS_DIR = "runs"              # every output goes to RUNS_DIR/<name of the data folder>/
+EAT_CHECKPOINT = None          # local folder of a released EAT checkpoint (HF layout); None = random init
+MODEL_SIZE = "base"            # encoder size when EAT_CHECKPOINT is None on real data (demo: tiny)
+DEVICE = "auto"                # auto | cpu | cuda
+FORCE = False                  # rerun every step even if its outputs are up to date
+DEMO_CLIP_SECONDS = 4.0        # demo clip length: short clips keep the CPU demo under 10 minutes
+DEMO_EPOCHS = 4                # demo training epochs
+DEMO_TARGET_FRAMES = 400       # demo fbank length (4 s clips give 398 frames)
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass
+class Step:
+    """One pipeline stage: a command, the files it reads and the files it must leave behind."""
+
+    name: str
+    command: list[str]
+    inputs: list[Path] = dataclasses.field(default_factory=list)
+    outputs: list[Path] = dataclasses.field(default_factory=list)
+    always_run: bool = False    # checks with no outputs (datashape) run every time
+
+
+class StepFailed(RuntimeError):
+    """A step exited non-zero; the message carries the step's own last lines of output."""
+
+
+def _file_signature(path: Path) -> list:
+    """What identifies a file's content cheaply: size and mtime for files, recursively for folders."""
+    if not path.exists():
+        return [str(path), None]
+    if path.is_file():
+        stat = path.stat()
+        return [str(path), stat.st_size, stat.st_mtime_ns]
+    entries = []
+    for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        stat = child.stat()
+        entries.append([str(child.relative_to(path)), stat.st_size, stat.st_mtime_ns])
+    return [str(path), hashlib.sha1(json.dumps(entries).encode()).hexdigest()]
+
+
+def step_signature(step: Step) -> str:
+    """A hash of everything that should trigger a rerun: command, script source and inputs."""
+    scripts = [Path(part) for part in step.command if part.endswith(".py") and Path(part).is_file()]
+    script_hashes = [hashlib.sha1(p.read_bytes()).hexdigest() for p in scripts]
+    payload = {"command": step.command[1:], "scripts": script_hashes,
+               "inputs": [_file_signature(p) for p in step.inputs]}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_up_to_date(step: Step, stamp_dir: Path) -> bool:
+    stamp = stamp_dir / f"{step.name}.json"
+    if step.always_run or not stamp.exists() or not all(p.exists() for p in step.outputs):
+        return False
+    recorded = json.loads(stamp.read_text())
+    return recorded.get("signature") == step_signature(step)
+
+
+def run_step(step: Step, tail_lines: int = 25) -> None:
+    """Run one step, passing its output through unchanged (progress bars included); raise
+    StepFailed with its last lines if it fails."""
+    process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               cwd=SCRIPT_DIR, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    tail: deque[bytes] = deque(maxlen=tail_lines)
+    pending = b""
+    while chunk := process.stdout.read1(65536):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        pending += chunk
+        *complete, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        tail.extend(line for line in complete if line.strip())
+    if pending.strip():
+        tail.append(pending)
+    code = process.wait()
+    if code != 0:
+        shown = "\n".join(f"    {line.decode(errors='replace')}" for line in tail)
+        raise StepFailed(f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
+                         f"  its last output:\n{shown}")
+
+
+def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> list[str]:
+    """Run steps in order, skipping up-to-date ones. Returns the names of the steps that ran."""
+    stamp_dir.mkdir(parents=True, exist_ok=True)
+    ran = []
+    for index, step in enumerate(steps, 1):
+        header = f"[{index}/{len(steps)}] {step.name}"
+        if not force and is_up_to_date(step, stamp_dir):
+            print(f"{header}: up to date, skipped", flush=True)
+            continue
+        # A step that reruns invalidates what it produced before, even if it now fails.
+        (stamp_dir / f"{step.name}.json").unlink(missing_ok=True)
+        print(f"\n{'=' * 78}\n{header}: {' '.join(step.command[1:])}\n{'=' * 78}", flush=True)
+        started = time.time()
+        run_step(step)
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            raise StepFailed(f"step '{step.name}' exited 0 but did not write: {', '.join(missing)}")
+        atomic_write_text(json.dumps({"signature": step_signature(step),
+                                      "seconds": round(time.time() - started, 1)}),
+                          stamp_dir / f"{step.name}.json")
+        ran.append(step.name)
+    return ran
+
+
+# -----------------------------------------------------------------------------
+# the pipeline
+
+STEP_NAMES = ("demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
+              "evaluate_deepSVDD", "evaluate")
+SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
+
+
+def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate ``step.constant=value`` words (passed on to that step's script) from run_all's own."""
+    own, overrides = [], {name: [] for name in STEP_NAMES}
+    for word in argv:
+        head, dot, rest = word.partition(".")
+        head = head.removesuffix(".py")
+        if dot and "=" in rest and not word.startswith("-"):
+            if rest.startswith("py."):
+                rest = rest[3:]
+            if head not in overrides:
+                raise SystemExit(f"unknown step {head!r} in {word!r}; steps: {', '.join(STEP_NAMES)}")
+            constant, _, value = rest.partition("=")
+            overrides[head] += [f"--{constant.lower()}", value]
+        else:
+            own.append(word)
+    return own, overrides
+
+
+def _script(name: str) -> list[str]:
+    return [sys.executable, f"{name}.py"]
+
+
+def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
+                overrides: dict[str, list[str]]) -> list[Step]:
+    """The pipeline's steps with every output under ``run_dir``."""
+    model = run_dir / "best_encoder_model.pth"
+    embeddings = [run_dir / name for name in ("normal_embeddings.pt", "normal_stats.pt",
+                                              "test_embeddings.pt", "test_stats.pt")]
+    svdd_dir = run_dir / "svdd_models_per_type"
+    results = run_dir / "results"
+    checkpoint = str(cfg.eat_checkpoint) if cfg.eat_checkpoint else "none"
+    common = ["--data_dir", str(data_dir), "--device", cfg.device]
+    shared_paths = ["--model_path", str(model), "--embed_dir", str(run_dir)]
+    train_args = ["--eat_checkpoint", checkpoint, "--model_size", "tiny" if demo else cfg.model_size,
+                  "--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
+    if demo:
+        train_args += ["--epochs", str(cfg.demo_epochs), "--target_frames", str(cfg.demo_target_frames),
+                       "--batch_size", "8", "--time_mask", "40", "--num_workers", "0"]
+    checkpoint_inputs = [Path(cfg.eat_checkpoint).expanduser()] if cfg.eat_checkpoint else []
+    steps = []
+    if demo:
+        steps.append(Step("demo_data", _script("make_demo_data") + [
+            "--out_dir", str(data_dir), "--clip_seconds", str(cfg.demo_clip_seconds)]
+            + overrides["demo_data"], outputs=[data_dir / "manifest.json"]))
+    steps += [
+        Step("datashape", _script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
+             always_run=True),
+        Step("train", _script("train") + common + train_args + overrides["train"],
+             inputs=[data_dir] + checkpoint_inputs, outputs=[model]),
+        Step("extract_embeddings", _script("extract_embeddings") + common + shared_paths
+             + overrides["extract_embeddings"], inputs=[data_dir, model], outputs=embeddings),
+        Step("train_deepSVDD", _script("train_deepSVDD") + common + shared_paths
+             + ["--svdd_dir", str(svdd_dir)] + overrides["train_deepSVDD"],
+             inputs=embeddings[:2], outputs=[svdd_dir]),
+        Step("evaluate_deepSVDD", _script("evaluate_deepSVDD") + common + shared_paths
+             + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
+             + overrides["evaluate_deepSVDD"],
+             inputs=embeddings + [svdd_dir], outputs=[results / "deepsvdd" / "summary.json"]),
+        Step("evaluate", _script("evaluate") + common + shared_paths
+             + ["--results_dir", str(results / "ensemble")] + overrides["evaluate"],
+             inputs=embeddings, outputs=[results / "ensemble" / "summary.json"]),
+    ]
+    return steps
+
+
+# -----------------------------------------------------------------------------
+# the closing table
+
+
+def comparison_rows(summaries: dict[str, dict]) -> list[dict]:
+    """Per machine type and scorer: mean AUCs and pAUC over sections, their harmonic mean;
+    then one 'all' row per scorer holding the official score."""
+    from metrics import harmonic_mean
+
+    rows = []
+    machines = sorted({s["machine_type"] for summary in summaries.values() for s in summary["sections"]})
+    for machine in machines + ["all"]:
+        for scorer, summary in summaries.items():
+            sections = [s for s in summary["sections"] if machine in ("all", s["machine_type"])]
+            row = {"machine_type": machine, "scorer": SCORERS.get(scorer, scorer)}
+            for key in ("auc_source", "auc_target", "auc", "pauc"):
+                values = [s[key] for s in sections if s.get(key) is not None]
+                row[key] = harmonic_mean(values) if values else None
+            values = [s[k] for s in sections for k in ("auc_source", "auc_target", "auc", "pauc")
+                      if s.get(k) is not None]
+            row["score"] = (summary.get("official_score") if machine == "all"
+                            else (harmonic_mean(values) if values else None))
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict], title: str) -> str:
+    columns = [("machine_type", "machine type"), ("scorer", "scorer"), ("auc_source", "AUC (source)"),
+               ("auc_target", "AUC (target)"), ("auc", "AUC"), ("pauc", "pAUC"), ("score", "h-mean")]
+    columns = [(k, n) for k, n in columns if any(r.get(k) is not None for r in rows)]
+    cell = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    widths = [max(len(n), *(len(cell(r.get(k))) for r in rows)) for k, n in columns]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [f"=== {title} ===", line([n for _, n in columns]), "-" * len(line([n for _, n in columns]))]
+    for row in rows:
+        out.append(line([cell(row.get(k)) for k, _ in columns]))
+    officials = ", ".join(f"{r['scorer']} {cell(r['score'])}" for r in rows if r["machine_type"] == "all")
+    out.append("(h-mean: harmonic mean of a machine type's AUC and pAUC values; on the 'all' rows it is "
+               "the official score)")
+    out.append(f"official score: {officials}")
+    return "\n".join(out)
+
+
+def write_comparison(rows: list[dict], path: Path) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["machine_type", "scorer", "auc_source", "auc_target",
+                                                "auc", "pauc", "score"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    atomic_write_text(buffer.getvalue(), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    own_args, overrides = split_step_overrides(list(sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(globals(), own_args, description=__doc__.split("\n")[0])
+    data_dir = Path(cfg.data_dir)
+    demo = not data_dir.exists()
+    if demo:
+        print(f"No {data_dir}/ found: running the demo on synthetic data in {cfg.demo_dir}/ with the "
+              f"tiny encoder (pass --data_dir to use real DCASE data).")
+        data_dir = Path(cfg.demo_dir)
+    run_dir = Path(cfg.runs_dir) / data_dir.resolve().name
+    steps = build_steps(cfg, data_dir, run_dir, demo, overrides)
+    started = time.time()
+    try:
+        ran = run_pipeline(steps, run_dir / ".stamps", force=cfg.force)
+    except StepFailed as error:
+        print(f"\nrun_all: {error}", file=sys.stderr)
+        return 1
+    summaries = {name: json.loads((run_dir / "results" / name / "summary.json").read_text())
+                 for name in SCORERS}
+    rows = comparison_rows(summaries)
+    write_comparison(rows, run_dir / "results" / "comparison.csv")
+    print("\n" + format_comparison(rows, f"both scorers on {data_dir}"))
+    print(f"\nran {len(ran)} of {len(steps)} steps in {time.time() - started:.0f} s. Results (official CSVs, "
+          f"summaries, ROC and histogram plots): {run_dir / 'results'}/{{deepsvdd,ensemble}}/; "
+          f"table: {run_dir / 'results' / 'comparison.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

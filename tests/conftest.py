@@ -1,0 +1,38 @@
+"""Shared fixtures: the real DCASE sample clips and a tiny synthetic demo tree."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "shared" / "dcase_samples"
+
+# tiny demo tree: 3 machine types x (6 source + 2 target train normals, 1 normal + 1 anomaly test
+# clip per domain), 2 s clips; small enough for training/evaluation tests on CPU
+TINY_DEMO_ARGS = [
+    "--clip_seconds", "2", "--source_train", "6", "--target_train", "2",
+    "--test_normal", "1", "--test_anomaly", "1", "--progress", "false",
+]
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """../shared/dcase_samples beside the checkout (64 real DCASE clips); skips when absent."""
+    if not SAMPLES_DIR.is_dir():
+        pytest.skip(f"real DCASE sample clips not found at {SAMPLES_DIR}")
+    return SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_dir(tmp_path_factory) -> Path:
+    """A tiny DCASE-2023-style demo_data tree (fan, gearbox, pump; 8 train + 4 test clips each, 2 s)."""
+    import make_demo_data
+
+    out_dir = tmp_path_factory.mktemp("tiny_demo") / "demo_data"
+    make_demo_data.main(["--out_dir", str(out_dir), *TINY_DEMO_ARGS])
+    return out_dir

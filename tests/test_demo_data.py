@@ -1,0 +1,94 @@
+"""The synthetic demo data: layout, names, determinism, skipping, and anomalies that are findable but not trivial."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from sklearn.metrics import roc_auc_score
+
+import make_demo_data
+from dataset import discover_clips, read_attribute_tables
+from preprocessing import signal_stats
+
+SMALL = ["--clip_seconds", "1", "--source_train", "2", "--target_train", "1", "--test_normal", "1",
+         "--test_anomaly", "2", "--progress", "false"]
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_tiny_tree_layout(tiny_demo_dir):
+    records = discover_clips(tiny_demo_dir)
+    assert {r.machine_type for r in records} == {"fan", "gearbox", "pump"}
+    for machine in ("fan", "gearbox", "pump"):
+        mine = [r for r in records if r.machine_type == machine]
+        counts = Counter((r.split, r.domain, r.label) for r in mine)
+        assert counts == {("train", "source", "normal"): 6, ("train", "target", "normal"): 2,
+                          ("test", "source", "normal"): 1, ("test", "source", "anomaly"): 1,
+                          ("test", "target", "normal"): 1, ("test", "target", "anomaly"): 1}
+        values = {r.attributes for r in mine if r.split == "train"}
+        assert len(values) == 2 and all(len(v) == 1 for v in values)
+        rows = read_attribute_tables(tiny_demo_dir / machine)
+        assert len(rows) == len(mine)
+    info = sf.info(str(records[0].path))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 32000, "PCM_16")
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    first = make_demo_data.main(["--out_dir", str(tmp_path / "a"), *SMALL])
+    second = make_demo_data.main(["--out_dir", str(tmp_path / "b"), *SMALL])
+    other = make_demo_data.main(["--out_dir", str(tmp_path / "c"), "--seed", "1", *SMALL])
+    a, b, c = digest(first), digest(second), digest(other)
+    assert a == b and len(a) == 3 * 9 + 3 + 1                   # clips, attribute CSVs, manifest
+    wavs = [k for k in a if k.endswith(".wav")]
+    assert all(a[k] != c[k] for k in wavs)
+
+
+def test_complete_tree_is_skipped_and_changed_settings_rebuild(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "demo"
+    make_demo_data.main(["--out_dir", str(out), *SMALL])
+    before = digest(out)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete tree must not be rewritten")
+
+    monkeypatch.setattr(make_demo_data, "write_wav", fail)
+    make_demo_data.main(["--out_dir", str(out), *SMALL])
+    assert "already complete" in capsys.readouterr().out
+    monkeypatch.undo()
+    make_demo_data.main(["--out_dir", str(out), *SMALL, "--source_train", "1", "--machine_types", "fan"])
+    after = digest(out)
+    assert len([k for k in after if k.endswith(".wav")]) == 8     # fan only: 1 + 1 train, 6 test
+    assert not list((out / "pump").rglob("*.wav"))              # stale clips of the old settings are gone
+    assert after != before
+
+
+def test_refuses_to_write_into_a_foreign_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not made by make_demo_data"):
+        make_demo_data.main(["--out_dir", str(tmp_path / "data"), *SMALL])
+
+
+def test_anomalies_are_detectable_but_not_trivial(tmp_path):
+    """A plain nearest-neighbour detector on signal statistics: better than chance, worse than perfect."""
+    out = make_demo_data.main(["--out_dir", str(tmp_path / "demo"), "--clip_seconds", "1.5", "--source_train", "10",
+                               "--target_train", "2", "--test_normal", "4", "--test_anomaly", "6",
+                               "--progress", "false"])
+    records = discover_clips(out)
+    stats = {r.path: signal_stats(sf.read(r.path, dtype="float32")[0]) for r in records}
+    aucs = []
+    for machine in ("fan", "gearbox", "pump"):
+        train = np.stack([stats[r.path] for r in records if r.machine_type == machine and r.split == "train"])
+        mean, std = train.mean(0), train.std(0) + 1e-6
+        test = [r for r in records if r.machine_type == machine and r.split == "test"]
+        z = (np.stack([stats[r.path] for r in test]) - mean) / std
+        scores = np.linalg.norm(z[:, None] - ((train - mean) / std)[None], axis=-1).min(1)
+        aucs.append(roc_auc_score([r.is_anomaly for r in test], scores))
+    assert 0.6 < np.mean(aucs) < 0.99, aucs
