@@ -126,6 +126,9 @@ def normalise_fbank(log_mel: torch.Tensor) -> torch.Tensor:
     return (log_mel - FBANK_MEAN) / (2 * FBANK_STD)
 
 
+PAD_VALUE = -FBANK_MEAN / (2 * FBANK_STD)   # a zero log-mel frame after normalisation
+
+
 def _check_wave(wav: torch.Tensor) -> torch.Tensor:
     wav = torch.as_tensor(wav, dtype=torch.float32)
     if wav.shape[-1] < _WINDOW_SIZE:
@@ -189,11 +192,15 @@ def wavs_to_fbank_batch(wavs: torch.Tensor, device: str | torch.device = "auto",
 
 
 def pad_or_crop(fbank: torch.Tensor, target_frames: int = TARGET_FRAMES) -> torch.Tensor:
-    """Zero-pad at the end or crop from the start to exactly ``target_frames`` frames."""
+    """Pad at the end or crop from the start to exactly ``target_frames`` frames.
+
+    EAT's recipe zero-pads the raw log-mel and normalises afterwards, so padded frames of a
+    normalised fbank hold the normalised zero, PAD_VALUE (about 0.467), not 0.
+    """
     frames = fbank.shape[0]
     if frames >= target_frames:
         return fbank[:target_frames]
-    return torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - frames))
+    return torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - frames), value=PAD_VALUE)
 
 
 def split_windows(fbank: torch.Tensor, target_frames: int = TARGET_FRAMES) -> torch.Tensor:

@@ -29,9 +29,11 @@ EAT_CHECKPOINT = None          # local folder of a released EAT checkpoint (HF l
 MODEL_SIZE = "base"            # encoder size when EAT_CHECKPOINT is None on real data (demo: tiny)
 DEVICE = "auto"                # auto | cpu | cuda
 FORCE = False                  # rerun every step even if its outputs are up to date
-DEMO_CLIP_SECONDS = 4.0        # demo clip length: short clips keep the CPU demo under 10 minutes
-DEMO_EPOCHS = 4                # demo training epochs
-DEMO_TARGET_FRAMES = 400       # demo fbank length (4 s clips give 398 frames)
+DEMO_CLIP_SECONDS = 10.0       # demo clip length (DCASE clips are 10 s)
+DEMO_TARGET_FRAMES = 1024      # demo fbank length, as for EAT on real data
+DEMO_EPOCHS = 8                # demo training epochs (tiny encoder, about 10 s each on 2 CPU cores)
+DEMO_LEARNING_RATE = 1e-3      # demo LoRA learning rate: a random tiny encoder needs more than 3e-4
+DEMO_SVDD_USE_STATS = True     # demo Deep SVDD also sees the signal statistics (random-encoder embeddings are weak)
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 
@@ -132,14 +134,14 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
 # -----------------------------------------------------------------------------
 # the pipeline
 
-STEP_NAMES = ("demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
+_STEP_NAMES = ("demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
               "evaluate_deepSVDD", "evaluate")
 SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
 
 
 def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Separate ``step.constant=value`` words (passed on to that step's script) from run_all's own."""
-    own, overrides = [], {name: [] for name in STEP_NAMES}
+    own, overrides = [], {name: [] for name in _STEP_NAMES}
     for word in argv:
         head, dot, rest = word.partition(".")
         head = head.removesuffix(".py")
@@ -147,7 +149,7 @@ def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str
             if rest.startswith("py."):
                 rest = rest[3:]
             if head not in overrides:
-                raise SystemExit(f"unknown step {head!r} in {word!r}; steps: {', '.join(STEP_NAMES)}")
+                raise SystemExit(f"unknown step {head!r} in {word!r}; steps: {', '.join(_STEP_NAMES)}")
             constant, _, value = rest.partition("=")
             overrides[head] += [f"--{constant.lower()}", value]
         else:
@@ -174,7 +176,9 @@ def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
                   "--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
     if demo:
         train_args += ["--epochs", str(cfg.demo_epochs), "--target_frames", str(cfg.demo_target_frames),
-                       "--batch_size", "8", "--time_mask", "40", "--num_workers", "0"]
+                       "--learning_rate", str(cfg.demo_learning_rate), "--batch_size", "8",
+                       "--time_mask", "40", "--num_workers", "0"]
+    svdd_args = ["--use_stats", str(cfg.demo_svdd_use_stats)] if demo else []
     checkpoint_inputs = [Path(cfg.eat_checkpoint).expanduser()] if cfg.eat_checkpoint else []
     steps = []
     if demo:
@@ -189,7 +193,7 @@ def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
         Step("extract_embeddings", _script("extract_embeddings") + common + shared_paths
              + overrides["extract_embeddings"], inputs=[data_dir, model], outputs=embeddings),
         Step("train_deepSVDD", _script("train_deepSVDD") + common + shared_paths
-             + ["--svdd_dir", str(svdd_dir)] + overrides["train_deepSVDD"],
+             + ["--svdd_dir", str(svdd_dir)] + svdd_args + overrides["train_deepSVDD"],
              inputs=embeddings[:2], outputs=[svdd_dir]),
         Step("evaluate_deepSVDD", _script("evaluate_deepSVDD") + common + shared_paths
              + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]

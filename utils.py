@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -15,6 +16,10 @@ import numpy as np
 import torch
 
 _CONFIG_TYPES = (bool, int, float, str, type(None), list, tuple)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the script's docstring as written and shows every default."""
 
 
 def _parse_bool(text: str) -> bool:
@@ -53,12 +58,30 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     return str
 
 
+def _assigned_at_top_level(source_file: str) -> dict[str, str]:
+    """{name: trailing comment} for the names a module assigns itself (``X = ...  # comment``),
+    so constants it imports are left out and each option's help is the constant's comment."""
+    source = Path(source_file).read_text()
+    lines = source.splitlines()
+    names: dict[str, str] = {}
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        line = lines[node.end_lineno - 1]
+        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+        names.update((t.id, comment) for t in targets if isinstance(t, ast.Name))
+    return names
+
+
 def config_constants(module_globals: dict[str, Any]) -> dict[str, Any]:
-    """The UPPER_CASE constants of a script, in the order they are defined."""
+    """The UPPER_CASE constants a script defines itself, in the order they are defined."""
+    source_file = module_globals.get("__file__")
+    own_names = _assigned_at_top_level(source_file) if source_file else None
     return {
         name: value
         for name, value in module_globals.items()
         if name.isupper() and not name.startswith("_") and isinstance(value, _CONFIG_TYPES)
+        and (own_names is None or name in own_names)
     }
 
 
@@ -76,9 +99,12 @@ def parse_config(
     leaves the module's globals untouched, so tests can call ``main([...])`` repeatedly.
     """
     constants = config_constants(module_globals)
+    source_file = module_globals.get("__file__")
+    comments = _assigned_at_top_level(source_file) if source_file else {}
     parser = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
     )
     extra_flags: dict[str, list[str]] = {}
     for flag, name in (aliases or {}).items():
@@ -90,8 +116,8 @@ def parse_config(
         flags.append(f"--{name}")
         flags += extra_flags.get(name, [])
         parser.add_argument(
-            *flags, dest=name.lower(), type=_parser_for(default), default=default,
-            metavar=name, help=f"constant {name}",
+            *dict.fromkeys(flags), dest=name.lower(), type=_parser_for(default), default=default,
+            metavar=name, help=comments.get(name) or f"constant {name}",
         )
     args = parser.parse_args(list(argv) if argv is not None else None)
     return SimpleNamespace(**vars(args))

@@ -12,9 +12,9 @@ import torch
 from torchaudio.compliance import kaldi
 
 import preprocessing
-from preprocessing import (NUM_MEL_BINS, SAMPLE_RATE, STAT_NAMES, AudioError, AudioWarning, FeatureCache,
-                           feature_settings, load_audio, pad_or_crop, signal_stats, split_windows,
-                           wav_to_fbank, wavs_to_fbank_batch)
+from preprocessing import (NUM_MEL_BINS, PAD_VALUE, SAMPLE_RATE, STAT_NAMES, AudioError, AudioWarning,
+                           FeatureCache, feature_settings, load_audio, normalise_fbank, pad_or_crop,
+                           signal_stats, split_windows, wav_to_fbank, wavs_to_fbank_batch)
 
 SR = SAMPLE_RATE
 
@@ -67,7 +67,10 @@ def test_batched_fbank_reproduces_kaldi(samples_dir):
 def test_pad_or_crop_and_windows():
     fbank = torch.arange(10 * 128, dtype=torch.float32).view(10, 128)
     padded = pad_or_crop(fbank, 16)
-    assert padded.shape == (16, 128) and torch.equal(padded[:10], fbank) and not padded[10:].any()
+    assert padded.shape == (16, 128) and torch.equal(padded[:10], fbank)
+    # EAT pads the raw log-mel with zeros and normalises afterwards
+    assert torch.allclose(padded[10:], normalise_fbank(torch.zeros(6, 128)))
+    assert abs(PAD_VALUE - 4.268 / (2 * 4.569)) < 1e-9
     assert torch.equal(pad_or_crop(fbank, 4), fbank[:4])
     assert split_windows(fbank, 16).shape == (1, 16, 128)
     windows = split_windows(fbank, 4)                      # 10 frames -> 3 windows starting 0, 3, 6
