@@ -33,8 +33,8 @@ K = 1                                      # neighbours of the k-NN branch (1 = 
 W = 0.5                                    # weight of the k-NN branch; 1 - W goes to Mahalanobis
 SEPARATE_DOMAIN_BANKS = True               # source and target memory banks, smaller distance taken
 SWEEP = False                              # print the official score over SWEEP_KS x SWEEP_WS, then stop
-SWEEP_KS = [1, 2, 3, 5, 10]
-SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]
+SWEEP_KS = [1, 2, 3, 5, 10]            # k values of the sweep
+SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0] # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 DEVICE = "auto"                            # for embedding clips when a cache has to be rebuilt
 BATCH_SIZE = 16                            # idem
 REBUILD = False                            # force re-embedding of the test clips

@@ -30,11 +30,11 @@ SVDD_DIR = "svdd_models_per_type"      # one model file per machine type
 USE_STATS = False                      # append the signal statistics to the embeddings
 HIDDEN_NEURONS = [256, 64]             # MLP widths; the last one is the hypersphere's dimension
 EPOCHS = 50                            # pyod epochs (the lowest-loss epoch is kept)
-BATCH_SIZE = 64
-LEARNING_RATE = 1e-3
-DROPOUT = 0.0
+BATCH_SIZE = 64                        # clips per pyod training batch
+LEARNING_RATE = 1e-3                   # Adam learning rate of the SVDD network
+DROPOUT = 0.0                          # dropout between the MLP layers
 WEIGHT_DECAY = 1e-6                    # pyod's l2_regularizer (Adam weight decay)
-SEED = 0
+SEED = 0                               # network initialisation and shuffling seed
 THREADS = 1                            # torch CPU threads while fitting: the network is small, more threads only add overhead
 DEVICE = "auto"                        # for embedding clips when the embeddings must be rebuilt
 

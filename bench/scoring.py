@@ -31,9 +31,7 @@ REPEATS = 5              # timed repetitions (median reported), after one warm-u
 STATS_CLIPS = 20         # clips timed for the statistics
 CLIP_SECONDS = 10.0      # clip length for the statistics
 THREADS = 0              # torch threads; 0 = torch's default
-SEED = 0
-
-
+SEED = 0                               # seed of the random embeddings and clips
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in seconds, after one warm-up call."""
     fn()
