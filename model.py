@@ -716,7 +716,7 @@ def embed_fbanks(model: nn.Module, fbanks: Sequence[torch.Tensor], target_frames
                  batch_size: int = 16) -> torch.Tensor:
     """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
 
-    Each clip is zero-padded / cropped to ``target_frames`` ("crop"), or ("windows") split into
+    Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
     ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
     ``target_frames`` None every clip is embedded at its own length (up to the encoder's maximum).
     """

@@ -10,6 +10,7 @@ RUN_DIR/.stamps/); otherwise it runs. The first failing step stops the run with 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -67,10 +68,31 @@ def _file_signature(path: Path) -> list:
     return [str(path), hashlib.sha1(json.dumps(entries).encode()).hexdigest()]
 
 
+def local_sources(script: Path) -> list[Path]:
+    """The script and every module of this project it imports, directly or not (so editing
+    model.py reruns training, not only editing train.py)."""
+    found: list[Path] = []
+    pending = [script.resolve()]
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.append(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                module = path.parent / f"{name.split('.')[0]}.py"
+                if module.is_file():
+                    pending.append(module.resolve())
+    return sorted(found)
+
+
 def step_signature(step: Step) -> str:
-    """A hash of everything that should trigger a rerun: command, script source and inputs."""
+    """A hash of everything that should trigger a rerun: command, code and inputs."""
     scripts = [Path(part) for part in step.command if part.endswith(".py") and Path(part).is_file()]
-    script_hashes = [hashlib.sha1(p.read_bytes()).hexdigest() for p in scripts]
+    sources = sorted({source for script in scripts for source in local_sources(script)})
+    script_hashes = [[source.name, hashlib.sha1(source.read_bytes()).hexdigest()] for source in sources]
     payload = {"command": step.command[1:], "scripts": script_hashes,
                "inputs": [_file_signature(p) for p in step.inputs]}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -88,7 +110,7 @@ def run_step(step: Step, tail_lines: int = 25) -> None:
     """Run one step, passing its output through unchanged (progress bars included); raise
     StepFailed with its last lines if it fails."""
     process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               cwd=SCRIPT_DIR, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
     tail: deque[bytes] = deque(maxlen=tail_lines)
     pending = b""
@@ -158,7 +180,7 @@ def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str
 
 
 def _script(name: str) -> list[str]:
-    return [sys.executable, f"{name}.py"]
+    return [sys.executable, str(SCRIPT_DIR / f"{name}.py")]
 
 
 def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,

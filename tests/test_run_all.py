@@ -99,3 +99,32 @@ def test_always_run_steps_are_never_skipped(tmp_path):
     steps = [Step("check", [sys.executable, "-c", "print('ok')"], always_run=True)]
     assert run_pipeline(steps, tmp_path / "s") == ["check"]
     assert run_pipeline(steps, tmp_path / "s") == ["check"]
+
+
+def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
+    (tmp_path / "helper.py").write_text("VALUE = 1\n")
+    (tmp_path / "step.py").write_text(
+        "import sys\nfrom helper import VALUE\nopen(sys.argv[1], 'w').write(str(VALUE))\n")
+    out = tmp_path / "out.txt"
+    steps = [Step("step", [sys.executable, str(tmp_path / "step.py"), str(out)], outputs=[out])]
+    assert run_pipeline(steps, tmp_path / "stamps") == ["step"]
+    assert run_pipeline(steps, tmp_path / "stamps") == []
+    (tmp_path / "helper.py").write_text("VALUE = 2\n")
+    assert run_pipeline(steps, tmp_path / "stamps") == ["step"]
+    assert out.read_text() == "2"
+
+
+def test_train_step_depends_on_the_model_code():
+    sources = {p.name for p in run_all.local_sources(run_all.SCRIPT_DIR / "train.py")}
+    assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "utils.py"} <= sources
+    assert "evaluate.py" not in sources
+
+
+def test_step_words_reach_the_named_script_only():
+    own, overrides = run_all.split_step_overrides(
+        ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"])
+    assert own == ["--force", "true"]
+    assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
+    assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
+    with pytest.raises(SystemExit, match="unknown step 'trian'"):
+        run_all.split_step_overrides(["trian.epochs=3"])
