@@ -300,13 +300,13 @@ def _save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-def _histogram_bins(scores: np.ndarray, count: int = 30) -> np.ndarray:
-    """Linear bins, or logarithmic ones for positive scores spanning over two decades (a few far
-    outliers would otherwise squeeze every other clip into one bar)."""
+def _histogram_bins(scores: np.ndarray, count: int = 30) -> tuple[np.ndarray, bool]:
+    """(bins, log scale?): logarithmic bins for positive scores spanning over two decades (a few
+    far outliers would otherwise squeeze every other clip into one bar), else linear ones."""
     low, high = float(scores.min()), float(scores.max())
     if low > 0 and high / low > 100:
-        return np.geomspace(low, high * (1 + 1e-9), count + 1)
-    return np.linspace(low, high + 1e-9, count + 1)
+        return np.geomspace(low, high * (1 + 1e-9), count + 1), True
+    return np.linspace(low, high + 1e-9, count + 1), False
 
 
 def plot_machine(machine_type: str, records: Sequence, scores: Mapping[str, float], out_dir: str | Path,
@@ -339,7 +339,7 @@ def plot_machine(machine_type: str, records: Sequence, scores: Mapping[str, floa
         written.append(out_dir / f"roc_{machine_type}.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     all_scores = np.array([scores[r.path] for r in records])
-    bins = _histogram_bins(all_scores)
+    bins, log_scale = _histogram_bins(all_scores)
     groups = {"normal": [scores[r.path] for r in normal], "anomaly": anomaly,
               "unlabelled": [scores[r.path] for r in records if r.label not in ("normal", "anomaly")]}
     for name, values in groups.items():
@@ -347,7 +347,7 @@ def plot_machine(machine_type: str, records: Sequence, scores: Mapping[str, floa
             ax.hist(values, bins=bins, alpha=0.5, label=f"{name} ({len(values)})")
     if threshold is not None:
         ax.axvline(threshold, color="k", lw=1, ls="--", label="decision threshold")
-    if bins[0] > 0 and bins[-1] / bins[0] > 100:
+    if log_scale:
         ax.set_xscale("log")
     ax.set(xlabel="anomaly score", ylabel="clips", title=f"{machine_type}: test scores")
     ax.legend()

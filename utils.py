@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import json
 import os
 import random
@@ -58,6 +59,7 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     return str
 
 
+@functools.lru_cache(maxsize=None)
 def _assigned_at_top_level(source_file: str) -> dict[str, str]:
     """{name: trailing comment} for the names a module assigns itself (``X = ...  # comment``),
     so constants it imports are left out and each option's help is the constant's comment."""
