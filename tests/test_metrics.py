@@ -1,8 +1,9 @@
-"""metrics.py: DCASE AUC/pAUC against hand-computed cases and scikit-learn, CSVs, gamma threshold."""
+"""metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 import metrics
 from dataset import ClipRecord
 
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "official_evaluator_fixture"
+
 
 def _record(name: str, machine: str = "fan", section: str = "00", domain: str | None = "source",
             label: str = "normal") -> ClipRecord:
@@ -19,53 +22,128 @@ def _record(name: str, machine: str = "fan", section: str = "00", domain: str | 
                       domain=domain, split="test", label=label, attributes=())
 
 
+def _mcclish(raw_area: float, max_fpr: float = 0.1) -> float:
+    """McClish's standardisation of a raw partial area (what sklearn's max_fpr returns)."""
+    return 0.5 * (1 + (raw_area - max_fpr ** 2 / 2) / (max_fpr - max_fpr ** 2 / 2))
+
+
 # ----------------------------------------------------------------------------- pAUC
 
 
-def test_partial_auc_hand_computed_step_curve():
+def test_pauc_is_the_mcclish_value_hand_computed():
     # 10 normals, 2 anomalies: A1 on top, then one normal, then A2.
-    # ROC: (0,0) -> (0,.5) -> (.1,.5) -> (.1,1) -> (1,1): area up to FPR .1 = .1 * .5 -> pAUC .5
+    # ROC: (0,0) -> (0,.5) -> (.1,.5) -> (.1,1) -> (1,1): raw area up to FPR .1 = .1 * .5 = .05
     normal = [9.0] + [float(i) for i in range(9)]
     scores = [10.0, 8.5] + normal
     y = [1, 1] + [0] * 10
-    assert metrics.partial_auc(y, scores, 0.1) == pytest.approx(0.5)
+    assert metrics.pauc(y, scores) == pytest.approx(0.5 * (1 + 0.045 / 0.095))
+    assert metrics.pauc(y, scores) == pytest.approx(_mcclish(0.05))
     assert roc_auc_score(y, scores) == pytest.approx(19 / 20)
-    # sklearn's max_fpr value is McClish-standardised: .5 * (1 + (.05 - .005) / (.1 - .005))
-    mcclish = 0.5 * (1 + 0.045 / 0.095)
-    assert roc_auc_score(y, scores, max_fpr=0.1) == pytest.approx(mcclish)
-    assert metrics.mcclish_from_partial(0.5, 0.1) == pytest.approx(mcclish)
 
 
-def test_partial_auc_interpolates_inside_a_tie_and_extremes():
+def test_pauc_inside_a_tie_and_at_the_extremes():
     # 4 normals, 1 anomaly tied with the top normal: the ROC goes straight from (0,0) to (.25,1);
-    # the area up to .1 is the triangle .5 * .1 * .4 = .02 -> pAUC .2
-    assert metrics.partial_auc([1, 0, 0, 0, 0], [5, 5, 3, 2, 1], 0.1) == pytest.approx(0.2)
-    assert metrics.partial_auc([1, 0, 0, 0, 0], [9, 5, 3, 2, 1], 0.1) == pytest.approx(1.0)
-    assert metrics.partial_auc([1, 0, 0, 0, 0], [4, 5, 3, 2, 1], 0.1) == pytest.approx(0.0)
+    # the raw area up to .1 is the triangle .5 * .1 * .4 = .02
+    assert metrics.pauc([1, 0, 0, 0, 0], [5, 5, 3, 2, 1]) == pytest.approx(_mcclish(0.02))
+    assert metrics.pauc([1, 0, 0, 0, 0], [9, 5, 3, 2, 1]) == pytest.approx(1.0)
+    # the anomaly below every normal: raw area 0, McClish's floor (not 0)
+    assert metrics.pauc([1, 0, 0, 0, 0], [0, 5, 3, 2, 1]) == pytest.approx(_mcclish(0.0))
+    # chance level is 0.5 on this scale, not 0.05
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 20000)
+    assert metrics.pauc(y, rng.normal(size=y.size)) == pytest.approx(0.5, abs=0.02)
 
 
-def test_partial_auc_matches_sklearn_after_mcclish_conversion():
+def test_pauc_equals_sklearn_max_fpr():
     rng = np.random.default_rng(0)
     for _ in range(5):
         y = rng.integers(0, 2, 200)
         s = rng.normal(size=200) + 0.8 * y
-        ours = metrics.partial_auc(y, s, 0.1)
-        assert metrics.mcclish_from_partial(ours, 0.1) == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
-        # with max_fpr = 1 the pAUC is the AUC
-        assert metrics.partial_auc(y, s, 1.0) == pytest.approx(roc_auc_score(y, s))
+        assert metrics.pauc(y, s) == roc_auc_score(y, s, max_fpr=0.1)
 
 
-def test_harmonic_mean():
+def test_harmonic_mean_floors_at_epsilon_like_the_evaluator():
     assert metrics.harmonic_mean([1.0, 0.5, 0.5]) == pytest.approx(0.6)
-    assert metrics.harmonic_mean([0.8, 0.0]) == 0.0
+    floored = metrics.harmonic_mean([0.8, 0.0])
+    assert 0.0 < floored < 1e-15
+    assert floored == pytest.approx(scipy.stats.hmean([0.8, np.finfo(float).eps]))
     assert np.isnan(metrics.harmonic_mean([]))
 
 
-# ----------------------------------------------------------------------------- official table
+# ----------------------------------------------------------------------------- the official evaluator's own output
+
+
+def _read_fixture_result() -> list[list[str]]:
+    with open(FIXTURE / "evaluator_output" / "result.csv", newline="") as f:
+        return [row for row in csv.reader(f)]
+
+
+def _assert_rows_match(ours: list[list[str]], theirs: list[list[str]]) -> None:
+    assert len(ours) == len(theirs)
+    for our_row, their_row in zip(ours, theirs):
+        assert len(our_row) == len(their_row), (our_row, their_row)
+        for a, b in zip(our_row, their_row):
+            try:
+                expected = float(b)
+            except ValueError:
+                assert a == b
+            else:
+                assert float(a) == pytest.approx(expected, abs=1e-6), (our_row, their_row)
+
+
+@pytest.fixture(scope="module")
+def fixture_evaluation():
+    if not FIXTURE.is_dir():
+        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+    return metrics.evaluate_result_dir(FIXTURE / "scores")
+
+
+def test_reproduces_the_official_evaluators_result_csv(fixture_evaluation):
+    """Every per-machine AUC (all/source/target), pAUC, precision, recall and F1, every mean row and
+    the official score of the evaluator's result.csv, from the score files alone (ci95 row aside)."""
+    theirs = _read_fixture_result()
+    ci95 = next(i for i, row in enumerate(theirs) if row and row[0] == "official score ci95")
+    theirs = theirs[:ci95]
+    while theirs and not theirs[-1]:
+        theirs.pop()
+    assert fixture_evaluation.year == "2022+" and fixture_evaluation.complete
+    _assert_rows_match(metrics.evaluator_rows(fixture_evaluation), theirs)
+
+
+def test_reproduces_the_official_score_summaries(fixture_evaluation):
+    with open(FIXTURE / "evaluator_output" / "official_score.csv", newline="") as f:
+        header, values = list(csv.reader(f))
+    official = dict(zip(header[1:], map(float, values[1:])))
+    evaluation = fixture_evaluation
+    assert evaluation.official_score == pytest.approx(official["official score"], abs=1e-6)
+    assert evaluation.score_label() == "official score"
+    source, target = evaluation.column("AUC (source)"), evaluation.column("AUC (target)")
+    assert metrics.arithmetic_mean(source + target) == pytest.approx(official["arithmetic mean"], abs=1e-6)
+    assert metrics.harmonic_mean(source) == pytest.approx(official["harmonic mean (source)"], abs=1e-6)
+    assert metrics.harmonic_mean(target) == pytest.approx(official["harmonic mean (target)"], abs=1e-6)
+    for s in evaluation.sections:
+        assert s.values["AUC (source)"] == pytest.approx(official[f"{s.machine_type} AUC (source)"], abs=1e-6)
+        assert s.values["AUC (target)"] == pytest.approx(official[f"{s.machine_type} AUC (target)"], abs=1e-6)
+    with open(FIXTURE / "evaluator_output" / "official_score_paper.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    paper = {row[1]: row for row in rows[1:]}
+    machines = rows[0][4:]
+    pauc_by_machine = {s.machine_type: s.values["pAUC"] for s in evaluation.sections}
+    for machine, value in zip(machines, paper["pAUC (source, target)"][4:]):
+        assert pauc_by_machine[machine] == pytest.approx(float(value), abs=1e-6)
+    assert metrics.harmonic_mean(evaluation.column("pAUC")) == pytest.approx(float(paper["pAUC (source, target)"][2]))
+    # the printed summary table's overall harmonic means are the paper table's h-means
+    header_row, rows = metrics.table_rows(evaluation)
+    overall = next(r for r in rows if r[:2] == ["all", "harmonic mean"])
+    assert overall[2:] == pytest.approx([float(paper["AUC (source)"][2]), float(paper["AUC (target)"][2]),
+                                         float(paper["pAUC (source, target)"][2])], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- each year's rules, by hand
 
 
 def _section_case(machine: str = "fan", section: str = "00"):
-    """Source normals .1 .2 .3, target normals .5 .6, anomalies .4 .7 (anomalies count for both)."""
+    """Source normals .1 .2 .3, target normals .5 .6, anomalies .4 (source) .7 (target)."""
     records, scores = [], {}
     for i, (dom, lab, s) in enumerate([("source", "normal", .1), ("source", "normal", .2), ("source", "normal", .3),
                                        ("target", "normal", .5), ("target", "normal", .6),
@@ -76,40 +154,110 @@ def _section_case(machine: str = "fan", section: str = "00"):
     return records, scores
 
 
-def test_compute_official_hand_computed():
+def test_2022_rules_hand_computed():
     records, scores = _section_case()
-    table, official = metrics.compute_official(scores, records)
-    (row,) = table
-    assert row.auc_source == pytest.approx(1.0)      # both anomalies above every source normal
-    assert row.auc_target == pytest.approx(0.5)      # .7 beats both target normals, .4 beats none
-    assert row.pauc == pytest.approx(0.5)            # FPR step .2: TPR .5 until the first normal
-    assert row.auc is None and (row.n_normal, row.n_anomaly) == (5, 2)
-    assert official == pytest.approx(3 / (1 / 1.0 + 1 / 0.5 + 1 / 0.5))
+    evaluation = metrics.compute_official(scores, records, year="2022+")
+    (row,) = evaluation.sections
+    assert row.values["AUC (source)"] == pytest.approx(1.0)   # both anomalies above every source normal
+    assert row.values["AUC (target)"] == pytest.approx(0.5)   # .7 beats both target normals, .4 beats none
+    # all clips: .7(A) .6 .5 .4(A) ...; FPR steps of .2: TPR .5 up to FPR .1 -> raw area .05
+    assert row.values["pAUC"] == pytest.approx(_mcclish(0.05))
+    assert (row.n_normal, row.n_anomaly) == (5, 2)
+    assert evaluation.official_score == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
 
 
-def test_single_domain_data_gets_auc_and_pauc_only():
+def test_2021_rules_measure_each_domain_on_its_own_clips():
+    records, scores = _section_case()
+    evaluation = metrics.compute_official(scores, records, year="2021")
+    (row,) = evaluation.sections
+    # source: .4 above .1 .2 .3; target: .7 above .5 .6 -> everything perfect
+    assert row.values == pytest.approx({"AUC (source)": 1.0, "pAUC (source)": 1.0,
+                                        "AUC (target)": 1.0, "pAUC (target)": 1.0})
+    assert evaluation.official_score == pytest.approx(1.0)
+
+
+def test_2020_rules_auc_and_pauc_with_arithmetic_means():
     records = [_record(f"normal_id_04_{i:08d}", "pump", "04", None, "normal") for i in range(10)]
     records += [_record(f"anomaly_id_04_{i:08d}", "pump", "04", None, "anomaly") for i in range(2)]
-    scores = {r.path: s for r, s in zip(records, [9.0] + list(range(9)) + [10.0, 8.5])}
-    table, official = metrics.compute_official(scores, records)
-    (row,) = table
-    assert row.auc_source is None and row.auc_target is None
-    assert row.auc == pytest.approx(0.95) and row.pauc == pytest.approx(0.5)
-    assert official == pytest.approx(2 / (1 / 0.95 + 1 / 0.5))
-    text = metrics.format_table(table, official)
-    assert "AUC (source)" not in text and "pAUC" in text
-    assert text.strip().splitlines()[-1].startswith("official score")
+    records += [_record(f"normal_id_06_{i:08d}", "pump", "06", None, "normal") for i in range(2)]
+    records += [_record(f"anomaly_id_06_{i:08d}", "pump", "06", None, "anomaly") for i in range(2)]
+    values = [9.0] + list(range(9)) + [10.0, 8.5] + [0.0, 1.0, 2.0, 3.0]
+    scores = {r.path: s for r, s in zip(records, values)}
+    evaluation = metrics.compute_official(scores, records)
+    assert evaluation.year == "2020"
+    id04, id06 = evaluation.sections
+    assert id04.values == pytest.approx({"AUC": 0.95, "pAUC": _mcclish(0.05)})
+    assert id06.values == pytest.approx({"AUC": 1.0, "pAUC": 1.0})
+    assert evaluation.official_score is None                      # no harmonic official score in 2020
+    assert evaluation.score == pytest.approx(np.mean([0.95, _mcclish(0.05), 1.0, 1.0]))
+    text = metrics.format_table(evaluation)
+    assert "AUC (source)" not in text and "DCASE 2020 rules" in text and "official score" not in text
+    header, rows = metrics.table_rows(evaluation)
+    pump_mean = next(r for r in rows if r[:2] == ["pump", "arithmetic mean"])
+    assert pump_mean[2:] == pytest.approx([0.975, (_mcclish(0.05) + 1) / 2])
 
 
-def test_official_score_spans_machines_and_missing_score_is_an_error():
+def test_year_detection(samples_dir, tmp_path):
+    from dataset import discover_clips
+
+    assert metrics.detect_year(discover_clips(samples_dir / "dcase2020_dev"))[0] == "2020"
+    assert metrics.detect_year(discover_clips(samples_dir / "dcase2023_dev"))[0] == "2022+"
+    several = [_record(f"section_{s}_source_test_normal_0000", "fan", s) for s in ("00", "01", "02")]
+    assert metrics.detect_year(several, tmp_path)[0] == "2021"
+    (tmp_path / "fan").mkdir()
+    (tmp_path / "fan" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
+    assert metrics.detect_year(several, tmp_path)[0] == "2022+"
+
+
+# ----------------------------------------------------------------------------- missing parts
+
+
+def test_missing_parts_are_named_and_the_number_is_not_called_official(capsys):
+    fan, scores = _section_case("fan", "00")
+    valve = [r for r in _section_case("valve", "00")[0] if r.domain == "source"]   # no target normals
+    scores.update({r.path: 0.0 for r in valve})
+    evaluation = metrics.compute_official(scores, fan + valve, expected=[("pump", "00")], year="2022+")
+    assert [s.name for s in evaluation.measured] == ["fan section 00"]
+    assert not evaluation.complete and evaluation.official_score is None
+    assert evaluation.missing_lines() == ["pump section 00: no test clips",
+                                          "valve section 00: no target-domain normal test clips"]
+    label = evaluation.score_label()
+    assert "NOT the official score" in label and "over 1 of 3 machine type/sections" in label
+    assert evaluation.score == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
+    text = metrics.format_table(evaluation)
+    assert "pump section 00: no test clips" in text and "\nofficial score" not in text
+    with pytest.raises(ValueError, match="every section measured"):
+        metrics.evaluator_rows(evaluation)
+
+
+def test_missing_score_is_an_error_and_reversed_ranking_gives_zero():
     fan, fan_scores = _section_case("fan", "00")
     valve, valve_scores = _section_case("valve", "01")
-    valve_scores = {p: -s for p, s in valve_scores.items()}      # reversed ranking: AUCs 0 -> official 0
-    table, official = metrics.compute_official({**fan_scores, **valve_scores}, fan + valve)
-    assert [(r.machine_type, r.section) for r in table] == [("fan", "00"), ("valve", "01")]
-    assert official == 0.0
+    valve_scores = {p: -s for p, s in valve_scores.items()}      # reversed ranking: AUC (source) 0
+    evaluation = metrics.compute_official({**fan_scores, **valve_scores}, fan + valve, year="2022+")
+    assert [(s.machine_type, s.section) for s in evaluation.sections] == [("fan", "00"), ("valve", "01")]
+    assert evaluation.official_score < 1e-14
     with pytest.raises(KeyError, match="no score"):
         metrics.compute_official(fan_scores, fan + valve)
+
+
+def test_real_dcase_names_give_the_right_table(samples_dir):
+    from dataset import discover_clips
+
+    records = discover_clips(samples_dir / "dcase2020_dev", splits=("test",))
+    scores = {r.path: float(r.label == "anomaly") + 0.01 * i for i, r in enumerate(records)}
+    evaluation = metrics.compute_official(scores, records)
+    assert {(s.machine_type, s.section) for s in evaluation.sections} >= {("ToyCar", "04"), ("fan", "06")}
+    assert all(s.values == {"AUC": 1.0, "pAUC": 1.0} for s in evaluation.sections)
+    # 2023 names: sections without target (or source) normals or without anomalies are named
+    records = discover_clips(samples_dir / "dcase2023_dev", splits=("test",))
+    scores = {r.path: float(r.label == "anomaly") for r in records}
+    evaluation = metrics.compute_official(scores, records)
+    missing = evaluation.missing_lines()
+    assert "valve section 00: no source-domain normal test clips" in missing
+    assert "bearing section 00: no target-domain normal test clips" in missing
+    assert "ToyCar section 00: no anomalous test clips" in missing
+    assert evaluation.official_score is None
 
 
 # ----------------------------------------------------------------------------- threshold
@@ -122,7 +270,6 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     threshold = metrics.gamma_threshold(x, 0.9)
     assert threshold == pytest.approx(true, rel=0.05)
     assert np.mean(x > threshold) == pytest.approx(0.1, abs=0.02)
-    # negative (standardised) scores: the fit runs on shifted data and the quantile shifts back
     shifted = metrics.gamma_threshold(x - 10.0, 0.9)
     assert shifted == pytest.approx(threshold - 10.0, abs=0.1)
     assert metrics.gamma_threshold([2.0] * 10) == 2.0
@@ -131,34 +278,50 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
 # ----------------------------------------------------------------------------- files
 
 
-def test_write_results_csvs_summary_and_unlabelled_clips(tmp_path, capsys):
+def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "anomaly_score_old_section_09_test.csv").write_text("stale\n")      # an earlier run's file
     records, scores = _section_case("fan", "00")
     eval_records = [_record(f"section_03_{i:04d}", "fan", "03", None, "unknown") for i in range(4)]
     scores.update({r.path: float(i) for i, r in enumerate(eval_records)})
     train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("fan", "03"): np.linspace(0.0, 2.0, 50)}
-    summary = metrics.write_results(scores, records + eval_records, train, tmp_path, scorer="test", plots=True)
+    summary = metrics.write_results(scores, records + eval_records, train, out, scorer="test", plots=True,
+                                    year="2022+")
 
-    rows = list(csv.reader(open(tmp_path / "anomaly_score_fan_section_00_test.csv")))
+    assert not (out / "anomaly_score_old_section_09_test.csv").exists()
+    rows = list(csv.reader(open(out / "anomaly_score_fan_section_00_test.csv")))
     assert [r[0] for r in rows] == [r.file_name for r in records]           # no header, file names
     assert [float(r[1]) for r in rows] == pytest.approx([scores[r.path] for r in records])
-    decisions = list(csv.reader(open(tmp_path / "decision_result_fan_section_00_test.csv")))
+    decisions = list(csv.reader(open(out / "decision_result_fan_section_00_test.csv")))
     threshold = metrics.gamma_threshold(train[("fan", "00")])
     assert [int(d[1]) for d in decisions] == [int(scores[r.path] > threshold) for r in records]
-    assert {d[1] for d in decisions} <= {"0", "1"}
-    # evaluation-set clips: scores and decisions written, no metrics
-    assert len(list(csv.reader(open(tmp_path / "anomaly_score_fan_section_03_test.csv")))) == 4
-    assert (tmp_path / "decision_result_fan_section_03_test.csv").exists()
-    sections = {s["section"]: s for s in summary["sections"]}
-    assert sections["03"]["pauc"] is None and sections["03"]["n_unlabelled"] == 4
-    assert summary["official_score"] == pytest.approx(0.6)
-    assert json.loads((tmp_path / "summary.json").read_text())["scorer"] == "test"
-    table = list(csv.reader(open(tmp_path / "summary.csv")))
-    assert table[0][:2] == ["machine_type", "section"] and table[-1][1] == "official score"
-    assert float(table[-1][2]) == pytest.approx(0.6)
+    assert len(list(csv.reader(open(out / "anomaly_score_fan_section_03_test.csv")))) == 4
+    # the evaluation-set section is unlabelled: named as missing, the number is not official
+    assert summary["official_score"] is None and not summary["complete"]
+    assert summary["missing"] == ["fan section 03: no labelled test clips (evaluation-set names)"]
+    assert summary["score"] == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
+    assert json.loads((out / "summary.json").read_text())["scorer"] == "test"
+    assert not (out / "evaluator_result.csv").exists()      # the evaluator would not score this folder
     for png in ("roc_fan.png", "hist_fan.png"):
-        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
-    assert not list(tmp_path.glob(".*.tmp"))
-    assert "official score" in capsys.readouterr().out
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
+    assert "NOT the official score" in capsys.readouterr().out
+    # what was written is read back, from the CSVs alone, as the same evaluation
+    again = metrics.evaluate_result_dir(out, year="2022+")
+    assert again.sections[0].values == summary["sections"][0]["values"]
+
+
+def test_complete_folder_gets_the_evaluator_layout(tmp_path):
+    fan, scores = _section_case("fan", "00")
+    valve, valve_scores = _section_case("valve", "00")
+    scores.update(valve_scores)
+    train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("valve", "00"): np.linspace(0.0, 0.45, 50)}
+    summary = metrics.write_results(scores, fan + valve, train, tmp_path / "r", scorer="x", plots=False)
+    assert summary["official_score"] == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
+    rows = list(csv.reader(open(tmp_path / "r" / "evaluator_result.csv")))
+    assert rows[0] == ["fan"] and rows[-1][0] == "official score"
+    assert float(rows[-1][2]) == pytest.approx(summary["official_score"])
 
 
 def test_write_results_without_training_scores_names_the_section(tmp_path):
@@ -167,28 +330,13 @@ def test_write_results_without_training_scores_names_the_section(tmp_path):
         metrics.write_results(scores, records, {}, tmp_path, scorer="x", plots=False)
 
 
-# ----------------------------------------------------------------------------- real DCASE names
-
-def test_real_dcase_names_give_the_right_table(samples_dir):
-    from dataset import discover_clips
-
-    # 2020 names: no domain -> one AUC and a pAUC per machine type and section (id)
-    records = discover_clips(samples_dir / "dcase2020_dev", splits=("test",))
-    scores = {r.path: float(r.label == "anomaly") + 0.01 * i for i, r in enumerate(records)}
-    table, official = metrics.compute_official(scores, records)
-    assert {(r.machine_type, r.section) for r in table} >= {("ToyCar", "04"), ("fan", "06"), ("valve", "02")}
-    assert all(r.auc == 1.0 and r.pauc == 1.0 and r.auc_source is None for r in table)
-    assert official == 1.0
-    # 2023 names: a section whose test set lacks target normals gets no AUC (target), with a warning
-    records = discover_clips(samples_dir / "dcase2023_dev", splits=("test",))
-    scores = {r.path: float(r.label == "anomaly") for r in records}
-    with pytest.warns(UserWarning, match="normals in the test set") as caught:
-        table, official = metrics.compute_official(scores, records)
-    messages = " ".join(str(w.message) for w in caught)
-    assert "valve section 00: no source normals" in messages
-    assert "bearing section 00: no target normals" in messages
-    valve = next(r for r in table if r.machine_type == "valve")
-    assert valve.auc_target == 1.0 and valve.auc_source is None and valve.pauc == 1.0
-    toycar = next(r for r in table if r.machine_type == "ToyCar")
-    assert toycar.values() == [] and toycar.n_anomaly == 0          # normals only: nothing to measure
-    assert official == 1.0
+def test_comparison_rows_carry_each_scorers_label():
+    records, scores = _section_case("fan", "00")
+    complete = metrics.summary_dict(metrics.compute_official(scores, records), "a")
+    partial = metrics.summary_dict(metrics.compute_official(scores, records, expected=[("pump", "00")]), "b")
+    rows = metrics.comparison_rows({"a": complete, "b": partial})
+    overall = {r["scorer"]: r for r in rows if r["machine_type"] == "all"}
+    assert overall["a"]["label"] == "official score"
+    assert "over 1 of 2" in overall["b"]["label"]
+    text = metrics.format_comparison(rows, "x")
+    assert "a: official score" in text and "NOT the official score" in text
