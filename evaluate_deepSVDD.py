@@ -2,65 +2,61 @@
 
     python evaluate_deepSVDD.py --results_dir results/deepsvdd
 
-The anomaly score is the squared distance to the machine type's hypersphere centre. Test
-embeddings come from the shared cache (rebuilt when stale); the decision threshold of each
-section comes from its training normals' scores. Writes the official CSVs, a summary and plots.
+The anomaly score is the squared distance to the machine type's hypersphere centre; the decision
+threshold of each section comes from its training normals' scores. Reads only the embedding files
+of extract_embeddings.py and the models of train_deepSVDD.py. Writes the official CSVs, a summary
+and plots.
 """
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-import metrics
-from extract_embeddings import load_split_features
-from train_deepSVDD import bundle_path, load_bundle, rows_by_machine, svdd_inputs, svdd_scores
 from utils import config_to_dict, parse_config, print_config
 
-DATA_DIR = "dev_data"                  # DCASE folder: <machine>/{train,test}/*.wav
-MODEL_PATH = "best_encoder_model.pth"  # tuned encoder (to check or rebuild the embeddings)
 EMBED_DIR = "."                        # folder of the normal_/test_ embeddings and stats
 SVDD_DIR = "svdd_models_per_type"      # written by train_deepSVDD.py
 RESULTS_DIR = "results/deepsvdd"       # official CSVs, summary, plots
-DEVICE = "auto"                        # for embedding clips when a cache must be rebuilt
-BATCH_SIZE = 16                        # idem
-REBUILD = False                        # force re-embedding of the test clips
+DCASE_YEAR = "auto"                    # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 PLOTS = True                           # ROC curves and score histograms (PNG)
 
 
-def check_bundle(bundle: dict, embeddings: dict, stats: dict, path) -> None:
-    """The model must have been fitted on exactly these normal embeddings (and statistics)."""
-    if bundle["embeddings_fingerprint"] != embeddings["fingerprint"] or (
-            bundle["use_stats"] and bundle["stats_fingerprint"] != stats["fingerprint"]):
-        raise ValueError(f"{path} was fitted on other embeddings (another checkpoint, data or settings); "
+def load_scorer(path: Path, fingerprint: dict):
+    """The saved Deep SVDD of one machine type, refused unless fitted on these normal embeddings."""
+    import torch
+
+    from scoring import SVDD_FORMAT, DeepSVDDScorer
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Deep SVDD model {path} not found: run train_deepSVDD.py first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read Deep SVDD model {path} ({type(error).__name__}: {error}); "
+                         "rerun train_deepSVDD.py") from error
+    if not isinstance(state, dict) or state.get("format") != SVDD_FORMAT:
+        raise ValueError(f"{path} is not a Deep SVDD model of this project ({SVDD_FORMAT}); rerun train_deepSVDD.py")
+    if state["embeddings_fingerprint"] != fingerprint:
+        raise ValueError(f"{path} was fitted on other embeddings (another tuned model, data or settings); "
                          "rerun train_deepSVDD.py")
+    return DeepSVDDScorer.from_state(state)
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
-    from dataset import ClipRecord
+    import metrics
+    from scoring import expected_sections, load_features, score_by_group
+    from train_deepSVDD import bundle_path
 
-    normal_emb, normal_stats = load_split_features("train", cfg.data_dir, cfg.model_path, cfg.embed_dir,
-                                                   device=cfg.device, batch_size=cfg.batch_size)
-    test_emb, test_stats = load_split_features("test", cfg.data_dir, cfg.model_path, cfg.embed_dir,
-                                               device=cfg.device, batch_size=cfg.batch_size, rebuild=cfg.rebuild)
-    train_rows, test_rows = rows_by_machine(normal_emb["records"]), rows_by_machine(test_emb["records"])
-    test_records = [ClipRecord.from_dict(d) for d in test_emb["records"]]
-    scores: dict[str, float] = {}
-    train_scores: dict[tuple[str, str], list[float]] = {}
-    for machine, rows in test_rows.items():
-        path = bundle_path(cfg.svdd_dir, machine)
-        bundle = load_bundle(path)
-        check_bundle(bundle, normal_emb, normal_stats, path)
-        x_test = svdd_inputs(test_emb, test_stats, rows, bundle["use_stats"])
-        scores.update(zip((test_records[i].path for i in rows),
-                          svdd_scores(bundle["scaler"], bundle["model"], x_test).tolist()))
-        normal_rows = train_rows.get(machine, [])
-        x_train = svdd_inputs(normal_emb, normal_stats, normal_rows, bundle["use_stats"])
-        for i, s in zip(normal_rows, svdd_scores(bundle["scaler"], bundle["model"], x_train)):
-            train_scores.setdefault((machine, normal_emb["records"][i]["section"]), []).append(float(s))
-    train_scores = {key: np.asarray(v) for key, v in train_scores.items()}
-    return metrics.write_results(scores, test_records, train_scores, cfg.results_dir, scorer="deepsvdd",
-                                 settings=config_to_dict(cfg), plots=cfg.plots, title="Deep SVDD")
+    features = load_features(cfg.embed_dir)
+    scores, train_scores = score_by_group(
+        features.normal, features.test,
+        lambda key, normal: load_scorer(bundle_path(cfg.svdd_dir, key[0]), features.fingerprint), "machine_type")
+    return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="deepsvdd",
+                                 settings=config_to_dict(cfg), plots=cfg.plots, title="Deep SVDD",
+                                 expected=expected_sections(features.normal, features.test),
+                                 year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
+                                 data_dir=features.data_dir)
 
 
 if __name__ == "__main__":

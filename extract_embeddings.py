@@ -1,21 +1,18 @@
-"""Embed every normal training clip (and every test clip) with the tuned encoder and compute its statistics.
+"""Embed every normal training clip and every test clip with the tuned encoder, and compute each
+clip's signal statistics. The only script after training that loads EAT.
 
     python extract_embeddings.py --data_dir dev_data --model_path best_encoder_model.pth
 
-Writes into EMBED_DIR:
-  normal_embeddings.pt, normal_stats.pt    the training normals
-  test_embeddings.pt,   test_stats.pt      the test clips (a cache both evaluators reuse)
-each {"matrix": Tensor[N, F], "records": [ClipRecord.to_dict()], "columns": stat names (None for
-embeddings), "fingerprint": {...}, "settings": {...}}. The fingerprint names the tuned checkpoint
-(its sha256), the data (paths, sizes, modification times) and the embedding settings; a file whose
-fingerprint differs from the current one is rebuilt, never reused. load_split_features() is that
-load-or-rebuild step, shared by train_deepSVDD.py, evaluate_deepSVDD.py and evaluate.py.
+Writes into EMBED_DIR the four files that are the scorers' only input (scoring.py reads and checks
+them): normal_embeddings.pt, normal_stats.pt (the training normals) and test_embeddings.pt,
+test_stats.pt (the test clips), each {"matrix": Tensor[N, F], "records": [ClipRecord dicts],
+"columns": stat names (None for embeddings), "fingerprint": {...}}. The fingerprint names the data
+folder and its clips (paths, sizes, modification times), the tuned model (path and sha256) and the
+embedding settings; a file whose fingerprint differs from the current one is rebuilt, never reused.
+On CUDA the fbanks are computed in batches on the GPU (preprocessing.FeatureCache.fbanks).
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -24,56 +21,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import atomic_torch_save, parse_config, print_config, resolve_device
+from scoring import (FEATURES_FORMAT, data_fingerprint, feature_paths, file_sha256, read_feature_file,
+                     split_records)
+from utils import atomic_torch_save, autocast, parse_config, print_config, resolve_device
 
 DATA_DIR = "dev_data"                  # DCASE folder: <machine>/{train,test}/*.wav
-MODEL_PATH = "best_encoder_model.pth"  # tuned encoder written by train.py
+MODEL_PATH = "best_encoder_model.pth"  # tuned encoder written by train.py (always needed: it defines the embeddings)
 EMBED_DIR = "."                        # where the four .pt files go
-SPLITS = ["train", "test"]             # train = normal training clips; test = the evaluators' cache
-BATCH_SIZE = 16                        # clips (or windows) per forward pass
+SPLITS = ["train", "test"]             # train = normal training clips; test = every test clip
+EMBED_BATCH_SIZE = 16                  # clips (or windows) per forward pass
 DEVICE = "auto"                        # auto | cpu | cuda
 AMP = True                             # bf16 autocast on CUDA (ignored on CPU)
 LONG_CLIP = "windows"                  # crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
 POOLING = None                         # None = as trained | cls | mean
 TARGET_FRAMES = None                   # fbank frames per window; None = as trained
-CACHE_DIR = "cache/features"           # on-disk fbank/statistics cache; none = off
+FEATURE_CACHE = "cache/features"       # on-disk fbank/statistics cache folder; none = off
 REBUILD = False                        # rebuild even when the files are up to date
 
-FILE_NAMES = {"train": ("normal_embeddings.pt", "normal_stats.pt"),
-              "test": ("test_embeddings.pt", "test_stats.pt")}
-_FORMAT = "eat-lora-asd/features-v1"
 
 # -----------------------------------------------------------------------------
 # fingerprints
-
-
-def output_paths(embed_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """(embeddings file, statistics file) of a split."""
-    if split not in FILE_NAMES:
-        raise ValueError(f"split must be one of {sorted(FILE_NAMES)}, got {split!r}")
-    return tuple(Path(embed_dir) / name for name in FILE_NAMES[split])
-
-
-def split_records(data_dir: str | os.PathLike, split: str) -> list:
-    """The clips of a split, sorted by path: training normals, or every test clip."""
-    from dataset import discover_clips
-
-    records = discover_clips(data_dir, splits=(split,))
-    if split == "train":
-        records = [r for r in records if r.label == "normal"]
-    if not records:
-        raise ValueError(f"{data_dir}: no {'normal training' if split == 'train' else 'test'} clips found")
-    return records
-
-
-def data_fingerprint(records: Sequence) -> str:
-    """sha256 over every clip's absolute path, size, modification time and parsed metadata."""
-    digest = hashlib.sha256()
-    for record in records:
-        stat = os.stat(record.path)
-        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, record.to_dict()]
-        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
 
 
 def embedding_settings(long_clip: str = LONG_CLIP, pooling: str | None = POOLING,
@@ -86,34 +53,24 @@ def embedding_settings(long_clip: str = LONG_CLIP, pooling: str | None = POOLING
     return {"long_clip": long_clip, "pooling": pooling, "target_frames": target_frames, "amp": bool(amp)}
 
 
-def embedding_fingerprint(split: str, records: Sequence, model_path: str | os.PathLike,
-                          settings: dict, device: torch.device) -> dict:
-    from model import checkpoint_fingerprint
+def _data_part(split: str, records: Sequence, data_dir) -> dict:
+    return {"format": FEATURES_FORMAT, "split": split, "data": data_fingerprint(records),
+            "data_dir": str(Path(data_dir).resolve())}
 
+
+def embedding_fingerprint(split: str, records: Sequence, data_dir, model_path, settings: dict,
+                          device: torch.device) -> dict:
     if not Path(model_path).is_file():
-        raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first (it is needed to "
-                                "build the embeddings and to check cached ones)")
+        raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first")
     precision = "bf16" if settings["amp"] and device.type == "cuda" else "fp32"
-    return {"format": _FORMAT, "split": split, "data": data_fingerprint(records),
-            "checkpoint": checkpoint_fingerprint(model_path), "settings": settings, "precision": precision}
+    return {**_data_part(split, records, data_dir), "model_path": str(Path(model_path).resolve()),
+            "model_sha256": file_sha256(model_path), "settings": settings, "precision": precision}
 
 
-def stats_fingerprint(split: str, records: Sequence) -> dict:
+def stats_fingerprint(split: str, records: Sequence, data_dir) -> dict:
     from preprocessing import feature_settings
 
-    return {"format": _FORMAT, "split": split, "data": data_fingerprint(records), "features": feature_settings()}
-
-
-def read_payload(path: Path) -> dict | None:
-    """A saved features file, or None when it is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        print(f"{path}: unreadable ({type(error).__name__}); rebuilding")
-        return None
-    return payload if isinstance(payload, dict) and "fingerprint" in payload else None
+    return {**_data_part(split, records, data_dir), "features": feature_settings()}
 
 
 def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
@@ -124,38 +81,93 @@ def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
     changed = [key for key in sorted(set(saved) | set(fingerprint)) if saved.get(key) != fingerprint.get(key)]
     if not changed:
         return None
-    names = {"checkpoint": "another checkpoint", "data": "other data (files added, removed or changed)",
+    names = {"model_sha256": "another tuned model", "model_path": "another tuned model path",
+             "data": "other data (files added, removed or changed)", "data_dir": "another data folder",
              "settings": "other embedding settings", "precision": "another precision",
-             "features": "other feature settings", "format": "an older format"}
-    return "built from " + ", ".join(names.get(key, key) for key in changed)
+             "features": "other feature settings"}
+    return "built from " + ", ".join(dict.fromkeys(names.get(key, key) for key in changed))
 
 
 # -----------------------------------------------------------------------------
-# building
+# embedding clips
 
 
-@functools.lru_cache(maxsize=1)
-def _tuned_model(model_path: str, fingerprint: str, device: str):
-    """load_tuned, once per checkpoint version and device (the fingerprint keys the cache)."""
-    from model import load_tuned
+def _windows(fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int) -> list[torch.Tensor]:
+    from preprocessing import pad_or_crop, split_windows
 
-    return load_tuned(model_path, device=device)
+    if target_frames is None:
+        return [fbank[:max_frames]]
+    if long_clip == "windows":
+        return list(split_windows(fbank, target_frames))
+    return [pad_or_crop(fbank, target_frames)]
 
 
-def embed_records(records: Sequence, model_path: str | os.PathLike, settings: dict, device: torch.device,
-                  batch_size: int, cache, checkpoint_hash: str) -> torch.Tensor:
+def _same_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` pieces of equal length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if not batches or len(batches[-1]) == batch_size or lengths[batches[-1][0]] != lengths[i]:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
+def embed_fbanks(model: torch.nn.Module, fbanks: Sequence[torch.Tensor], target_frames: int | None,
+                 long_clip: str = "crop", device: str | torch.device = "cpu", amp: bool = True,
+                 batch_size: int = 16) -> torch.Tensor:
+    """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
+
+    Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
+    ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
+    ``target_frames`` None every clip is embedded at its own length (up to the encoder's maximum).
+    """
+    from model import base_encoder
+
+    if long_clip not in ("crop", "windows"):
+        raise ValueError(f"long_clip must be 'crop' or 'windows', got {long_clip!r}")
+    device = torch.device(device)
+    cfg = base_encoder(model.encoder).config
+    max_frames = cfg.max_length * cfg.patch_size
+    if target_frames is not None and target_frames > max_frames:
+        raise ValueError(f"target_frames {target_frames} exceeds the encoder's {max_frames} frames")
+    pieces, owners = [], []
+    for clip_index, fbank in enumerate(fbanks):
+        windows = _windows(fbank, target_frames, long_clip, max_frames)
+        pieces += windows
+        owners += [clip_index] * len(windows)
+    was_training = model.training
+    model.eval()
+    embeddings: torch.Tensor | None = None
+    try:
+        with torch.inference_mode(), autocast(device, amp):
+            for batch in _same_length_batches([p.shape[0] for p in pieces], batch_size):
+                x = torch.stack([pieces[i] for i in batch]).unsqueeze(1).to(device, torch.float32)
+                out = model.embed(x).float().cpu()
+                if embeddings is None:
+                    embeddings = torch.zeros(len(pieces), out.shape[1])
+                embeddings[batch] = out
+    finally:
+        model.train(was_training)
+    owner = torch.tensor(owners, dtype=torch.long)
+    sums = torch.zeros(len(fbanks), embeddings.shape[1]).index_add_(0, owner, embeddings)
+    return sums / torch.bincount(owner, minlength=len(fbanks)).clamp_min(1)[:, None].float()
+
+
+def embed_records(records: Sequence, model, trained: dict, settings: dict, device: torch.device,
+                  batch_size: int, cache) -> torch.Tensor:
     """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP)."""
-    from model import embed_fbanks
     from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
 
-    model, _, trained = _tuned_model(str(model_path), checkpoint_hash, str(device))
     pooling = settings["pooling"] or model.pooling
     target_frames = settings["target_frames"] or trained.get("target_frames") or DEFAULT_FRAMES
     trained_pooling, model.pooling = model.pooling, pooling
     chunks = []
     try:
         for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
-            fbanks = [cache.fbank(r.path) for r in records[start:start + batch_size]]
+            paths = [r.path for r in records[start:start + batch_size]]
+            # on CUDA the missing fbanks are computed in batches on the GPU
+            fbanks = cache.fbanks(paths, device, batch_size) if device.type == "cuda" else [cache.fbank(p) for p in paths]
             chunks.append(embed_fbanks(model, fbanks, target_frames, settings["long_clip"], device,
                                        settings["amp"], batch_size))
     finally:
@@ -169,74 +181,74 @@ def stats_records(records: Sequence, cache) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
-def _payload(matrix: torch.Tensor, records: Sequence, columns: list[str] | None, fingerprint: dict,
-             settings: dict) -> dict:
-    return {"matrix": matrix, "records": [r.to_dict() for r in records], "columns": columns,
-            "fingerprint": fingerprint, "settings": settings}
+def saved_settings(embed_dir: str | os.PathLike) -> dict | None:
+    """The embedding settings recorded in EMBED_DIR/normal_embeddings.pt, if any (test clips are
+    embedded exactly like the normals)."""
+    payload = read_feature_file(feature_paths(embed_dir, "train")[0])
+    return None if payload is None else payload["fingerprint"]["settings"]
 
 
-def _saved_settings(embed_dir: str | os.PathLike) -> tuple[dict | None, str | None]:
-    """Embedding settings and feature-cache folder recorded in EMBED_DIR/normal_embeddings.pt (if any)."""
-    payload = read_payload(output_paths(embed_dir, "train")[0])
-    if payload is None or "settings" not in payload:
-        return None, None
-    return payload["settings"], payload.get("cache_dir")
+def build_split(split: str, cfg, settings: dict, device: torch.device, cache) -> tuple[dict, dict]:
+    """Load the embeddings and statistics of a split, (re)building whichever is missing or stale."""
+    from preprocessing import STAT_NAMES
+
+    emb_path, stats_path = feature_paths(cfg.embed_dir, split)
+    records = split_records(cfg.data_dir, split)
+    outputs = []
+    for path, fingerprint, columns in (
+            (emb_path, embedding_fingerprint(split, records, cfg.data_dir, cfg.model_path, settings, device), None),
+            (stats_path, stats_fingerprint(split, records, cfg.data_dir), list(STAT_NAMES))):
+        payload = None if cfg.rebuild else read_feature_file(path)
+        reason = "rebuild requested" if cfg.rebuild else _stale_reason(payload, fingerprint)
+        if reason is None:
+            print(f"{path}: up to date ({len(records)} clips)")
+        else:
+            print(f"{path}: {reason}; computing {len(records)} {split} clips on {device}")
+            if columns is None:
+                model, _, trained = tuned_model(cfg.model_path, device)
+                matrix = embed_records(records, model, trained, settings, device, cfg.embed_batch_size, cache)
+            else:
+                matrix = stats_records(records, cache)
+            payload = {"matrix": matrix, "records": [r.to_dict() for r in records], "columns": columns,
+                       "fingerprint": fingerprint}
+            atomic_torch_save(payload, path)
+        outputs.append(payload)
+    return outputs[0], outputs[1]
 
 
-def load_split_features(split: str, data_dir: str | os.PathLike, model_path: str | os.PathLike,
-                        embed_dir: str | os.PathLike, settings: dict | None = None, device: str = "auto",
-                        batch_size: int = BATCH_SIZE, cache_dir: str | None = None,
-                        rebuild: bool = False) -> tuple[dict, dict]:
-    """Load the embeddings and statistics of a split, (re)building whichever is missing or stale.
+_TUNED: dict = {}
 
-    ``settings`` None reuses the embedding settings recorded in the normal embeddings file (so test
-    clips are embedded exactly like the normals), or the defaults when there is none; ``cache_dir``
-    None likewise reuses the recorded feature-cache folder ("none" turns the cache off). Returns
-    the two payloads (see the module docstring).
-    """
-    from preprocessing import STAT_NAMES, FeatureCache
 
-    saved_settings, saved_cache_dir = _saved_settings(embed_dir) if settings is None or cache_dir is None else (None, None)
-    settings = settings or saved_settings or embedding_settings()
-    cache_dir = cache_dir or saved_cache_dir or CACHE_DIR
-    device = resolve_device(device)
-    emb_path, stats_path = output_paths(embed_dir, split)
-    records = split_records(data_dir, split)
-    cache = FeatureCache(None if cache_dir == "none" else cache_dir)
+def tuned_model(model_path, device: torch.device):
+    """load_tuned, once per process (both splits share it)."""
+    from model import load_tuned
 
-    emb_fp = embedding_fingerprint(split, records, model_path, settings, device)
-    embeddings = None if rebuild else read_payload(emb_path)
-    reason = "rebuild requested" if rebuild else _stale_reason(embeddings, emb_fp)
-    if reason is not None:
-        print(f"{emb_path}: {reason}; embedding {len(records)} {split} clips on {device}")
-        matrix = embed_records(records, model_path, settings, device, batch_size, cache, emb_fp["checkpoint"])
-        embeddings = _payload(matrix, records, None, emb_fp, settings) | {"cache_dir": cache_dir}
-        atomic_torch_save(embeddings, emb_path)
-    else:
-        print(f"{emb_path}: up to date ({len(records)} clips)")
-
-    st_fp = stats_fingerprint(split, records)
-    stats = None if rebuild else read_payload(stats_path)
-    reason = "rebuild requested" if rebuild else _stale_reason(stats, st_fp)
-    if reason is not None:
-        print(f"{stats_path}: {reason}; computing statistics of {len(records)} {split} clips")
-        stats = _payload(stats_records(records, cache), records, list(STAT_NAMES), st_fp, None)
-        atomic_torch_save(stats, stats_path)
-    else:
-        print(f"{stats_path}: up to date ({len(records)} clips)")
-    return embeddings, stats
+    key = (str(Path(model_path).resolve()), str(device))
+    if key not in _TUNED:
+        _TUNED.clear()
+        _TUNED[key] = load_tuned(model_path, device=device)
+    return _TUNED[key]
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
+    from preprocessing import FeatureCache
+
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
-    settings = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp)
+    explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp)
+    # test clips alone are embedded like the normals already on disk, unless settings were given
+    settings = explicit if "train" in cfg.splits or explicit != embedding_settings() else (
+        saved_settings(cfg.embed_dir) or explicit)
+    device = resolve_device(cfg.device)
+    cache = FeatureCache(None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache)
     out = {}
-    for split in cfg.splits:
-        out[split] = load_split_features(split, cfg.data_dir, cfg.model_path, cfg.embed_dir, settings,
-                                         cfg.device, cfg.batch_size, cfg.cache_dir, cfg.rebuild)
-        embeddings, stats = out[split]
-        print(f"{split}: embeddings {tuple(embeddings['matrix'].shape)}, statistics {tuple(stats['matrix'].shape)}")
+    try:
+        for split in cfg.splits:
+            out[split] = build_split(split, cfg, settings, device, cache)
+            embeddings, stats = out[split]
+            print(f"{split}: embeddings {tuple(embeddings['matrix'].shape)}, statistics {tuple(stats['matrix'].shape)}")
+    finally:
+        _TUNED.clear()
     return out
 
 

@@ -1,12 +1,14 @@
 """End to end on a tiny generated tree with obvious anomalies: train -> embed -> Deep SVDD -> ensemble.
 
-Also: the embedding cache is rebuilt (never reused) when the checkpoint, the data or the embedding
-settings change, and a Deep SVDD fitted on other embeddings is refused.
+Also: the embedding files are rebuilt (never reused) when the tuned model, the data or the embedding
+settings change; the scorers read only those files, refuse stale or disagreeing ones naming the
+command to run, and refuse a Deep SVDD fitted on other embeddings.
 """
 from __future__ import annotations
 
 import csv
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,13 +47,14 @@ def pipeline(tmp_path_factory):
     return paths
 
 
-def _common(p: dict) -> list[str]:
-    return ["--data_dir", p["data"], "--model_path", p["model"], "--embed_dir", p["embed"]]
+def _extract(p: dict, *extra: str) -> dict:
+    return extract_embeddings.main(["--data_dir", p["data"], "--model_path", p["model"], "--embed_dir", p["embed"],
+                                    "--feature_cache", p["cache"], "--embed_batch_size", "8", *extra])
 
 
 def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline):
     p = pipeline
-    out = extract_embeddings.main(_common(p) + ["--cache_dir", p["cache"], "--batch_size", "8"])
+    out = _extract(p)
     normal_emb, normal_stats = out["train"]
     test_emb, test_stats = out["test"]
     assert normal_emb["matrix"].shape[0] == normal_stats["matrix"].shape[0] == 2 * 16
@@ -63,73 +66,89 @@ def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline):
         assert (Path(p["embed"]) / name).is_file()
 
     svdd_dir = p["root"] / "svdd"
-    written = train_deepSVDD.main(_common(p) + ["--svdd_dir", str(svdd_dir), "--use_stats", "true"])
+    written = train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--use_stats", "true"])
     assert sorted(written) == MACHINES and all(path.is_file() for path in written.values())
-    svdd = evaluate_deepSVDD.main(_common(p) + ["--svdd_dir", str(svdd_dir),
-                                                "--results_dir", str(p["root"] / "res_svdd"), "--plots", "false"])
-    ensemble = evaluate.main(_common(p) + ["-k", "3", "--w", "0.7", "--results_dir", str(p["root"] / "res_ens")])
+    svdd = evaluate_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir),
+                                   "--results_dir", str(p["root"] / "res_svdd"), "--plots", "false"])
+    ensemble = evaluate.main(["--embed_dir", p["embed"], "-k", "3", "--w", "0.7",
+                              "--results_dir", str(p["root"] / "res_ens")])
 
     for summary in (svdd, ensemble):
-        aucs = [s[key] for s in summary["sections"] for key in ("auc_source", "auc_target")]
+        aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
         print(summary["scorer"], summary["official_score"], aucs)
+        assert summary["dcase_year"] == "2022+" and summary["complete"]
         assert sum(aucs) / len(aucs) > 0.8, summary
         assert summary["official_score"] > 0.6, summary
     assert ensemble["settings"]["k"] == 3 and ensemble["settings"]["w"] == 0.7
     rows = list(csv.reader(open(p["root"] / "res_ens" / "anomaly_score_fan_section_00_test.csv")))
     assert len(rows) == 24 and all(r[0].endswith(".wav") and len(r) == 2 for r in rows)
     assert (p["root"] / "res_ens" / "roc_pump.png").is_file()
+    assert (p["root"] / "res_ens" / "evaluator_result.csv").is_file()
     assert not (p["root"] / "res_svdd" / "roc_pump.png").exists()
 
-    grid = evaluate.main(_common(p) + ["--sweep", "true", "--sweep_ks", "1,3", "--sweep_ws", "0,0.5,1",
-                                       "--results_dir", str(p["root"] / "res_sweep")])
+    grid = evaluate.main(["--embed_dir", p["embed"], "--sweep", "true", "--sweep_ks", "1,3", "--sweep_ws", "0,0.5,1",
+                          "--results_dir", str(p["root"] / "res_sweep")])
     assert len(grid["sweep"]) == 2 and len(grid["sweep"][0]) == 3
     assert not (p["root"] / "res_sweep").exists()
 
 
-def test_stale_caches_are_rebuilt_and_stale_svdd_refused(pipeline, tmp_path, capsys):
+def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, capsys):
     small = make_demo_data.main(["--out_dir", str(tmp_path / "data"), "--machine_types", "fan,pump",
                                  "--clip_seconds", "1", "--source_train", "3", "--target_train", "2",
                                  "--test_normal", "2", "--test_anomaly", "1", "--progress", "false"])
     p = {**pipeline, "data": str(small), "embed": str(tmp_path / "embed"), "cache": str(tmp_path / "cache")}
-    load = lambda **kw: extract_embeddings.load_split_features(
-        "test", p["data"], p["model"], p["embed"], cache_dir=p["cache"], **kw)
-    first, _ = load()
+    first = _extract(p)["test"][0]
     assert "missing" in capsys.readouterr().out
-    again, _ = load()
+    again = _extract(p)["test"][0]
     assert "up to date" in capsys.readouterr().out and torch.equal(first["matrix"], again["matrix"])
 
     # other embedding settings -> rebuilt
-    crop = extract_embeddings.embedding_settings(long_clip="crop", pooling="mean")
-    other, _ = load(settings=crop)
+    other = _extract(p, "--long_clip", "crop", "--pooling", "mean")["test"][0]
     assert "other embedding settings" in capsys.readouterr().out
     assert not torch.equal(other["matrix"], first["matrix"])
+    _extract(p)
+    capsys.readouterr()
 
-    # another checkpoint at the same path -> rebuilt, with different numbers
+    # a Deep SVDD fitted on these embeddings
+    svdd_dir = tmp_path / "svdd"
+    train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--svdd_epochs", "2",
+                         "--hidden_neurons", "16,4"])
+
+    # the tuned model changes on disk: the scorers stop and name the command; extraction rebuilds
     model_copy = tmp_path / "best.pth"
     model_copy.write_bytes(Path(p["model"]).read_bytes())
     p["model"] = str(model_copy)
-    load()                                   # settings from normal file (none here) -> defaults
-    capsys.readouterr()
+    _extract(p)
     payload = torch.load(model_copy, weights_only=True)
     payload["trainable_state"] = {k: v + 0.05 for k, v in payload["trainable_state"].items()}
     torch.save(payload, model_copy)
-    changed, _ = load()
-    assert "another checkpoint" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="changed .* since extraction; run python extract_embeddings.py"):
+        evaluate.main(["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res")])
+    changed = _extract(p)["test"][0]
+    assert "another tuned model" in capsys.readouterr().out
     assert not torch.equal(changed["matrix"], first["matrix"])
+    # ... and the Deep SVDD fitted on the old embeddings is refused
+    with pytest.raises(ValueError, match="rerun train_deepSVDD.py"):
+        evaluate_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir),
+                                "--results_dir", str(tmp_path / "res")])
 
-    # a changed clip (the data) -> rebuilt
+    # a changed clip (the data) -> the scorers refuse, extraction rebuilds
     clip = Path(changed["records"][0]["path"])
     stat = clip.stat()
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    load()
+    with pytest.raises(ValueError, match="clips in .* changed"):
+        evaluate.main(["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res")])
+    _extract(p)
     assert "other data" in capsys.readouterr().out
 
-    # a Deep SVDD fitted on other embeddings is refused
-    svdd_dir = tmp_path / "svdd"
-    train_deepSVDD.main(["--data_dir", p["data"], "--model_path", p["model"], "--embed_dir", p["embed"],
-                         "--svdd_dir", str(svdd_dir), "--epochs", "2", "--hidden_neurons", "16,4"])
-    payload["trainable_state"] = {k: v - 0.05 for k, v in payload["trainable_state"].items()}
-    torch.save(payload, model_copy)
-    with pytest.raises(ValueError, match="rerun train_deepSVDD.py"):
-        evaluate_deepSVDD.main(["--data_dir", p["data"], "--model_path", p["model"], "--embed_dir", p["embed"],
-                                "--svdd_dir", str(svdd_dir), "--results_dir", str(tmp_path / "res")])
+    # a missing statistics file is named with the command to run
+    (Path(p["embed"]) / "test_stats.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="test_stats.pt is missing.*extract_embeddings.py --data_dir"):
+        evaluate.main(["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res")])
+    assert not (tmp_path / "res").exists()
+
+
+def test_scorers_do_not_import_the_model():
+    code = ("import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, scoring; "
+            "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

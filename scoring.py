@@ -1,0 +1,416 @@
+"""The scorers' side of the pipeline: embedding files in, anomaly scores out.
+
+The four files extract_embeddings.py writes are the only contract between the encoder and the
+scorers (nothing here imports model.py or loads EAT):
+  normal_embeddings.pt, normal_stats.pt    the training normals
+  test_embeddings.pt,   test_stats.pt      the test clips
+each {"matrix": Tensor[N, F], "records": [ClipRecord dicts], "columns": stat names or None,
+"fingerprint": {...}}. ``load_features`` reads them and checks that they agree (same tuned model,
+same data folder, same settings, same clips in embeddings and statistics) and are current (the
+data folder and the tuned model on disk unchanged); otherwise it stops naming the command to run.
+
+Every scorer has one small interface: ``fit(normal)`` on the normals of one group (a section for
+the ensemble, a machine type for Deep SVDD), ``score(clips)``, and ``training_scores(normal)``
+(the fitted normals' own scores, leave-one-out where it matters, for the decision threshold).
+``score_by_group`` does the grouping for every scorer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dataset import ClipRecord, discover_clips
+
+FEATURES_FORMAT = "eat-lora-asd/features-v2"
+FEATURE_FILES = {"train": ("normal_embeddings.pt", "normal_stats.pt"),
+                 "test": ("test_embeddings.pt", "test_stats.pt")}
+GROUPINGS = ("section", "machine_type")
+
+
+# -----------------------------------------------------------------------------
+# the embedding files
+
+
+def feature_paths(embed_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(embeddings file, statistics file) of a split ("train" = the normals, or "test")."""
+    if split not in FEATURE_FILES:
+        raise ValueError(f"split must be one of {sorted(FEATURE_FILES)}, got {split!r}")
+    return tuple(Path(embed_dir) / name for name in FEATURE_FILES[split])
+
+
+def split_records(data_dir: str | os.PathLike, split: str) -> list[ClipRecord]:
+    """The clips of a split, sorted by path: the training normals, or every test clip."""
+    records = discover_clips(data_dir, splits=(split,))
+    if split == "train":
+        records = [r for r in records if r.label == "normal"]
+    if not records:
+        raise ValueError(f"{data_dir}: no {'normal training' if split == 'train' else 'test'} clips found")
+    return records
+
+
+def data_fingerprint(records: Sequence[ClipRecord]) -> str:
+    """sha256 over every clip's absolute path, size, modification time and parsed metadata."""
+    digest = hashlib.sha256()
+    for record in records:
+        stat = os.stat(record.path)
+        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, record.to_dict()]
+        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (the tuned model's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_feature_file(path: Path) -> dict | None:
+    """A features file, or None when it is missing or unreadable (never unpickles code)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        print(f"{path}: unreadable ({type(error).__name__}: {error})")
+        return None
+    ok = isinstance(payload, dict) and payload.get("fingerprint", {}).get("format") == FEATURES_FORMAT
+    return payload if ok else None
+
+
+@dataclass
+class Split:
+    """Embeddings, statistics and ClipRecords of the same clips, row for row."""
+
+    embeddings: np.ndarray     # [N, D] float32
+    stats: np.ndarray          # [N, S] float32
+    stat_names: list[str]
+    records: list[ClipRecord]
+
+    def rows(self, rows: Sequence[int]) -> "Split":
+        rows = list(rows)
+        return Split(self.embeddings[rows], self.stats[rows], self.stat_names, [self.records[i] for i in rows])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class Features:
+    """Both splits and what they were built from (tuned model, data folder, settings)."""
+
+    normal: Split
+    test: Split | None
+    fingerprint: dict          # the normal embeddings' fingerprint
+
+    @property
+    def data_dir(self) -> str:
+        return self.fingerprint["data_dir"]
+
+
+def extract_command(embed_dir, fingerprint: dict | None) -> str:
+    data = (fingerprint or {}).get("data_dir", "<data folder>")
+    model = (fingerprint or {}).get("model_path", "<best_encoder_model.pth>")
+    return f"python extract_embeddings.py --data_dir {data} --model_path {model} --embed_dir {embed_dir}"
+
+
+def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | None:
+    """Why a split's two files do not go with each other or with the normal embeddings."""
+    fp, st = emb["fingerprint"], stats["fingerprint"]
+    if [r["path"] for r in emb["records"]] != [r["path"] for r in stats["records"]] or fp["data"] != st["data"]:
+        return f"the {split} embeddings and statistics describe different clips"
+    for key, what in (("model_sha256", "another tuned model"), ("settings", "other embedding settings"),
+                      ("precision", "another precision"), ("data_dir", "another data folder")):
+        if fp.get(key) != reference.get(key):
+            return f"the {split} embeddings come from {what} than the normal embeddings"
+    return None
+
+
+def _stale(fingerprint: dict, split: str) -> str | None:
+    """Why the files no longer describe what is on disk (None when they do)."""
+    data_dir, model_path = Path(fingerprint["data_dir"]), Path(fingerprint["model_path"])
+    if data_dir.is_dir():
+        try:
+            if data_fingerprint(split_records(data_dir, split)) != fingerprint["data"]:
+                return f"the {split} clips in {data_dir} changed (added, removed or rewritten) since extraction"
+        except (ValueError, FileNotFoundError) as error:
+            return f"{data_dir}: {error}"
+    if model_path.is_file() and file_sha256(model_path) != fingerprint["model_sha256"]:
+        return f"{model_path} changed (retrained?) since extraction"
+    return None
+
+
+def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train", "test")) -> Features:
+    """Read and check the embedding and statistics files of ``splits`` in ``embed_dir``.
+
+    Raises FileNotFoundError / ValueError naming the file, what is wrong and the command to run.
+    """
+    embed_dir = Path(embed_dir)
+    loaded = {}
+    for split in splits:
+        emb_path, stats_path = feature_paths(embed_dir, split)
+        emb, stats = read_feature_file(emb_path), read_feature_file(stats_path)
+        for path, payload in ((emb_path, emb), (stats_path, stats)):
+            if payload is None:
+                reference = next((p["fingerprint"] for p, _ in loaded.values()), None)
+                raise FileNotFoundError(f"{path} is missing, unreadable or in an older format: run "
+                                        f"{extract_command(embed_dir, reference)}")
+        loaded[split] = (emb, stats)
+    reference = loaded[splits[0]][0]["fingerprint"]
+    for split, (emb, stats) in loaded.items():
+        problem = _disagreement(split, emb, stats, reference) or _stale(emb["fingerprint"], split)
+        if problem:
+            raise ValueError(f"{embed_dir}: {problem}; run {extract_command(embed_dir, emb['fingerprint'])}")
+
+    def to_split(pair) -> Split:
+        emb, stats = pair
+        return Split(emb["matrix"].float().numpy(), stats["matrix"].float().numpy(), list(stats["columns"]),
+                     [ClipRecord.from_dict(d) for d in emb["records"]])
+
+    return Features(to_split(loaded["train"]) if "train" in loaded else None,
+                    to_split(loaded["test"]) if "test" in loaded else None, reference)
+
+
+# -----------------------------------------------------------------------------
+# one interface for every scorer
+
+
+class Scorer(Protocol):
+    def fit(self, normal: Split) -> "Scorer": ...
+
+    def score(self, clips: Split) -> np.ndarray: ...
+
+    def training_scores(self, normal: Split) -> np.ndarray: ...
+
+
+def group_key(record: ClipRecord, by: str) -> tuple[str, ...]:
+    if by not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {by!r}")
+    return (record.machine_type, record.section) if by == "section" else (record.machine_type,)
+
+
+def row_groups(records: Sequence[ClipRecord], by: str) -> dict[tuple[str, ...], list[int]]:
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(group_key(record, by), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def score_by_group(normal: Split, clips: Split, scorer_for: Callable[[tuple[str, ...], Split], Scorer],
+                   by: str) -> tuple[dict[str, float], dict[tuple[str, str], np.ndarray]]:
+    """Scores of ``clips`` {path: score}, each by the scorer of its group, and the training normals'
+    scores per (machine_type, section) for the decision thresholds.
+
+    ``scorer_for(key, normals)`` returns a scorer fitted on that group's normals (fits it, or loads
+    a saved one).
+    """
+    normal_groups = row_groups(normal.records, by)
+    missing = sorted(set(row_groups(clips.records, by)) - set(normal_groups))
+    if missing:
+        raise ValueError(f"test clips of {', '.join('/'.join(k) for k in missing)} have no training normals "
+                         "to compare with")
+    scores: dict[str, float] = {}
+    train_scores: dict[tuple[str, str], list[float]] = {}
+    clip_groups = row_groups(clips.records, by)
+    for key, rows in normal_groups.items():
+        group_normal = normal.rows(rows)
+        scorer = scorer_for(key, group_normal)
+        for record, value in zip(group_normal.records, scorer.training_scores(group_normal)):
+            train_scores.setdefault((record.machine_type, record.section), []).append(float(value))
+        if key in clip_groups:
+            group_clips = clips.rows(clip_groups[key])
+            scores.update(zip((r.path for r in group_clips.records), map(float, scorer.score(group_clips))))
+    return scores, {key: np.asarray(values) for key, values in train_scores.items()}
+
+
+def expected_sections(normal: Split, test: Split) -> set[tuple[str, str]]:
+    """Every (machine_type, section) the data holds."""
+    return {(r.machine_type, r.section) for r in normal.records + test.records}
+
+
+# -----------------------------------------------------------------------------
+# ensemble: k-NN cosine distance on embeddings + Mahalanobis distance on statistics
+
+
+def nearest_similarities(queries: torch.Tensor, bank: torch.Tensor, k: int,
+                         self_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarities of each query to its ``k`` most similar bank rows, [N, min(k, M)], descending.
+
+    ``self_index[i]`` >= 0 marks query i as bank row ``self_index[i]``: that entry is excluded
+    (leave-one-out) and shows up as -inf when the bank has no other row to offer.
+    """
+    q = F.normalize(queries.float(), dim=1)
+    b = F.normalize(bank.float(), dim=1)
+    sims = q @ b.T
+    if self_index is not None:
+        members = torch.nonzero(self_index >= 0).squeeze(1)
+        sims[members, self_index[members]] = float("-inf")
+    return sims.topk(min(k, b.shape[0]), dim=1).values
+
+
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int,
+                 self_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cosine distance of each query to its k nearest bank rows (inf where none is valid)."""
+    top = nearest_similarities(queries, bank, k, self_index)
+    valid = torch.isfinite(top)
+    mean_sim = torch.where(valid, top, 0.0).sum(1) / valid.sum(1).clamp(min=1)
+    return torch.where(valid.any(1), 1.0 - mean_sim, torch.tensor(float("inf")))
+
+
+class Mahalanobis:
+    """Mahalanobis distance under a Ledoit-Wolf covariance of column-standardised training rows."""
+
+    def __init__(self, x: np.ndarray):
+        from sklearn.covariance import LedoitWolf
+
+        x = np.asarray(x, dtype=np.float64)
+        self.mean, scale = x.mean(0), x.std(0)
+        self.scale = np.where(scale > 1e-12, scale, 1.0)   # constant columns would divide by zero
+        self.precision = LedoitWolf(assume_centered=True).fit((x - self.mean) / self.scale).precision_
+
+    def inverse_covariance(self) -> np.ndarray:
+        """The precision matrix in the original units (for checks against scipy)."""
+        return self.precision / np.outer(self.scale, self.scale)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
+
+
+def standardiser(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """z-scores by the (finite) training distribution."""
+    finite = train[np.isfinite(train)]
+    mean = finite.mean() if finite.size else 0.0
+    std = finite.std() if finite.size > 1 and finite.std() > 0 else 1.0
+    return lambda values: (values - mean) / std
+
+
+class KnnMahalanobis:
+    """W * z(k-NN cosine distance) + (1 - W) * z(Mahalanobis distance of the statistics).
+
+    k-NN: mean cosine distance to the K nearest normals of the section, with one memory bank per
+    domain (the smaller distance is taken: target normals are few) or one for all. Each branch is
+    standardised by its own scores on the training normals (k-NN leave-one-out, so a clip is never
+    its own neighbour).
+    """
+
+    def __init__(self, k: int = 1, w: float = 0.5, separate_domain_banks: bool = True):
+        self.k, self.w, self.separate = k, w, separate_domain_banks
+
+    def _banks(self, normal: Split) -> dict:
+        domains = [r.domain if self.separate else None for r in normal.records]
+        return {d: [i for i, x in enumerate(domains) if x == d] for d in sorted(set(domains), key=str)}
+
+    def _knn(self, queries: np.ndarray, leave_one_out: bool) -> np.ndarray:
+        distance = torch.full((len(queries),), float("inf"))
+        for rows in self.banks.values():
+            self_index = None
+            if leave_one_out:
+                self_index = torch.full((len(queries),), -1, dtype=torch.long)
+                self_index[rows] = torch.arange(len(rows))
+            bank = torch.from_numpy(self.bank_embeddings[rows])
+            distance = torch.minimum(distance, knn_distance(torch.from_numpy(queries), bank, self.k, self_index))
+        return distance.numpy().astype(np.float64)
+
+    def fit(self, normal: Split) -> "KnnMahalanobis":
+        self.banks, self.bank_embeddings = self._banks(normal), normal.embeddings
+        self.mahalanobis = Mahalanobis(normal.stats)
+        self.z_knn = standardiser(self._knn(normal.embeddings, leave_one_out=True))
+        self.z_maha = standardiser(self.mahalanobis.distance(normal.stats))
+        return self
+
+    def _combine(self, knn: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return self.w * self.z_knn(knn) + (1 - self.w) * self.z_maha(self.mahalanobis.distance(stats))
+
+    def score(self, clips: Split) -> np.ndarray:
+        return self._combine(self._knn(clips.embeddings, leave_one_out=False), clips.stats)
+
+    def training_scores(self, normal: Split) -> np.ndarray:
+        return self._combine(self._knn(normal.embeddings, leave_one_out=True), normal.stats)
+
+
+# -----------------------------------------------------------------------------
+# Deep SVDD (pyod), one per machine type
+
+SVDD_FORMAT = "eat-lora-asd/deepsvdd-v1"
+
+
+class DeepSVDDScorer:
+    """A StandardScaler and a pyod DeepSVDD on the embeddings (with the statistics appended when
+    ``use_stats``); score = squared distance to the hypersphere centre."""
+
+    def __init__(self, use_stats: bool = False, hidden_neurons: Sequence[int] = (256, 64), epochs: int = 50,
+                 batch_size: int = 64, learning_rate: float = 1e-3, dropout: float = 0.0,
+                 weight_decay: float = 1e-6, seed: int = 0, threads: int = 1):
+        self.settings = {"use_stats": use_stats, "hidden_neurons": list(hidden_neurons), "epochs": epochs,
+                         "batch_size": batch_size, "learning_rate": learning_rate, "dropout": dropout,
+                         "weight_decay": weight_decay, "seed": seed, "threads": threads}
+
+    def inputs(self, clips: Split) -> np.ndarray:
+        x = clips.embeddings.astype(np.float64)
+        return np.concatenate([x, clips.stats.astype(np.float64)], axis=1) if self.settings["use_stats"] else x
+
+    def _detector(self, n_features: int):
+        from pyod.models.deep_svdd import DeepSVDD
+
+        s = self.settings
+        return DeepSVDD(n_features=n_features, hidden_neurons=list(s["hidden_neurons"]), epochs=s["epochs"],
+                        batch_size=s["batch_size"], learning_rate=s["learning_rate"], dropout_rate=s["dropout"],
+                        l2_regularizer=s["weight_decay"], preprocessing=False, verbose=0, random_state=s["seed"])
+
+    def fit(self, normal: Split) -> "DeepSVDDScorer":
+        from utils import seed_everything
+
+        x = self.inputs(normal)
+        if len(x) < 2:
+            raise ValueError(f"Deep SVDD needs at least 2 training rows, got {len(x)}")
+        seed_everything(self.settings["seed"])   # pyod seeds torch only; its shuffle uses numpy's generator
+        self.mean, scale = x.mean(0), x.std(0)
+        self.scale = np.where(scale > 0, scale, 1.0)
+        self.detector = self._detector(x.shape[1])
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.settings["threads"])   # a small network: more threads only add overhead
+        try:
+            self.detector.fit((x - self.mean) / self.scale)
+        finally:
+            torch.set_num_threads(previous)
+        return self
+
+    def score(self, clips: Split) -> np.ndarray:
+        x = (self.inputs(clips) - self.mean) / self.scale
+        return np.asarray(self.detector.decision_function(x), dtype=np.float64)
+
+    def training_scores(self, normal: Split) -> np.ndarray:
+        return self.score(normal)
+
+    def state(self) -> dict:
+        """Tensors and plain data only: loadable with torch.load(weights_only=True)."""
+        return {"format": SVDD_FORMAT, "settings": self.settings, "n_features": len(self.mean),
+                "mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale),
+                "network": self.detector.model_.state_dict(), "centre": self.detector.c_.detach().clone()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DeepSVDDScorer":
+        from pyod.models.deep_svdd import InnerDeepSVDD
+
+        scorer = cls(**state["settings"])
+        scorer.mean, scorer.scale = state["mean"].numpy(), state["scale"].numpy()
+        detector = scorer._detector(state["n_features"])
+        detector.model_ = InnerDeepSVDD(state["n_features"], use_ae=False, hidden_neurons=detector.hidden_neurons,
+                                        hidden_activation=detector.hidden_activation,
+                                        output_activation=detector.output_activation,
+                                        dropout_rate=detector.dropout_rate, l2_regularizer=detector.l2_regularizer)
+        detector.model_.load_state_dict(state["network"])
+        detector.c_ = state["centre"]
+        scorer.detector = detector
+        return scorer
