@@ -28,12 +28,18 @@ SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]     # w values of the sweep (0 = Mahalano
 PLOTS = True                               # ROC curves and score histograms (PNG)
 
 
+def ensemble_factory(k: int, w: float, separate_domain_banks: bool):
+    """A scoring.score_by_group factory: the ensemble fitted on one section's normals."""
+    from scoring import KnnMahalanobis
+
+    return lambda key, normal: KnnMahalanobis(k, w, separate_domain_banks).fit(normal)
+
+
 def ensemble_scores(features, k: int, w: float, separate_domain_banks: bool):
     """Test scores {path: score} and the training normals' scores per section for one (k, w)."""
-    from scoring import KnnMahalanobis, score_by_group
+    from scoring import score_by_group
 
-    return score_by_group(features.normal, features.test,
-                          lambda key, normal: KnnMahalanobis(k, w, separate_domain_banks).fit(normal), "section")
+    return score_by_group(features.normal, features.test, ensemble_factory(k, w, separate_domain_banks), "section")
 
 
 def sweep(features, cfg) -> list[list[float]]:

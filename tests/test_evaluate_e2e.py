@@ -52,27 +52,36 @@ def _extract(p: dict, *extra: str) -> dict:
                                     "--feature_cache", p["cache"], "--embed_batch_size", "8", *extra])
 
 
-def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline):
+@pytest.fixture(scope="module")
+def run_folder(pipeline):
+    """Embeddings, both scorers and their results in run_all's layout: (run folder, outputs)."""
     p = pipeline
-    out = _extract(p)
-    normal_emb, normal_stats = out["train"]
-    test_emb, test_stats = out["test"]
+    run = p["root"] / "run"
+    out = _extract({**p, "embed": str(run)})
+    svdd_dir = run / "svdd_models_per_type"
+    written = train_deepSVDD.main(["--embed_dir", str(run), "--svdd_dir", str(svdd_dir), "--use_stats", "true"])
+    svdd = evaluate_deepSVDD.main(["--embed_dir", str(run), "--svdd_dir", str(svdd_dir),
+                                   "--results_dir", str(run / "results" / "deepsvdd"), "--plots", "false"])
+    ensemble = evaluate.main(["--embed_dir", str(run), "-k", "3", "--w", "0.7",
+                              "--results_dir", str(run / "results" / "ensemble")])
+    return run, {"extract": out, "svdd_models": written, "deepsvdd": svdd, "ensemble": ensemble}
+
+
+def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline, run_folder):
+    p = pipeline
+    run, outputs = run_folder
+    normal_emb, normal_stats = outputs["extract"]["train"]
+    test_emb, test_stats = outputs["extract"]["test"]
     assert normal_emb["matrix"].shape[0] == normal_stats["matrix"].shape[0] == 2 * 16
     assert normal_stats["columns"] and len(normal_stats["columns"]) == normal_stats["matrix"].shape[1]
     assert {r["label"] for r in normal_emb["records"]} == {"normal"}
     assert {r["domain"] for r in normal_emb["records"]} == {"source", "target"}
     assert test_emb["matrix"].shape[0] == 2 * 24 and torch.isfinite(test_emb["matrix"]).all()
     for name in ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt"):
-        assert (Path(p["embed"]) / name).is_file()
-
-    svdd_dir = p["root"] / "svdd"
-    written = train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--use_stats", "true"])
+        assert (run / name).is_file()
+    written = outputs["svdd_models"]
     assert sorted(written) == MACHINES and all(path.is_file() for path in written.values())
-    svdd = evaluate_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir),
-                                   "--results_dir", str(p["root"] / "res_svdd"), "--plots", "false"])
-    ensemble = evaluate.main(["--embed_dir", p["embed"], "-k", "3", "--w", "0.7",
-                              "--results_dir", str(p["root"] / "res_ens")])
-
+    svdd, ensemble = outputs["deepsvdd"], outputs["ensemble"]
     for summary in (svdd, ensemble):
         aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
         print(summary["scorer"], summary["official_score"], aucs)
@@ -80,13 +89,13 @@ def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline):
         assert sum(aucs) / len(aucs) > 0.8, summary
         assert summary["official_score"] > 0.6, summary
     assert ensemble["settings"]["k"] == 3 and ensemble["settings"]["w"] == 0.7
-    rows = list(csv.reader(open(p["root"] / "res_ens" / "anomaly_score_fan_section_00_test.csv")))
+    rows = list(csv.reader(open(run / "results" / "ensemble" / "anomaly_score_fan_section_00_test.csv")))
     assert len(rows) == 24 and all(r[0].endswith(".wav") and len(r) == 2 for r in rows)
-    assert (p["root"] / "res_ens" / "roc_pump.png").is_file()
-    assert (p["root"] / "res_ens" / "evaluator_result.csv").is_file()
-    assert not (p["root"] / "res_svdd" / "roc_pump.png").exists()
+    assert (run / "results" / "ensemble" / "roc_pump.png").is_file()
+    assert (run / "results" / "ensemble" / "evaluator_result.csv").is_file()
+    assert not (run / "results" / "deepsvdd" / "roc_pump.png").exists()
 
-    grid = evaluate.main(["--embed_dir", p["embed"], "--sweep", "true", "--sweep_ks", "1,3", "--sweep_ws", "0,0.5,1",
+    grid = evaluate.main(["--embed_dir", str(run), "--sweep", "true", "--sweep_ks", "1,3", "--sweep_ws", "0,0.5,1",
                           "--results_dir", str(p["root"] / "res_sweep")])
     assert len(grid["sweep"]) == 2 and len(grid["sweep"][0]) == 3
     assert not (p["root"] / "res_sweep").exists()
@@ -152,3 +161,31 @@ def test_scorers_do_not_import_the_model():
     code = ("import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, scoring; "
             "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("scorer", ["ensemble", "deepsvdd"])
+def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_path, scorer, capsys):
+    import score_clips
+
+    run, _ = run_folder
+    results = run / "results" / scorer
+    expected = {row[0]: (float(row[1]), int(d[1])) for row, d in zip(
+        csv.reader(open(results / "anomaly_score_pump_section_00_test.csv")),
+        csv.reader(open(results / "decision_result_pump_section_00_test.csv")))}
+    data = Path(run_folder[1]["extract"]["test"][0]["records"][0]["path"]).parents[2]
+    originals = sorted((data / "pump" / "test").glob("*.wav"))[:5]
+    renamed = []
+    for i, clip in enumerate(originals):          # arbitrary names, as a plant engineer's recorder gives
+        renamed.append(tmp_path / f"recording {i} from line 3.wav")
+        renamed[-1].write_bytes(clip.read_bytes())
+    out = tmp_path / "scores.csv"
+    rows = score_clips.main(["--run", str(run), "--machine_type", "pump", "--section", "00", "--scorer", scorer,
+                             "--output", str(out), *map(str, renamed)])
+    for (name, score, decision), original in zip(rows, originals):
+        assert score == pytest.approx(expected[original.name][0], rel=1e-5, abs=1e-6)
+        assert decision == expected[original.name][1]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "file,score,decision" and len(lines) == 6 and lines[1].startswith("recording 0 from line 3.wav,")
+    assert "5 clips of pump section 00" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="never saw valve section 00"):
+        score_clips.main(["--run", str(run), "--machine_type", "valve", "--output", str(out), str(renamed[0])])
