@@ -88,7 +88,7 @@ def embedding_settings(long_clip: str = LONG_CLIP, pooling: str | None = POOLING
 
 def embedding_fingerprint(split: str, records: Sequence, model_path: str | os.PathLike,
                           settings: dict, device: torch.device) -> dict:
-    from model import checkpoint_fingerprint
+    from checkpoints import checkpoint_fingerprint
 
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first (it is needed to "
@@ -137,7 +137,7 @@ def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
 @functools.lru_cache(maxsize=1)
 def _tuned_model(model_path: str, fingerprint: str, device: str):
     """load_tuned, once per checkpoint version and device (the fingerprint keys the cache)."""
-    from model import load_tuned
+    from checkpoints import load_tuned
 
     return load_tuned(model_path, device=device)
 
