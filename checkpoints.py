@@ -67,19 +67,20 @@ def _hub_offline() -> bool:
 def _from_hub(spec: str, hub_id: str, revision: str | None) -> ResolvedCheckpoint:
     from huggingface_hub import snapshot_download
 
-    cache = hub_cache_dir()
-    options = dict(repo_id=hub_id, revision=revision, cache_dir=cache, local_files_only=_hub_offline())
+    cache, offline = hub_cache_dir(), _hub_offline()
+    options = dict(repo_id=hub_id, revision=revision, cache_dir=cache, local_files_only=offline)
     try:
         folder = Path(snapshot_download(allow_patterns=["config.json", WEIGHT_FILES[0]], **options))
         if not (folder / WEIGHT_FILES[0]).is_file():  # an older repo with pytorch_model.bin only
             folder = Path(snapshot_download(allow_patterns=list(WEIGHT_FILES[1:]), **options))
     except Exception as error:  # not cached while offline, no network, unknown repo or revision
+        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline
+               else f"downloading failed: {type(error).__name__}: {error}")
         raise FileNotFoundError(
             f"EAT checkpoint {spec}: no such local path, and the Hugging Face repo {hub_id} (revision "
-            f"{revision or 'main'}) is not in the cache {cache} and could not be downloaded "
-            f"({type(error).__name__}: {error}). Run once with network access (HF_HUB_OFFLINE unset; "
-            f"HF_HOME or HF_HUB_CACHE choose the cache), or on a connected machine run "
-            f"`hf download {hub_id} config.json {WEIGHT_FILES[0]} --local-dir DIR` and pass DIR") from error
+            f"{revision or 'main'}) is not in the cache {cache} ({why}). Run once with network access "
+            f"(HF_HUB_OFFLINE unset; HF_HOME or HF_HUB_CACHE choose the cache), or on a connected machine "
+            f"run `hf download {hub_id} config.json {WEIGHT_FILES[0]} --local-dir DIR` and pass DIR") from error
     return ResolvedCheckpoint(folder, hub_id, folder.name)
 
 
