@@ -221,7 +221,7 @@ _TUNED: dict = {}
 
 def tuned_model(model_path, device: torch.device):
     """load_tuned, once per process (both splits share it)."""
-    from model import load_tuned
+    from checkpoints import load_tuned
 
     key = (str(Path(model_path).resolve()), str(device))
     if key not in _TUNED:

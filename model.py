@@ -1,37 +1,38 @@
-"""The EAT encoder in plain PyTorch, its LoRA adapters, the auxiliary heads and tuned-model files.
+"""The EAT encoder in plain PyTorch, its LoRA adapters and the auxiliary classification heads.
 
-EAT (Chen et al., IJCAI 2024) is a ViT over 16x16 patches of a 128-bin log-mel fbank. Module and
-parameter names follow the released Hugging Face port (every key prefixed ``model.``), so a local
-download loads key for key with no ``trust_remote_code`` and no network. See
-../shared/EAT_FORMAT.md for the format this file is built against.
+EAT (Chen et al., IJCAI 2024, arXiv 2401.03497) is a ViT over 16x16 patches of a 128-bin log-mel
+fbank. Its front end (preprocessing.py): a 16 kHz mono waveform minus its mean; kaldi fbank with
+htk_compat, 128 mel bins, hanning window, 25 ms frames every 10 ms, no energy, no dither; zero-padded
+or cropped to the target frames (1024 = 10.24 s in the released recipes); normalised as
+(fbank + 4.268) / (2 * 4.569); shaped [B, 1, T, 128].
+
+Module and parameter names follow the released Hugging Face port (every key prefixed ``model.``
+there), so its weights load key for key with no ``trust_remote_code`` (checkpoints.py reads them):
+  local_encoder.proj                  Conv2d(1, D, 16, stride 16); tokens time-major, t_patch * 8 + f_patch
+  fixed_positional_encoder.positions  (1, max_length * 8, D) 2-D sin-cos table, stored, not trained
+  extra_tokens                        (1, 1, D) CLS token, prepended after the positions are added
+  pre_norm                            LayerNorm(D, eps 1e-6) over the whole sequence before the blocks
+  blocks.{i}.attn.qkv, .attn.proj     attention (qkv splits as 3, heads, head_dim)
+  blocks.{i}.norm1, .norm2            post-norm LayerNorms (see Block)
+  blocks.{i}.mlp.fc1, .mlp.fc2        Linear(D, 4D), GELU, Linear(4D, D)
+  fc_norm, head                       fine-tuned release only: the AudioSet classifier, unused here
+There is no norm after the last block; the output's token 0 is the utterance (CLS) embedding.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import math
-import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import atomic_torch_save, autocast
+from utils import autocast
 
-TUNED_FORMAT = "eat-lora-asd/tuned-v1"
-HF_PREFIX = "model."
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LORA_TARGETS = r"blocks\.\d+\.attn\.(qkv|proj)"  # peft full-matches this; local_encoder.proj stays out
-RANDOM_INIT_WARNING = (
-    "WARNING: no EAT checkpoint given: building a RANDOMLY INITIALISED '{size}' encoder. "
-    "Embeddings and AUROC will be far below a pretrained EAT; pass a downloaded checkpoint "
-    "directory (config.json + model.safetensors) as EAT_CHECKPOINT for real results."
-)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -92,20 +93,6 @@ class EATConfig:
         """Known fields only; HF bookkeeping keys (architectures, auto_map, ...) are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-    @classmethod
-    def from_pretrained_dir(cls, checkpoint_dir: str | os.PathLike) -> "EATConfig":
-        path = Path(checkpoint_dir) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"EAT checkpoint folder {checkpoint_dir} has no config.json")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from error
 
     @classmethod
     def preset(cls, size: str) -> "EATConfig":
@@ -233,7 +220,7 @@ class EATEncoder(nn.Module):
     def __init__(self, cfg: EATConfig):
         super().__init__()
         self.config = cfg
-        self.source: dict[str, Any] = {}  # where the weights came from (filled by build_encoder)
+        self.source: dict[str, Any] = {}  # where the weights came from (filled by checkpoints.build_encoder)
         self.local_encoder = PatchEmbed(cfg)
         self.fixed_positional_encoder = FixedPositionalEncoder(cfg)
         self.extra_tokens = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -290,8 +277,6 @@ class EATEncoder(nn.Module):
             x = block(x, explicit_attention)
         return x
 
-    extract_features = forward
-
 
 def forward_flops(cfg: EATConfig, frames: int) -> int:
     """Analytic FLOPs (2 per multiply-add) of one clip's forward pass: the matmuls that dominate."""
@@ -319,162 +304,6 @@ def tune_cpu_allocator() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _weights_file(checkpoint_dir: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (checkpoint_dir / name).is_file():
-            return checkpoint_dir / name
-    raise FileNotFoundError(f"EAT checkpoint folder {checkpoint_dir} has none of {', '.join(WEIGHT_FILES)}")
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt / truncated / not a checkpoint at all
-        raise ValueError(f"cannot read EAT weights from {path}: {type(error).__name__}: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
-def _fairseq_to_hf(weights: dict[str, Any], model_cfg: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Map an original fairseq/data2vec-2.0 EAT state dict onto this module's names (and a config).
-
-    Mapping (fairseq's data2vec 2.0 ImageEncoder, which EAT's encoder is):
-      modality_encoders.IMAGE.local_encoder.proj.*               -> local_encoder.proj.*
-      modality_encoders.IMAGE.fixed_positional_encoder.positions -> fixed_positional_encoder.positions
-      modality_encoders.IMAGE.extra_tokens                       -> extra_tokens
-      modality_encoders.IMAGE.context_encoder.norm.*             -> pre_norm.*
-      blocks.*                                                   -> blocks.*
-      fc_norm.*, head.* (fine-tuned files hold the encoder under model.) -> fc_norm.*, head.*
-    The EMA teacher (_ema), the decoders and recon_proj serve pre-training only and are dropped;
-    anything else keeps its name, so the strict load reports it. num_heads comes from the saved
-    config, else embed_dim / 64 (true of EAT base and large).
-    """
-    mapped = {}
-    for key, value in weights.items():
-        key = key[len("model."):] if key.startswith("model.") else key
-        if key.startswith(("_ema", "ema.", "decoder.", "shared_decoder.", "recon_proj.",
-                           "modality_encoders.IMAGE.decoder.")) or not isinstance(value, torch.Tensor):
-            continue
-        key = key.replace("modality_encoders.IMAGE.context_encoder.norm.", "pre_norm.")
-        mapped[key.replace("modality_encoders.IMAGE.", "")] = value
-    embed_dim = mapped["extra_tokens"].shape[-1] if "extra_tokens" in mapped else 768
-    positions = mapped.get("fixed_positional_encoder.positions")
-    config = {"embed_dim": embed_dim,
-              "depth": len({k.split(".")[1] for k in mapped if k.startswith("blocks.")}),
-              "num_heads": int(model_cfg.get("num_heads") or embed_dim // 64),
-              "max_length": positions.shape[1] // 8 if positions is not None else 768,
-              "model_variant": "finetune" if "head.weight" in mapped else "pretrain"}
-    if "head.weight" in mapped:
-        config["num_classes"] = mapped["head.weight"].shape[0]
-    return mapped, config
-
-
-def read_checkpoint(checkpoint: str | os.PathLike) -> tuple[EATConfig, dict[str, torch.Tensor], Path]:
-    """(config, state with the ``model.`` prefix removed, weights file) of an HF folder or fairseq .pt."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        config = EATConfig.from_pretrained_dir(path)
-        weights = _weights_file(path)
-        state = _read_state(weights)
-        unprefixed = [k for k in state if not k.startswith(HF_PREFIX)]
-        if unprefixed:
-            raise ValueError(
-                f"{weights}: keys without the Hugging Face '{HF_PREFIX}' prefix, e.g. {unprefixed[:3]}; "
-                "this is not a released EAT checkpoint in the HF layout")
-        return config, {k[len(HF_PREFIX):]: v for k, v in state.items()}, weights
-    if path.is_file() and path.suffix == ".pt":
-        try:  # fairseq pickles its config (omegaconf): a full unpickling, so only load files you trust
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:
-            raise ValueError(f"cannot read fairseq EAT checkpoint {path}: {type(error).__name__}: {error}") from error
-        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-            raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' state dict inside)")
-        saved_cfg = raw.get("cfg") if isinstance(raw.get("cfg"), dict) else {}
-        model_cfg = saved_cfg.get("model") if isinstance(saved_cfg.get("model"), dict) else {}
-        state, values = _fairseq_to_hf(raw["model"], dict(model_cfg))
-        print(f"note: {path} read as a fairseq checkpoint (num_heads={values['num_heads']})")
-        return EATConfig.from_dict(values), state, path
-    raise FileNotFoundError(
-        f"EAT checkpoint {checkpoint} not found: give a Hugging Face folder (config.json + "
-        f"model.safetensors or pytorch_model.bin) or an original fairseq .pt file")
-
-
-def load_state_strict(encoder: EATEncoder, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy ``state`` into ``encoder``; any missing, unexpected or mis-shaped key stops with all of them listed."""
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                       for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        def listing(title: str, items: list[str]) -> str:
-            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            return f"\n  {title} ({len(items)}): " + ("none" if not items else "\n    " + "\n    ".join(shown))
-        raise ValueError(
-            f"EAT checkpoint {source} does not match the {encoder.config.embed_dim}-dim, "
-            f"{encoder.config.depth}-block {encoder.config.model_variant} encoder its config describes:"
-            + listing("missing keys", missing) + listing("unexpected keys", unexpected)
-            + listing("mis-shaped keys", misshaped))
-    encoder.load_state_dict(state, strict=True)
-
-
-def backbone_fingerprint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """Cheap identity of a backbone checkpoint: config hash + weights file name, size and mtime."""
-    path = Path(checkpoint)
-    weights = _weights_file(path) if path.is_dir() else path
-    # the config's content, not its formatting
-    config_text = json.dumps(json.loads((path / "config.json").read_text()), sort_keys=True) if path.is_dir() else ""
-    stat = weights.stat()
-    return {"config_sha256": hashlib.sha256(config_text.encode()).hexdigest(), "weights_file": weights.name,
-            "size": stat.st_size, "mtime": stat.st_mtime}
-
-
-def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over named tensors (names, shapes, dtypes and bytes), in sorted name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def state_checksum(module: nn.Module) -> str:
-    """tensors_checksum of a module's whole state dict."""
-    return tensors_checksum(module.state_dict())
-
-
-def build_encoder(checkpoint: str | os.PathLike | None, size: str = "base", init_seed: int = 0,
-                  verbose: bool = True) -> EATEncoder:
-    """Load a released EAT checkpoint strictly, or (checkpoint None) build a random ``size`` encoder."""
-    if checkpoint is None or str(checkpoint) == "":
-        if verbose:
-            print(RANDOM_INIT_WARNING.format(size=size))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            encoder = EATEncoder(EATConfig.preset(size))
-        encoder.source = {"checkpoint": None, "size": size, "init_seed": init_seed,
-                          "checksum": state_checksum(encoder), "torch": str(torch.__version__)}
-        return encoder
-    config, state, weights = read_checkpoint(checkpoint)
-    encoder = EATEncoder(config)
-    load_state_strict(encoder, state, weights)
-    table = sincos_position_table(config.embed_dim, config.max_length, config.freq_patches)
-    if verbose and not torch.allclose(encoder.fixed_positional_encoder.positions, table, atol=1e-4):
-        print(f"note: the position table stored in {weights} differs from the 2-D sin-cos formula; using the stored one")
-    encoder.source = {"checkpoint": str(Path(checkpoint).resolve()), "fingerprint": backbone_fingerprint(checkpoint)}
-    if verbose:
-        print(f"loaded EAT encoder from {weights} (dim {config.embed_dim}, depth {config.depth}, {config.model_variant})")
-    return encoder
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -596,168 +425,3 @@ class ASDModel(nn.Module):
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (LoRA, unfrozen norms, head), detached CPU copies."""
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_tuned(path: str | os.PathLike, model: ASDModel, label_index: Any, settings: dict[str, Any],
-               backbone_checkpoint: str | os.PathLike | None) -> None:
-    """Write LoRA + head weights, the label index, settings and the backbone's identity (atomic).
-
-    Frozen pretrained weights are not copied: the file points at the backbone checkpoint and its
-    fingerprint; a random backbone is recorded by its init seed and a checksum of its weights.
-    """
-    encoder = base_encoder(model.encoder)
-    source = dict(encoder.source)
-    recorded = source.get("checkpoint")
-    if (backbone_checkpoint is None) != (recorded is None) or (
-            recorded is not None and Path(backbone_checkpoint).resolve() != Path(recorded)):
-        raise ValueError(f"save_tuned: backbone_checkpoint {backbone_checkpoint!r} is not the checkpoint "
-                         f"the encoder was built from ({recorded!r})")
-    lora = getattr(model.encoder, "asd_lora_settings", None)
-    payload = {
-        "format": TUNED_FORMAT,
-        "eat_config": asdict(encoder.config),
-        "backbone": source,
-        "lora": lora,
-        "head": head_settings(model.head),
-        "pooling": model.pooling,
-        "trainable_state": trainable_state(model),
-        "label_index": label_index.to_dict() if hasattr(label_index, "to_dict") else label_index,
-        "settings": json.loads(json.dumps(settings, default=str)),
-    }
-    atomic_torch_save(payload, path)
-
-
-def _rebuild_backbone(backbone: dict[str, Any], path: Path, override: str | os.PathLike | None) -> EATEncoder:
-    checkpoint = override if override is not None else backbone.get("checkpoint")
-    if checkpoint is None:
-        encoder = build_encoder(None, backbone["size"], backbone["init_seed"])
-        if encoder.source["checksum"] != backbone["checksum"]:
-            raise ValueError(
-                f"{path}: rebuilding its random '{backbone['size']}' backbone (seed {backbone['init_seed']}) gave "
-                f"different weights (saved with torch {backbone.get('torch')}, this is torch {torch.__version__}); "
-                "random initialisation is not reproducible across these versions")
-        return encoder
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(
-            f"{path} was tuned on the EAT checkpoint {checkpoint}, which is not there any more; "
-            "pass its new location as backbone_checkpoint")
-    now, saved = backbone_fingerprint(checkpoint), backbone.get("fingerprint") or {}
-    for key in ("config_sha256", "weights_file", "size"):
-        if key in saved and now[key] != saved[key]:
-            raise ValueError(f"{path} was tuned on a different EAT checkpoint than {checkpoint} "
-                             f"({key}: saved {saved[key]!r}, now {now[key]!r})")
-    if saved.get("mtime") not in (None, now["mtime"]):
-        print(f"note: {checkpoint} was modified after {path} was tuned on it (same size and config)")
-    return build_encoder(checkpoint)
-
-
-def load_tuned(path: str | os.PathLike, device: str | torch.device = "cpu",
-               backbone_checkpoint: str | os.PathLike | None = None) -> tuple[ASDModel, Any, dict[str, Any]]:
-    """Rebuild the tuned model (eval mode, on ``device``), its LabelIndex and its settings.
-
-    ``backbone_checkpoint`` overrides the recorded backbone path (e.g. after moving the files).
-    """
-    from dataset import LabelIndex
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tuned model {path} not found (run train.py first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read tuned model {path}: {type(error).__name__}: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
-        raise ValueError(f"{path} is not a tuned EAT-LoRA model file (format {TUNED_FORMAT})")
-    encoder = _rebuild_backbone(payload["backbone"], path, backbone_checkpoint)
-    if asdict(encoder.config) != payload["eat_config"]:
-        raise ValueError(f"{path}: the backbone's config differs from the one it was tuned with")
-    wrapped: nn.Module = encoder
-    if payload["lora"] is not None:
-        lora = payload["lora"]
-        wrapped = add_lora(encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["unfreeze_last_norms"])
-    head_cfg = payload["head"]
-    head = make_head(head_cfg["kind"], encoder.embed_dim, head_cfg["num_classes"],
-                     head_cfg.get("scale", 30.0), head_cfg.get("margin", 0.5))
-    model = ASDModel(wrapped, head, payload["pooling"])
-    saved = payload["trainable_state"]
-    current = dict(model.named_parameters())
-    missing, unexpected = sorted(set(trainable_state(model)) - set(saved)), sorted(set(saved) - set(current))
-    if missing or unexpected:
-        raise ValueError(f"{path}: tuned weights do not fit the rebuilt model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            if current[name].shape != tensor.shape:
-                raise ValueError(f"{path}: {name} is {tuple(tensor.shape)}, the model expects {tuple(current[name].shape)}")
-            current[name].copy_(tensor)
-    model.to(device).eval()
-    return model, LabelIndex.from_dict(payload["label_index"]), payload["settings"]
-
-
-def checkpoint_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a tuned-model file's bytes (changes whenever the file changes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- embedding clips
-
-def _embed_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(model, "embed"):
-        return model.embed(x)
-    return model(x)[:, 0]  # a bare EATEncoder: CLS token
-
-
-def embed_fbanks(model: nn.Module, fbanks: Sequence[torch.Tensor], target_frames: int | None,
-                 long_clip: str = "crop", device: str | torch.device = "cpu", amp: bool = True,
-                 batch_size: int = 16) -> torch.Tensor:
-    """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
-
-    Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
-    ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
-    ``target_frames`` None every clip is embedded at its own length (up to the encoder's maximum).
-    """
-    from preprocessing import pad_or_crop, split_windows
-
-    if long_clip not in ("crop", "windows"):
-        raise ValueError(f"long_clip must be 'crop' or 'windows', got {long_clip!r}")
-    device = torch.device(device)
-    cfg = base_encoder(model.encoder if hasattr(model, "encoder") else model).config
-    max_frames = cfg.max_length * cfg.patch_size
-    if target_frames is not None and target_frames > max_frames:
-        raise ValueError(f"target_frames {target_frames} exceeds the encoder's {max_frames} frames")
-    pieces, owners = [], []
-    for clip_index, fbank in enumerate(fbanks):
-        if target_frames is None:
-            windows = [fbank[:max_frames]]
-        elif long_clip == "windows":
-            windows = list(split_windows(fbank, target_frames))
-        else:
-            windows = [pad_or_crop(fbank, target_frames)]
-        pieces += windows
-        owners += [clip_index] * len(windows)
-    # equal lengths batch together (with target_frames set, every piece has the same length)
-    order = sorted(range(len(pieces)), key=lambda i: pieces[i].shape[0])
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) == batch_size or pieces[i].shape[0] != pieces[current[0]].shape[0]):
-            batches.append(current)
-            current = []
-        current.append(i)
-    batches += [current] if current else []
-    was_training = model.training
-    model.eval()
-    embeddings = torch.zeros(len(pieces), cfg.embed_dim)
-    try:
-        with torch.inference_mode(), autocast(device, amp):
-            for batch in batches:
-                x = torch.stack([pieces[i] for i in batch]).unsqueeze(1).to(device, torch.float32)
-                embeddings[batch] = _embed_batch(model, x).float().cpu()
-    finally:
-        model.train(was_training)
-    owner = torch.tensor(owners, dtype=torch.long)
-    sums = torch.zeros(len(fbanks), cfg.embed_dim).index_add_(0, owner, embeddings)
-    return sums / torch.bincount(owner, minlength=len(fbanks)).clamp_min(1)[:, None].float()

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from checkpoints import build_encoder, save_tuned, tensors_checksum
 from dataset import ClipDataset, FixedLengthCollate, LabelIndex, discover_clips, stratified_split
-from model import (ASDModel, add_lora, build_encoder, count_parameters, make_head, save_tuned, tensors_checksum,
-                   trainable_state, tune_cpu_allocator)
+from model import ASDModel, add_lora, count_parameters, make_head, trainable_state, tune_cpu_allocator
 from preprocessing import FeatureCache
 from utils import atomic_torch_save, autocast, config_to_dict, parse_config, print_config, resolve_device, seed_everything
 

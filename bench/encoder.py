@@ -90,6 +90,7 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
 def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     """One (size, mode) measurement in its own process; puts a result dict on ``queue``."""
     import model as M
+    from checkpoints import build_encoder
 
     device = resolve_device(cfg_dict["device"])
     if cfg_dict["threads"]:
@@ -100,7 +101,7 @@ def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     side = cfg_dict["matmul_size"] or (8192 if device.type == "cuda" else 2048)
     rate = matmul_rate(device, matmul_dtype(device, cfg_dict["amp"]), side, cfg_dict["matmul_repeats"])
     torch.manual_seed(0)
-    encoder = M.build_encoder(None, size, verbose=False).to(device)
+    encoder = build_encoder(None, size, verbose=False).to(device)
     x = torch.randn(cfg_dict["batch_size"], 1, cfg_dict["frames"], 128, device=device)
     amp = cfg_dict["amp"]
     if device.type == "cuda":

@@ -2,6 +2,8 @@
 
     from eat_checkpoint_support import write_eat_checkpoint
     state = write_eat_checkpoint(tmp_path / "eat")        # folder with config.json + model.safetensors
+    folder = write_hub_snapshot(tmp_path / "hub", "owner/name", COMMIT)   # a Hugging Face cache entry
+    fairseq_layout(state, "pretrain")                     # the same tensors under fairseq's names
 
 The folder holds `config.json` (model_type "eat") and `model.safetensors` (or `pytorch_model.bin`),
 every key prefixed `model.`, exactly as the released checkpoints are laid out.
@@ -9,6 +11,7 @@ every key prefixed `model.`, exactly as the released checkpoints are laid out.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,3 +86,55 @@ def write_eat_checkpoint(folder: str | Path, variant: str = "pretrain", weights:
     else:
         raise ValueError(f"weights must be 'safetensors' or 'bin', got {weights!r}")
     return state
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_hub_snapshot(cache: str | Path, hub_id: str, commit: str = COMMIT, ref: str = "main",
+                       **checkpoint_options) -> Path:
+    """A tiny checkpoint laid out as huggingface_hub caches it under ``cache`` (HF_HUB_CACHE).
+
+    models--owner--name/blobs/<file hash>, snapshots/<commit>/<file> -> ../../blobs/<hash> links,
+    refs/<ref> holding the commit. Returns the snapshot folder.
+    """
+    import hashlib
+
+    repo = Path(cache) / ("models--" + hub_id.replace("/", "--"))
+    staging = repo / "staging"
+    write_eat_checkpoint(staging, **checkpoint_options)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for file in sorted(staging.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.move(file, blob)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    staging.rmdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def fairseq_layout(hf_state: dict[str, torch.Tensor], variant: str = "pretrain") -> dict[str, torch.Tensor]:
+    """The tensors of an HF-layout state under an original fairseq EAT file's names, with training-only extras.
+
+    Pre-trained: modality_encoders.IMAGE.{local_encoder, extra_tokens, fixed_positional_encoder,
+    context_encoder.norm} and blocks.*, plus the EMA teacher and a decoder; fine-tuned: the same
+    encoder keys under model., with fc_norm and head.
+    """
+    fairseq = {}
+    for key, value in hf_state.items():
+        key = key[len("model."):]
+        if key.startswith("pre_norm."):
+            key = "modality_encoders.IMAGE.context_encoder.norm." + key.split(".")[-1]
+        elif not key.startswith(("blocks.", "fc_norm.", "head.")):
+            key = "modality_encoders.IMAGE." + key
+        if variant == "finetune" and not key.startswith(("fc_norm.", "head.")):
+            key = "model." + key
+        fairseq[key] = value
+    if variant == "pretrain":
+        fairseq["_ema"] = {"blocks.0.attn.qkv.weight": torch.zeros(2)}
+        fairseq["modality_encoders.IMAGE.decoder.proj.weight"] = torch.zeros(2, 2)
+        fairseq["decoder.blocks.0.weight"] = torch.zeros(2)
+    return fairseq

@@ -1,16 +1,14 @@
-"""model.py: HF checkpoint loading (strict), positions, attention, LoRA, heads, embedding, tuned files."""
+"""model.py: the random encoder, positions, attention, LoRA, heads, embedding."""
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import pytest
 import torch
 
+import checkpoints as C
 import model as M
-from dataset import LabelIndex
-from eat_checkpoint_support import TINY_HF_CONFIG, write_eat_checkpoint
+from extract_embeddings import embed_fbanks
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
@@ -19,7 +17,7 @@ def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> M.EATEncoder:
-    return M.build_encoder(None, "tiny").eval()
+    return C.build_encoder(None, "tiny").eval()
 
 
 # ----------------------------------------------------------------------------- positions
@@ -40,7 +38,7 @@ def test_position_table_matches_formula():
 
 
 def test_random_encoder_warns_and_uses_formula_table(capsys, tiny_encoder):
-    encoder = M.build_encoder(None, "tiny")
+    encoder = C.build_encoder(None, "tiny")
     assert "RANDOMLY INITIALISED" in capsys.readouterr().out
     cfg = encoder.config
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == (192, 4, 3)
@@ -49,7 +47,7 @@ def test_random_encoder_warns_and_uses_formula_table(capsys, tiny_encoder):
     assert not encoder.fixed_positional_encoder.positions.requires_grad
     # the same seed rebuilds the same weights, another seed does not
     assert encoder.source["checksum"] == tiny_encoder.source["checksum"]
-    assert M.build_encoder(None, "tiny", init_seed=1).source["checksum"] != encoder.source["checksum"]
+    assert C.build_encoder(None, "tiny", init_seed=1).source["checksum"] != encoder.source["checksum"]
 
 
 def test_presets_and_bad_size():
@@ -58,97 +56,6 @@ def test_presets_and_bad_size():
     assert (large.embed_dim, large.depth, large.num_heads) == (1024, 24, 16)
     with pytest.raises(ValueError, match="unknown model size"):
         M.EATConfig.preset("huge")
-
-
-# ----------------------------------------------------------------------------- checkpoint loading
-
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
-def test_hf_checkpoint_loads_key_for_key(tmp_path, weights, capsys):
-    written = write_eat_checkpoint(tmp_path / "eat", weights=weights)
-    encoder = M.build_encoder(tmp_path / "eat")
-    assert "loaded EAT encoder" in capsys.readouterr().out
-    state = encoder.state_dict()
-    assert set(state) == {k[len("model."):] for k in written}
-    for key, value in written.items():
-        assert torch.equal(state[key[len("model."):]], value), key
-    assert encoder.config.embed_dim == TINY_HF_CONFIG["embed_dim"] and not hasattr(encoder, "head")
-    assert encoder.source["checkpoint"] == str((tmp_path / "eat").resolve())
-
-
-def test_finetune_checkpoint_loads_fc_norm_and_head(tmp_path):
-    written = write_eat_checkpoint(tmp_path / "eat", variant="finetune")
-    assert "model.head.weight" in written and "model.fc_norm.weight" in written
-    encoder = M.build_encoder(tmp_path / "eat")
-    assert torch.equal(encoder.head.weight, written["model.head.weight"])
-    assert encoder.head.weight.shape == (TINY_HF_CONFIG["num_classes"], TINY_HF_CONFIG["embed_dim"])
-    assert torch.equal(encoder.fc_norm.bias, written["model.fc_norm.bias"])
-
-
-def _rewrite(folder, change):
-    from safetensors.torch import load_file, save_file
-    state = load_file(str(folder / "model.safetensors"))
-    change(state)
-    save_file(state, str(folder / "model.safetensors"))
-
-
-@pytest.mark.parametrize("problem, expected", [
-    ("missing", r"missing keys \(1\):\s+blocks\.1\.mlp\.fc2\.bias"),
-    ("extra", r"unexpected keys \(1\):\s+decoder\.weight"),
-    ("shape", r"mis-shaped keys \(1\):\s+blocks\.0\.attn\.qkv\.weight: file \(192, 32\) vs model \(192, 64\)"),
-    ("broken", r"cannot read EAT weights from .*model\.safetensors"),
-    ("no_prefix", r"without the Hugging Face 'model\.' prefix"),
-    ("config", r"config\.json is not valid JSON"),
-    ("no_weights", r"has none of model\.safetensors, pytorch_model\.bin"),
-])
-def test_corrupted_checkpoint_fails_clearly(tmp_path, problem, expected):
-    folder = tmp_path / "eat"
-    write_eat_checkpoint(folder)
-    weights = folder / "model.safetensors"
-    if problem == "missing":
-        _rewrite(folder, lambda s: s.pop("model.blocks.1.mlp.fc2.bias"))
-    elif problem == "extra":
-        _rewrite(folder, lambda s: s.update({"model.decoder.weight": torch.zeros(3)}))
-    elif problem == "shape":
-        _rewrite(folder, lambda s: s.update({"model.blocks.0.attn.qkv.weight": torch.zeros(192, 32)}))
-    elif problem == "broken":
-        weights.write_bytes(weights.read_bytes()[:200])
-    elif problem == "no_prefix":
-        _rewrite(folder, lambda s: s.update({k[6:]: s.pop(k) for k in list(s)}))
-    elif problem == "config":
-        (folder / "config.json").write_text("{not json")
-    elif problem == "no_weights":
-        weights.unlink()
-    with pytest.raises((ValueError, FileNotFoundError), match=expected) as info:
-        M.build_encoder(folder)
-    if problem in ("missing", "extra", "shape"):
-        message = str(info.value)
-        assert str(weights) in message
-        assert "missing keys" in message and "unexpected keys" in message and "mis-shaped keys" in message
-
-
-def test_missing_checkpoint_path_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        M.build_encoder(tmp_path / "nowhere")
-
-
-def test_fairseq_checkpoint_maps_onto_hf_names(tmp_path):
-    hf = write_eat_checkpoint(tmp_path / "eat")
-    plain = {k[len("model."):]: v for k, v in hf.items()}
-    fairseq = {}
-    for key, value in plain.items():
-        if key == "pre_norm.weight" or key == "pre_norm.bias":
-            key = "modality_encoders.IMAGE.context_encoder.norm." + key.split(".")[-1]
-        elif not key.startswith("blocks."):
-            key = "modality_encoders.IMAGE." + key
-        fairseq[key] = value
-    fairseq["_ema"] = {"x": torch.zeros(1)}
-    fairseq["modality_encoders.IMAGE.decoder.proj.weight"] = torch.zeros(2, 2)
-    fairseq["decoder.blocks.0.weight"] = torch.zeros(2)
-    torch.save({"model": fairseq, "cfg": {"model": {"num_heads": 2}}}, tmp_path / "eat.pt")
-    encoder = M.build_encoder(tmp_path / "eat.pt")
-    assert encoder.config.num_heads == 2 and encoder.config.depth == 2
-    for key, value in plain.items():
-        assert torch.equal(encoder.state_dict()[key], value), key
 
 
 # ----------------------------------------------------------------------------- forward
@@ -193,7 +100,7 @@ def test_positions_are_the_first_rows_of_the_stored_table(tiny_encoder):
 
 def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
     from peft.tuners.lora import LoraLayer
-    encoder = M.build_encoder(None, "tiny").eval()
+    encoder = C.build_encoder(None, "tiny").eval()
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
         before = encoder(x)
@@ -210,7 +117,7 @@ def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
 
 
 def test_lora_unfreezes_last_norms():
-    wrapped = M.add_lora(M.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.1, unfreeze_last_norms=1)
+    wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.1, unfreeze_last_norms=1)
     norms = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n)
     assert norms == sorted(f"base_model.model.blocks.3.norm{i}.{w}" for i in (1, 2) for w in ("weight", "bias"))
 
@@ -239,8 +146,8 @@ def test_heads():
 def test_embed_fbanks_crop_and_windows(tiny_encoder):
     model = M.ASDModel(tiny_encoder, M.LinearHead(192, 2))
     short, long = _fbank(100, 1), _fbank(700, 2)  # 700 frames -> 3 windows of 256
-    crop = M.embed_fbanks(model, [short, long], 256, "crop", amp=False)
-    windows = M.embed_fbanks(model, [short, long], 256, "windows", amp=False)
+    crop = embed_fbanks(model, [short, long], 256, "crop", amp=False)
+    windows = embed_fbanks(model, [short, long], 256, "windows", amp=False)
     assert crop.shape == windows.shape == (2, 192) and crop.dtype == torch.float32
     assert torch.allclose(crop[0], windows[0], atol=1e-5)  # short clip: one padded window
     starts = [0, 222, 444]
@@ -251,83 +158,9 @@ def test_embed_fbanks_crop_and_windows(tiny_encoder):
     assert torch.allclose(crop[1], first[0], atol=1e-5)
     assert not torch.allclose(crop[1], windows[1], atol=1e-3)
     # full length: clips of different lengths, grouped by length, match one-at-a-time embedding
-    full = M.embed_fbanks(model, [short, long, _fbank(100, 3)], None, amp=False, batch_size=2)
+    full = embed_fbanks(model, [short, long, _fbank(100, 3)], None, amp=False, batch_size=2)
     with torch.no_grad():
         alone = model.embed(long[None, None])
     assert torch.allclose(full[1], alone[0], atol=1e-5)
     mean_pool = M.ASDModel(tiny_encoder, M.LinearHead(192, 2), pooling="mean")
-    assert not torch.allclose(M.embed_fbanks(mean_pool, [short], 256, amp=False), crop[:1])
-
-
-# ----------------------------------------------------------------------------- tuned files
-
-def _tuned(encoder: M.EATEncoder, head: str = "arcface") -> M.ASDModel:
-    wrapped = M.add_lora(encoder, rank=4, alpha=8, dropout=0.0, unfreeze_last_norms=1)
-    model = M.ASDModel(wrapped, M.make_head(head, encoder.embed_dim, 3))
-    with torch.no_grad():  # pretend training moved the adapters
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
-@pytest.mark.parametrize("backbone", ["random", "hf"])
-def test_save_and_load_tuned_gives_identical_embeddings(tmp_path, backbone):
-    checkpoint = None
-    if backbone == "hf":
-        checkpoint = tmp_path / "eat"
-        write_eat_checkpoint(checkpoint)
-    encoder = M.build_encoder(checkpoint, "tiny", init_seed=7)
-    model = _tuned(encoder, "arcface" if backbone == "random" else "linear")
-    labels = LabelIndex(["fan/section_00/a", "fan/section_00/b", "pump/section_01/noAttribute"])
-    path = tmp_path / "best_encoder_model.pth"
-    M.save_tuned(path, model, labels, {"epochs": 2, "target_frames": 256}, checkpoint)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    fbanks = [_fbank(300, 5), _fbank(120, 6)]
-    expected = M.embed_fbanks(model, fbanks, 256, amp=False)
-    loaded, loaded_labels, settings = M.load_tuned(path)
-    assert loaded_labels == labels and settings["epochs"] == 2 and not loaded.training
-    assert torch.equal(M.embed_fbanks(loaded, fbanks, 256, amp=False), expected)
-    with torch.no_grad():
-        x = fbanks[0][None, None, :256]
-        assert torch.equal(loaded(x), model(x))
-    size = path.stat().st_size
-    frozen_bytes = 4 * sum(p.numel() for p in encoder.parameters() if not p.requires_grad)
-    assert size < frozen_bytes / 4  # the frozen backbone is not copied into the file
-
-
-def test_load_tuned_checks_the_backbone(tmp_path):
-    checkpoint = tmp_path / "eat"
-    write_eat_checkpoint(checkpoint)
-    model = _tuned(M.build_encoder(checkpoint), "linear")
-    path = tmp_path / "tuned.pth"
-    M.save_tuned(path, model, LabelIndex(["a", "b", "c"]), {}, checkpoint)
-    fingerprint = M.checkpoint_fingerprint(path)
-    assert fingerprint == M.checkpoint_fingerprint(path)
-    with pytest.raises(ValueError, match="not the checkpoint"):
-        M.save_tuned(tmp_path / "other.pth", model, LabelIndex(["a"]), {}, None)
-    # the backbone changes underneath the tuned file -> refused
-    config = json.loads((checkpoint / "config.json").read_text())
-    (checkpoint / "config.json").write_text(json.dumps({**config, "num_classes": 11}))
-    with pytest.raises(ValueError, match="different EAT checkpoint"):
-        M.load_tuned(path)
-    # moved -> named, and an override path works
-    moved = tmp_path / "moved"
-    (checkpoint / "config.json").write_text(json.dumps(config))
-    os.rename(checkpoint, moved)
-    with pytest.raises(FileNotFoundError, match="not there any more"):
-        M.load_tuned(path)
-    loaded, _, _ = M.load_tuned(path, backbone_checkpoint=moved)
-    assert isinstance(loaded, M.ASDModel)
-    # re-saving changes the fingerprint
-    M.save_tuned(path, _tuned(M.build_encoder(moved), "linear"), LabelIndex(["a", "b", "c"]), {}, moved)
-    assert M.checkpoint_fingerprint(path) != fingerprint
-
-
-def test_load_tuned_rejects_other_files(tmp_path):
-    bogus = tmp_path / "bogus.pth"
-    torch.save({"hello": 1}, bogus)
-    with pytest.raises(ValueError, match="not a tuned EAT-LoRA model"):
-        M.load_tuned(bogus)
-    with pytest.raises(FileNotFoundError, match="run train.py"):
-        M.load_tuned(tmp_path / "absent.pth")
+    assert not torch.allclose(embed_fbanks(mean_pool, [short], 256, amp=False), crop[:1])

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints as C
 import model as M
+from extract_embeddings import embed_fbanks
 import train
 from dataset import discover_clips
 
@@ -37,15 +39,15 @@ def test_two_epochs_lower_the_loss_and_write_a_reloadable_model(tmp_path, tiny_d
     best = history["best"]
     assert best["val_acc"] == max(history["val_acc"])
 
-    model, labels, settings = M.load_tuned(tmp_path / "best.pth")
+    model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == history["num_classes"] and settings["best_epoch"] == best["epoch"]
-    assert M.tensors_checksum(M.trainable_state(model)) == best["trainable_sha256"]
+    assert C.tensors_checksum(M.trainable_state(model)) == best["trainable_sha256"]
     fbanks = _fbanks(tiny_demo_dir)
-    first = M.embed_fbanks(model, fbanks, 128, amp=False)
-    again, _, _ = M.load_tuned(tmp_path / "best.pth")
-    assert torch.equal(M.embed_fbanks(again, fbanks, 128, amp=False), first)
-    untrained = M.ASDModel(M.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
-    assert not torch.allclose(M.embed_fbanks(untrained, fbanks, 128, amp=False), first, atol=1e-4)
+    first = embed_fbanks(model, fbanks, 128, amp=False)
+    again, _, _ = C.load_tuned(tmp_path / "best.pth")
+    assert torch.equal(embed_fbanks(again, fbanks, 128, amp=False), first)
+    untrained = M.ASDModel(C.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
+    assert not torch.allclose(embed_fbanks(untrained, fbanks, 128, amp=False), first, atol=1e-4)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "last.pth").is_file()
 
 
@@ -91,7 +93,7 @@ def test_real_clips_with_single_clip_classes(tmp_path, samples_dir):
     # every class keeps a clip for training; single-clip classes are not validated on
     assert history["num_train"] >= history["num_classes"]
     assert (tmp_path / "best.pth").is_file()
-    model, _, _ = M.load_tuned(tmp_path / "best.pth")
+    model, _, _ = C.load_tuned(tmp_path / "best.pth")
     trainable = {n for n, p in model.named_parameters() if "norm" in n and "lora" not in n and p.requires_grad}
     assert len(trainable) == 4  # norm1/norm2 weight and bias of the last block
 
