@@ -1,9 +1,10 @@
 """Tune an EAT encoder with LoRA on an auxiliary task: classify each normal training clip's machine
-type, section and attribute values. The defaults are the recipe asdkit-eat-lora (recipes.py: a
-published result stands behind it). When the clips form a single class, that task teaches nothing:
-SINGLE_CLASS picks a pretext task (which augmentation was applied) or no training. Writes the best
-model by validation accuracy (held-out training
+type, section and attribute values. Writes the best model by validation accuracy (held-out training
 normals, never test clips) to best_encoder_model.pth, and a resumable last_encoder_model.pth.
+
+The defaults are the recipe asdkit-eat-lora (recipes.py; a published result stands behind it). When
+the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
+augmentation each clip got) or no training at all.
 
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
     python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
