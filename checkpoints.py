@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from model import (ASDModel, EATConfig, EATEncoder, add_lora, base_encoder, head_settings, make_head,
+from model import (ASDModel, EATConfig, EATEncoder, add_lora, base_encoder, head_from_settings, head_settings,
                    sincos_position_table, trainable_state)
 from utils import atomic_torch_save
 
@@ -478,11 +478,8 @@ def load_tuned(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"{path}: the backbone's config differs from the one it was tuned with")
     wrapped: nn.Module = encoder
     if payload["lora"] is not None:
-        lora = payload["lora"]
-        wrapped = add_lora(encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["unfreeze_last_norms"])
-    head_cfg = payload["head"]
-    head = make_head(head_cfg["kind"], encoder.embed_dim, head_cfg["num_classes"],
-                     head_cfg.get("scale", 30.0), head_cfg.get("margin", 0.5))
+        wrapped = add_lora(encoder, **payload["lora"])
+    head = head_from_settings(payload["head"], encoder.embed_dim)
     model = ASDModel(wrapped, head, payload["pooling"])
     saved = payload["trainable_state"]
     current = dict(model.named_parameters())

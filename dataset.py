@@ -385,6 +385,28 @@ class FixedLengthCollate:
         return pad_or_crop(fbank, self.target_frames)
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):
-        fbanks = torch.stack([self._fit(fbank) for fbank, _, _ in batch])[:, None]
-        labels = torch.tensor([label for _, label, _ in batch], dtype=torch.long)
-        return fbanks, labels, [record for _, _, record in batch]
+        return _collated([self._fit(fbank) for fbank, _, _ in batch], batch)
+
+
+class VariableLengthCollate:
+    """Each clip at its own length, zero-padded (EAT's normalised zero, PAD_VALUE) to a multiple of
+    ``multiple`` frames, and the batch to its longest clip -> ([B, 1, T, 128], LongTensor[B], records).
+
+    Nothing is cut: a 10 s clip (998 frames) gives 1024 frames, a 12 s one (1198) 1216.
+    """
+
+    def __init__(self, multiple: int = 32):
+        if multiple < 1:
+            raise ValueError(f"multiple must be at least 1 frame, got {multiple}")
+        self.multiple = multiple
+
+    def __call__(self, batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):
+        longest = max(fbank.shape[0] for fbank, _, _ in batch)
+        frames = -(-longest // self.multiple) * self.multiple
+        return _collated([pad_or_crop(fbank, frames) for fbank, _, _ in batch], batch)
+
+
+def _collated(fbanks: list[torch.Tensor], batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):
+    """(equal-length fbanks stacked to [B, 1, T, 128], labels, records) of one batch."""
+    labels = torch.tensor([label for _, label, _ in batch], dtype=torch.long)
+    return torch.stack(fbanks)[:, None], labels, [record for _, _, record in batch]

@@ -92,11 +92,17 @@ def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
 # embedding clips
 
 
-def _windows(fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int) -> list[torch.Tensor]:
+def _windows(fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int,
+             pad_multiple: int) -> list[torch.Tensor]:
+    """The model inputs of one clip: its windows, the padded/cropped clip, or (target_frames 0) the whole
+    clip padded to a multiple of ``pad_multiple`` frames, as training fed it."""
     from preprocessing import pad_or_crop, split_windows
 
     if target_frames is None:
         return [fbank[:max_frames]]
+    if target_frames == 0:
+        frames = min(-(-fbank.shape[0] // pad_multiple) * pad_multiple, max_frames)
+        return [pad_or_crop(fbank, frames)]
     if long_clip == "windows":
         return list(split_windows(fbank, target_frames))
     return [pad_or_crop(fbank, target_frames)]
@@ -115,12 +121,13 @@ def _same_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[i
 
 def embed_fbanks(model: torch.nn.Module, fbanks: Sequence[torch.Tensor], target_frames: int | None,
                  long_clip: str = "crop", device: str | torch.device = "cpu", amp: bool = True,
-                 batch_size: int = 16) -> torch.Tensor:
+                 batch_size: int = 16, pad_multiple: int = 32) -> torch.Tensor:
     """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
 
     Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
     ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
-    ``target_frames`` None every clip is embedded at its own length (up to the encoder's maximum).
+    ``target_frames`` 0 each clip is embedded whole, padded to a multiple of ``pad_multiple`` frames
+    (the asdkit recipe's input); with None at its own length (up to the encoder's maximum).
     """
     from model import base_encoder
 
@@ -133,7 +140,7 @@ def embed_fbanks(model: torch.nn.Module, fbanks: Sequence[torch.Tensor], target_
         raise ValueError(f"target_frames {target_frames} exceeds the encoder's {max_frames} frames")
     pieces, owners = [], []
     for clip_index, fbank in enumerate(fbanks):
-        windows = _windows(fbank, target_frames, long_clip, max_frames)
+        windows = _windows(fbank, target_frames, long_clip, max_frames, pad_multiple)
         pieces += windows
         owners += [clip_index] * len(windows)
     was_training = model.training
@@ -160,7 +167,9 @@ def embed_records(records: Sequence, model, trained: dict, settings: dict, devic
     from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
 
     pooling = settings["pooling"] or model.pooling
-    target_frames = settings["target_frames"] or trained.get("target_frames") or DEFAULT_FRAMES
+    target_frames = settings["target_frames"]
+    if target_frames is None:
+        target_frames = trained.get("target_frames", DEFAULT_FRAMES)
     trained_pooling, model.pooling = model.pooling, pooling
     chunks = []
     try:
@@ -169,7 +178,7 @@ def embed_records(records: Sequence, model, trained: dict, settings: dict, devic
             # on CUDA the missing fbanks are computed in batches on the GPU
             fbanks = cache.fbanks(paths, device, batch_size) if device.type == "cuda" else [cache.fbank(p) for p in paths]
             chunks.append(embed_fbanks(model, fbanks, target_frames, settings["long_clip"], device,
-                                       settings["amp"], batch_size))
+                                       settings["amp"], batch_size, trained.get("pad_multiple", 32)))
     finally:
         model.pooling = trained_pooling
     return torch.cat(chunks)

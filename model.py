@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from utils import autocast
 
-LORA_TARGETS = r"blocks\.\d+\.attn\.(qkv|proj)"  # peft full-matches this; local_encoder.proj stays out
+LORA_TARGET_MODULES = {"qkv": r"attn\.qkv", "proj": r"attn\.proj", "fc1": r"mlp\.fc1", "fc2": r"mlp\.fc2"}  # LoRA targets by name
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -308,22 +308,35 @@ def tune_cpu_allocator() -> bool:
 
 # ----------------------------------------------------------------------------- LoRA
 
-def add_lora(encoder: EATEncoder, rank: int, alpha: float, dropout: float,
-             unfreeze_last_norms: int = 0) -> nn.Module:
-    """Wrap ``encoder`` with peft LoRA on blocks.*.attn.qkv / .proj; everything else frozen.
+def lora_target_names(targets: Sequence[str] | str) -> list[str]:
+    """"qkv,proj" or ["qkv", "proj"] -> the checked, de-duplicated LORA_TARGET_MODULES names."""
+    names = list(dict.fromkeys(t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)))
+    unknown = [t for t in names if t not in LORA_TARGET_MODULES]
+    if not names or unknown:
+        raise ValueError(f"LoRA targets must be some of {sorted(LORA_TARGET_MODULES)}, got {names}")
+    return names
 
-    ``unfreeze_last_norms`` > 0 also trains norm1/norm2 of the last K blocks.
+
+def add_lora(encoder: EATEncoder, rank: int, alpha: float, dropout: float,
+             unfreeze_last_norms: int = 0, targets: Sequence[str] | str = ("qkv", "proj")) -> nn.Module:
+    """Wrap ``encoder`` with peft LoRA on the ``targets`` of every block; everything else frozen.
+
+    ``unfreeze_last_norms`` > 0 also trains norm1/norm2 of the last K blocks. The settings are kept
+    on the wrapper (``asd_lora_settings``) as this function's keyword arguments.
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none")
+    names = lora_target_names(targets)
+    # anchored at blocks.<i>. (peft full-matches), so the patch embedding local_encoder.proj never matches
+    pattern = r"blocks\.\d+\.(" + "|".join(LORA_TARGET_MODULES[name] for name in names) + ")"
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
     wrapped = get_peft_model(encoder, config)
     depth = encoder.config.depth
     for index in range(max(0, depth - unfreeze_last_norms), depth):
         for norm in (encoder.blocks[index].norm1, encoder.blocks[index].norm2):
             norm.requires_grad_(True)
     wrapped.asd_lora_settings = {"rank": rank, "alpha": alpha, "dropout": dropout,
-                                 "unfreeze_last_norms": unfreeze_last_norms}
+                                 "unfreeze_last_norms": unfreeze_last_norms, "targets": names}
     return wrapped
 
 
@@ -343,32 +356,62 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- heads
 
-class LinearHead(nn.Module):
+class Head(nn.Module):
+    """What every auxiliary head shares: an optional linear projection of the pooled encoder output
+    (``projection_dim`` 0: none) and a batch loss. ASDModel.embed applies the projection, so the
+    projected vector is the embedding used downstream; ``forward(emb, labels)`` takes projected
+    embeddings and returns logits (``labels`` only matter to margin heads)."""
+
+    def __init__(self, embed_dim: int, projection_dim: int = 0):
+        super().__init__()
+        self.projection = nn.Linear(embed_dim, projection_dim) if projection_dim else nn.Identity()
+        self.projection_dim = projection_dim
+        self.dim = projection_dim or embed_dim  # width of the embeddings the head classifies
+
+    def loss(self, emb: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
+             lam: float = 1.0) -> torch.Tensor:
+        """Mean cross-entropy; with mixup lam * CE(labels) + (1 - lam) * CE(mixed_labels), margins per label set."""
+        loss = F.cross_entropy(self(emb, labels).float(), labels)
+        if mixed_labels is not None:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(self(emb, mixed_labels).float(), mixed_labels)
+        return loss
+
+
+def _cosines(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities [B, rows] in float32, also under bf16 autocast."""
+    with torch.autocast(emb.device.type, enabled=False):
+        return F.linear(F.normalize(emb.float(), dim=-1), F.normalize(weight.float(), dim=-1))
+
+
+class LinearHead(Head):
     """Plain softmax classifier; ``labels`` is accepted for a common interface and ignored."""
 
-    def __init__(self, embed_dim: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(embed_dim, num_classes)
+    def __init__(self, embed_dim: int, num_classes: int, projection_dim: int = 0):
+        super().__init__(embed_dim, projection_dim)
+        self.fc = nn.Linear(self.dim, num_classes)
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(emb)
 
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "linear", "num_classes": self.fc.out_features, "projection_dim": self.projection_dim}
 
-class ArcFaceHead(nn.Module):
+
+class ArcFaceHead(Head):
     """Additive angular margin (ArcFace): logits = s * cos(theta + m) for the true class, s * cos(theta) else.
 
     Without labels (inference, accuracy) it returns s * cos(theta) for every class.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5,
+                 projection_dim: int = 0):
+        super().__init__(embed_dim, projection_dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, self.dim))
         nn.init.xavier_uniform_(self.weight)
         self.scale, self.margin = scale, margin
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(emb.device.type, enabled=False):  # cosines in float32, also under bf16 autocast
-            cosine = F.linear(F.normalize(emb.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))
+        cosine = _cosines(emb, self.weight)
         if labels is None:
             return self.scale * cosine
         cosine = cosine.clamp(-1 + 1e-7, 1 - 1e-7)
@@ -380,30 +423,107 @@ class ArcFaceHead(nn.Module):
         target = F.one_hot(labels, cosine.shape[1]).bool()
         return self.scale * torch.where(target, with_margin, cosine)
 
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "arcface", "num_classes": self.weight.shape[0], "scale": self.scale, "margin": self.margin,
+                "projection_dim": self.projection_dim}
 
-def make_head(kind: str, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5) -> nn.Module:
-    """'linear' or 'arcface'."""
+
+class SCAdaCosHead(Head):
+    """Sub-cluster AdaCos (Wilkinghoff, IJCNN 2021): C centres per class, adaptive scale s.
+
+    With x the normalised embedding, w_jk the normalised k-th centre of class j (N classes) and
+    cos_jk = <x, w_jk>:
+        p_jk = exp(s cos_jk) / sum_{j',k'} exp(s cos_j'k')      softmax over all N*C sub-clusters
+        P_j  = sum_k p_jk                                          class probability
+        loss = -mean_i sum_j y_ij log P_ij                         y: one-hot, or mixup's lam/(1-lam) mix
+    forward() returns log P [B, N] (so F.cross_entropy(log P, labels) is the loss with one-hot y).
+    Before each training batch's loss, without gradient (AdaCos's dynamic scale, over sub-clusters):
+        B_avg     = mean_i sum_{(j,k): y_ij = 0} exp(s cos_ijk)   non-target sub-clusters only
+        theta_med = median of arccos(cos_ijk) over the target sub-clusters (y_ij > 0) of the batch
+        s        <- log(B_avg) / cos(min(pi/4, theta_med))
+    Initial s = sqrt(2) * log(N*C - 1) (``scale`` None), or the saved s when a tuned model is
+    reloaded. Centres start from a fixed-seed normal draw, so frozen ones (``train_centres`` False)
+    are rebuilt identically on load.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, sub_clusters: int = 16, scale: float | None = None,
+                 train_centres: bool = True, projection_dim: int = 0):
+        super().__init__(embed_dim, projection_dim)
+        if sub_clusters < 1:
+            raise ValueError(f"sub_clusters must be at least 1, got {sub_clusters}")
+        self.num_classes, self.sub_clusters, self.train_centres = num_classes, sub_clusters, train_centres
+        centres = torch.randn(num_classes * sub_clusters, self.dim, generator=torch.Generator().manual_seed(0))
+        self.centres = nn.Parameter(centres, requires_grad=train_centres)  # row j * C + k: class j, sub-cluster k
+        initial = math.sqrt(2) * math.log(max(2, num_classes * sub_clusters - 1))
+        self.register_buffer("scale", torch.tensor(float(initial if scale is None else scale)))
+
+    def _log_class_probs(self, cosine: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * cosine
+        per_class = logits.view(-1, self.num_classes, self.sub_clusters).logsumexp(dim=2)
+        return per_class - logits.logsumexp(dim=1, keepdim=True)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._log_class_probs(_cosines(emb, self.centres))
+
+    @torch.no_grad()
+    def update_scale(self, cosine: torch.Tensor, targets: torch.Tensor) -> None:
+        """The AdaCos rule above, from one batch's cosines [B, N*C] and class targets [B, N]."""
+        target = (targets > 0).repeat_interleave(self.sub_clusters, dim=1)
+        non_target = (self.scale * cosine).masked_fill(target, float("-inf"))
+        log_b_avg = non_target.flatten().logsumexp(0) - math.log(cosine.shape[0])
+        theta_med = torch.acos(cosine[target].clamp(-1 + 1e-7, 1 - 1e-7)).median()
+        self.scale.copy_(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
+
+    def loss(self, emb: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
+             lam: float = 1.0) -> torch.Tensor:
+        targets = F.one_hot(labels, self.num_classes).float()
+        if mixed_labels is not None:
+            targets = lam * targets + (1 - lam) * F.one_hot(mixed_labels, self.num_classes).float()
+        cosine = _cosines(emb, self.centres)
+        if self.training:
+            self.update_scale(cosine, targets)
+        return -(targets * self._log_class_probs(cosine)).sum(dim=1).mean()
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "scadacos", "num_classes": self.num_classes, "sub_clusters": self.sub_clusters,
+                "scale": float(self.scale), "train_centres": self.train_centres, "projection_dim": self.projection_dim}
+
+
+HEADS = {"linear": LinearHead, "arcface": ArcFaceHead, "scadacos": SCAdaCosHead}
+
+
+def make_head(kind: str, embed_dim: int, num_classes: int, scale: float | None = None, margin: float = 0.5,
+              sub_clusters: int = 16, train_centres: bool = True, projection_dim: int = 0) -> Head:
+    """'linear', 'arcface' or 'scadacos' over ``embed_dim``-wide pooled outputs, projected to
+    ``projection_dim`` first when it is not 0. ``scale`` None: the head's own default (ArcFace 30,
+    SCAdaCos adaptive initial value); arguments a head does not use are ignored."""
     if kind == "linear":
-        return LinearHead(embed_dim, num_classes)
+        return LinearHead(embed_dim, num_classes, projection_dim)
     if kind == "arcface":
-        return ArcFaceHead(embed_dim, num_classes, scale, margin)
-    raise ValueError(f"unknown head {kind!r}; choose 'linear' or 'arcface'")
+        return ArcFaceHead(embed_dim, num_classes, 30.0 if scale is None else scale, margin, projection_dim)
+    if kind == "scadacos":
+        return SCAdaCosHead(embed_dim, num_classes, sub_clusters, scale, train_centres, projection_dim)
+    raise ValueError(f"unknown head {kind!r}; choose one of {sorted(HEADS)}")
 
 
-def head_settings(head: nn.Module) -> dict[str, Any]:
-    if isinstance(head, ArcFaceHead):
-        return {"kind": "arcface", "num_classes": head.weight.shape[0], "scale": head.scale, "margin": head.margin}
-    if isinstance(head, LinearHead):
-        return {"kind": "linear", "num_classes": head.fc.out_features}
-    raise TypeError(f"unknown head type {type(head).__name__}")
+def head_settings(head: Head) -> dict[str, Any]:
+    """make_head's keyword arguments (without embed_dim) that rebuild ``head``."""
+    if not isinstance(head, Head):
+        raise TypeError(f"unknown head type {type(head).__name__}")
+    return head.settings()
+
+
+def head_from_settings(settings: dict[str, Any], embed_dim: int) -> Head:
+    """The head that head_settings() described, over an encoder of width ``embed_dim``."""
+    return make_head(embed_dim=embed_dim, **settings)
 
 
 # ----------------------------------------------------------------------------- the ASD model
 
 class ASDModel(nn.Module):
-    """Encoder (plain or LoRA-wrapped) + auxiliary classification head."""
+    """Encoder (plain or LoRA-wrapped) + auxiliary head (with its optional projection)."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, pooling: str = "cls"):
+    def __init__(self, encoder: nn.Module, head: Head, pooling: str = "cls"):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
@@ -411,12 +531,13 @@ class ASDModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return base_encoder(self.encoder).embed_dim
+        """Width of embed()'s vectors: the projection's when there is one, else the encoder's."""
+        return self.head.dim
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Utterance embeddings [B, D]: the CLS token, or the mean of the patch tokens."""
+        """Utterance embeddings [B, embed_dim]: the CLS token or the patch tokens' mean, projected."""
         tokens = self.encoder(x)
-        return tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(dim=1)
+        return self.head.projection(tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(dim=1))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(x), labels)

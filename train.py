@@ -2,7 +2,12 @@
 type, section and attribute values. Writes the best model by validation accuracy (held-out training
 normals, never test clips) to best_encoder_model.pth, and a resumable last_encoder_model.pth.
 
-    python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch30_pretrain
+The defaults are the recipe asdkit-eat-lora (recipes.py; a published result stands behind it). When
+the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
+augmentation each clip got) or no training at all.
+
+    python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
+    python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume true                   # continue from last_encoder_model.pth
 """
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -21,43 +28,53 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from checkpoints import build_encoder, save_tuned, tensors_checksum
-from dataset import ClipDataset, FixedLengthCollate, LabelIndex, discover_clips, stratified_split
+from dataset import ClipDataset, FixedLengthCollate, LabelIndex, VariableLengthCollate, discover_clips, stratified_split
 from model import ASDModel, add_lora, count_parameters, make_head, trainable_state, tune_cpu_allocator
-from preprocessing import FeatureCache
+from preprocessing import PAD_VALUE, FeatureCache
+from recipes import expand_recipe, recipe_summary
 from utils import atomic_torch_save, autocast, config_to_dict, parse_config, print_config, resolve_device, seed_everything
 
+RECIPE = "asdkit-eat-lora"                 # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
 DATA_DIR = "dev_data"                      # DCASE folder: <machine>/train/*.wav (test clips are never read)
 MACHINE_TYPES = []                         # machine types to train on, comma-separated; empty = all
 EAT_CHECKPOINT = None                      # HF folder (config.json + model.safetensors) or fairseq .pt; None = random init (demo only)
 MODEL_SIZE = "base"                        # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
 POOLING = "cls"                            # utterance embedding: "cls" token or "mean" of the patch tokens
-EPOCHS = 10                                # passes over the training clips
-BATCH_SIZE = 16                            # clips per step and process
+PROJECTION_DIM = 256                       # linear layer after pooling; its output is the embedding used downstream (0 = none)
+EPOCHS = 25                                # passes over the training clips
+BATCH_SIZE = 8                             # clips per step and process
 GRAD_ACCUM = 1                             # steps whose gradients add up before one optimizer update
-LEARNING_RATE = 3e-4                       # peak AdamW learning rate (LoRA and head)
-WARMUP_EPOCHS = 1.0                        # linear warm-up length in epochs (may be fractional), then cosine decay
+LEARNING_RATE = 1e-4                       # peak AdamW learning rate (LoRA, projection and head)
+WARMUP_STEPS = 5000                        # linear warm-up over this many optimizer steps plus WARMUP_EPOCHS' worth
+WARMUP_EPOCHS = 0.0                        # further warm-up in epochs (may be fractional), added to WARMUP_STEPS
+LR_SCHEDULE = "constant"                   # after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
 MIN_LR_RATIO = 0.01                        # the cosine decays to LEARNING_RATE * MIN_LR_RATIO
 WEIGHT_DECAY = 0.01                        # AdamW decay on matrices (not on norms and biases)
 GRAD_CLIP = 1.0                            # max gradient norm; 0 disables clipping
-LORA_RANK = 8                              # LoRA rank on blocks.*.attn.qkv and blocks.*.attn.proj
-LORA_ALPHA = 16.0                          # LoRA scaling numerator (scale = alpha / rank)
+LORA_RANK = 64                             # LoRA rank on the LORA_TARGETS layers of every block
+LORA_ALPHA = 128.0                         # LoRA scaling numerator (scale = alpha / rank)
 LORA_DROPOUT = 0.1                         # dropout on the LoRA branch
+LORA_TARGETS = ["qkv"]                     # layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
 UNFREEZE_LAST_NORMS = 0                    # also train norm1/norm2 of the last K blocks
-HEAD = "arcface"                           # auxiliary classifier: "arcface" (angular margin) or "linear" (softmax)
+HEAD = "scadacos"                          # auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
+SUB_CLUSTERS = 16                          # SCAdaCos centres per class
+TRAIN_CENTRES = True                       # SCAdaCos centres are trained (False: fixed at their seeded random start)
 ARCFACE_SCALE = 30.0                       # ArcFace logit scale s
 ARCFACE_MARGIN = 0.5                       # ArcFace additive angular margin m (radians)
+SINGLE_CLASS = "pretext"                   # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
 VAL_FRACTION = 0.1                         # share of each class held out for validation (stratified)
 SEED = 0                                   # split, initialisation and augmentation seed
 NUM_WORKERS = 2                            # DataLoader worker processes per training process
 DEVICE = "auto"                            # "auto" (CUDA when present), "cpu", "cuda"
 AMP = True                                 # bf16 autocast on CUDA (no effect on CPU)
-TARGET_FRAMES = 1024                       # frames per training clip (zero-padded / cropped)
-RANDOM_CROP = True                         # crop longer training clips at a random offset
-SPEC_AUGMENT = True                        # random time and frequency masks on training fbanks
+TARGET_FRAMES = 0                          # frames per clip (zero-padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
+PAD_MULTIPLE = 32                          # TARGET_FRAMES 0: clips are zero-padded to a multiple of this many frames
+RANDOM_CROP = True                         # TARGET_FRAMES > 0: crop longer training clips at a random offset
+SPEC_AUGMENT = False                       # random time and frequency masks on training fbanks
 TIME_MASK = 80                             # widest time mask (frames)
 FREQ_MASK = 16                             # widest frequency mask (mel bins)
 NUM_MASKS = 2                              # masks of each kind per clip
-MIXUP = False                              # mix pairs of clips and their losses
+MIXUP_PROB = 0.5                           # share of training batches whose clip pairs and targets are mixed (0 = never)
 MIXUP_ALPHA = 0.2                          # Beta(alpha, alpha) mixing weights
 FEATURE_CACHE = "cache/features"           # fbank cache folder; None keeps all fbanks in memory instead
 OUTPUT = "best_encoder_model.pth"          # best model (LoRA + head + label index + settings)
@@ -114,7 +131,8 @@ def make_loader(dataset: ClipDataset, cfg, train: bool, world: int) -> DataLoade
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        collate_fn=FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop),
+        collate_fn=VariableLengthCollate(cfg.pad_multiple) if cfg.target_frames == 0 else
+        FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop),
         generator=torch.Generator() if train and sampler is None else None,  # reseeded every epoch
     )
 
@@ -133,31 +151,75 @@ def spec_augment(x: torch.Tensor, time_mask: int, freq_mask: int, num_masks: int
     return x * keep
 
 
+def mixup_batch(x: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float
+                ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """With probability ``prob``: (lam * x + (1 - lam) * x[perm], labels[perm], lam), lam ~ Beta(alpha, alpha);
+    otherwise (x, None, 1.0). Draws from the global torch RNG (seeded per epoch)."""
+    if prob <= 0 or float(torch.rand(())) >= prob:
+        return x, None, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(x.shape[0]).to(x.device)
+    return lam * x + (1 - lam) * x[order], labels[order], lam
+
+
+_PRETEXT_TASKS = ("none", "time_stretch", "pitch_shift", "overlay")
+_STRETCH, _SHIFT_BINS = 1.25, 8
+
+
+def pretext_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply one of _PRETEXT_TASKS to each clip of [B, 1, T, F] -> (clips, index of the task applied).
+
+    The task is drawn uniformly per clip (``generator``, else the global RNG). time_stretch: the
+    clip played 1.25x slower (time axis linearly interpolated, the first T frames kept);
+    pitch_shift: every mel bin moved 8 bins up (the lowest 8 filled with PAD_VALUE); overlay: the
+    clip mixed (mean) with itself delayed by half its length (so a batch of one works too).
+    """
+    B, _, T, Fq = x.shape
+    labels = torch.randint(0, len(_PRETEXT_TASKS), (B,), generator=generator).to(x.device)
+    stretched = F.interpolate(x, size=(round(T * _STRETCH), Fq), mode="bilinear", align_corners=False)[:, :, :T]
+    shifted = torch.cat([torch.full_like(x[..., :_SHIFT_BINS], PAD_VALUE), x[..., :-_SHIFT_BINS]], dim=-1)
+    overlaid = 0.5 * (x + x.roll(T // 2, dims=2))
+    versions = torch.stack([x, stretched, shifted, overlaid])  # same order as _PRETEXT_TASKS
+    return versions[labels, torch.arange(B, device=x.device)], labels
+
+
+def pretext_label_index() -> LabelIndex:
+    """Class names of the pretext task, sorted in _PRETEXT_TASKS order (so index = task index)."""
+    return LabelIndex(f"pretext/{i}_{name}" for i, name in enumerate(_PRETEXT_TASKS))
+
+
 # ----------------------------------------------------------------------------- model and optimisation
 
 class TrainStep(nn.Module):
-    """What DDP wraps: embeddings once, then the head's logits for one or two label sets."""
+    """What DDP wraps: embeddings once, the head's loss (mixup-aware) and its plain logits for accuracy."""
 
     def __init__(self, model: ASDModel):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
+                lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.model.embed(x)
-        logits = self.model.head(emb, labels)
-        mixed = self.model.head(emb, mixed_labels) if mixed_labels is not None else None
-        return logits, mixed, self.model.head(emb).detach()  # plain logits (no margin) for accuracy
+        return self.model.head.loss(emb, labels, mixed_labels, lam), self.model.head(emb).detach()
 
 
 def build_model(cfg, num_classes: int, show: bool) -> ASDModel:
     encoder = build_encoder(cfg.eat_checkpoint, cfg.model_size, init_seed=cfg.seed, verbose=show)
-    wrapped = add_lora(encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.unfreeze_last_norms)
-    head = make_head(cfg.head, encoder.embed_dim, num_classes, cfg.arcface_scale, cfg.arcface_margin)
+    wrapped = add_lora(encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.unfreeze_last_norms,
+                       cfg.lora_targets)
+    head = make_head(cfg.head, encoder.embed_dim, num_classes, cfg.arcface_scale if cfg.head == "arcface" else None,
+                     cfg.arcface_margin, cfg.sub_clusters, cfg.train_centres, cfg.projection_dim)
     model = ASDModel(wrapped, head, cfg.pooling)
     if show:
         trainable, total = count_parameters(model)
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%; LoRA + head)")
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%; "
+              f"LoRA + projection + head)")
     return model
+
+
+def warmup_length(cfg, steps_per_epoch: int) -> int:
+    """Optimizer steps of linear warm-up: WARMUP_STEPS plus WARMUP_EPOCHS' worth."""
+    return cfg.warmup_steps + round(cfg.warmup_epochs * steps_per_epoch)
 
 
 def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
@@ -166,11 +228,13 @@ def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = warmup_length(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -178,29 +242,27 @@ def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
 
 
 def train_epoch(step_module: nn.Module, loader: DataLoader, optimizer, scheduler, cfg, device, epoch: int,
-                show: bool) -> tuple[float, float, float]:
-    """(summed loss, correct, clips) of one pass; the optimizer steps every GRAD_ACCUM batches."""
+                show: bool, pretext: bool = False) -> tuple[float, float, float]:
+    """(summed loss, correct, clips) of one pass; the optimizer steps every GRAD_ACCUM batches.
+
+    ``pretext``: the labels are which _PRETEXT_TASKS augmentation each clip got (no mixup then).
+    """
     step_module.train()
     loss_sum = correct = count = 0.0
     batches = tqdm(loader, desc=f"epoch {epoch} train", disable=not show, leave=False)
     for i, (x, labels, _) in enumerate(batches):
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if pretext:
+            x, labels = pretext_batch(x)
         if cfg.spec_augment:
             x = spec_augment(x, cfg.time_mask, cfg.freq_mask, cfg.num_masks)
-        mixed_labels, lam = None, 1.0
-        if cfg.mixup:
-            lam = float(torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha).sample())
-            order = torch.randperm(x.shape[0], device=device)
-            x, mixed_labels = lam * x + (1 - lam) * x[order], labels[order]
+        x, mixed_labels, lam = mixup_batch(x, labels, 0.0 if pretext else cfg.mixup_prob, cfg.mixup_alpha)
         update = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         no_sync = step_module.no_sync if isinstance(step_module, nn.parallel.DistributedDataParallel) and not update \
             else contextlib.nullcontext
         with no_sync():
             with autocast(device, cfg.amp):
-                logits, mixed, plain = step_module(x, labels, mixed_labels)
-            loss = F.cross_entropy(logits.float(), labels)
-            if mixed is not None:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(mixed.float(), mixed_labels)
+                loss, plain = step_module(x, labels, mixed_labels, lam)
             (loss / cfg.grad_accum).backward()
         if update:
             if cfg.grad_clip > 0:
@@ -216,16 +278,20 @@ def train_epoch(step_module: nn.Module, loader: DataLoader, optimizer, scheduler
 
 
 @torch.no_grad()
-def evaluate(model: ASDModel, loader: DataLoader, cfg, device, show: bool) -> tuple[float, float, float]:
-    """(summed loss, correct, clips) on held-out clips, without augmentation."""
+def evaluate(model: ASDModel, loader: DataLoader, cfg, device, show: bool,
+             pretext: bool = False) -> tuple[float, float, float]:
+    """(summed loss, correct, clips) on held-out clips, without augmentation (``pretext``: the same
+    seeded pretext augmentations every epoch)."""
     model.eval()
     loss_sum = correct = count = 0.0
-    for x, labels, _ in tqdm(loader, desc="validation", disable=not show, leave=False):
+    for i, (x, labels, _) in enumerate(tqdm(loader, desc="validation", disable=not show, leave=False)):
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if pretext:
+            x, labels = pretext_batch(x, torch.Generator().manual_seed(cfg.seed + i))
         with autocast(device, cfg.amp):
             emb = model.embed(x)
-            logits, plain = model.head(emb, labels), model.head(emb)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            loss, plain = model.head.loss(emb, labels), model.head(emb)
+        loss_sum += loss.item() * len(labels)
         correct += (plain.argmax(1) == labels).sum().item()
         count += len(labels)
     return loss_sum, correct, count
@@ -276,8 +342,26 @@ def is_better(val_acc: float, val_loss: float, best: dict) -> bool:
 
 # ----------------------------------------------------------------------------- main
 
+def check_settings(cfg) -> None:
+    """ValueError naming every constant that is out of its range."""
+    problems = [f"{name} {getattr(cfg, name.lower())!r}: {rule}" for name, ok, rule in (
+        ("TARGET_FRAMES", cfg.target_frames >= 0, "must be 0 (whole clips) or a frame count"),
+        ("PAD_MULTIPLE", cfg.pad_multiple >= 1, "must be at least 1"),
+        ("MIXUP_PROB", 0 <= cfg.mixup_prob <= 1, "must be a probability"),
+        ("WARMUP_STEPS", cfg.warmup_steps >= 0, "must not be negative"),
+        ("WARMUP_EPOCHS", cfg.warmup_epochs >= 0, "must not be negative"),
+        ("LR_SCHEDULE", cfg.lr_schedule in ("constant", "cosine"), "must be 'constant' or 'cosine'"),
+        ("PROJECTION_DIM", cfg.projection_dim >= 0, "must be 0 (none) or a width"),
+        ("SINGLE_CLASS", cfg.single_class in ("pretext", "frozen"), "must be 'pretext' or 'frozen'"),
+    ) if not ok]
+    if problems:
+        raise ValueError("train.py settings: " + "; ".join(problems))
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = expand_recipe("train", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__)
+    check_settings(cfg)
     rank, world, device = setup_processes(cfg.device)
     show = rank == 0
     if device.type == "cpu":
@@ -289,12 +373,33 @@ def main(argv: list[str] | None = None) -> dict:
             dist.destroy_process_group()
 
 
+def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
+    """SINGLE_CLASS "frozen": no training. The encoder as loaded (LoRA at zero, no projection, a
+    linear head) is written to OUTPUT, so the embeddings are the pretrained encoder's."""
+    frozen = SimpleNamespace(**{**vars(cfg), "projection_dim": 0, "head": "linear"})
+    model = build_model(frozen, len(label_index), show)
+    if show:
+        save_tuned(cfg.output, model, label_index, {**config_to_dict(frozen), "best_epoch": 0, "task": "frozen"},
+                   cfg.eat_checkpoint)
+        print(f"no training (SINGLE_CLASS frozen): the encoder as loaded -> {cfg.output}")
+    return {"epochs": [], "num_classes": len(label_index), "task": "frozen", "best": {}}
+
+
 def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     if show:
         print_config(cfg, "train.py settings")
+        print(recipe_summary(cfg.recipe, "train", vars(cfg)))
     seed_everything(cfg.seed)
     records = training_records(cfg)
     label_index = LabelIndex.from_records(records)
+    pretext = len(label_index) == 1
+    if pretext and show:
+        print(f"WARNING: all {len(records)} training clips form one class ({label_index.names[0]}): classifying "
+              "them teaches the encoder nothing (loss 0 from the first step). "
+              + ("Training on a pretext task instead: which of " + ", ".join(_PRETEXT_TASKS) + " each clip got."
+                 if cfg.single_class == "pretext" else "SINGLE_CLASS frozen: no training."))
+    if pretext and cfg.single_class == "frozen":
+        return save_frozen(cfg, label_index, show)
     train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
     if show:
         print(f"{len(records)} normal training clips, {len(label_index)} classes: "
@@ -306,12 +411,19 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
         MemoryFeatures([r.path for r in records], show)
     train_loader = make_loader(ClipDataset(train_records, label_index, cache), cfg, True, world)
     val_loader = make_loader(ClipDataset(val_records, label_index, cache), cfg, False, world) if val_records else None
+    if pretext:
+        label_index = pretext_label_index()
 
     model = build_model(cfg, len(label_index), show).to(device)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch)
+    warmup = warmup_length(cfg, steps_per_epoch)
+    if show and warmup > cfg.epochs * steps_per_epoch:
+        print(f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
+              "the learning rate never reaches LEARNING_RATE")
     history = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": [], "epochs": [],
-               "num_classes": len(label_index), "num_train": len(train_records), "num_val": len(val_records)}
+               "num_classes": len(label_index), "num_train": len(train_records), "num_val": len(val_records),
+               "task": "pretext" if pretext else "classes"}
     best, start_epoch = {}, 1
     if cfg.resume:
         state = resume_state(cfg, model, optimizer, scheduler, label_index)
@@ -332,10 +444,11 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
             train_loader.generator.manual_seed(cfg.seed + epoch)
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, correct, count = all_sum(list(train_epoch(step_module, train_loader, optimizer, scheduler,
-                                                            cfg, device, epoch, show)), device, world)
+                                                            cfg, device, epoch, show, pretext)), device, world)
         train_loss, train_acc = loss_sum / count, correct / count
         if val_loader is not None:
-            loss_sum, correct, count = all_sum(list(evaluate(model, val_loader, cfg, device, show)), device, world)
+            loss_sum, correct, count = all_sum(list(evaluate(model, val_loader, cfg, device, show, pretext)),
+                                               device, world)
             val_loss, val_acc = loss_sum / count, correct / count
         else:
             val_loss, val_acc = train_loss, train_acc

@@ -14,7 +14,7 @@ from dataset import discover_clips
 
 
 def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["--data_dir", str(data_dir), "--model_size", "tiny", "--batch_size", "8", "--target_frames", "128",
+    return ["--recipe", "arcface-v1", "--data_dir", str(data_dir), "--model_size", "tiny", "--batch_size", "8", "--target_frames", "128",
             "--num_workers", "0", "--feature_cache", str(tmp_path.parent / "cache"), "--head", "linear",
             "--learning_rate", "3e-3", "--warmup_epochs", "0", "--lora_rank", "4", "--lora_alpha", "8",
             "--spec_augment", "false", "--output", str(tmp_path / "best.pth"),
@@ -86,7 +86,7 @@ def test_resume_continues_from_the_last_epoch(tmp_path, tiny_demo_dir, monkeypat
 
 def test_real_clips_with_single_clip_classes(tmp_path, samples_dir):
     data_dir = samples_dir / "dcase2023_dev"
-    history = train.main(_args(tmp_path, data_dir, "--epochs", "1", "--val_fraction", "0.5", "--mixup", "true",
+    history = train.main(_args(tmp_path, data_dir, "--epochs", "1", "--val_fraction", "0.5", "--mixup_prob", "1",
                                "--head", "arcface", "--unfreeze_last_norms", "1"))
     n_train = len(discover_clips(data_dir, splits=("train",)))
     assert history["num_train"] + history["num_val"] == n_train
@@ -105,3 +105,137 @@ def test_spec_augment_masks_bands():
     assert masked.shape == x.shape and masked.min() == 0 and masked.max() == 1
     zero_rows = (masked[:, 0] == 0).all(dim=2).sum(dim=1)  # fully masked frames per clip
     assert (zero_rows <= 20).all() and zero_rows.sum() > 0
+
+
+# ----------------------------------------------------------------------------- the asdkit-eat-lora recipe
+
+def _asdkit_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+    """The default recipe with a tiny random encoder and small overrides for CPU tests."""
+    return ["--data_dir", str(data_dir), "--model_size", "tiny", "--lora_rank", "4", "--warmup_steps", "2",
+            "--epochs", "1", "--num_workers", "0", "--feature_cache", str(tmp_path.parent / "cache"),
+            "--output", str(tmp_path / "best.pth"), "--last_checkpoint", str(tmp_path / "last.pth"), *extra]
+
+
+def test_variable_length_collate_pads_to_multiples_and_the_longest():
+    from dataset import VariableLengthCollate
+    from preprocessing import PAD_VALUE
+    fbanks = [torch.randn(998, 128), torch.randn(1198, 128), torch.randn(64, 128)]
+    x, labels, records = VariableLengthCollate(32)([(f, i, f"r{i}") for i, f in enumerate(fbanks)])
+    assert x.shape == (3, 1, 1216, 128) and labels.tolist() == [0, 1, 2] and records == ["r0", "r1", "r2"]
+    for clip, fbank in zip(x[:, 0], fbanks):
+        assert torch.equal(clip[:len(fbank)], fbank) and (clip[len(fbank):] == PAD_VALUE).all()
+    alone, _, _ = VariableLengthCollate(32)([(fbanks[0], 0, "r0")])
+    assert alone.shape[2] == 1024  # a 10 s clip on its own: the next multiple of 32
+
+
+def test_mixup_happens_with_its_probability():
+    x, labels = torch.randn(4, 1, 32, 128), torch.arange(4)
+
+    def share(prob: float) -> float:
+        torch.manual_seed(0)
+        return sum(train.mixup_batch(x, labels, prob, 0.2)[1] is not None for _ in range(2000)) / 2000
+
+    assert share(0.0) == 0.0 and share(1.0) == 1.0 and abs(share(0.5) - 0.5) < 0.04
+    assert share(0.5) == share(0.5)  # seeded: the same batches are mixed
+    torch.manual_seed(1)
+    mixed, other, lam = train.mixup_batch(x, labels, 1.0, 0.2)
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[other], atol=1e-6)
+
+
+def test_pretext_batch_applies_the_labelled_augmentation():
+    from preprocessing import PAD_VALUE
+    x = torch.randn(16, 1, 64, 128)
+    out, labels = train.pretext_batch(x, torch.Generator().manual_seed(3))
+    again, same = train.pretext_batch(x, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again) and torch.equal(labels, same)
+    assert set(labels.tolist()) == set(range(len(train._PRETEXT_TASKS)))
+    for clip, original, label in zip(out[:, 0], x[:, 0], labels.tolist()):
+        task = train._PRETEXT_TASKS[label]
+        if task == "none":
+            assert torch.equal(clip, original)
+        elif task == "pitch_shift":
+            assert torch.equal(clip[:, 8:], original[:, :-8]) and (clip[:, :8] == PAD_VALUE).all()
+        elif task == "overlay":
+            assert torch.allclose(clip, 0.5 * (original + original.roll(32, dims=0)))
+        else:  # time_stretch: slower, so the start matches and later frames lag behind
+            assert torch.allclose(clip[0], original[0], atol=0.5) and not torch.allclose(clip, original, atol=0.1)
+    names = train.pretext_label_index().names
+    assert [name.split("_", 1)[1] for name in names] == list(train._PRETEXT_TASKS)
+
+
+def test_warmup_in_steps_then_constant_or_cosine():
+    from types import SimpleNamespace
+    layer = torch.nn.Linear(2, 2)
+    cfg = SimpleNamespace(learning_rate=1.0, weight_decay=0.0, epochs=2, warmup_steps=3, warmup_epochs=0.5,
+                          lr_schedule="constant", min_lr_ratio=0.1)
+    optimizer, scheduler = train.make_optimizer(layer, cfg, steps_per_epoch=4)  # warm-up 3 + 2 = 5 steps
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0])
+    optimizer, scheduler = train.make_optimizer(layer, SimpleNamespace(**{**vars(cfg), "lr_schedule": "cosine"}), 4)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    assert 0.1 <= optimizer.param_groups[0]["lr"] < 0.5
+
+
+def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, samples_dir, monkeypatch):
+    data_dir = samples_dir / "dcase2023_dev"
+    lengths = []
+
+    class Recording(train.VariableLengthCollate):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            lengths.extend((r.machine_type, out[0].shape[2]) for r in out[2])
+            return out
+
+    monkeypatch.setattr(train, "VariableLengthCollate", Recording)
+    history = train.main(_asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora", "--val_fraction", "0"))
+    assert history["epochs"] == [1] and history["task"] == "classes"
+    assert history["num_classes"] == len({r.class_name for r in discover_clips(data_dir, splits=("train",))})
+    assert all(frames % 32 == 0 for _, frames in lengths)
+    assert {frames for machine, frames in lengths if machine == "ToyCar"} <= {1216}  # 12 s clips, never cut
+    assert 1216 in {frames for _, frames in lengths}
+    model, labels, settings = M.load_tuned(tmp_path / "best.pth")
+    assert isinstance(model.head, M.SCAdaCosHead) and model.head.sub_clusters == 16 and model.embed_dim == 256
+    assert model.encoder.asd_lora_settings["targets"] == ["qkv"] and settings["target_frames"] == 0
+    assert M.tensors_checksum(M.trainable_state(model)) == history["best"]["trainable_sha256"]
+    fbanks = _fbanks(data_dir, 2)
+    assert M.embed_fbanks(model, fbanks, 1024, amp=False).shape == (2, 256)
+
+
+def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
+    """The real 2020 fan clips as training clips of one machine and ID: a single class."""
+    import shutil
+    train_dir = tmp_path / "one_class" / "fan" / "train"
+    train_dir.mkdir(parents=True)
+    for i, clip in enumerate(sorted((samples_dir / "dcase2020_dev" / "fan" / "test").glob("*.wav"))):
+        shutil.copy(clip, train_dir / f"normal_id_00_{i:08d}.wav")
+    return tmp_path / "one_class"
+
+
+def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
+    data_dir = _single_class_dir(tmp_path, samples_dir)
+    history = train.main(_asdkit_args(tmp_path, data_dir, "--epochs", "2", "--val_fraction", "0.3",
+                                      "--target_frames", "256", "--learning_rate", "1e-3"))
+    assert "one class" in capsys.readouterr().out
+    assert history["task"] == "pretext" and history["num_classes"] == len(train._PRETEXT_TASKS) > 1
+    assert min(history["train_loss"] + history["val_loss"]) > 0.1  # a task that still has something to learn
+    model, labels, _ = M.load_tuned(tmp_path / "best.pth")
+    assert labels == train.pretext_label_index() and model.head.num_classes == len(train._PRETEXT_TASKS)
+
+
+def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir):
+    data_dir = _single_class_dir(tmp_path, samples_dir)
+    history = train.main(_asdkit_args(tmp_path, data_dir, "--single_class", "frozen"))
+    assert history["task"] == "frozen" and history["epochs"] == []
+    model, labels, settings = M.load_tuned(tmp_path / "best.pth")
+    assert len(labels) == 1 and settings["task"] == "frozen" and model.embed_dim == 192
+    fbanks = _fbanks(data_dir, 2)
+    plain = M.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
+    tuned = M.embed_fbanks(model, fbanks, 256, amp=False)
+    untouched = M.embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
+    assert torch.allclose(tuned, untouched, atol=1e-5)
