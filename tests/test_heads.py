@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints as C
 import model as M
+from extract_embeddings import embed_fbanks
 
 
 def _clusters(num_classes: int = 4, per_class: int = 32, dim: int = 16, seed: int = 0):
@@ -86,7 +88,7 @@ def test_head_settings_rebuild_the_head(kind):
 
 
 def test_projection_gives_the_downstream_embedding(tmp_path):
-    encoder = M.build_encoder(None, "tiny")
+    encoder = C.build_encoder(None, "tiny")
     model = M.ASDModel(M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), M.make_head("scadacos", 192, 3,
                                                                                    projection_dim=24)).eval()
     assert model.embed_dim == 24
@@ -95,7 +97,7 @@ def test_projection_gives_the_downstream_embedding(tmp_path):
         tokens = encoder(fbank[None, None, :128])
         expected = model.head.projection(tokens[:, 0])
         assert torch.allclose(model.embed(fbank[None, None, :128]), expected, atol=1e-6)
-    embedded = M.embed_fbanks(model, [fbank, fbank[:64]], 128, amp=False)
+    embedded = embed_fbanks(model, [fbank, fbank[:64]], 128, amp=False)
     assert embedded.shape == (2, 24) and torch.allclose(embedded[0], expected[0], atol=1e-5)
 
 
@@ -103,11 +105,11 @@ def test_projection_gives_the_downstream_embedding(tmp_path):
                                                (["qkv", "fc2"], ("attn.qkv", "mlp.fc2"))])
 def test_lora_targets(targets, suffixes):
     from peft.tuners.lora import LoraLayer
-    wrapped = M.add_lora(M.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets=targets)
+    wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets=targets)
     layers = [name for name, module in wrapped.named_modules() if isinstance(module, LoraLayer)]
     depth = M.base_encoder(wrapped).config.depth
     assert len(layers) == len(suffixes) * depth and all(name.endswith(suffixes) for name in layers)
     assert not isinstance(M.base_encoder(wrapped).local_encoder.proj, LoraLayer)
     assert wrapped.asd_lora_settings["targets"] == [s.split(".")[1] for s in suffixes]
     with pytest.raises(ValueError, match="LoRA targets must be some of"):
-        M.add_lora(M.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets="qkv,local_encoder")
+        M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets="qkv,local_encoder")

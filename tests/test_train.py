@@ -199,12 +199,12 @@ def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, sample
     assert all(frames % 32 == 0 for _, frames in lengths)
     assert {frames for machine, frames in lengths if machine == "ToyCar"} <= {1216}  # 12 s clips, never cut
     assert 1216 in {frames for _, frames in lengths}
-    model, labels, settings = M.load_tuned(tmp_path / "best.pth")
+    model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert isinstance(model.head, M.SCAdaCosHead) and model.head.sub_clusters == 16 and model.embed_dim == 256
     assert model.encoder.asd_lora_settings["targets"] == ["qkv"] and settings["target_frames"] == 0
-    assert M.tensors_checksum(M.trainable_state(model)) == history["best"]["trainable_sha256"]
+    assert C.tensors_checksum(M.trainable_state(model)) == history["best"]["trainable_sha256"]
     fbanks = _fbanks(data_dir, 2)
-    assert M.embed_fbanks(model, fbanks, 1024, amp=False).shape == (2, 256)
+    assert embed_fbanks(model, fbanks, 1024, amp=False).shape == (2, 256)
 
 
 def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
@@ -224,7 +224,7 @@ def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
     assert "one class" in capsys.readouterr().out
     assert history["task"] == "pretext" and history["num_classes"] == len(train._PRETEXT_TASKS) > 1
     assert min(history["train_loss"] + history["val_loss"]) > 0.1  # a task that still has something to learn
-    model, labels, _ = M.load_tuned(tmp_path / "best.pth")
+    model, labels, _ = C.load_tuned(tmp_path / "best.pth")
     assert labels == train.pretext_label_index() and model.head.num_classes == len(train._PRETEXT_TASKS)
 
 
@@ -232,10 +232,10 @@ def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir)
     data_dir = _single_class_dir(tmp_path, samples_dir)
     history = train.main(_asdkit_args(tmp_path, data_dir, "--single_class", "frozen"))
     assert history["task"] == "frozen" and history["epochs"] == []
-    model, labels, settings = M.load_tuned(tmp_path / "best.pth")
+    model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == 1 and settings["task"] == "frozen" and model.embed_dim == 192
     fbanks = _fbanks(data_dir, 2)
-    plain = M.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
-    tuned = M.embed_fbanks(model, fbanks, 256, amp=False)
-    untouched = M.embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
+    plain = C.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
+    tuned = embed_fbanks(model, fbanks, 256, amp=False)
+    untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
