@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,6 +43,9 @@ DEVICE = "auto"                            # for embedding clips when a cache ha
 BATCH_SIZE = 16                            # idem
 REBUILD = False                            # force re-embedding of the test clips
 PLOTS = True                               # ROC curves and score histograms (PNG)
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"K": (1, None), "W": (0.0, 1.0), "SWEEP_KS": (1, None), "SWEEP_WS": (0.0, 1.0),
+           "BATCH_SIZE": (1, None)}
 
 # -----------------------------------------------------------------------------
 # k-NN on cosine distance

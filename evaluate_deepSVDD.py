@@ -8,6 +8,10 @@ section comes from its training normals' scores. Writes the official CSVs, a sum
 """
 from __future__ import annotations
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 
 import metrics
@@ -24,6 +28,8 @@ DEVICE = "auto"                        # for embedding clips when a cache must b
 BATCH_SIZE = 16                        # idem
 REBUILD = False                        # force re-embedding of the test clips
 PLOTS = True                           # ROC curves and score histograms (PNG)
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"BATCH_SIZE": (1, None)}
 
 
 def check_bundle(bundle: dict, embeddings: dict, stats: dict, path) -> None:

@@ -20,6 +20,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -38,6 +42,8 @@ POOLING = None                         # None = as trained | cls | mean
 TARGET_FRAMES = None                   # fbank frames per window; None = as trained
 CACHE_DIR = "cache/features"           # on-disk fbank/statistics cache; none = off
 REBUILD = False                        # rebuild even when the files are up to date
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"BATCH_SIZE": (1, None), "TARGET_FRAMES": (16, None)}
 
 FILE_NAMES = {"train": ("normal_embeddings.pt", "normal_stats.pt"),
               "test": ("test_embeddings.pt", "test_stats.pt")}

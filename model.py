@@ -7,12 +7,10 @@ download loads key for key with no ``trust_remote_code`` and no network. See
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -301,24 +299,6 @@ def forward_flops(cfg: EATConfig, frames: int) -> int:
     conv = patches * cfg.in_chans * cfg.patch_size ** 2 * D
     per_block = n * D * 3 * D + n * D * D + 2 * n * D * hidden + 2 * n * n * D  # qkv, proj, mlp, QK^T + AV
     return 2 * (conv + cfg.depth * per_block)
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the glibc heap so large activations are not page-faulted in anew every batch.
-
-    glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them on
-    free, so on CPU each forward pass re-faults its big activations: GELU and the bias copies of the
-    linear layers run several times slower. M_MMAP_MAX = 0 plus a high trim threshold keeps the
-    memory in the process (its RSS stays at the peak). Linux/glibc only; returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 # ----------------------------------------------------------------------------- checkpoints

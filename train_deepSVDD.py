@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import joblib
 import numpy as np
 import torch
@@ -37,6 +41,9 @@ WEIGHT_DECAY = 1e-6                    # pyod's l2_regularizer (Adam weight deca
 SEED = 0                               # network initialisation and shuffling seed
 THREADS = 1                            # torch CPU threads while fitting: the network is small, more threads only add overhead
 DEVICE = "auto"                        # for embedding clips when the embeddings must be rebuilt
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"HIDDEN_NEURONS": (1, None), "EPOCHS": (1, None), "BATCH_SIZE": (1, None), "LEARNING_RATE": (">0", None),
+           "DROPOUT": (0.0, "<1"), "WEIGHT_DECAY": (0.0, None), "SEED": (0, None), "THREADS": (1, None)}
 
 # -----------------------------------------------------------------------------
 

@@ -126,5 +126,5 @@ def test_step_words_reach_the_named_script_only():
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
-    with pytest.raises(SystemExit, match="unknown step 'trian'"):
+    with pytest.raises(SystemExit, match="unknown script 'trian'"):
         run_all.split_step_overrides(["trian.epochs=3"])
