@@ -248,7 +248,7 @@ def remove_stale_files(out_dir: Path, keep: set[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_config(globals(), argv, description=__doc__.split("\n")[0])
+    cfg = parse_config(globals(), argv, description=__doc__)
     out_dir = Path(cfg.out_dir)
     settings = settings_of(cfg)
     if tree_is_complete(out_dir, settings):

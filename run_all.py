@@ -221,14 +221,14 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
 # -----------------------------------------------------------------------------
 # the pipeline
 
-STEP_NAMES = ("make_demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
+_STEP_NAMES = ("make_demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
               "evaluate_deepSVDD", "evaluate")  # each step runs the script of its name
 SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
 
 
 def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Separate ``script.constant=value`` words (passed on to that step's script) from run_all's own."""
-    own, overrides = [], {name: [] for name in STEP_NAMES}
+    own, overrides = [], {name: [] for name in _STEP_NAMES}
     for word in argv:
         head, dot, rest = word.partition(".")
         head = head.removesuffix(".py")
@@ -237,7 +237,7 @@ def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str
                 rest = rest[3:]
             if head not in overrides:
                 raise SystemExit(f"run_all.py: error: unknown script {head!r} in {word!r}; "
-                                 f"scripts: {', '.join(STEP_NAMES)}")
+                                 f"scripts: {', '.join(_STEP_NAMES)}")
             constant, _, value = rest.partition("=")
             overrides[head] += [f"--{constant.lower()}", value]
         else:

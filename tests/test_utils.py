@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import textwrap
 
 import pytest
@@ -133,3 +134,13 @@ def test_stale_temp_files_are_removed(tmp_path):
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
     assert remove_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_importing_utils_leaves_torch_unloaded():
+    import subprocess
+    import sys
+
+    code = "import sys, utils; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "[]"
