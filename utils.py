@@ -77,15 +77,15 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     return str
 
 
+_NOT_LITERAL = object()
+
+
 def _literal(node: ast.AST | None) -> Any:
     """The value of a literal expression, or _NOT_LITERAL."""
     try:
         return ast.literal_eval(node) if node is not None else _NOT_LITERAL
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _NOT_LITERAL
-
-
-_NOT_LITERAL = object()
 
 
 @functools.lru_cache(maxsize=None)
