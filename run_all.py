@@ -257,7 +257,7 @@ def run_folder(runs_dir: str | os.PathLike, data_dir: Path) -> Path:
 
 
 def _clips(data_dir: Path, split: str) -> Files:
-    return Files(data_dir, f"*/{split}/*.wav")
+    return Files(data_dir, f"*/{split}/*.[wW][aA][vV]")  # as dataset.wav_files: any case of .wav
 
 
 def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
@@ -280,7 +280,7 @@ def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
     svdd_args = ["--use_stats", str(cfg.demo_svdd_use_stats)] if demo else []
     checkpoint_inputs = [Path(cfg.eat_checkpoint).expanduser()] if cfg.eat_checkpoint else []
     # what the scripts read of the data folder: clips and attributes CSVs (not notes.txt and the like)
-    attributes = Files(data_dir, "*/*.csv")
+    attributes = Files(data_dir, "*/attributes*.csv")
     train_data, all_data = [_clips(data_dir, "train"), attributes], [_clips(data_dir, "train"),
                                                                       _clips(data_dir, "test"), attributes]
     steps = []

@@ -233,7 +233,7 @@ def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, t
     assert after_test_clip["train"] == before["train"]
     assert after_test_clip["extract_embeddings"] != before["extract_embeddings"]
     train_clip = next((data / "fan" / "train").glob("*.wav"))
-    shutil.copy(train_clip, train_clip.with_name("section_00_source_train_normal_0099_extra.wav"))
+    shutil.copy(train_clip, train_clip.with_name("section_00_source_train_normal_0099_extra.WAV"))
     after_train_clip = signatures()
     assert after_train_clip["train"] != after_test_clip["train"]
     (data / "fan" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
