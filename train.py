@@ -258,12 +258,12 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
     _RESUME_MUST_MATCH to match and also "continues" a finished run."""
     path = Path(cfg.last_checkpoint)
     if not path.is_file():
-        return None, f"there is no last checkpoint {path} (--resume auto or false start fresh)"
+        return None, f"there is no last checkpoint {path}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved, saved_classes = state["settings"], LabelIndex.from_dict(state["label_index"])
     except Exception as error:  # truncated, not a checkpoint, or from another program
-        return None, f"{path} cannot be read ({type(error).__name__}: {error}); delete it or pass --resume false"
+        return None, f"{path} cannot be read ({type(error).__name__}: {error})"
     current = config_to_dict(cfg)
     keys = _RESUME_MUST_MATCH if cfg.resume == "true" else [k for k in current if k not in _RESUME_MAY_DIFFER]
     changed = [k for k in keys if saved.get(k) != current[k]]
@@ -287,8 +287,9 @@ def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelI
     state, why_not = read_last_checkpoint(cfg, label_index)
     if state is None:
         if cfg.resume == "true":
-            missing = not Path(cfg.last_checkpoint).exists()
-            raise (FileNotFoundError if missing else ValueError)(f"--resume true, but {why_not}")
+            if not Path(cfg.last_checkpoint).exists():
+                raise FileNotFoundError(f"--resume true, but {why_not}; pass --resume auto or false to start fresh")
+            raise ValueError(f"--resume true, but {why_not}; delete it or pass --resume false to start fresh")
         if show and Path(cfg.last_checkpoint).exists():
             print(f"not resuming, starting fresh: {why_not}")
         return None
