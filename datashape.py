@@ -5,8 +5,10 @@
 Prints per machine type and split the clip counts by section, domain and label, the durations,
 sample rates and channels, the attribute values seen and the fbank shape EAT will get. Exits
 non-zero with a list of every problem: file names that follow no DCASE scheme, attributes that
-disagree with attributes_XX.csv, empty, truncated, corrupt, silent or NaN clips, mixed sample rates,
-and machine types without train or test clips.
+disagree with attributes_XX.csv, empty, truncated, corrupt or NaN clips, clips too short for one
+EAT patch, and machine types without train or test clips. What the loader accepts with a warning
+(all-silent clips, clips at another sample rate, which are resampled) is listed as a WARNING naming
+the clips; warnings alone exit 0.
 """
 from __future__ import annotations
 
@@ -16,12 +18,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
 from dataset import (SPLITS as DCASE_SPLITS, ClipNameError, apply_attribute_row, attribute_row_for,
                      machine_type_dirs, parse_clip_name, read_attribute_tables, wav_files)
+from model import EATConfig
 from preprocessing import NUM_MEL_BINS, SAMPLE_RATE, AudioError, check_wav_header, num_frames
 from utils import parse_config
 
@@ -31,6 +38,8 @@ SPLITS = ["train", "test"]       # splits every machine type must have
 DECODE = True                    # read every clip's samples to find silent or NaN clips (False: headers only)
 TARGET_FRAMES = 1024             # model input length in frames (EAT: 1024)
 PROGRESS = True                  # progress bar while reading clips
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"TARGET_FRAMES": (16, None)}
 
 
 @dataclass
@@ -47,33 +56,41 @@ class SplitSummary:
     subtypes: Counter = field(default_factory=Counter)
     attributes: dict = field(default_factory=lambda: defaultdict(set))
     frames: Counter = field(default_factory=Counter)      # fbank frames -> clips
+    rate_clips: dict = field(default_factory=lambda: defaultdict(list))  # sample rate -> clip paths
 
 
-def inspect_audio(path: Path, decode: bool) -> tuple[sf._SoundFileInfo | None, str | None]:
-    """(soundfile info, None) for a usable clip, else (info or None, what is wrong)."""
+_PATCH_FRAMES = EATConfig.patch_size  # the shortest fbank EAT can embed: one patch of frames
+
+
+def inspect_audio(path: Path, decode: bool) -> tuple[sf._SoundFileInfo | None, str | None, str | None]:
+    """(soundfile info or None, what is wrong or None, what the loader only warns about or None)."""
+    if path.stat().st_size == 0:
+        return None, f"{path}: empty (0 bytes)", None
     try:
         check_wav_header(path)
         info = sf.info(str(path))
     except AudioError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     except Exception as exc:
-        return None, f"{path}: unreadable audio file ({exc})"
+        return None, f"{path}: unreadable audio file ({exc})", None
     if info.frames == 0:
-        return info, f"{path}: empty audio file (0 samples)"
+        return info, f"{path}: empty audio file (0 samples)", None
+    frames = fbank_frames(info.frames, info.samplerate)
+    if frames < _PATCH_FRAMES:
+        return info, (f"{path}: too short ({info.frames / info.samplerate:.3f} s = {frames} fbank frames; "
+                      f"EAT needs at least {_PATCH_FRAMES})"), None
     if not decode:
-        return info, None
+        return info, None, None
     try:
         dtype = "int16" if info.subtype == "PCM_16" else "float32"
         data, _ = sf.read(str(path), dtype=dtype)
     except Exception as exc:
-        return info, f"{path}: corrupt audio data ({exc})"
-    if data.size == 0:
-        return info, f"{path}: empty audio file (0 samples)"
+        return info, f"{path}: corrupt audio data ({exc})", None
     if dtype == "float32" and not np.isfinite(data).all():
-        return info, f"{path}: audio contains NaN or infinite samples"
+        return info, f"{path}: audio contains NaN or infinite samples", None
     if not np.any(data):
-        return info, f"{path}: clip is all silent (every sample is zero)"
-    return info, None
+        return info, None, f"{path}: clip is all silent (every sample is zero)"
+    return info, None, None
 
 
 def fbank_frames(samples: int, sample_rate: int) -> int:
@@ -81,8 +98,10 @@ def fbank_frames(samples: int, sample_rate: int) -> int:
     return num_frames(math.ceil(samples * SAMPLE_RATE / sample_rate))
 
 
-def check_split(machine_dir: Path, split: str, rows: dict, cfg, problems: list[str]) -> SplitSummary:
-    """Parse and inspect every clip of one machine type's split, adding what is wrong to ``problems``."""
+def check_split(machine_dir: Path, split: str, rows: dict, cfg, problems: list[str],
+                warnings: list[str]) -> SplitSummary:
+    """Parse and inspect every clip of one machine type's split, adding what is wrong to ``problems``
+    and what the loader only warns about to ``warnings``."""
     summary = SplitSummary()
     files = wav_files(machine_dir / split)
     for path in tqdm(files, desc=f"{machine_dir.name}/{split}", disable=not cfg.progress, leave=False, file=sys.stdout):
@@ -91,11 +110,12 @@ def check_split(machine_dir: Path, split: str, rows: dict, cfg, problems: list[s
         except (ClipNameError, ValueError) as exc:
             problems.append(str(exc))
             record = None
-        info, problem = inspect_audio(path, cfg.decode)
-        if problem:
-            problems.append(problem)
+        info, problem, warning = inspect_audio(path, cfg.decode)
+        problems += [problem] if problem else []
+        warnings += [warning] if warning else []
         if info is not None:
             summary.sample_rates[info.samplerate] += 1
+            summary.rate_clips[info.samplerate].append(path)
             summary.channels[info.channels] += 1
             summary.subtypes[info.subtype] += 1
             summary.durations.append(info.frames / info.samplerate)
@@ -136,19 +156,29 @@ def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int)
         print("        attributes " + " | ".join(f"{k} = {', '.join(sorted(v))}" for k, v in s.attributes.items()))
 
 
-def check_sample_rates(summaries: dict, problems: list[str]) -> None:
-    rates = Counter()
+def check_sample_rates(summaries: dict, warnings: list[str], shown: int = 10) -> None:
+    """Warn about clips whose rate differs from most clips' (named, up to ``shown`` per rate) and
+    about a rate other than SAMPLE_RATE: the loader resamples them, which may change their sound."""
+    rate_clips: dict[int, list[Path]] = defaultdict(list)
     for s in summaries.values():
-        rates.update(s.sample_rates)
-    if len(rates) > 1:
-        problems.append(f"mixed sample rates: {counts(rates)} (Hz:clips); every clip should have the same rate")
-    elif rates and next(iter(rates)) != SAMPLE_RATE:
-        print(f"note: clips are {next(iter(rates))} Hz; they will be resampled to {SAMPLE_RATE} Hz")
+        for rate, paths in s.rate_clips.items():
+            rate_clips[rate] += paths
+    if not rate_clips:
+        return
+    usual = max(rate_clips, key=lambda rate: len(rate_clips[rate]))
+    for rate, paths in sorted(rate_clips.items()):
+        if rate != usual:
+            names = ", ".join(map(str, paths[:shown])) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+            warnings.append(f"mixed sample rates: {len(paths)} clip(s) at {rate} Hz while {len(rate_clips[usual])} "
+                            f"are at {usual} Hz: {names}")
+    if usual != SAMPLE_RATE:
+        warnings.append(f"most clips are {usual} Hz; they will be resampled to {SAMPLE_RATE} Hz")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(globals(), argv, description=__doc__.split("\n")[0])
+    cfg = parse_config(globals(), argv, description=__doc__)
     problems: list[str] = []
+    warnings: list[str] = []
     try:
         machine_dirs = machine_type_dirs(cfg.data_dir, cfg.machine_types or None)
     except FileNotFoundError as exc:
@@ -169,18 +199,22 @@ def main(argv: list[str] | None = None) -> int:
             rows = {}
         print(f"\n== {machine} ==" + (f" (attributes CSV: {len(rows)} rows)" if rows else ""))
         for split in cfg.splits:
-            summary = check_split(machine_dir, split, rows, cfg, problems)
+            summary = check_split(machine_dir, split, rows, cfg, problems, warnings)
             summaries[machine, split] = summary
             if summary.clips == 0 and not wav_files(machine_dir / split):
                 problems.append(f"{machine}: no {split} clips in {machine_dir / split}")
             print_summary(machine, split, summary, cfg.target_frames)
-    check_sample_rates(summaries, problems)
+    check_sample_rates(summaries, warnings)
+    if warnings:
+        print(f"\n{len(warnings)} warning(s) (usable, but check them):")
+        for warning in warnings:
+            print(f"  - WARNING: {warning}")
     if problems:
         print(f"\n{len(problems)} problem(s) found:")
         for problem in problems:
             print(f"  - {problem}")
         return 1
-    print("\nno problems found")
+    print("\nno problems found" + (" (see the warnings above)" if warnings else ""))
     return 0
 
 

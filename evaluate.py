@@ -14,6 +14,12 @@ Reads only the embedding files of extract_embeddings.py.
 """
 from __future__ import annotations
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+import metrics
+from scoring import KnnMahalanobis, expected_sections, load_features, score_by_group
 from utils import config_to_dict, parse_config, print_config
 
 EMBED_DIR = "."                            # folder of normal_/test_ embeddings and stats (.pt)
@@ -26,27 +32,24 @@ SWEEP = False                              # print the score over SWEEP_KS x SWE
 SWEEP_KS = [1, 2, 3, 5, 10]                # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]     # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 PLOTS = True                               # ROC curves and score histograms (PNG)
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"K": (1, None), "W": (0.0, 1.0), "DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "SWEEP_KS": (1, None),
+           "SWEEP_WS": (0.0, 1.0)}
 
 
 def ensemble_factory(k: int, w: float, separate_domain_banks: bool):
     """A scoring.score_by_group factory: the ensemble fitted on one section's normals."""
-    from scoring import KnnMahalanobis
-
     return lambda key, normal: KnnMahalanobis(k, w, separate_domain_banks).fit(normal)
 
 
 def ensemble_scores(features, k: int, w: float, separate_domain_banks: bool):
     """Test scores {path: score} and the training normals' scores per section for one (k, w)."""
-    from scoring import score_by_group
-
     return score_by_group(features.normal, features.test, ensemble_factory(k, w, separate_domain_banks), "section")
 
 
 def sweep(features, cfg) -> list[list[float]]:
     """Score for every (k, w); prints the grid. Choosing K and W on the test set overfits it:
     use this to understand the data, then fix K and W on development data."""
-    import metrics
-
     grid = []
     for k in cfg.sweep_ks:
         grid.append([])
@@ -70,11 +73,6 @@ def _year(cfg) -> str | None:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
     print_config(cfg)
-    import metrics
-    from scoring import expected_sections, load_features
-
-    if not 0.0 <= cfg.w <= 1.0:
-        raise ValueError(f"W must lie in [0, 1], got {cfg.w}")
     if cfg.w in (0.0, 1.0) and not cfg.sweep:
         print(f"note: W={cfg.w} uses only the {'k-NN' if cfg.w == 1.0 else 'Mahalanobis'} branch")
     features = load_features(cfg.embed_dir)

@@ -11,6 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+import torch
+
+import metrics
+from scoring import SVDD_FORMAT, DeepSVDDScorer, expected_sections, load_features, score_by_group
+from train_deepSVDD import bundle_path
 from utils import config_to_dict, parse_config, print_config
 
 EMBED_DIR = "."                        # folder of the normal_/test_ embeddings and stats
@@ -18,14 +27,12 @@ SVDD_DIR = "svdd_models_per_type"      # written by train_deepSVDD.py
 RESULTS_DIR = "results/deepsvdd"       # official CSVs, summary, plots
 DCASE_YEAR = "auto"                    # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 PLOTS = True                           # ROC curves and score histograms (PNG)
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
 
 
 def load_scorer(path: Path, fingerprint: dict):
     """The saved Deep SVDD of one machine type, refused unless fitted on these normal embeddings."""
-    import torch
-
-    from scoring import SVDD_FORMAT, DeepSVDDScorer
-
     if not path.is_file():
         raise FileNotFoundError(f"Deep SVDD model {path} not found: run train_deepSVDD.py first")
     try:
@@ -44,10 +51,6 @@ def load_scorer(path: Path, fingerprint: dict):
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
-    import metrics
-    from scoring import expected_sections, load_features, score_by_group
-    from train_deepSVDD import bundle_path
-
     features = load_features(cfg.embed_dir)
     scores, train_scores = score_by_group(
         features.normal, features.test,

@@ -17,6 +17,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -37,6 +41,9 @@ POOLING = None                         # None = as trained | cls | mean
 TARGET_FRAMES = None                   # fbank frames per window; None = as trained
 FEATURE_CACHE = "cache/features"       # on-disk fbank/statistics cache folder; none = off
 REBUILD = False                        # rebuild even when the files are up to date
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"SPLITS": ("train", "test"), "EMBED_BATCH_SIZE": (1, None), "LONG_CLIP": ("crop", "windows"),
+           "POOLING": ("cls", "mean"), "TARGET_FRAMES": (0, None)}
 
 
 # -----------------------------------------------------------------------------

@@ -19,6 +19,10 @@ import json
 import sys
 from pathlib import Path
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import numpy as np
 import soundfile as sf
 from scipy.signal import oaconvolve
@@ -40,6 +44,10 @@ MAX_STRENGTH = 1.0                               # strongest anomaly
 TARGET_SPEED_SHIFT = 1.12                        # target domain runs this much faster than the source
 CLIP_RMS = 0.05                                  # loudness of every written clip (before gain jitter)
 PROGRESS = True                                  # show a progress bar
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"SEED": (0, None), "CLIP_SECONDS": (">0", None), "SAMPLE_RATE": (1000, None), "SOURCE_TRAIN": (1, None),
+           "TARGET_TRAIN": (1, None), "TEST_NORMAL": (1, None), "TEST_ANOMALY": (1, None), "MIN_STRENGTH": (0.0, 1.0),
+           "MAX_STRENGTH": (0.0, 1.0), "TARGET_SPEED_SHIFT": (">0", None), "CLIP_RMS": (">0", 1.0)}
 
 _MANIFEST = "manifest.json"
 _ANOMALY_KINDS = ("bearing_whine", "rattle", "imbalance", "frequency_shift")
@@ -240,7 +248,7 @@ def remove_stale_files(out_dir: Path, keep: set[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_config(globals(), argv, description=__doc__.split("\n")[0])
+    cfg = parse_config(globals(), argv, description=__doc__)
     out_dir = Path(cfg.out_dir)
     settings = settings_of(cfg)
     if tree_is_complete(out_dir, settings):

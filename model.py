@@ -20,9 +20,7 @@ There is no norm after the last block; the output's token 0 is the utterance (CL
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
@@ -288,22 +286,6 @@ def forward_flops(cfg: EATConfig, frames: int) -> int:
     return 2 * (conv + cfg.depth * per_block)
 
 
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the glibc heap so large activations are not page-faulted in anew every batch.
-
-    glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them on
-    free, so on CPU each forward pass re-faults its big activations: GELU and the bias copies of the
-    linear layers run several times slower. M_MMAP_MAX = 0 plus a high trim threshold keeps the
-    memory in the process (its RSS stays at the peak). Linux/glibc only; returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -40,7 +40,7 @@ STAT_MEL_BANDS = 16          # the 128 log-mel bins are pooled into this many ba
 STAT_FFT = 1024              # FFT size of the spectral statistics
 STAT_HOP = 512               # hop of the spectral statistics
 ROLLOFF = 0.85               # spectral roll-off: frequency below which this share of the energy lies
-CACHE_DIR = "cache/features" # default on-disk feature cache
+FEATURE_CACHE = "cache/features" # default on-disk feature cache
 FEATURE_VERSION = 1          # bump when the feature code changes, so old caches are ignored
 
 _EPS = torch.finfo(torch.float32).eps
@@ -304,12 +304,12 @@ def feature_settings() -> dict:
 class FeatureCache:
     """Per-clip fbank and statistics, computed once and kept under ``cache_dir`` (None: no disk cache).
 
-    An entry is keyed by the file's absolute path, size and modification time and by the feature
-    settings, so a rewritten or touched clip, or changed settings, are recomputed. ``hits`` and
-    ``misses`` count lookups.
+    An entry is keyed by a hash of the file's bytes and by the feature settings, so a clip whose
+    audio changed (even at the same size and modification time), or changed settings, are
+    recomputed, and a copied or moved clip is not. ``hits`` and ``misses`` count lookups.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None = CACHE_DIR, settings: dict | None = None):
+    def __init__(self, cache_dir: str | os.PathLike | None = FEATURE_CACHE, settings: dict | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.settings = settings if settings is not None else feature_settings()
         self._settings_json = json.dumps(self.settings, sort_keys=True)
@@ -317,10 +317,8 @@ class FeatureCache:
         self.misses = 0
 
     def key(self, path: str | os.PathLike, kind: str) -> str:
-        path = Path(path).resolve()
-        stat = path.stat()
-        ident = json.dumps([kind, str(path), stat.st_size, stat.st_mtime_ns, self._settings_json])
-        return hashlib.sha1(ident.encode()).hexdigest()
+        content = hashlib.blake2b(Path(path).read_bytes(), digest_size=20).hexdigest()
+        return hashlib.sha1(json.dumps([kind, content, self._settings_json]).encode()).hexdigest()
 
     def _entry(self, path: str | os.PathLike, kind: str, suffix: str) -> Path | None:
         if self.cache_dir is None:
@@ -357,9 +355,9 @@ class FeatureCache:
                batch_size: int = 32) -> list[torch.Tensor]:
         """fbank() of many clips; the missing ones are computed in batches of equal length on ``device``."""
         paths = list(paths)
-        values: list[torch.Tensor | None] = []
-        for path in paths:
-            values.append(self._read(self._entry(path, "fbank", ".pt"), path, lambda e: torch.load(e, weights_only=True)))
+        entries = [self._entry(path, "fbank", ".pt") for path in paths]
+        values = [self._read(entry, path, lambda e: torch.load(e, weights_only=True))
+                  for entry, path in zip(entries, paths)]
         missing = [i for i, v in enumerate(values) if v is None]
         by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for i in missing:
@@ -372,9 +370,8 @@ class FeatureCache:
                 for (i, _), fbank in zip(part, batch):
                     self.misses += 1
                     values[i] = fbank.clone()
-                    entry = self._entry(paths[i], "fbank", ".pt")
-                    if entry is not None:
-                        atomic_torch_save(values[i], entry)
+                    if entries[i] is not None:
+                        atomic_torch_save(values[i], entries[i])
         return values
 
     def stats(self, path: str | os.PathLike) -> np.ndarray:

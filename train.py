@@ -9,7 +9,7 @@ augmentation each clip got) or no training at all.
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
     python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
-    python train.py --resume true                   # continue from last_encoder_model.pth
+    python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
 """
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -29,10 +33,11 @@ from tqdm import tqdm
 
 from checkpoints import build_encoder, save_tuned, tensors_checksum
 from dataset import ClipDataset, FixedLengthCollate, LabelIndex, VariableLengthCollate, discover_clips, stratified_split
-from model import ASDModel, add_lora, count_parameters, make_head, trainable_state, tune_cpu_allocator
+from model import ASDModel, add_lora, count_parameters, make_head, trainable_state
 from preprocessing import PAD_VALUE, FeatureCache
 from recipes import expand_recipe, recipe_summary
-from utils import atomic_torch_save, autocast, config_to_dict, parse_config, print_config, resolve_device, seed_everything
+from utils import (atomic_torch_save, autocast, config_to_dict, parse_config, print_config, resolve_device,
+                   seed_everything, tune_cpu_allocator)
 
 RECIPE = "asdkit-eat-lora"                 # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
 DATA_DIR = "dev_data"                      # DCASE folder: <machine>/train/*.wav (test clips are never read)
@@ -78,8 +83,19 @@ MIXUP_PROB = 0.5                           # share of training batches whose cli
 MIXUP_ALPHA = 0.2                          # Beta(alpha, alpha) mixing weights
 FEATURE_CACHE = "cache/features"           # fbank cache folder; None keeps all fbanks in memory instead
 OUTPUT = "best_encoder_model.pth"          # best model (LoRA + head + label index + settings)
-LAST_CHECKPOINT = "last_encoder_model.pth" # last epoch with optimizer/scheduler state, for --resume
-RESUME = False                             # continue from LAST_CHECKPOINT
+LAST_CHECKPOINT = "last_encoder_model.pth" # last epoch with optimizer/scheduler state, for RESUME
+RESUME = "auto"                            # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"EPOCHS": (1, None), "BATCH_SIZE": (1, None), "GRAD_ACCUM": (1, None), "LEARNING_RATE": (">0", None),
+           "WARMUP_STEPS": (0, None), "WARMUP_EPOCHS": (0.0, None), "LR_SCHEDULE": ("constant", "cosine"),
+           "MIN_LR_RATIO": (0.0, 1.0), "WEIGHT_DECAY": (0.0, None), "GRAD_CLIP": (0.0, None), "LORA_RANK": (1, None),
+           "LORA_ALPHA": (">0", None), "LORA_DROPOUT": (0.0, "<1"), "LORA_TARGETS": ("qkv", "proj", "fc1", "fc2"),
+           "UNFREEZE_LAST_NORMS": (0, None), "HEAD": ("scadacos", "arcface", "linear"), "SUB_CLUSTERS": (1, None),
+           "PROJECTION_DIM": (0, None), "POOLING": ("cls", "mean"), "ARCFACE_SCALE": (">0", None),
+           "ARCFACE_MARGIN": (0.0, None), "SINGLE_CLASS": ("pretext", "frozen"), "VAL_FRACTION": (0.0, "<1"),
+           "SEED": (0, None), "NUM_WORKERS": (0, None), "TARGET_FRAMES": (0, None), "PAD_MULTIPLE": (1, None),
+           "TIME_MASK": (0, None), "FREQ_MASK": (0, None), "NUM_MASKS": (0, None), "MIXUP_PROB": (0.0, 1.0),
+           "MIXUP_ALPHA": (">0", None), "RESUME": ("auto", "true", "false"), "MODEL_SIZE": ("tiny", "base", "large")}
 
 
 # ----------------------------------------------------------------------------- processes
@@ -300,28 +316,61 @@ def evaluate(model: ASDModel, loader: DataLoader, cfg, device, show: bool,
 # ----------------------------------------------------------------------------- checkpoints
 
 _RESUME_MUST_MATCH = ("eat_checkpoint", "model_size", "pooling", "lora_rank", "lora_alpha", "unfreeze_last_norms",
-                  "head", "seed", "val_fraction", "machine_types", "data_dir")
+                      "head", "seed", "val_fraction", "machine_types", "data_dir")  # --resume true: may change the rest
+_RESUME_MAY_DIFFER = ("device", "num_workers", "resume", "output", "last_checkpoint", "feature_cache")  # --resume auto
 
 
-def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex) -> dict:
-    """Load LAST_CHECKPOINT into model/optimizer/scheduler; returns its history and best record."""
+def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str]:
+    """(LAST_CHECKPOINT's state, "") when this run may continue it, else (None, why not).
+
+    RESUME auto continues only an unfinished run whose settings all match except _RESUME_MAY_DIFFER
+    (so a changed learning rate or a finished run trains afresh); RESUME true only needs
+    _RESUME_MUST_MATCH to match and also "continues" a finished run."""
     path = Path(cfg.last_checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume true but there is no last checkpoint {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state["settings"]
-    changed = [k for k in _RESUME_MUST_MATCH if str(saved.get(k)) != str(getattr(cfg, k))]
+        return None, f"there is no last checkpoint {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved, saved_classes = state["settings"], LabelIndex.from_dict(state["label_index"])
+    except Exception as error:  # truncated, not a checkpoint, or from another program
+        return None, f"{path} cannot be read ({type(error).__name__}: {error})"
+    current = config_to_dict(cfg)
+    keys = _RESUME_MUST_MATCH if cfg.resume == "true" else [k for k in current if k not in _RESUME_MAY_DIFFER]
+    changed = [k for k in keys if saved.get(k) != current[k]]
     if changed:
-        raise ValueError(f"{path} was trained with other settings for {changed}; resume with the same ones "
-                         f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-    if LabelIndex.from_dict(state["label_index"]) != label_index:
-        raise ValueError(f"{path} was trained on other classes than {cfg.data_dir} has now")
+        return None, f"{path} was trained with other settings: " + ", ".join(
+            f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed)
+    if saved_classes != label_index:
+        return None, f"{path} was trained on other classes than {cfg.data_dir} has now"
+    if cfg.resume == "auto" and state["epoch"] >= cfg.epochs:
+        return None, f"{path} has finished its {state['epoch']} epochs"
+    if state["best"] and not Path(cfg.output).is_file():
+        return None, f"the best model {cfg.output} of {path} is missing"
+    return state, ""
+
+
+def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool) -> dict | None:
+    """Load the LAST_CHECKPOINT this run continues into model/optimizer/scheduler and return it
+    (history, best record, epoch), or None to start fresh, as RESUME says; says why it does not resume."""
+    if cfg.resume == "false":
+        return None
+    state, why_not = read_last_checkpoint(cfg, label_index)
+    if state is None:
+        if cfg.resume == "true":
+            if not Path(cfg.last_checkpoint).exists():
+                raise FileNotFoundError(f"--resume true, but {why_not}; pass --resume auto or false to start fresh")
+            raise ValueError(f"--resume true, but {why_not}; delete it or pass --resume false to start fresh")
+        if show and Path(cfg.last_checkpoint).exists():
+            print(f"not resuming, starting fresh: {why_not}")
+        return None
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in state["trainable_state"].items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if show:
+        print(f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']} (--resume false starts fresh)")
     return state
 
 
@@ -343,19 +392,9 @@ def is_better(val_acc: float, val_loss: float, best: dict) -> bool:
 # ----------------------------------------------------------------------------- main
 
 def check_settings(cfg) -> None:
-    """ValueError naming every constant that is out of its range."""
-    problems = [f"{name} {getattr(cfg, name.lower())!r}: {rule}" for name, ok, rule in (
-        ("TARGET_FRAMES", cfg.target_frames >= 0, "must be 0 (whole clips) or a frame count"),
-        ("PAD_MULTIPLE", cfg.pad_multiple >= 1, "must be at least 1"),
-        ("MIXUP_PROB", 0 <= cfg.mixup_prob <= 1, "must be a probability"),
-        ("WARMUP_STEPS", cfg.warmup_steps >= 0, "must not be negative"),
-        ("WARMUP_EPOCHS", cfg.warmup_epochs >= 0, "must not be negative"),
-        ("LR_SCHEDULE", cfg.lr_schedule in ("constant", "cosine"), "must be 'constant' or 'cosine'"),
-        ("PROJECTION_DIM", cfg.projection_dim >= 0, "must be 0 (none) or a width"),
-        ("SINGLE_CLASS", cfg.single_class in ("pretext", "frozen"), "must be 'pretext' or 'frozen'"),
-    ) if not ok]
-    if problems:
-        raise ValueError("train.py settings: " + "; ".join(problems))
+    """What _LIMITS cannot say: a fixed clip length must fill at least one 16-frame patch."""
+    if 0 < cfg.target_frames < 16:
+        raise ValueError(f"TARGET_FRAMES {cfg.target_frames}: must be 0 (whole clips) or at least 16 frames")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -425,11 +464,9 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
                "num_classes": len(label_index), "num_train": len(train_records), "num_val": len(val_records),
                "task": "pretext" if pretext else "classes"}
     best, start_epoch = {}, 1
-    if cfg.resume:
-        state = resume_state(cfg, model, optimizer, scheduler, label_index)
+    state = resume_state(cfg, model, optimizer, scheduler, label_index, show)
+    if state is not None:
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        if show:
-            print(f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']}")
     step_module: nn.Module = TrainStep(model)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(

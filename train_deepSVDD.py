@@ -13,6 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+from tqdm import tqdm
+
+from scoring import DeepSVDDScorer, load_features, row_groups
 from utils import atomic_torch_save, config_to_dict, parse_config, print_config
 
 EMBED_DIR = "."                        # folder of normal_embeddings.pt / normal_stats.pt
@@ -26,6 +33,10 @@ DROPOUT = 0.0                          # dropout between the MLP layers
 WEIGHT_DECAY = 1e-6                    # pyod's l2_regularizer (Adam weight decay)
 SEED = 0                               # network initialisation and shuffling seed
 THREADS = 1                            # torch CPU threads while fitting: the network is small, more threads only add overhead
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"HIDDEN_NEURONS": (1, None), "SVDD_EPOCHS": (0, None), "SVDD_BATCH_SIZE": (1, None),
+           "LEARNING_RATE": (">0", None), "DROPOUT": (0.0, "<1"), "WEIGHT_DECAY": (0.0, None), "SEED": (0, None),
+           "THREADS": (1, None)}
 
 
 def bundle_path(svdd_dir: str | os.PathLike, machine_type: str) -> Path:
@@ -35,10 +46,6 @@ def bundle_path(svdd_dir: str | os.PathLike, machine_type: str) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
-    from tqdm import tqdm
-
-    from scoring import DeepSVDDScorer, load_features, row_groups
-
     features = load_features(cfg.embed_dir, splits=("train",))
     written = {}
     for (machine,), rows in tqdm(row_groups(features.normal.records, "machine_type").items(),

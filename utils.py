@@ -1,20 +1,38 @@
-"""Small helpers every script shares: command-line constants, atomic writes, devices, seeds."""
+"""Small helpers every script shares: command-line constants, atomic writes, devices, seeds.
+
+Command line. Every UPPER_CASE constant a script assigns itself is an option: ``EPOCHS = 10  # passes``
+becomes ``--epochs 10`` with help "passes"; booleans work bare (``--sweep``) or with a value
+(``--sweep false``); lists take commas; ``none`` means None. A script may declare, right after its
+constants, ``_LIMITS = {"EPOCHS": (1, None), "LEARNING_RATE": (">0", None), "HEAD": ("arcface", "linear")}``:
+a number's (low, high) bounds are inclusive, ``">x"``/``"<x"`` make one exclusive, None leaves a side
+open; a text constant's tuple lists its allowed values. ``parse_config`` rejects a value outside its
+limits in argparse's style (``train.py: error: --epochs must be >= 1, got 0``).
+
+``--help`` answers without importing torch & co: each script calls ``exit_if_help(globals())``
+before its heavy imports. That builds the same parser from the script's *source* (``ast``: the
+constants' literal values, their trailing comments, ``_LIMITS`` and the ``aliases=`` of its
+``parse_config`` call), prints the help and exits; on any other command line it does nothing.
+``check_script_arguments`` uses the same source parser so run_all can validate a step's options
+before running anything. This module itself imports torch only inside the functions that need it.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
 import contextlib
+import ctypes
 import functools
 import json
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _CONFIG_TYPES = (bool, int, float, str, type(None), list, tuple)
 
@@ -59,32 +77,135 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     return str
 
 
+_NOT_LITERAL = object()
+
+
+def _literal(node: ast.AST | None) -> Any:
+    """The value of a literal expression, or _NOT_LITERAL."""
+    try:
+        return ast.literal_eval(node) if node is not None else _NOT_LITERAL
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _NOT_LITERAL
+
+
 @functools.lru_cache(maxsize=None)
-def _assigned_at_top_level(source_file: str) -> dict[str, str]:
-    """{name: trailing comment} for the names a module assigns itself (``X = ...  # comment``),
-    so constants it imports are left out and each option's help is the constant's comment."""
+def _script_source(source_file: str) -> SimpleNamespace:
+    """What a script's source says about its options: the names it assigns itself at top level
+    with their trailing comments and literal values, its docstring, and the ``aliases=`` of its
+    ``parse_config`` call. Constants a script imports are left out."""
     source = Path(source_file).read_text()
     lines = source.splitlines()
-    names: dict[str, str] = {}
-    for node in ast.parse(source).body:
+    tree = ast.parse(source)
+    comments: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else (
             [node.target] if isinstance(node, ast.AnnAssign) else [])
         line = lines[node.end_lineno - 1]
         comment = line.split("#", 1)[1].strip() if "#" in line else ""
-        names.update((t.id, comment) for t in targets if isinstance(t, ast.Name))
-    return names
+        for target in (t for t in targets if isinstance(t, ast.Name)):
+            comments[target.id] = comment
+            values[target.id] = _literal(node.value)
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
+            aliases = next((_literal(k.value) for k in node.keywords if k.arg == "aliases"), aliases)
+    return SimpleNamespace(comments=comments, values=values, doc=ast.get_docstring(tree, clean=False),
+                           aliases=aliases)
+
+
+def _is_constant(name: str, value: Any) -> bool:
+    return name.isupper() and not name.startswith("_") and isinstance(value, _CONFIG_TYPES)
 
 
 def config_constants(module_globals: dict[str, Any]) -> dict[str, Any]:
     """The UPPER_CASE constants a script defines itself, in the order they are defined."""
     source_file = module_globals.get("__file__")
-    own_names = _assigned_at_top_level(source_file) if source_file else None
-    return {
-        name: value
-        for name, value in module_globals.items()
-        if name.isupper() and not name.startswith("_") and isinstance(value, _CONFIG_TYPES)
-        and (own_names is None or name in own_names)
-    }
+    own_names = _script_source(source_file).comments if source_file else None
+    return {name: value for name, value in module_globals.items()
+            if _is_constant(name, value) and (own_names is None or name in own_names)}
+
+
+def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
+    """config_constants() of a script read from its source, without running it."""
+    values = _script_source(str(source_file)).values
+    return {name: value for name, value in values.items() if _is_constant(name, value)}
+
+
+# ----------------------------------------------------------------------------- limits
+
+def _bound(bound: Any, side: str) -> tuple[str, float] | None:
+    """(comparison, number) of one side of a range: 1 -> ('>=', 1); '>0' -> ('>', 0.0)."""
+    if bound is None:
+        return None
+    if isinstance(bound, str):
+        return bound[0], float(bound[1:])
+    return (">=" if side == "low" else "<="), bound
+
+
+def _is_range(limit: tuple) -> bool:
+    return len(limit) == 2 and all(
+        b is None or (isinstance(b, (int, float)) and not isinstance(b, bool))
+        or (isinstance(b, str) and b[:1] in "<>") for b in limit)
+
+
+def _describe_limit(limit: tuple) -> str:
+    if not _is_range(limit):
+        return "one of " + ", ".join(map(str, limit))
+    sides = [_bound(b, side) for b, side in zip(limit, ("low", "high"))]
+    return " and ".join(f"{op} {number:g}" for op, number in filter(None, sides))
+
+
+def _within(value: Any, limit: tuple) -> bool:
+    if not _is_range(limit):
+        return value in limit
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    compare = {">=": value.__ge__, ">": value.__gt__, "<=": value.__le__, "<": value.__lt__}
+    sides = [_bound(b, side) for b, side in zip(limit, ("low", "high"))]
+    return all(compare[op](number) for op, number in filter(None, sides))
+
+
+def limit_violation(value: Any, limit: tuple) -> str | None:
+    """Why ``value`` (or an item of a list value) breaks ``limit``, or None; None values pass."""
+    for item in (value if isinstance(value, list) else [value]):
+        if item is not None and not _within(item, limit):
+            return f"must be {_describe_limit(limit)}, got {item!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _build_parser(prog: str | None, description: str | None, constants: dict[str, Any],
+                  comments: dict[str, str], limits: dict[str, tuple],
+                  aliases: dict[str, str]) -> argparse.ArgumentParser:
+    unknown = sorted(set(limits) - set(constants))
+    if unknown:
+        raise ValueError(f"{prog}: _LIMITS names {unknown}, which are not constants of the script")
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter,
+                                     allow_abbrev=False)
+    extra_flags: dict[str, list[str]] = {}
+    for flag, name in aliases.items():
+        extra_flags.setdefault(name, []).append(flag)
+    for name, default in constants.items():
+        text = comments.get(name) or f"constant {name}"
+        if name in limits:
+            text += f" [{_describe_limit(limits[name])}]"
+        bare = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
+        parser.add_argument(*dict.fromkeys([f"--{name.lower()}", *extra_flags.get(name, [])]),
+                            dest=name.lower(), type=_parser_for(default), default=default, metavar=name,
+                            help=text.replace("%", "%%"), **bare)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+           limits: dict[str, tuple]) -> SimpleNamespace:
+    args = vars(parser.parse_args(list(argv) if argv is not None else None))
+    for name, limit in limits.items():
+        problem = limit_violation(args[name.lower()], limit)
+        if problem:
+            parser.error(f"--{name.lower()} {problem}")
+    return SimpleNamespace(**args)
 
 
 def parse_config(
@@ -95,34 +216,34 @@ def parse_config(
 ) -> SimpleNamespace:
     """Turn a script's UPPER_CASE constants into command-line options and parse ``argv``.
 
-    ``EPOCHS = 10`` becomes ``--epochs 10`` (``--EPOCHS`` works too); booleans take
-    true/false; lists take comma-separated values; ``aliases`` maps extra flags such as
-    ``-k`` onto a constant name. Returns a namespace with lower-case attribute names and
-    leaves the module's globals untouched, so tests can call ``main([...])`` repeatedly.
+    ``EPOCHS = 10`` becomes ``--epochs 10``; ``aliases`` maps extra flags such as ``-k`` onto a
+    constant name; values outside the script's ``_LIMITS`` are rejected. Returns a namespace with
+    lower-case attribute names and leaves the module's globals untouched, so tests can call
+    ``main([...])`` repeatedly.
     """
-    constants = config_constants(module_globals)
     source_file = module_globals.get("__file__")
-    comments = _assigned_at_top_level(source_file) if source_file else {}
-    parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=_HelpFormatter,
-        allow_abbrev=False,
-    )
-    extra_flags: dict[str, list[str]] = {}
-    for flag, name in (aliases or {}).items():
-        extra_flags.setdefault(name, []).append(flag)
-    for name, default in constants.items():
-        flags = [f"--{name.lower()}"]
-        if "_" in name:
-            flags.append(f"--{name.lower().replace('_', '-')}")
-        flags.append(f"--{name}")
-        flags += extra_flags.get(name, [])
-        parser.add_argument(
-            *dict.fromkeys(flags), dest=name.lower(), type=_parser_for(default), default=default,
-            metavar=name, help=comments.get(name) or f"constant {name}",
-        )
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    return SimpleNamespace(**vars(args))
+    comments = _script_source(source_file).comments if source_file else {}
+    limits = module_globals.get("_LIMITS", {})
+    parser = _build_parser(Path(source_file).name if source_file else None, description,
+                           config_constants(module_globals), comments, limits, aliases or {})
+    return _parse(parser, argv, limits)
+
+
+def check_script_arguments(script: str | os.PathLike, argv: Sequence[str]) -> SimpleNamespace:
+    """Parse ``argv`` as ``script`` would, from its source, without importing it (argparse's
+    error and exit when an option is unknown or out of range)."""
+    source = _script_source(str(script))
+    limits = source.values.get("_LIMITS", {})
+    parser = _build_parser(Path(script).name, source.doc, source_constants(script), source.comments,
+                           limits, source.aliases)
+    return _parse(parser, argv, limits)
+
+
+def exit_if_help(module_globals: dict[str, Any]) -> None:
+    """Answer ``-h``/``--help`` of a script run as ``__main__`` from its source, then exit; call it
+    before the heavy imports. Does nothing otherwise."""
+    if module_globals.get("__name__") == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+        check_script_arguments(module_globals["__file__"], sys.argv[1:])
 
 
 def config_to_dict(cfg: SimpleNamespace) -> dict[str, Any]:
@@ -137,17 +258,26 @@ def print_config(cfg: SimpleNamespace, title: str = "settings") -> None:
         print(f"  {key.upper():<{width}} = {value}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
 
-    A crash or an exception leaves the old file (if any) intact and removes the partial one.
+    A crash or an exception leaves the old file (if any) intact and removes the partial one; a
+    kill leaves a hidden ``.<name>.<random>.tmp`` that remove_stale_temp_files() clears. The file
+    gets the permissions the umask gives a new file (mkstemp alone would make it 0600).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, final)
@@ -156,8 +286,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.*.tmp`` files atomic_path left under ``folder`` when a process was killed
+    mid-write; call it only when no other process writes there. Returns what it removed."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()] if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written file behind."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -169,6 +310,8 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:1' are taken as given."""
+    import torch
+
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -179,12 +322,35 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than float32 on most machines)."""
+    import torch
+
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the glibc heap so large activations are not page-faulted in anew every batch.
+
+    glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them on
+    free, so on CPU each forward pass re-faults its big activations: GELU and the bias copies of the
+    linear layers run several times slower. M_MMAP_MAX = 0 plus a high trim threshold keeps the
+    memory in the process (its RSS stays at the peak). Linux/glibc only; returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))

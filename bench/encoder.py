@@ -19,11 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import autocast, parse_config, resolve_device  # noqa: E402
+from utils import autocast, exit_if_help, parse_config, resolve_device, tune_cpu_allocator  # noqa: E402
+
+exit_if_help(globals())  # --help from this file's source, before the heavy imports
+
+import torch  # noqa: E402
 
 SIZES = ["base", "tiny"]          # encoder presets to measure
 BATCH_SIZE = 8                    # clips per forward / training step
@@ -37,8 +39,12 @@ DEVICE = "auto"                   # "auto" (CUDA when present), "cpu", "cuda"
 AMP = True                        # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
 THREADS = 0                       # torch CPU threads; 0 = torch's default
 TRAIN = True                      # also measure LoRA training steps
-TUNE_ALLOCATOR = True             # CPU: model.tune_cpu_allocator() (no page faults on big activations), as train.py does
+TUNE_ALLOCATOR = True             # CPU: utils.tune_cpu_allocator() (no page faults on big activations), as train.py does
 LORA_RANK = 8                     # LoRA rank for the training measurement
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"BATCH_SIZE": (1, None), "FRAMES": (16, None), "FORWARD_ITERS": (1, None), "TRAIN_ITERS": (1, None),
+           "WARMUP_ITERS": (0, None), "MATMUL_SIZE": (0, None), "MATMUL_REPEATS": (1, None), "THREADS": (0, None),
+           "LORA_RANK": (1, None)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -96,7 +102,7 @@ def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     if cfg_dict["threads"]:
         torch.set_num_threads(cfg_dict["threads"])
     if device.type == "cpu" and cfg_dict["tune_allocator"]:
-        M.tune_cpu_allocator()
+        tune_cpu_allocator()
     # the machine's matmul rate right here too: MFU is taken against the best rate seen in the run
     side = cfg_dict["matmul_size"] or (8192 if device.type == "cuda" else 2048)
     rate = matmul_rate(device, matmul_dtype(device, cfg_dict["amp"]), side, cfg_dict["matmul_repeats"])

@@ -14,14 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils import exit_if_help, parse_config, print_config  # noqa: E402
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+import numpy as np                                     # noqa: E402
+import torch                                           # noqa: E402
 
 from evaluate import knn_distance                       # noqa: E402
 import preprocessing                                   # noqa: E402
-from utils import parse_config, print_config            # noqa: E402
 
 N_TEST = 2000            # test embeddings
 N_NORMAL = 10000         # normal (memory bank) embeddings
@@ -32,6 +35,9 @@ STATS_CLIPS = 20         # clips timed for the statistics
 CLIP_SECONDS = 10.0      # clip length for the statistics
 THREADS = 0              # torch threads; 0 = torch's default
 SEED = 0                               # seed of the random embeddings and clips
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"N_TEST": (1, None), "N_NORMAL": (1, None), "DIM": (1, None), "K": (1, None), "REPEATS": (1, None),
+           "STATS_CLIPS": (1, None), "CLIP_SECONDS": (">0", None), "THREADS": (0, None), "SEED": (0, None)}
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in seconds, after one warm-up call."""
     fn()

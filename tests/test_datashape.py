@@ -45,14 +45,24 @@ def write(path: Path, data, sr: int = 16000, subtype: str = "PCM_16") -> None:
     sf.write(str(path), data, sr, subtype=subtype)
 
 
+def _reported(out: str, heading: str) -> list[str]:
+    """The '- ...' lines of one list datashape prints ('problem(s) found:' or 'warning(s)')."""
+    if heading not in out:
+        return []
+    block = out.split(heading, 1)[1].split("\n\n", 1)[0]
+    return [line for line in block.splitlines() if line.strip().startswith("- ")]
+
+
 def test_broken_folder_lists_every_problem(tmp_path, capsys):
     tone = 0.2 * np.sin(np.arange(16000) / 7)
     train, test = tmp_path / "fan" / "train", tmp_path / "fan" / "test"
     write(train / "section_00_source_train_normal_0000_m-n_W.wav", tone)
     write(train / "my_recording.wav", tone)                                          # unparseable
-    write(train / "section_00_source_train_normal_0001_m-n_W.wav", np.zeros(0))     # empty
-    write(train / "section_00_source_train_normal_0002_m-n_W.wav", np.zeros(16000))  # silent
-    write(train / "section_00_source_train_normal_0003_m-n_W.wav", tone, sr=44100)  # mixed rate
+    write(train / "section_00_source_train_normal_0001_m-n_W.wav", np.zeros(0))     # no samples
+    write(train / "section_00_source_train_normal_0002_m-n_W.wav", np.zeros(16000))  # silent: a warning
+    write(train / "section_00_source_train_normal_0003_m-n_W.wav", tone, sr=44100)  # other rate: a warning
+    write(train / "section_00_source_train_normal_0004_m-n_W.wav", tone[:2000])     # 11 frames < one patch
+    (train / "section_00_source_train_normal_0005_m-n_W.wav").write_bytes(b"")      # 0 bytes
     nan = tone.copy()
     nan[5] = np.nan
     write(test / "section_00_source_test_normal_0000_m-n_W.wav", nan, subtype="FLOAT")
@@ -63,21 +73,38 @@ def test_broken_folder_lists_every_problem(tmp_path, capsys):
     write(tmp_path / "pump" / "train" / "section_00_source_train_normal_0000_noAttribute.wav", tone)  # no test/
     code, out = run(capsys, "--data_dir", str(tmp_path))
     assert code == 1
-    problems = out.split("problem(s) found:")[1]
-    expected = [
+    expected_problems = [
         ("my_recording.wav", "no DCASE scheme"),
-        ("normal_0001_m-n_W.wav", "empty"),
-        ("normal_0002_m-n_W.wav", "silent"),
+        ("normal_0001_m-n_W.wav", "empty audio file (0 samples)"),
+        ("normal_0004_m-n_W.wav", "too short (0.125 s = 11 fbank frames; EAT needs at least 16)"),
+        ("normal_0005_m-n_W.wav", "empty (0 bytes)"),
         ("test_normal_0000_m-n_W.wav", "NaN"),
         ("anomaly_0000_m-n_W.wav", "truncated"),
         ("anomaly_0001_m-n_W.wav", "unreadable"),
         ("pump: no test clips", ""),
-        ("mixed sample rates", "16000:"),
     ]
-    lines = [line for line in problems.splitlines() if line.strip().startswith("- ")]
-    for needle, reason in expected:
-        assert any(needle in line and reason in line for line in lines), (needle, problems)
-    assert len(lines) == len(expected)
+    expected_warnings = [
+        ("normal_0002_m-n_W.wav", "WARNING: "),
+        ("mixed sample rates: 1 clip(s) at 44100 Hz", "normal_0003_m-n_W.wav"),
+    ]
+    for heading, expected in (("problem(s) found:", expected_problems), ("warning(s)", expected_warnings)):
+        lines = _reported(out, heading)
+        for needle, reason in expected:
+            assert any(needle in line and reason in line for line in lines), (needle, heading, out)
+        assert len(lines) == len(expected), (heading, lines)
+
+
+def test_warnings_alone_exit_zero(tmp_path, capsys):
+    tone = 0.2 * np.sin(np.arange(16000) / 7)
+    for split in ("train", "test"):
+        write(tmp_path / "fan" / split / f"section_00_source_{split}_normal_0000_m-n_W.wav", tone)
+    write(tmp_path / "fan" / "test" / "section_00_source_test_normal_0001_m-n_W.wav", np.zeros(16000))
+    write(tmp_path / "fan" / "test" / "section_00_source_test_anomaly_0000_m-n_W.wav", tone, sr=22050)
+    code, out = run(capsys, "--data_dir", str(tmp_path))
+    assert code == 0, out
+    lines = _reported(out, "warning(s)")
+    assert len(lines) == 2 and "all silent" in lines[0] and "test_anomaly_0000_m-n_W.wav" in lines[1]
+    assert "no problems found (see the warnings above)" in out
 
 
 def test_missing_folder_is_reported(tmp_path, capsys):

@@ -240,22 +240,28 @@ def test_cache_hit_computes_nothing(tmp_path, counted):
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-def test_cache_recomputes_after_touch_rewrite_or_settings_change(tmp_path, counted):
+def test_cache_follows_the_audio_not_the_file_dates_and_the_settings(tmp_path, counted):
     clip = write(tmp_path / "clip.wav", tone(500, 1, amp=0.3))
     cache = FeatureCache(tmp_path / "cache")
     original = cache.fbank(clip)
     stat = clip.stat()
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))      # touch
-    assert torch.equal(cache.fbank(clip), original) and counted["fbank"] == 2
-    write(clip, tone(2000, 1, amp=0.3))                                          # same size, new audio
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 9_000_000_000))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))      # touch: same audio
+    assert torch.equal(cache.fbank(clip), original) and counted["fbank"] == 1
+    write(clip, tone(2000, 1, amp=0.3))                       # new audio, same size and modification time
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert clip.stat().st_size == stat.st_size
     rewritten = cache.fbank(clip)
-    assert counted["fbank"] == 3 and not torch.equal(rewritten, original)
+    assert counted["fbank"] == 2 and not torch.equal(rewritten, original)
+    assert torch.equal(rewritten, wav_to_fbank(load_audio(clip)))
     other = FeatureCache(tmp_path / "cache", settings={**feature_settings(), "version": -1})
     other.fbank(clip)
-    assert counted["fbank"] == 4
+    assert counted["fbank"] == 3
     cache.fbank(clip)
-    assert counted["fbank"] == 4                                                 # both entries live on
+    assert counted["fbank"] == 3                                                 # both entries live on
+
+
+def test_feature_cache_setting_has_one_name():
+    assert preprocessing.FEATURE_CACHE == "cache/features" and not hasattr(preprocessing, "CACHE_DIR")
 
 
 def test_cache_recovers_from_a_broken_entry_and_can_be_disabled(tmp_path, counted):

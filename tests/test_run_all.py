@@ -126,5 +126,148 @@ def test_step_words_reach_the_named_script_only():
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
-    with pytest.raises(SystemExit, match="unknown step 'trian'"):
+    with pytest.raises(SystemExit, match="unknown script 'trian'"):
         run_all.split_step_overrides(["trian.epochs=3"])
+
+
+def test_split_accepts_script_names():
+    _, overrides = run_all.split_step_overrides(["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"])
+    assert overrides["make_demo_data"] == ["--seed", "1", "--clip_seconds", "2"]
+
+
+# -----------------------------------------------------------------------------
+# the command line is checked before any state is touched
+
+
+@pytest.fixture
+def no_pipeline(monkeypatch):
+    """run_all.main with run_pipeline replaced by a recorder (no step runs)."""
+    calls = []
+    monkeypatch.setattr(run_all, "run_pipeline", lambda *args, **kwargs: calls.append(args) or [])
+    return calls
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, no_pipeline):
+    typo = tmp_path / "dcase2023" / "dev_dta"
+    with pytest.raises(SystemExit, match=f"--data_dir {typo}: no such folder"):
+        run_all.main(["--data_dir", str(typo), "--runs_dir", str(tmp_path / "runs")])
+    assert not no_pipeline and not (tmp_path / "runs").exists()
+
+
+def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = run_all.parse_config(vars(run_all), [])
+    assert run_all.choose_data_dir(cfg) == (Path("demo_data"), True)
+    (tmp_path / "dev_data").mkdir()
+    assert run_all.choose_data_dir(cfg) == (Path("dev_data"), False)
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tmp_path / "dev_data")])
+    assert run_all.choose_data_dir(cfg) == (tmp_path / "dev_data", False)
+
+
+@pytest.mark.parametrize("words, message", [
+    (["train.epoch=3"], "unrecognized arguments: --epoch 3"),
+    (["train.epochs=0"], "train.py: error: --epochs must be >= 1, got 0"),
+    (["evaluate.k=0"], "evaluate.py: error: --k must be >= 1, got 0"),
+    (["make_demo_data.seed=1"], "make_demo_data, which this run does not use"),
+    (["--force", "maybe"], "--force: expected true/false"),
+])
+def test_bad_options_stop_the_run_before_any_stamp_is_touched(tiny_demo_dir, tmp_path, no_pipeline, capsys,
+                                                               words, message):
+    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    stamp = run_dir / ".stamps" / "train.json"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs"), *words])
+    assert message in str(exit_info.value.code) + capsys.readouterr().err
+    assert not no_pipeline and stamp.read_text() == "{}"
+
+
+def test_run_folders_are_keyed_by_the_full_path(tmp_path, monkeypatch):
+    one, other = tmp_path / "a" / "dev_data", tmp_path / "b" / "dev_data"
+    folder = run_all.run_folder("runs", one)
+    assert folder.parent == Path("runs") and folder.name.startswith("dev_data-") and len(folder.name) == 17
+    assert run_all.run_folder("runs", other) != folder
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_all.run_folder("runs", Path("dev_data")) == folder
+
+
+def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path, monkeypatch):
+    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    (run_dir / "results").mkdir(parents=True)
+    old_table, temp = run_dir / "results" / "comparison.csv", run_dir / ".best_encoder_model.pth.x1y2.tmp"
+    old_table.write_text("old results\n")
+    temp.write_text("half a model")
+
+    def failing(*args, **kwargs):
+        raise StepFailed("step 'train' failed")
+
+    monkeypatch.setattr(run_all, "run_pipeline", failing)
+    assert run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs")]) == 1
+    assert not old_table.exists() and not temp.exists()
+
+
+# -----------------------------------------------------------------------------
+# what reruns a step
+
+
+def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, tmp_path):
+    import shutil
+
+    data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
+    steps = {s.name: s for s in run_all.build_steps(cfg, data, tmp_path / "run", False,
+                                                    {name: [] for name in run_all._STEP_NAMES})}
+
+    def signatures():
+        return {name: run_all.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
+
+    before = signatures()
+    (data / "notes.txt").write_text("recorded on a Tuesday")
+    (data / "fan" / "README.md").write_text("fan notes")
+    assert signatures() == before
+    test_clip = next((data / "fan" / "test").glob("*.wav"))
+    shutil.copy(test_clip, test_clip.with_name("section_00_source_test_normal_0099_extra.wav"))
+    after_test_clip = signatures()
+    assert after_test_clip["train"] == before["train"]
+    assert after_test_clip["extract_embeddings"] != before["extract_embeddings"]
+    train_clip = next((data / "fan" / "train").glob("*.wav"))
+    shutil.copy(train_clip, train_clip.with_name("section_00_source_train_normal_0099_extra.WAV"))
+    after_train_clip = signatures()
+    assert after_train_clip["train"] != after_test_clip["train"]
+    (data / "fan" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
+    assert signatures()["train"] != after_train_clip["train"]
+
+
+def _torch_writer(out: Path) -> list[str]:
+    return [sys.executable, "-c", f"import torch; torch.save({{'w': torch.ones(64)}}, {str(out)!r})"]
+
+
+def test_an_output_that_cannot_be_read_reruns_its_step(tmp_path, capsys):
+    model, svdd = tmp_path / "model.pt", tmp_path / "svdd"
+    svdd_writer = [sys.executable, "-c", f"import pathlib; d = pathlib.Path({str(svdd)!r}); d.mkdir(exist_ok=True); "
+                                         f"(d / 'deepsvdd_fan.joblib').write_bytes(b'x' * 100)"]
+    steps = [Step("train", _torch_writer(model), outputs=[model]),
+             Step("svdd", svdd_writer, inputs=[model], outputs=[svdd])]
+    stamps = tmp_path / "stamps"
+    assert run_pipeline(steps, stamps) == ["train", "svdd"]
+    assert run_pipeline(steps, stamps) == []
+    model.write_bytes(model.read_bytes()[:100])                         # truncated by hand or a full disk
+    assert run_all.unreadable(model).startswith(f"{model} cannot be read")
+    assert run_pipeline(steps, stamps) == ["train", "svdd"]
+    joblib = svdd / "deepsvdd_fan.joblib"
+    joblib.write_bytes(joblib.read_bytes()[:10])                        # a format not checked by content
+    assert run_pipeline(steps, stamps) == ["svdd"]
+    assert "outputs changed since it ran" in capsys.readouterr().out
+    joblib.write_bytes(b"")
+    assert run_all.unreadable(svdd) == f"{joblib} is empty"
+    (tmp_path / "bad.json").write_text('{"cut')
+    assert "cannot be read" in run_all.unreadable(tmp_path / "bad.json")
+
+
+def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
+    out = tmp_path / "summary.json"
+    steps = [Step("evaluate", [sys.executable, "-c", f"open({str(out)!r}, 'w').write('{{')"], outputs=[out])]
+    with pytest.raises(StepFailed, match="summary.json cannot be read"):
+        run_pipeline(steps, tmp_path / "stamps")

@@ -1,11 +1,14 @@
 """Command-line constants and atomic writes shared by every script."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 import textwrap
 
 import pytest
 
-from utils import atomic_path, atomic_torch_save, config_constants, parse_config
+from utils import (atomic_path, atomic_torch_save, atomic_write_text, check_script_arguments, config_constants,
+                   parse_config, remove_stale_temp_files)
 
 
 @pytest.fixture
@@ -21,6 +24,7 @@ def script_globals(tmp_path):
         K_GRID = [1, 3]
         HEAD = "arcface"
         _PRIVATE = 1
+        _LIMITS = {"EPOCHS": (1, None), "LEARNING_RATE": (">0", "<1"), "K_GRID": (1, 9), "HEAD": ("arcface", "linear")}
     '''))
     namespace = {"__file__": str(source)}
     exec(compile(source.read_text(), str(source), "exec"), namespace)
@@ -36,8 +40,8 @@ def test_defaults_and_typed_overrides(script_globals):
     cfg = parse_config(script_globals, [])
     assert (cfg.epochs, cfg.learning_rate, cfg.eat_checkpoint, cfg.mixup, cfg.k_grid, cfg.head) == (
         10, 3e-4, None, False, [1, 3], "arcface")
-    cfg = parse_config(script_globals, ["--epochs", "5", "--learning-rate", "1e-3", "--eat_checkpoint",
-                                        "/ckpt/EAT-base", "--MIXUP", "true", "--k_grid", "1,5,9",
+    cfg = parse_config(script_globals, ["--epochs", "5", "--learning_rate", "1e-3", "--eat_checkpoint",
+                                        "/ckpt/EAT-base", "--mixup", "true", "--k_grid", "1,5,9",
                                         "--head", "linear"])
     assert (cfg.epochs, cfg.learning_rate, cfg.eat_checkpoint, cfg.mixup, cfg.k_grid, cfg.head) == (
         5, 1e-3, "/ckpt/EAT-base", True, [1, 5, 9], "linear")
@@ -51,6 +55,46 @@ def test_aliases_bad_values_and_unknown_options(script_globals, capsys):
         with pytest.raises(SystemExit):
             parse_config(script_globals, argv)
     assert "--sample_rate" in capsys.readouterr().err
+
+
+def test_one_spelling_per_option(script_globals, capsys):
+    for argv in (["--learning-rate", "1e-3"], ["--MIXUP", "true"], ["--EPOCHS", "3"]):
+        with pytest.raises(SystemExit):
+            parse_config(script_globals, argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [([], False), (["--mixup"], True), (["--mixup", "true"], True),
+                                            (["--mixup", "false"], False), (["--mixup", "--epochs", "2"], True)])
+def test_a_boolean_works_bare_and_with_a_value(script_globals, argv, expected):
+    assert parse_config(script_globals, argv).mixup is expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "script.py: error: --epochs must be >= 1, got 0"),
+    (["--epochs", "-3"], "--epochs must be >= 1, got -3"),
+    (["--learning_rate", "0"], "--learning_rate must be > 0 and < 1, got 0.0"),
+    (["--learning_rate", "1"], "--learning_rate must be > 0 and < 1, got 1.0"),
+    (["--k_grid", "1,10"], "--k_grid must be >= 1 and <= 9, got 10"),
+    (["--head", "cosine"], "--head must be one of arcface, linear, got 'cosine'"),
+])
+def test_values_outside_the_limits_are_rejected_by_name(script_globals, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(script_globals, argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_limits_accept_their_bounds(script_globals):
+    cfg = parse_config(script_globals, ["--epochs", "1", "--learning_rate", "0.5", "--k_grid", "1,9"])
+    assert (cfg.epochs, cfg.learning_rate, cfg.k_grid) == (1, 0.5, [1, 9])
+
+
+def test_the_source_parser_matches_the_running_one(script_globals, capsys):
+    argv = ["--epochs", "4", "--mixup", "--k_grid", "2,3", "--eat_checkpoint", "none"]
+    assert check_script_arguments(script_globals["__file__"], argv) == parse_config(script_globals, argv)
+    with pytest.raises(SystemExit):
+        check_script_arguments(script_globals["__file__"], ["--epochs", "0"])
+    assert "script.py: error: --epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_help_shows_the_constants_comment(script_globals, capsys):
@@ -69,3 +113,34 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     import torch
     assert torch.load(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text("x", tmp_path / "out.txt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / "results").mkdir()
+    stale = [tmp_path / ".model.pth.abc123.tmp", tmp_path / "results" / ".summary.json.x9.tmp"]
+    kept = [tmp_path / "model.pth", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert remove_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_importing_utils_leaves_torch_unloaded():
+    import subprocess
+    import sys
+
+    code = "import sys, utils; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "[]"
