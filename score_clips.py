@@ -14,9 +14,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils import atomic_write_text, exit_if_help, parse_config
+from utils import exit_if_help
 
-exit_if_help(globals())
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+import numpy as np
+
+import evaluate
+import evaluate_deepSVDD
+import metrics
+from dataset import ClipRecord
+from extract_embeddings import embed_records, stats_records, tuned_model
+from preprocessing import STAT_NAMES, FeatureCache
+from scoring import Split, file_sha256, load_features, score_by_group
+from train_deepSVDD import bundle_path
+from utils import atomic_write_text, parse_config, resolve_device
 
 RUN = ""                     # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 MACHINE_TYPE = ""            # machine type the clips come from (as named in the run's data)
@@ -25,14 +37,12 @@ SCORER = "ensemble"          # ensemble (k-NN + Mahalanobis) | deepsvdd
 OUTPUT = "clip_scores.csv"   # CSV written: file,score,decision
 CLIPS = []                   # the .wav files to score (positional arguments)
 DEVICE = "auto"              # auto | cpu | cuda (for embedding the clips)
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
 
 
 def scorer_factory(run: Path, scorer: str, fingerprint: dict):
     """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, and its grouping."""
-    import evaluate
-    import evaluate_deepSVDD
-    from train_deepSVDD import bundle_path
-
     summary_path = run / "results" / scorer / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)")
@@ -45,14 +55,6 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
 
 def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
     """A scoring.Split of the new clips, embedded exactly like the run's normals."""
-    import numpy as np
-
-    from dataset import ClipRecord
-    from extract_embeddings import embed_records, stats_records, tuned_model
-    from preprocessing import STAT_NAMES, FeatureCache
-    from scoring import Split, file_sha256
-    from utils import resolve_device
-
     model_path = Path(fingerprint["model_path"])
     if not model_path.is_file() or file_sha256(model_path) != fingerprint["model_sha256"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
@@ -66,10 +68,7 @@ def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: 
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
-    cfg = parse_config(globals(), argv, description=__doc__, positional="CLIPS")
-    import metrics
-    from scoring import load_features, score_by_group
-
+    cfg = parse_config(globals(), argv, description=__doc__, aliases={"clips": "CLIPS"})
     run = Path(cfg.run)
     if not cfg.run or not run.is_dir():
         raise FileNotFoundError(f"run folder {cfg.run!r} not found (give --run runs/<data>-<hash>)")

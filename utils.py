@@ -176,6 +176,9 @@ def limit_violation(value: Any, limit: tuple) -> str | None:
 
 # ----------------------------------------------------------------------------- parsing
 
+_POSITIONAL = "positional_"
+
+
 def _build_parser(prog: str | None, description: str | None, constants: dict[str, Any],
                   comments: dict[str, str], limits: dict[str, tuple],
                   aliases: dict[str, str]) -> argparse.ArgumentParser:
@@ -186,7 +189,11 @@ def _build_parser(prog: str | None, description: str | None, constants: dict[str
                                      allow_abbrev=False)
     extra_flags: dict[str, list[str]] = {}
     for flag, name in aliases.items():
-        extra_flags.setdefault(name, []).append(flag)
+        if flag.startswith("-"):
+            extra_flags.setdefault(name, []).append(flag)
+        else:   # a bare word: the script's positional arguments, added to that list constant
+            parser.add_argument(f"{_POSITIONAL}{name.lower()}", nargs="*", default=[], metavar=flag,
+                                help=f"added to --{name.lower()}")
     for name, default in constants.items():
         text = comments.get(name) or f"constant {name}"
         if name in limits:
@@ -201,6 +208,9 @@ def _build_parser(prog: str | None, description: str | None, constants: dict[str
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
            limits: dict[str, tuple]) -> SimpleNamespace:
     args = vars(parser.parse_args(list(argv) if argv is not None else None))
+    for key in [k for k in args if k.startswith(_POSITIONAL)]:
+        name = key.removeprefix(_POSITIONAL)
+        args[name] = list(args[name] or []) + args.pop(key)
     for name, limit in limits.items():
         problem = limit_violation(args[name.lower()], limit)
         if problem:
@@ -217,7 +227,8 @@ def parse_config(
     """Turn a script's UPPER_CASE constants into command-line options and parse ``argv``.
 
     ``EPOCHS = 10`` becomes ``--epochs 10``; ``aliases`` maps extra flags such as ``-k`` onto a
-    constant name; values outside the script's ``_LIMITS`` are rejected. Returns a namespace with
+    constant name, and a bare word (``{"clips": "CLIPS"}``) makes the positional arguments extend
+    that list constant; values outside the script's ``_LIMITS`` are rejected. Returns a namespace with
     lower-case attribute names and leaves the module's globals untouched, so tests can call
     ``main([...])`` repeatedly.
     """

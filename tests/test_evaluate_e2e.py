@@ -182,7 +182,8 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
     rows = score_clips.main(["--run", str(run), "--machine_type", "pump", "--section", "00", "--scorer", scorer,
                              "--output", str(out), *map(str, renamed)])
     for (name, score, decision), original in zip(rows, originals):
-        assert score == pytest.approx(expected[original.name][0], rel=1e-5, abs=1e-6)
+        # equal up to float32 rounding: a clip's embedding differs in the last bits with its batch's make-up
+        assert score == pytest.approx(expected[original.name][0], rel=1e-3, abs=1e-4)
         assert decision == expected[original.name][1]
     lines = out.read_text().splitlines()
     assert lines[0] == "file,score,decision" and len(lines) == 6 and lines[1].startswith("recording 0 from line 3.wav,")
