@@ -322,9 +322,6 @@ class KMeansBank:
         self.assignment = spherical_kmeans(bank, clusters, seed)
         self.clusters = [torch.nonzero(self.assignment == c).squeeze(1) for c in self.assignment.unique()]
 
-    def centres(self) -> torch.Tensor:
-        return torch.stack([F.normalize(self.unit[rows].sum(0), dim=0) for rows in self.clusters])
-
     def distances(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         unit_queries = F.normalize(queries.double(), dim=1)
         if excluded is None:
