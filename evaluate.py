@@ -1,50 +1,76 @@
-"""Scorer B: k-NN cosine distance on embeddings + Mahalanobis distance on signal statistics.
+"""Scorer B: a nearest-reference distance on embeddings + Mahalanobis distance on signal statistics.
 
 For each machine type and section (scoring.KnnMahalanobis):
-  k-NN branch   mean cosine distance to the K nearest training normals, with separate source and
-                target memory banks (the smaller distance is taken: target has few clips);
-  stats branch  Mahalanobis distance of the statistics vector under a shrinkage (Ledoit-Wolf)
-                covariance of the training normals' statistics;
-each branch is standardised by its own distribution on the training normals (leave-one-out for
-k-NN, so a clip is never its own neighbour), then  score = W * knn + (1 - W) * mahalanobis.
+  embedding branch  the mean distance to the K nearest references, with separate source and target
+                    memory banks (the smaller distance is taken: target has few clips); BACKEND:
+                      knn      references = the training normals, cosine distance;
+                      kmeans   references = KMEANS_CLUSTERS spherical k-means centres per bank;
+                      density  references = the training normals, cosine distance divided by the
+                               reference's mean distance to its DENSITY_NEIGHBOURS nearest references;
+                    SMOTE_RATIO > 0 enlarges the target bank with SMOTE rows (target/source = ratio);
+  stats branch      Mahalanobis distance of the statistics vector under a shrinkage (Ledoit-Wolf)
+                    covariance of the training normals' statistics;
+each branch is standardised by its own distribution on the training normals (leave-one-out for the
+embedding branch, so a clip is never its own reference), then  score = W * embedding + (1 - W) * mahalanobis.
 Reads only the embedding files of extract_embeddings.py.
 
     python evaluate.py -k 3 --w 0.7
+    python evaluate.py --backend kmeans --smote_ratio 0.2
     python evaluate.py --sweep            # score over a grid of K and W (analysis only)
 """
 from __future__ import annotations
+
+import inspect
+import sys
 
 from utils import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import metrics
+from recipes import expand_recipe, recipe_summary
 from scoring import KnnMahalanobis, expected_sections, load_features, score_by_group
 from utils import config_to_dict, parse_config, print_config
 
+RECIPE = ""                                # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
 EMBED_DIR = "."                            # folder of normal_/test_ embeddings and stats (.pt)
 RESULTS_DIR = "results/ensemble"           # official CSVs, summary, plots
-K = 1                                      # neighbours of the k-NN branch (1 = nearest, the usual DCASE choice)
-W = 0.5                                    # weight of the k-NN branch; 1 - W goes to Mahalanobis
+K = 1                                      # nearest references averaged in the embedding branch (1 = nearest, the usual DCASE choice)
+W = 0.5                                    # weight of the embedding branch; 1 - W goes to Mahalanobis
 SEPARATE_DOMAIN_BANKS = True               # source and target memory banks, smaller distance taken
+BACKEND = "knn"                            # embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
+KMEANS_CLUSTERS = 16                       # kmeans: spherical k-means centres per bank (at most the bank's rows)
+DENSITY_NEIGHBOURS = 4                     # density: a reference's density = its mean cosine distance to this many nearest references
+SMOTE_RATIO = 0.0                          # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
+SMOTE_NEIGHBOURS = 2                       # SMOTE: a new row lies between a target normal and one of its this many nearest
+SEED = 0                                   # seed of SMOTE and of the k-means seeding
 DCASE_YEAR = "auto"                        # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 SWEEP = False                              # print the score over SWEEP_KS x SWEEP_WS, then stop
 SWEEP_KS = [1, 2, 3, 5, 10]                # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]     # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 PLOTS = True                               # ROC curves and score histograms (PNG)
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"K": (1, None), "W": (0.0, 1.0), "DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "SWEEP_KS": (1, None),
-           "SWEEP_WS": (0.0, 1.0)}
+_LIMITS = {"RECIPE": ("", "asdkit-eat-lora", "arcface-v1"), "K": (1, None), "W": (0.0, 1.0),
+           "BACKEND": ("knn", "kmeans", "density"), "KMEANS_CLUSTERS": (1, None), "DENSITY_NEIGHBOURS": (1, None),
+           "SMOTE_RATIO": (0.0, 1.0), "SMOTE_NEIGHBOURS": (1, None), "SEED": (0, None),
+           "DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "SWEEP_KS": (1, None), "SWEEP_WS": (0.0, 1.0)}
 
 
-def ensemble_factory(k: int, w: float, separate_domain_banks: bool):
-    """A scoring.score_by_group factory: the ensemble fitted on one section's normals."""
-    return lambda key, normal: KnnMahalanobis(k, w, separate_domain_banks).fit(normal)
+def ensemble_factory(settings: dict):
+    """A scoring.score_by_group factory: the ensemble fitted on one section's normals, configured by
+    ``settings`` (this script's constants, lower-case, as in an evaluation's summary.json)."""
+    names = list(inspect.signature(KnnMahalanobis).parameters)
+    missing = [name for name in names if name not in settings]
+    if missing:
+        raise ValueError(f"ensemble settings lack {', '.join(missing)} (an evaluation by an older evaluate.py: rerun it)")
+    chosen = {name: settings[name] for name in names}
+    KnnMahalanobis(**chosen)                     # refuses bad settings before any fitting
+    return lambda key, normal: KnnMahalanobis(**chosen).fit(normal)
 
 
-def ensemble_scores(features, k: int, w: float, separate_domain_banks: bool):
-    """Test scores {path: score} and the training normals' scores per section for one (k, w)."""
-    return score_by_group(features.normal, features.test, ensemble_factory(k, w, separate_domain_banks), "section")
+def ensemble_scores(features, settings: dict):
+    """Test scores {path: score} and the training normals' scores per section for one setting."""
+    return score_by_group(features.normal, features.test, ensemble_factory(settings), "section")
 
 
 def sweep(features, cfg) -> list[list[float]]:
@@ -54,7 +80,7 @@ def sweep(features, cfg) -> list[list[float]]:
     for k in cfg.sweep_ks:
         grid.append([])
         for w in cfg.sweep_ws:
-            scores, _ = ensemble_scores(features, k, w, cfg.separate_domain_banks)
+            scores, _ = ensemble_scores(features, {**vars(cfg), "k": k, "w": w})
             evaluation = metrics.compute_official(scores, features.test.records, year=_year(cfg),
                                                   data_dir=features.data_dir)
             grid[-1].append(evaluation.score)
@@ -71,15 +97,19 @@ def _year(cfg) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = expand_recipe("evaluate", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
     print_config(cfg)
+    if cfg.recipe:
+        print(recipe_summary(cfg.recipe, "evaluate", vars(cfg)))
+    ensemble_factory(vars(cfg))                  # checks the settings before the files are read
     if cfg.w in (0.0, 1.0) and not cfg.sweep:
-        print(f"note: W={cfg.w} uses only the {'k-NN' if cfg.w == 1.0 else 'Mahalanobis'} branch")
+        print(f"note: W={cfg.w} uses only the {cfg.backend if cfg.w == 1.0 else 'Mahalanobis'} branch")
     features = load_features(cfg.embed_dir)
     if cfg.sweep:
         return {"sweep": sweep(features, cfg), "ks": cfg.sweep_ks, "ws": cfg.sweep_ws}
-    scores, train_scores = ensemble_scores(features, cfg.k, cfg.w, cfg.separate_domain_banks)
-    title = f"ensemble: k-NN (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
+    scores, train_scores = ensemble_scores(features, vars(cfg))
+    title = f"ensemble: {cfg.backend} (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
     return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="ensemble",
                                  settings=config_to_dict(cfg), plots=cfg.plots, title=title,
                                  expected=expected_sections(features.normal, features.test), year=_year(cfg),

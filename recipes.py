@@ -15,7 +15,8 @@ every clip at its own length padded to a multiple of 32 frames. Values the sourc
 keep this project's choices (LoRA alpha / rank = 2, dropout 0.1, weight decay 0.01, gradient clip
 1.0, mixup alpha 0.2, a constant rate after the warm-up). Scoring: cosine k-NN (k = 1) on separate
 source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
-2 neighbours); evaluate.py's side of it (BACKEND, SMOTE_*) is still to be built.
+2 neighbours): evaluate.py with W = 1 (the k-NN branch alone; evaluate.py's own default mixes in the
+statistics' Mahalanobis branch, W = 0.5, and says so).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "MIXUP_PROB": 0.5, "SPEC_AUGMENT": False, "TARGET_FRAMES": 0, "PAD_MULTIPLE": 32,
         },
         "evaluate": {
-            "BACKEND": "knn", "K": 1, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.2, "SMOTE_NEIGHBOURS": 2,
+            "BACKEND": "knn", "K": 1, "W": 1.0, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.2,
+            "SMOTE_NEIGHBOURS": 2,
         },
     },
     "arcface-v1": {
@@ -45,7 +47,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "MIXUP_PROB": 0.0, "SPEC_AUGMENT": True, "TARGET_FRAMES": 1024,
         },
         "evaluate": {
-            "BACKEND": "ensemble", "K": 1, "W": 0.5, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.0,
+            "BACKEND": "knn", "K": 1, "W": 0.5, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.0,
         },
     },
 }

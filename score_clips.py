@@ -48,7 +48,7 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
         raise FileNotFoundError(f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)")
     settings = json.loads(summary_path.read_text())["settings"]
     if scorer == "ensemble":
-        return evaluate.ensemble_factory(settings["k"], settings["w"], settings["separate_domain_banks"]), "section"
+        return evaluate.ensemble_factory(settings), "section"
     svdd_dir = run / "svdd_models_per_type"
     return (lambda key, normal: evaluate_deepSVDD.load_scorer(bundle_path(svdd_dir, key[0]), fingerprint)), "machine_type"
 

@@ -86,7 +86,7 @@ OUTPUT = "best_encoder_model.pth"          # best model (LoRA + head + label ind
 LAST_CHECKPOINT = "last_encoder_model.pth" # last epoch with optimizer/scheduler state, for RESUME
 RESUME = "auto"                            # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"EPOCHS": (1, None), "BATCH_SIZE": (1, None), "GRAD_ACCUM": (1, None), "LEARNING_RATE": (">0", None),
+_LIMITS = {"RECIPE": ("asdkit-eat-lora", "arcface-v1"), "EPOCHS": (1, None), "BATCH_SIZE": (1, None), "GRAD_ACCUM": (1, None), "LEARNING_RATE": (">0", None),
            "WARMUP_STEPS": (0, None), "WARMUP_EPOCHS": (0.0, None), "LR_SCHEDULE": ("constant", "cosine"),
            "MIN_LR_RATIO": (0.0, 1.0), "WEIGHT_DECAY": (0.0, None), "GRAD_CLIP": (0.0, None), "LORA_RANK": (1, None),
            "LORA_ALPHA": (">0", None), "LORA_DROPOUT": (0.0, "<1"), "LORA_TARGETS": ("qkv", "proj", "fc1", "fc2"),

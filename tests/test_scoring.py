@@ -1,4 +1,5 @@
-"""scoring.py: k-NN against brute force, Mahalanobis against scipy, Deep SVDD fitting and saving."""
+"""scoring.py: the ensemble's backends (k-NN, k-means, density) and SMOTE against brute force, Mahalanobis
+against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,13 +32,13 @@ def test_knn_leave_one_out_excludes_only_the_clip_itself():
     rng = np.random.default_rng(1)
     bank = rng.normal(size=(12, 8))
     bank[5] = bank[4] * 2.0                   # an exact (cosine) duplicate of row 4 stays a neighbour
-    self_index = torch.arange(12)
-    ours = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, self_index).numpy()
+    itself = torch.eye(12, dtype=torch.bool)
+    ours = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, itself).numpy()
     np.testing.assert_allclose(ours, _brute_knn(bank, bank, 2, skip=list(range(12))), atol=1e-5)
     assert ours[4] == pytest.approx(_brute_knn(bank[4:5], np.delete(bank, 4, axis=0), 2)[0], abs=1e-5)
-    nearest = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, self_index).numpy()
+    nearest = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, itself).numpy()
     assert nearest[4] == pytest.approx(0.0, abs=1e-6) and nearest[5] == pytest.approx(0.0, abs=1e-6)
-    single = scoring.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([0]))
+    single = scoring.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([[True]]))
     assert torch.isinf(single).all()          # nothing left to compare with
 
 
@@ -76,6 +77,189 @@ def test_ensemble_mixes_both_branches_by_w():
     knn = scoring.KnnMahalanobis(2, w=1.0).fit(normal).score(clips)
     maha = scoring.KnnMahalanobis(2, w=0.0).fit(normal).score(clips)
     np.testing.assert_allclose(scoring.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha)
+
+
+# -----------------------------------------------------------------------------
+# SMOTE and the three backends, each against a plain computation
+
+
+def test_smote_count_follows_imbalanced_learn_float_ratio():
+    assert scoring.smote_count(990, 10, 0.2) == 188        # DCASE 2023: 990 source, 10 target normals
+    assert scoring.smote_count(100, 3, 0.25) == 22
+    assert scoring.smote_count(20, 10, 0.2) == 0           # already above the ratio: nothing added
+    assert scoring.smote_count(990, 10, 0.0) == 0
+
+
+def test_smote_rows_are_seeded_and_lie_between_a_row_and_one_of_its_nearest():
+    rng = np.random.default_rng(7)
+    minority = rng.normal(size=(8, 5))
+    rows, parents = scoring.smote(minority, 40, 2, seed=0)
+    again, _ = scoring.smote(minority, 40, 2, seed=0)
+    other, _ = scoring.smote(minority, 40, 2, seed=1)
+    assert rows.shape == (40, 5) and np.array_equal(rows, again) and not np.allclose(rows, other)
+    for row, (x, y) in zip(rows, parents):
+        distances = [np.linalg.norm(minority[x] - minority[j]) if j != x else np.inf for j in range(8)]
+        assert y in np.argsort(distances)[:2]                           # one of x's 2 nearest others
+        step = minority[y] - minority[x]
+        u = np.dot(row - minority[x], step) / np.dot(step, step)
+        assert 0.0 <= u <= 1.0
+        np.testing.assert_allclose(row, minority[x] + u * step, atol=1e-12)   # on the segment x -> y
+    assert len({tuple(p) for p in parents}) > 5                        # different pairs are drawn
+    assert len(scoring.smote(minority[:1], 10, 2, 0)[0]) == 0          # a single row has no neighbour
+    assert len(scoring.smote(minority, 0, 2, 0)[0]) == 0
+
+
+def _banks(embeddings: np.ndarray, domains: list, ratio: float, separate: bool = True) -> dict:
+    """Bank rows as (vector, the normals it comes from): source normals; target normals, then the SMOTE
+    rows of scoring.smote (checked above), as the scorer is meant to build them."""
+    target = [i for i, d in enumerate(domains) if d == "target"]
+    n_new = max(0, round(ratio * domains.count("source")) - len(target))
+    rows, parents = scoring.smote(embeddings[target], n_new, 2, 0)
+    banks = {"source": [], "target": []}
+    for i, (x, d) in enumerate(zip(embeddings, domains)):
+        banks[d].append((x, {i}))
+    for row, (a, b) in zip(rows, parents):
+        banks["target"].append((row, {target[a], target[b]}))
+    return banks if separate else {None: banks["source"] + banks["target"]}
+
+
+def _knn_references(query, bank, skip, scorer_bank, neighbours):
+    return [cosine(query, x) for x, origin in bank if skip not in origin]
+
+
+def _density_references(query, bank, skip, scorer_bank, neighbours):
+    usable = [x for x, origin in bank if skip not in origin]
+    out = []
+    for r, x in enumerate(usable):
+        others = sorted(cosine(x, y) for s, y in enumerate(usable) if s != r)[:neighbours]
+        if others:
+            out.append(cosine(query, x) / max(np.mean(others), scoring.MIN_DENSITY))
+    return out
+
+
+def _kmeans_references(query, bank, skip, scorer_bank, neighbours):
+    out = []
+    for cluster in scorer_bank.clusters:
+        members = [bank[j][0] / np.linalg.norm(bank[j][0]) for j in cluster.tolist() if skip not in bank[j][1]]
+        if members:
+            out.append(cosine(query, np.sum(members, axis=0)))
+    return out
+
+
+BRUTE = {"knn": _knn_references, "kmeans": _kmeans_references, "density": _density_references}
+
+
+def _brute_branch(scorer, banks: dict, queries: np.ndarray, k: int, loo: bool, backend: str) -> np.ndarray:
+    """The embedding branch's raw distance, query by query: the mean of the k smallest reference
+    distances in each bank, the smaller over the banks; ``loo`` skips query i's own rows."""
+    out = []
+    for i, query in enumerate(queries):
+        best = np.inf
+        for (_, scorer_bank), bank in zip(scorer.banks, [b for _, b in sorted(banks.items(), key=lambda kv: str(kv[0])) if b]):
+            references = sorted(BRUTE[backend](query, bank, i if loo else None, scorer_bank, 3))[:k]
+            if references:
+                best = min(best, np.mean(references))
+        out.append(best)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("backend", scoring.BACKENDS)
+@pytest.mark.parametrize("k, ratio, separate", [(1, 0.0, True), (1, 0.5, True), (2, 0.5, False)])
+def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
+    rng = np.random.default_rng(8)
+    train = rng.normal(size=(24, 6))
+    domains = ["source"] * 20 + ["target"] * 4
+    test = rng.normal(size=(5, 6))
+    normal, clips = _split(train, domains), _split(test, ["source"] * 5)
+    scorer = scoring.KnnMahalanobis(k, 1.0, separate, backend, kmeans_clusters=5, density_neighbours=3,
+                                    smote_ratio=ratio).fit(normal)
+    banks = _banks(train.astype(np.float32).astype(np.float64), domains, ratio, separate)
+    assert [len(rows) for rows, _ in scorer.banks] == [len(b) for _, b in sorted(banks.items(), key=lambda kv: str(kv[0]))]
+    loo = _brute_branch(scorer, banks, normal.embeddings, k, True, backend)
+    assert np.isfinite(loo).all()
+    z = lambda d: (d - loo.mean()) / loo.std()
+    np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
+    np.testing.assert_allclose(scorer.score(clips), z(_brute_branch(scorer, banks, clips.embeddings, k, False, backend)),
+                               atol=1e-4)
+
+
+def test_smote_enlarges_only_the_target_bank():
+    rng = np.random.default_rng(9)
+    normal = _split(rng.normal(size=(25, 6)), ["source"] * 20 + ["target"] * 5)
+    scorer = scoring.KnnMahalanobis(smote_ratio=0.5, seed=3).fit(normal)
+    (source_rows, _), (target_rows, target_bank) = scorer.banks
+    assert source_rows.tolist() == list(range(20))
+    assert len(target_rows) == 10 and target_rows[:5].tolist() == list(range(20, 25))
+    synthetic, _ = scoring.smote(normal.embeddings[20:], 5, 2, 3)
+    np.testing.assert_allclose(target_bank.bank[5:].numpy(), synthetic, rtol=1e-6)
+    assert len(scoring.KnnMahalanobis().fit(normal).banks[1][0]) == 5          # SMOTE_RATIO 0: off
+
+
+def test_kmeans_finds_separated_clusters_and_a_fixed_point():
+    rng = np.random.default_rng(10)
+    directions = np.eye(8)[:3] * 10
+    bank = np.concatenate([d + rng.normal(scale=0.5, size=(15, 8)) for d in directions])
+    assignment = scoring.spherical_kmeans(torch.tensor(bank), 3, seed=0)
+    assert sorted(len(set(assignment[i:i + 15].tolist())) for i in (0, 15, 30)) == [1, 1, 1]
+    assert len(set(assignment.tolist())) == 3
+    fitted = scoring.KMeansBank(torch.tensor(bank), 5, seed=1)
+    centres = [np.sum([bank[j] / np.linalg.norm(bank[j]) for j in rows.tolist()], axis=0) for rows in fitted.clusters]
+    assert sorted(j for rows in fitted.clusters for j in rows.tolist()) == list(range(45))
+    for c, rows in enumerate(fitted.clusters):
+        for j in rows.tolist():                      # a fixed point: every row sits with its most similar centre
+            assert c == int(np.argmin([cosine(bank[j], centre) for centre in centres]))
+    assert len(scoring.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4   # at most the bank's rows
+    assert torch.equal(scoring.spherical_kmeans(torch.tensor(bank), 5, 2), scoring.spherical_kmeans(torch.tensor(bank), 5, 2))
+
+
+def test_ensemble_refuses_bad_settings():
+    with pytest.raises(ValueError, match="BACKEND must be one of knn, kmeans, density"):
+        scoring.KnnMahalanobis(backend="lof")
+    with pytest.raises(ValueError, match="KMEANS_CLUSTERS must be at least 1"):
+        scoring.KnnMahalanobis(kmeans_clusters=0)
+    with pytest.raises(ValueError, match="SMOTE_RATIO"):
+        scoring.KnnMahalanobis(smote_ratio=-0.1)
+
+
+def _write_features(folder, rng) -> None:
+    """A fan section 00 of embedding and statistics files in extract_embeddings.py's format, with
+    anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
+    fingerprint = {"format": scoring.FEATURES_FORMAT, "data": "d", "model_sha256": "m", "settings": {},
+                   "precision": "fp32", "data_dir": str(folder / "no_data"), "model_path": str(folder / "no.pth")}
+    centre = rng.normal(size=16) * 3
+    splits = {"train": [("source", "normal")] * 30 + [("target", "normal")] * 4,
+              "test": [(d, label) for d in ("source", "target") for label in ("normal", "anomaly") for _ in range(5)]}
+    for split, rows in splits.items():
+        records = [ClipRecord(f"/gone/fan/{split}/section_00_{d}_{split}_{label}_{i:04d}.wav", "fan", "00", d, split,
+                              label).to_dict() for i, (d, label) in enumerate(rows)]
+        shift = np.array([[4.0 if label == "anomaly" else 0.0] for _, label in rows])
+        embeddings = centre + rng.normal(size=(len(rows), 16)) + shift * rng.normal(size=(len(rows), 16))
+        stats = rng.normal(size=(len(rows), 3)) + shift
+        for path, matrix, columns in zip(scoring.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])):
+            torch.save({"matrix": torch.tensor(matrix, dtype=torch.float32), "records": records, "columns": columns,
+                        "fingerprint": {**fingerprint, "split": split}}, path)
+
+
+@pytest.mark.parametrize("backend, ratio", [("knn", 0.2), ("kmeans", 0.0), ("density", 0.2)])
+def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path, backend, ratio):
+    import evaluate
+
+    _write_features(tmp_path, np.random.default_rng(11))
+    summary = evaluate.main(["--embed_dir", str(tmp_path), "--results_dir", str(tmp_path / "res"), "--backend", backend,
+                             "--smote_ratio", str(ratio), "--kmeans_clusters", "4", "--dcase_year", "2022+",
+                             "--plots", "false"])
+    assert summary["settings"]["backend"] == backend and summary["settings"]["smote_ratio"] == ratio
+    aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
+    assert min(aucs) > 0.9, aucs
+    # score_clips.py's way: the saved settings give the same scorer, hence the same scores
+    features = scoring.load_features(tmp_path)
+    scores, _ = scoring.score_by_group(features.normal, features.test, evaluate.ensemble_factory(summary["settings"]),
+                                       "section")
+    rows = (tmp_path / "res" / "anomaly_score_fan_section_00_test.csv").read_text().split()
+    written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
+    assert all(written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-6) for path, score in scores.items())
+    with pytest.raises(ValueError, match="lack backend"):
+        evaluate.ensemble_factory({"k": 1, "w": 0.5, "separate_domain_banks": True})
 
 
 def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_normals():
