@@ -1,10 +1,11 @@
 """The prepared GPU check: how fast every stage of the pipeline runs on one GPU, in one script.
 
-    bench/gpu_check.sh --wheels .gpu_wheels --out_dir runs/gpu_check     # on the GPU machine
+    bench/gpu_check.sh --wheels .gpu_wheels --out_dir runs/gpu_check     # on the GPU machine (under 8 minutes)
     python bench/gpu_check.py --cpu_smoke true --out_dir /tmp/gpu_check  # CPU dry run, tiny sizes
 
 On a scaled synthetic DCASE-2023-style set (make_demo_data.py: fan, pump, gearbox; 10 s clips) it
-measures, and writes to OUT_DIR/gpu_check.txt (tables) and OUT_DIR/gpu_check.json (numbers):
+measures, and writes to OUT_DIR/gpu_check.txt (tables) and OUT_DIR/gpu_check.json (numbers), with
+everything bulky (data, caches, models, logs) under WORK_DIR:
   1. fbank throughput: CPU DataLoader workers (read + kaldi fbank per clip) against the batched
      path preprocessing.wavs_to_fbank_batch on the GPU;
   2. EAT encoder forward and LoRA training clips/s at each of BATCH_SIZES, the published recipe's
@@ -41,7 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import encoder as encoder_bench                                     # noqa: E402  (bench/encoder.py)
 from utils import atomic_write_text, parse_config, resolve_device  # noqa: E402
 
-OUT_DIR = "runs/gpu_check"        # tables, numbers, logs, the synthetic data and the trained files go here
+OUT_DIR = "runs/gpu_check"        # gpu_check.txt (tables) and gpu_check.json (numbers) go here
+WORK_DIR = ""                     # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
 CPU_SMOKE = False                 # CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
 DEVICE = "auto"                   # "auto" (CUDA when present), "cpu", "cuda"
 MODEL_SIZE = "base"               # random-init encoder size (speed only; no checkpoint needed)
@@ -342,13 +344,14 @@ def main(argv: list[str] | None = None) -> dict:
             setattr(cfg, key, value)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir).resolve()
+    work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / "work"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
     from dataset import discover_clips
 
-    data_dir = out_dir / "data"
+    data_dir = work_dir / "data"
     data_seconds = make_data(cfg, data_dir)
     records = discover_clips(data_dir)
     train = [r for r in records if r.split == "train"]
@@ -360,9 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
     report.add("fbank throughput", *fbank_throughput(cfg, train, device))
     text, encoder = encoder_rates(cfg, device)
     report.add("encoder", text, encoder)
-    text, idle = idle_share(cfg, train, device, out_dir / "idle_cache")
+    text, idle = idle_share(cfg, train, device, work_dir / "idle_cache")
     report.add("GPU idle share while training from the DataLoader", text, idle)
-    text, steps = pipeline(cfg, data_dir, out_dir / "pipeline", counts)
+    text, steps = pipeline(cfg, data_dir, work_dir / "pipeline", counts)
     report.add("pipeline steps", text, steps)
     report.add("estimate", *estimate(cfg, counts, idle, encoder, steps))
     total = time.perf_counter() - report.started

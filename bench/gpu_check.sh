@@ -2,6 +2,7 @@
 # The prepared GPU check (bench/gpu_check.py) on a fresh GPU machine that reaches no package registry.
 #
 #   bench/gpu_check.sh --wheels .gpu_wheels --out_dir runs/gpu_check    # tables: runs/gpu_check/gpu_check.txt
+#   (--work_dir DIR: where the data, caches, models and logs go; default OUT_DIR/work)
 #   bench/gpu_check.sh --cpu_smoke true --out_dir /tmp/gpu_check        # CPU dry run (needs no wheels here)
 #
 # pyod and soundfile (and soundfile's cffi + pycparser) are missing on that machine; fill the wheels folder

@@ -56,7 +56,8 @@ def test_datasheet_peak_only_for_known_cards():
 
 
 def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
-    numbers = gpu_check.main(["--cpu_smoke", "true", "--out_dir", str(tmp_path)])
+    numbers = gpu_check.main(["--cpu_smoke", "true", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.txt", "w"]
     text = (tmp_path / "gpu_check.txt").read_text()
     for title in ("setup", "fbank throughput", "encoder", "GPU idle share", "pipeline steps", "estimate", "done"):
         assert f"== {title}" in text
@@ -71,7 +72,7 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
     assert all(0.0 <= v["idle_share"] <= 1.0 and v["clips_per_s"] > 0 for v in idle.values())
     steps = numbers["pipeline steps"]["seconds"]
     assert set(steps) == {"train", "ddp", "extract", "svdd_train", "svdd_eval", "ensemble"}
-    work = tmp_path / "pipeline"
+    work = tmp_path / "w" / "pipeline"
     assert (work / "best_encoder_model.pth").is_file() and (work / "ddp" / "best.pth").is_file()
     for scorer in ("deepsvdd", "ensemble"):
         assert (work / "results" / scorer / "summary.json").is_file()
