@@ -276,16 +276,6 @@ class EATEncoder(nn.Module):
         return x
 
 
-def forward_flops(cfg: EATConfig, frames: int) -> int:
-    """Analytic FLOPs (2 per multiply-add) of one clip's forward pass: the matmuls that dominate."""
-    D, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
-    patches = (frames // cfg.patch_size) * cfg.freq_patches
-    n = patches + 1
-    conv = patches * cfg.in_chans * cfg.patch_size ** 2 * D
-    per_block = n * D * 3 * D + n * D * D + 2 * n * D * hidden + 2 * n * n * D  # qkv, proj, mlp, QK^T + AV
-    return 2 * (conv + cfg.depth * per_block)
-
-
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -10,6 +10,11 @@ rate of large square matmuls in the same precision (float32 on CPU, bf16 on CUDA
 are counted as 2x forward (input gradients only: the backbone's weights are frozen; LoRA is tiny).
 Each (size, mode) runs in a fresh process so that its peak memory (CPU: peak RSS; CUDA:
 torch.cuda.max_memory_allocated) is its own. Targets: CPU base forward MFU >= 0.6; GPU bf16 >= 0.4.
+
+Mode "recipe" is the published recipe's training step: LoRA rank RECIPE_LORA_RANK on the qkv
+matmuls only, RECIPE_BATCH_SIZE clips of RECIPE_FRAMES frames. Its projection head and SCAdaCos
+loss are stood in for by a Linear(D -> PROJECTION_DIM) projection and a cross-entropy over those
+outputs (their cost is negligible next to the encoder's).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,10 +47,18 @@ THREADS = 0                       # torch CPU threads; 0 = torch's default
 TRAIN = True                      # also measure LoRA training steps
 TUNE_ALLOCATOR = True             # CPU: utils.tune_cpu_allocator() (no page faults on big activations), as train.py does
 LORA_RANK = 8                     # LoRA rank for the training measurement
+RECIPE = True                     # also measure the published recipe's training step (mode "recipe")
+RECIPE_LORA_RANK = 64             # recipe: LoRA rank, on blocks.*.attn.qkv only
+RECIPE_BATCH_SIZE = 8             # recipe: clips per training step
+RECIPE_FRAMES = 1216              # recipe: frames per clip (12.16 s)
+PROJECTION_DIM = 256              # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
+
+_HEAD_CLASSES = 64                                 # classes of the training modes' heads
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"BATCH_SIZE": (1, None), "FRAMES": (16, None), "FORWARD_ITERS": (1, None), "TRAIN_ITERS": (1, None),
            "WARMUP_ITERS": (0, None), "MATMUL_SIZE": (0, None), "MATMUL_REPEATS": (1, None), "THREADS": (0, None),
-           "LORA_RANK": (1, None)}
+           "LORA_RANK": (1, None), "RECIPE_LORA_RANK": (1, None), "RECIPE_BATCH_SIZE": (1, None),
+           "RECIPE_FRAMES": (16, None), "PROJECTION_DIM": (1, None)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,6 +93,53 @@ def peak_memory(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Linux reports KiB
 
 
+def forward_flops(cfg, frames: int) -> int:
+    """Analytic FLOPs (2 per multiply-add) of one clip's forward pass through an encoder with
+    model.EATConfig ``cfg``: the patch convolution and per block the qkv, proj and MLP matmuls
+    and attention's QK^T and AV (the matmuls that dominate)."""
+    D, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+    patches = (frames // cfg.patch_size) * cfg.freq_patches
+    n = patches + 1
+    conv = patches * cfg.in_chans * cfg.patch_size ** 2 * D
+    per_block = n * D * 3 * D + n * D * D + 2 * n * D * hidden + 2 * n * n * D  # qkv, proj, mlp, QK^T + AV
+    return 2 * (conv + cfg.depth * per_block)
+
+
+def mode_shape(mode: str, cfg_dict: dict) -> tuple[int, int]:
+    """(clips per batch, frames per clip) of a mode: the recipe has its own."""
+    if mode == "recipe":
+        return cfg_dict["recipe_batch_size"], cfg_dict["recipe_frames"]
+    return cfg_dict["batch_size"], cfg_dict["frames"]
+
+
+def training_step(encoder: torch.nn.Module, mode: str, cfg_dict: dict,
+                  device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], int]:
+    """(step(x, labels), number of classes) for LoRA training of ``encoder`` (an EATEncoder): one
+    AdamW step over the trainable parameters. Mode "train": LoRA rank LORA_RANK on qkv and proj
+    + ArcFace head; mode "recipe": the asdkit-eat-lora step, rank RECIPE_LORA_RANK on qkv only,
+    Linear(D -> PROJECTION_DIM) and the SCAdaCos loss (16 sub-clusters). Both over _HEAD_CLASSES."""
+    import model as M
+
+    if mode == "recipe":
+        rank = cfg_dict["recipe_lora_rank"]
+        wrapped = M.add_lora(encoder, rank, 2.0 * rank, 0.1, targets=("qkv",))
+        head = M.make_head("scadacos", encoder.embed_dim, _HEAD_CLASSES, projection_dim=cfg_dict["projection_dim"])
+    else:
+        wrapped = M.add_lora(encoder, cfg_dict["lora_rank"], 2.0 * cfg_dict["lora_rank"], 0.1)
+        head = M.make_head("arcface", encoder.embed_dim, _HEAD_CLASSES)
+    model = M.ASDModel(wrapped, head).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(x: torch.Tensor, labels: torch.Tensor) -> None:
+        with autocast(device, cfg_dict["amp"]):
+            loss = model.head.loss(model.embed(x), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, _HEAD_CLASSES
+
+
 def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
     """Best seconds per call of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
@@ -108,36 +169,27 @@ def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     rate = matmul_rate(device, matmul_dtype(device, cfg_dict["amp"]), side, cfg_dict["matmul_repeats"])
     torch.manual_seed(0)
     encoder = build_encoder(None, size, verbose=False).to(device)
-    x = torch.randn(cfg_dict["batch_size"], 1, cfg_dict["frames"], 128, device=device)
-    amp = cfg_dict["amp"]
+    params = sum(p.numel() for p in encoder.parameters())
+    batch, frames = mode_shape(mode, cfg_dict)
+    x = torch.randn(batch, 1, frames, 128, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if mode == "forward":
         encoder.eval()
 
         def step() -> None:
-            with torch.inference_mode(), autocast(device, amp):
+            with torch.inference_mode(), autocast(device, cfg_dict["amp"]):
                 encoder(x)
 
         seconds = time_calls(step, device, cfg_dict["warmup_iters"], cfg_dict["forward_iters"])
     else:
-        wrapped = M.add_lora(encoder, cfg_dict["lora_rank"], 2.0 * cfg_dict["lora_rank"], 0.1)
-        model = M.ASDModel(wrapped, M.ArcFaceHead(encoder.embed_dim, 64)).to(device).train()
-        labels = torch.randint(0, 64, (x.shape[0],), device=device)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step() -> None:
-            with autocast(device, amp):
-                logits = model(x, labels)
-            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        seconds = time_calls(step, device, cfg_dict["warmup_iters"], cfg_dict["train_iters"])
-    flops = M.forward_flops(encoder.config, cfg_dict["frames"]) * x.shape[0] * (1 if mode == "forward" else 2)
-    queue.put({"size": size, "mode": mode, "seconds": seconds, "matmul_rate": rate, "clips_per_s": x.shape[0] / seconds,
-               "flop_per_s": flops / seconds, "peak_bytes": peak_memory(device),
-               "params": sum(p.numel() for p in encoder.parameters())})
+        train_step, classes = training_step(encoder, mode, cfg_dict, device)
+        labels = torch.randint(0, classes, (batch,), device=device)
+        seconds = time_calls(lambda: train_step(x, labels), device, cfg_dict["warmup_iters"], cfg_dict["train_iters"])
+    flops = forward_flops(encoder.config, frames) * batch * (1 if mode == "forward" else 2)
+    queue.put({"size": size, "mode": mode, "batch": batch, "frames": frames, "seconds": seconds,
+               "matmul_rate": rate, "clips_per_s": batch / seconds, "flop_per_s": flops / seconds,
+               "peak_bytes": peak_memory(device), "params": params})
 
 
 def run_isolated(size: str, mode: str, cfg_dict: dict) -> dict:
@@ -148,6 +200,22 @@ def run_isolated(size: str, mode: str, cfg_dict: dict) -> dict:
     result = queue.get()
     process.join()
     return result
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The measured rows as a text table (rows need "mfu" set)."""
+    header = (f"{'size':<6} {'mode':<7} {'batch':>5} {'frames':>6} {'params':>8} {'s/batch':>8} {'clips/s':>8} "
+              f"{'GFLOP/s':>9} {'MFU':>6} {'peak mem':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['size']:<6} {r['mode']:<7} {r['batch']:>5} {r['frames']:>6} {r['params'] / 1e6:>7.1f}M "
+                     f"{r['seconds']:>8.3f} {r['clips_per_s']:>8.2f} {r['flop_per_s'] / 1e9:>9.1f} {r['mfu']:>6.2f} "
+                     f"{r['peak_bytes'] / 2 ** 30:>7.2f}GB")
+    return "\n".join(lines)
+
+
+def run_modes(cfg) -> list[str]:
+    return ["forward"] + (["train"] if cfg.train else []) + (["recipe"] if cfg.recipe else [])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -165,7 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg_dict = vars(cfg)
     rows = []
     for size in cfg.sizes:
-        for mode in ["forward"] + (["train"] if cfg.train else []):
+        for mode in run_modes(cfg):
             row = run_isolated(size, mode, cfg_dict)
             rows.append(row)
             print(f"  measured {size} {mode}: {row['clips_per_s']:.2f} clips/s "
@@ -175,17 +243,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["mfu"] = row["flop_per_s"] / peak
     print(f"best matmul rate in the run: {peak / 1e9:.1f} GFLOP/s (the MFU denominator)")
     precision = "bf16 autocast" if device.type == "cuda" and cfg.amp else "float32"
-    print(f"\nEAT encoder, batch {cfg.batch_size} x {cfg.frames} frames ({precision}; best of "
-          f"{cfg.forward_iters} forward / {cfg.train_iters} train iterations)")
-    header = f"{'size':<6} {'mode':<8} {'params':>8} {'s/batch':>8} {'clips/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'peak mem':>9}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['size']:<6} {r['mode']:<8} {r['params'] / 1e6:>7.1f}M {r['seconds']:>8.2f} {r['clips_per_s']:>8.2f} "
-              f"{r['flop_per_s'] / 1e9:>8.1f} {r['mfu']:>6.2f} {r['peak_bytes'] / 2 ** 30:>7.2f}GB")
+    print(f"\nEAT encoder ({precision}; best of {cfg.forward_iters} forward / {cfg.train_iters} train iterations)")
+    print(format_rows(rows))
     print("peak mem: " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
                           "peak RSS of the measuring process (includes the Python/torch runtime)"))
-    print("train MFU counts 2x forward FLOPs (frozen backbone: no weight gradients)")
+    print("train/recipe MFU counts 2x forward FLOPs (frozen backbone: no weight gradients; LoRA FLOPs not counted)")
+    print(f"train: LoRA rank {cfg.lora_rank} on qkv+proj, ArcFace head; recipe: LoRA rank {cfg.recipe_lora_rank} "
+          f"on qkv only, Linear(D->{cfg.projection_dim}) + cross-entropy standing in for the recipe's "
+          "projection head and SCAdaCos loss")
     return rows
 
 

@@ -1,0 +1,266 @@
+"""One self-contained HTML page of a scorer's results: RESULTS_DIR/report.html.
+
+The page holds the official results table (per machine type and section AUC (source), AUC
+(target) and pAUC, or AUC and pAUC for 2020-style data; the arithmetic and harmonic means; the
+official score), the decision threshold of every section with how many test clips it flags, each
+machine type's ROC curves and score histogram (the PNGs metrics.plot_machine wrote into the results
+folder), and a 2-D t-SNE map of the embeddings per machine type in three panels coloured by
+domain, attribute and label, so a researcher sees where target clips and anomalies fall.
+
+It loads nothing from the network: CSS is inline and every image is a base64 ``data:`` URI, so the
+file can be mailed or archived on its own. Every string from the data is HTML-escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+import metrics
+from dataset import ClipRecord
+from utils import atomic_write_text
+
+REPORT_NAME = "report.html"
+TABLE_CELL_BACKGROUND = "#e3eefa"   # background of the results table's value cells (the browser test looks for it)
+TSNE_MAX_TRAIN = 300                # training normals per machine type in the map (a seeded random subset)
+TSNE_PERPLEXITY = 30.0              # t-SNE perplexity, capped below a third of the points
+TSNE_SEED = 0                       # t-SNE initialisation and subset seed
+MAX_LEGEND_ENTRIES = 12             # attribute values named in a legend; the rest share one colour
+
+_STYLE = f"""
+body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 1400px; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; margin-top: 32px; }} h3 {{ font-size: 15px; }}
+table {{ border-collapse: collapse; margin: 8px 0; font-size: 13px; }}
+th, td {{ border: 1px solid #c8c8c8; padding: 4px 10px; }}
+th {{ background: #f2f2f2; text-align: left; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+table.results td {{ background: {TABLE_CELL_BACKGROUND}; }}
+table.results tr.mean td {{ background: #f7f7f7; font-style: italic; }}
+table.results tr.official td {{ background: #fff3c4; font-weight: bold; }}
+.score {{ font-size: 18px; font-weight: bold; }}
+.plots img {{ max-width: 100%; margin: 4px 12px 4px 0; vertical-align: top; border: 1px solid #ddd; }}
+.note {{ color: #666; font-size: 13px; }}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return _esc(value)
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img src="{_png_uri(data)}" alt="{_esc(alt)}">'
+
+
+def _as_record(record) -> ClipRecord:
+    """A ClipRecord, also from the dict form stored in the embedding files."""
+    return record if isinstance(record, ClipRecord) else ClipRecord.from_dict(record)
+
+
+# -----------------------------------------------------------------------------
+# tables
+
+
+def results_table_html(table: Sequence[metrics.SectionResult], official: float) -> str:
+    """The official results table (the rows of metrics.table_rows) as an HTML table."""
+    header, rows = metrics.table_rows(table, official)
+    out = ['<table class="results">', "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        kind = "official" if row[1] == "official score" else "mean" if str(row[1]).endswith("mean") else "section"
+        cells = [f"<td>{_esc(row[0])}</td>", f"<td>{_esc(row[1])}</td>"]
+        cells += [f'<td class="num">{_number(v)}</td>' for v in row[2:]]
+        out.append(f'<tr class="{kind}">' + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def thresholds_table_html(scores: Mapping[str, float], records: Sequence,
+                          thresholds: Mapping[tuple[str, str], float]) -> str:
+    """Per section: the decision threshold and how many test clips (normal / anomalous) score above it."""
+    out = ['<table class="thresholds">',
+           "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
+           "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>"]
+    for (machine, section), recs in metrics.group_by_section(records).items():
+        threshold = thresholds[(machine, section)]
+        flagged = [r for r in recs if scores[r.path] > threshold]
+
+        def share(label: str) -> str:
+            total = sum(r.label == label for r in recs)
+            return f"{sum(r.label == label for r in flagged)} / {total}" if total else "&ndash;"
+
+        out.append(f"<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class=\"num\">{threshold:.6g}</td>"
+                   f"<td class=\"num\">{len(recs)}</td><td class=\"num\">{len(flagged)}</td>"
+                   f"<td class=\"num\">{share('normal')}</td><td class=\"num\">{share('anomaly')}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+# -----------------------------------------------------------------------------
+# the embedding map
+
+
+def tsne_coordinates(matrix: np.ndarray, seed: int = TSNE_SEED, perplexity: float = TSNE_PERPLEXITY) -> np.ndarray:
+    """2-D t-SNE of the rows of ``matrix`` [N, D] (N >= 2); perplexity capped at (N - 1) / 3."""
+    from sklearn.manifold import TSNE
+
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.shape[0] < 2:
+        raise ValueError(f"t-SNE needs at least 2 points, got {matrix.shape[0]}")
+    capped = max(1.0, min(perplexity, (matrix.shape[0] - 1) / 3))
+    return TSNE(n_components=2, perplexity=capped, init="pca", random_state=seed).fit_transform(matrix)
+
+
+def _map_points(embeddings: Mapping[str, Mapping], machine: str, max_train: int, seed: int):
+    """(matrix, [(split, record)]) of one machine type: all its test clips and up to ``max_train`` training normals."""
+    rng = np.random.default_rng(seed)
+    rows, points = [], []
+    for split in ("train", "test"):
+        if split not in embeddings:
+            continue
+        matrix = np.asarray(embeddings[split]["matrix"], dtype=np.float32)
+        records = [_as_record(r) for r in embeddings[split]["records"]]
+        index = [i for i, r in enumerate(records) if r.machine_type == machine]
+        if split == "train" and len(index) > max_train:
+            index = sorted(rng.choice(index, size=max_train, replace=False).tolist())
+        rows += [matrix[i] for i in index]
+        points += [(split, records[i]) for i in index]
+    return (np.stack(rows) if rows else np.zeros((0, 1), np.float32)), points
+
+
+def _point_groups(points: list) -> dict[str, list[str]]:
+    """Each point's group name in the three panels."""
+    attributes = [r.attribute_string for _, r in points]
+    named = {a for a, _ in Counter(attributes).most_common(MAX_LEGEND_ENTRIES)}
+    return {
+        "domain": [r.domain or "no domain" for _, r in points],
+        "attribute": [a if a in named else "other attributes" for a in attributes],
+        "label": ["train normal" if split == "train" else f"test {r.label}" for split, r in points],
+    }
+
+
+_FIXED_COLOURS = {"source": "#1f77b4", "target": "#ff7f0e", "no domain": "#7f7f7f", "train normal": "#bbbbbb",
+                  "test normal": "#2ca02c", "test anomaly": "#d62728", "test unknown": "#9467bd",
+                  "other attributes": "#cccccc"}
+
+
+def embedding_map_png(machine: str, coords: np.ndarray, points: list) -> bytes:
+    """Three t-SNE panels of one machine type (colour: domain, attribute, label; marker: o test, . train)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _point_groups(points)
+    is_test = np.array([split == "test" for split, _ in points])
+    palette = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2))
+    for ax, (panel, names) in zip(axes, groups.items()):
+        names = np.array(names)
+        for i, name in enumerate(sorted(set(names))):
+            colour = _FIXED_COLOURS.get(name, palette[i % len(palette)])
+            legend_label = name
+            for test, marker, size in ((False, ".", 14), (True, "o", 22)):
+                chosen = (names == name) & (is_test == test)
+                if chosen.any():
+                    ax.scatter(coords[chosen, 0], coords[chosen, 1], s=size, marker=marker, color=colour,
+                               alpha=0.8, label=legend_label)
+                    legend_label = None
+        ax.set(title=f"{machine}: by {panel}", xticks=[], yticks=[])
+        ax.legend(fontsize=7, loc="best", markerscale=1.2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def embedding_maps_html(embeddings: Mapping[str, Mapping], machines: Sequence[str],
+                        max_train: int = TSNE_MAX_TRAIN, seed: int = TSNE_SEED) -> str:
+    out = []
+    for machine in machines:
+        matrix, points = _map_points(embeddings, machine, max_train, seed)
+        if len(points) < 2:
+            out.append(f'<p class="note">{_esc(machine)}: fewer than 2 embedded clips, no map.</p>')
+            continue
+        png = embedding_map_png(machine, tsne_coordinates(matrix, seed), points)
+        out.append(f'<div class="plots">{_img(png, f"t-SNE map of {machine}")}</div>')
+    return "\n".join(out)
+
+
+# -----------------------------------------------------------------------------
+# the page
+
+
+def machine_plots_html(results_dir: Path, machines: Sequence[str]) -> str:
+    """Each machine type's roc_<machine>.png and hist_<machine>.png from the results folder, embedded."""
+    out = []
+    for machine in machines:
+        images = [_img(path.read_bytes(), f"{kind} of {machine}")
+                  for kind, path in (("ROC curves", results_dir / f"roc_{machine}.png"),
+                                     ("score histogram", results_dir / f"hist_{machine}.png")) if path.is_file()]
+        body = "".join(images) or '<span class="note">no plots in the results folder (PLOTS off?)</span>'
+        out.append(f"<h3>{_esc(machine)}</h3>\n<div class=\"plots\">{body}</div>")
+    return "\n".join(out)
+
+
+def write_report(results_dir: str | Path, table: Sequence[metrics.SectionResult], official: float,
+                 scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float],
+                 embeddings: Mapping[str, Mapping] | None = None, title: str = "anomaly detection results") -> Path:
+    """Write ``results_dir``/report.html (atomically) and return its path.
+
+    ``table``, ``official``: metrics.compute_official(scores, records); ``scores``: test clip path ->
+    anomaly score; ``records``: the test ClipRecords; ``thresholds``: (machine_type, section) ->
+    decision threshold; ``embeddings``: optional {"test": payload, "train": payload}, each a dict
+    with "matrix" [N, D] and "records" (ClipRecords or their to_dict() form), as
+    extract_embeddings.load_split_features returns them; without it the page has no map.
+    The ROC and histogram PNGs are read from ``results_dir`` where metrics.plot_machine wrote them.
+    """
+    results_dir = Path(results_dir)
+    machines = list(dict.fromkeys(r.machine_type for r in records))
+    labelled = any(row.values() for row in table)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="score">official score: {_number(official)}</p>' if labelled else
+        '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
+        "<h2>Official results</h2>",
+        '<p class="note">AUC (source/target): that domain\'s normals against all anomalies of the section; '
+        f"pAUC: all clips of the section, FPR in [0, {metrics.MAX_FPR}], divided by {metrics.MAX_FPR}; "
+        "official score: harmonic mean of every value.</p>",
+        results_table_html(table, official),
+        "<h2>Decision thresholds</h2>",
+        f'<p class="note">Per section, the {metrics.DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
+        "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>",
+        thresholds_table_html(scores, records, thresholds),
+        "<h2>ROC curves and score histograms</h2>",
+        machine_plots_html(results_dir, machines),
+    ]
+    if embeddings:
+        parts += ["<h2>Embedding map (t-SNE)</h2>",
+                  '<p class="note">Per machine type, a 2-D t-SNE of the test embeddings and up to '
+                  f"{TSNE_MAX_TRAIN} training normals (o: test clip, .: training normal); the same map "
+                  "coloured three ways.</p>",
+                  embedding_maps_html(embeddings, machines)]
+    parts.append("</body></html>\n")
+    path = results_dir / REPORT_NAME
+    atomic_write_text("\n".join(parts), path)
+    return path

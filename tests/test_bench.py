@@ -1,0 +1,81 @@
+"""bench/: the analytic FLOP count, the recipe's training step and the prepared GPU check's CPU dry run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import encoder as encoder_bench   # noqa: E402  (bench/encoder.py)
+import gpu_check                  # noqa: E402
+import model as M                 # noqa: E402
+from utils import parse_config    # noqa: E402
+
+
+def test_forward_flops_matches_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    encoder = M.build_encoder(None, "tiny", verbose=False).eval()
+    frames = 96
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:   # explicit attention: its matmuls count
+        encoder(torch.randn(2, 1, frames, 128), explicit_attention=True)
+    counted = counter.get_total_flops()
+    analytic = 2 * encoder_bench.forward_flops(encoder.config, frames)
+    assert abs(analytic - counted) / counted < 0.02
+
+
+def test_recipe_step_trains_lora_on_qkv_only():
+    cfg = vars(parse_config(vars(encoder_bench), ["--device", "cpu", "--recipe_lora_rank", "4",
+                                                   "--projection_dim", "16"]))
+    torch.manual_seed(0)
+    encoder = M.build_encoder(None, "tiny", verbose=False)
+    step, classes = encoder_bench.training_step(encoder, "recipe", cfg, torch.device("cpu"))
+    assert classes == 16
+    lora = {n: p for n, p in encoder.named_parameters() if "lora_" in n}
+    assert lora and all(".attn.qkv." in n for n in lora)
+    assert all(p.shape[0] == 4 or p.shape[1] == 4 for p in lora.values())
+    frozen = {n: p.detach().clone() for n, p in encoder.named_parameters() if "lora_" not in n}
+    before = {n: p.detach().clone() for n, p in lora.items() if "lora_A" in n}
+    x, labels = torch.randn(2, 1, 64, 128), torch.tensor([1, 7])
+    step(x, labels)
+    step(x, labels)
+    assert any(not torch.equal(before[n], lora[n]) for n in before)
+    assert all(torch.equal(p, dict(encoder.named_parameters())[n]) for n, p in frozen.items())
+    assert encoder_bench.mode_shape("recipe", cfg) == (cfg["recipe_batch_size"], cfg["recipe_frames"]) == (8, 1216)
+
+
+def test_datasheet_peak_only_for_known_cards():
+    assert gpu_check.datasheet_flops(torch.device("cpu"), 0.0) is None
+    assert gpu_check.datasheet_flops(torch.device("cpu"), 500.0) == 500e12
+
+
+def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
+    numbers = gpu_check.main(["--cpu_smoke", "true", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.txt", "w"]
+    text = (tmp_path / "gpu_check.txt").read_text()
+    for title in ("setup", "fbank throughput", "encoder", "GPU idle share", "pipeline steps", "estimate", "done"):
+        assert f"== {title}" in text
+    assert json.loads((tmp_path / "gpu_check.json").read_text()).keys() == numbers.keys()
+    counts = numbers["setup"]["counts"]
+    assert counts == {"train": 3 * 6, "test": 3 * 4}
+    rows = numbers["encoder"]["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [("forward", 2), ("train", 2), ("recipe", 2)]
+    assert all(r["clips_per_s"] > 0 and r["peak_bytes"] > 0 and r["mfu_datasheet"] is None for r in rows)
+    assert "datasheet peak: n/a" in text
+    idle = numbers["GPU idle share while training from the DataLoader"]
+    assert all(0.0 <= v["idle_share"] <= 1.0 and v["clips_per_s"] > 0 for v in idle.values())
+    steps = numbers["pipeline steps"]["seconds"]
+    assert set(steps) == {"train", "ddp", "extract", "svdd_train", "svdd_eval", "ensemble"}
+    work = tmp_path / "w" / "pipeline"
+    assert (work / "best_encoder_model.pth").is_file() and (work / "ddp" / "best.pth").is_file()
+    for scorer in ("deepsvdd", "ensemble"):
+        assert (work / "results" / scorer / "summary.json").is_file()
+    estimate = numbers["estimate"]
+    assert estimate["total_seconds"] == pytest.approx(sum(part[2] for part in estimate["parts"]))
+    assert len(estimate["parts"]) == 8 and all(part[2] >= 0 for part in estimate["parts"])
