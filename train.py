@@ -101,10 +101,11 @@ _LIMITS = {"RECIPE": ("asdkit-eat-lora", "arcface-v1"), "EPOCHS": (1, None), "BA
 # ----------------------------------------------------------------------------- processes
 
 def setup_processes(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): DDP under torchrun with several processes, else a plain process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """(rank, world size, device): DDP whenever torchrun started the process (one process too), else
+    a plain process."""
+    if "LOCAL_RANK" not in os.environ:
         return 0, 1, resolve_device(device_name)
+    world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
     if use_cuda:
@@ -114,7 +115,7 @@ def setup_processes(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
-    if world == 1:
+    if not dist.is_initialized():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -143,7 +144,7 @@ def training_records(cfg) -> list:
 
 
 def make_loader(dataset: ClipDataset, cfg, train: bool, world: int) -> DataLoader:
-    sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if world > 1 else None
+    sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if dist.is_initialized() else None
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return run(cfg, rank, world, device, show)
     finally:
-        if world > 1:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -468,7 +469,7 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     if state is not None:
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
     step_module: nn.Module = TrainStep(model)
-    if world > 1:
+    if dist.is_initialized():
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -503,7 +504,7 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
                 settings = {**config_to_dict(cfg), "best_epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
                 save_tuned(cfg.output, model, label_index, settings, cfg.eat_checkpoint)
             save_last(cfg, model, optimizer, scheduler, label_index, epoch, history, best)
-        if world > 1:
+        if dist.is_initialized():
             dist.barrier()
     if show and best:
         print(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}")

@@ -287,7 +287,8 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
                      None])
     embed_dir = work / "embeddings"
     steps = {
-        "extract": ["extract_embeddings", "--cache_dir", "none", "--batch_size", str(cfg.train_batch_size)],
+        "extract": ["extract_embeddings", "--data_dir", str(data_dir), "--model_path", str(model_path),
+                    "--device", cfg.device, "--feature_cache", "none", "--embed_batch_size", str(cfg.train_batch_size)],
         "svdd_train": ["train_deepSVDD", "--svdd_dir", str(work / "svdd")],
         "svdd_eval": ["evaluate_deepSVDD", "--svdd_dir", str(work / "svdd"), "--results_dir",
                       str(work / "results" / "deepsvdd")],
@@ -296,8 +297,7 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     clips = {"extract": counts["train"] + counts["test"], "svdd_train": counts["train"],
              "svdd_eval": counts["test"], "ensemble": counts["test"]}
     for name, (module_name, *extra) in steps.items():
-        argv = ["--data_dir", str(data_dir), "--model_path", str(model_path), "--embed_dir", str(embed_dir),
-                "--device", cfg.device, *extra]
+        argv = ["--embed_dir", str(embed_dir), *extra]
         seconds[name] = run_in_process(module_name, argv, logs / f"{name}.log")
         rows.append([f"{module_name}.py", f"{clips[name]} clips", seconds[name], clips[name] / seconds[name]])
     text = (table(["step", "work", "seconds", "clips/s"], rows)

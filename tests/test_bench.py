@@ -14,6 +14,7 @@ if str(BENCH) not in sys.path:
 
 import encoder as encoder_bench   # noqa: E402  (bench/encoder.py)
 import gpu_check                  # noqa: E402
+import checkpoints as C           # noqa: E402
 import model as M                 # noqa: E402
 from utils import parse_config    # noqa: E402
 
@@ -21,7 +22,7 @@ from utils import parse_config    # noqa: E402
 def test_forward_flops_matches_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    encoder = M.build_encoder(None, "tiny", verbose=False).eval()
+    encoder = C.build_encoder(None, "tiny", verbose=False).eval()
     frames = 96
     with torch.no_grad(), FlopCounterMode(display=False) as counter:   # explicit attention: its matmuls count
         encoder(torch.randn(2, 1, frames, 128), explicit_attention=True)
@@ -34,9 +35,9 @@ def test_recipe_step_trains_lora_on_qkv_only():
     cfg = vars(parse_config(vars(encoder_bench), ["--device", "cpu", "--recipe_lora_rank", "4",
                                                    "--projection_dim", "16"]))
     torch.manual_seed(0)
-    encoder = M.build_encoder(None, "tiny", verbose=False)
+    encoder = C.build_encoder(None, "tiny", verbose=False)
     step, classes = encoder_bench.training_step(encoder, "recipe", cfg, torch.device("cpu"))
-    assert classes == 16
+    assert classes == encoder_bench._HEAD_CLASSES
     lora = {n: p for n, p in encoder.named_parameters() if "lora_" in n}
     assert lora and all(".attn.qkv." in n for n in lora)
     assert all(p.shape[0] == 4 or p.shape[1] == 4 for p in lora.values())
