@@ -24,27 +24,33 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
+from utils import exit_if_help
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+from checkpoints import resolve_checkpoint
+from metrics import comparison_rows, format_comparison, write_comparison
 from utils import atomic_write_text, check_script_arguments, parse_config, remove_stale_temp_files
 
 DATA_DIR = None                # DCASE data (<machine>/{train,test}/*.wav); None = dev_data/ if present, else the demo
 DEMO_DIR = "demo_data"         # where the synthetic demo data set is generated
 RUNS_DIR = "runs"              # a data folder's outputs go to RUNS_DIR/<folder name>-<hash of its full path>/
-EAT_CHECKPOINT = None          # local folder of a released EAT checkpoint (HF layout); None = random init
+EAT_CHECKPOINT = None          # EAT checkpoint: local HF folder, fairseq .pt or Hugging Face id; None = random init
 MODEL_SIZE = "base"            # encoder size when EAT_CHECKPOINT is None on real data (demo: tiny)
+RECIPE = ""                    # named settings for train.py and evaluate.py (recipes.py): asdkit-eat-lora | arcface-v1; "" = their defaults
 DEVICE = "auto"                # auto | cpu | cuda
 FORCE = False                  # rerun every step even if its outputs are up to date
 DEMO_CLIP_SECONDS = 10.0       # demo clip length (DCASE clips are 10 s)
-DEMO_TARGET_FRAMES = 1024      # demo fbank length, as for EAT on real data
 DEMO_EPOCHS = 8                # demo training epochs (tiny encoder, about 10 s each on 2 CPU cores)
-DEMO_LEARNING_RATE = 1e-3      # demo LoRA learning rate: a random tiny encoder needs more than 3e-4
+DEMO_LEARNING_RATE = 1e-3      # demo LoRA learning rate: a random tiny encoder needs more than the recipe's 1e-4
+DEMO_WARMUP_STEPS = 10         # demo warm-up steps (the recipe's 5,000 would outlast the demo's ~50 steps)
 DEMO_SVDD_USE_STATS = True     # demo Deep SVDD also sees the signal statistics (random-encoder embeddings are weak)
 DEMO_BATCH_SIZE = 8            # demo training clips per step
-DEMO_TIME_MASK = 40            # demo widest SpecAugment time mask (frames)
 DEMO_NUM_WORKERS = 0           # demo DataLoader workers (0: the tiny data set loads fastest in-process)
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"DEMO_CLIP_SECONDS": (">0", None), "DEMO_TARGET_FRAMES": (16, None), "DEMO_EPOCHS": (1, None),
-           "DEMO_LEARNING_RATE": (">0", None), "DEMO_BATCH_SIZE": (1, None), "DEMO_TIME_MASK": (0, None),
-           "DEMO_NUM_WORKERS": (0, None)}
+_LIMITS = {"MODEL_SIZE": ("tiny", "base", "large"), "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+           "DEMO_CLIP_SECONDS": (">0", None), "DEMO_EPOCHS": (1, None), "DEMO_LEARNING_RATE": (">0", None),
+           "DEMO_WARMUP_STEPS": (0, None), "DEMO_BATCH_SIZE": (1, None), "DEMO_NUM_WORKERS": (0, None)}
 
 _DEFAULT_DATA_DIR = "dev_data"  # what DATA_DIR None uses when it exists
 
@@ -269,16 +275,17 @@ def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
     svdd_dir = run_dir / "svdd_models_per_type"
     results = run_dir / "results"
     checkpoint = str(cfg.eat_checkpoint) if cfg.eat_checkpoint else "none"
-    common = ["--data_dir", str(data_dir), "--device", cfg.device]
-    shared_paths = ["--model_path", str(model), "--embed_dir", str(run_dir)]
-    train_args = ["--eat_checkpoint", checkpoint, "--model_size", "tiny" if demo else cfg.model_size,
-                  "--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
+    recipe = ["--recipe", cfg.recipe] if cfg.recipe else []
+    embed = ["--embed_dir", str(run_dir)]
+    train_args = ["--data_dir", str(data_dir), "--device", cfg.device, "--eat_checkpoint", checkpoint,
+                  "--model_size", "tiny" if demo else cfg.model_size, "--output", str(model),
+                  "--last_checkpoint", str(run_dir / "last_encoder_model.pth")] + recipe
     if demo:
-        train_args += ["--epochs", str(cfg.demo_epochs), "--target_frames", str(cfg.demo_target_frames),
-                       "--learning_rate", str(cfg.demo_learning_rate), "--batch_size", str(cfg.demo_batch_size),
-                       "--time_mask", str(cfg.demo_time_mask), "--num_workers", str(cfg.demo_num_workers)]
+        train_args += ["--epochs", str(cfg.demo_epochs), "--learning_rate", str(cfg.demo_learning_rate),
+                       "--warmup_steps", str(cfg.demo_warmup_steps), "--batch_size", str(cfg.demo_batch_size),
+                       "--num_workers", str(cfg.demo_num_workers)]
     svdd_args = ["--use_stats", str(cfg.demo_svdd_use_stats)] if demo else []
-    checkpoint_inputs = [Path(cfg.eat_checkpoint).expanduser()] if cfg.eat_checkpoint else []
+    checkpoint_inputs = [resolve_checkpoint(cfg.eat_checkpoint).path] if cfg.eat_checkpoint else []
     # what the scripts read of the data folder: clips and attributes CSVs (not notes.txt and the like)
     attributes = Files(data_dir, "*/attributes*.csv")
     train_data, all_data = [_clips(data_dir, "train"), attributes], [_clips(data_dir, "train"),
@@ -291,20 +298,19 @@ def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
     steps += [
         Step("datashape", _script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
              always_run=True),
-        Step("train", _script("train") + common + train_args + overrides["train"],
+        Step("train", _script("train") + train_args + overrides["train"],
              inputs=train_data + checkpoint_inputs, outputs=[model]),
-        Step("extract_embeddings", _script("extract_embeddings") + common + shared_paths
-             + overrides["extract_embeddings"], inputs=all_data + [model], outputs=embeddings),
-        Step("train_deepSVDD", _script("train_deepSVDD") + common + shared_paths
-             + ["--svdd_dir", str(svdd_dir)] + svdd_args + overrides["train_deepSVDD"],
-             inputs=embeddings[:2], outputs=[svdd_dir]),
-        Step("evaluate_deepSVDD", _script("evaluate_deepSVDD") + common + shared_paths
+        Step("extract_embeddings", _script("extract_embeddings") + ["--data_dir", str(data_dir), "--device", cfg.device,
+             "--model_path", str(model)] + embed + overrides["extract_embeddings"],
+             inputs=all_data + [model], outputs=embeddings),
+        Step("train_deepSVDD", _script("train_deepSVDD") + embed + ["--svdd_dir", str(svdd_dir)] + svdd_args
+             + overrides["train_deepSVDD"], inputs=embeddings[:2], outputs=[svdd_dir]),
+        Step("evaluate_deepSVDD", _script("evaluate_deepSVDD") + embed
              + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
              + overrides["evaluate_deepSVDD"],
              inputs=embeddings + [svdd_dir], outputs=[results / "deepsvdd" / "summary.json"]),
-        Step("evaluate", _script("evaluate") + common + shared_paths
-             + ["--results_dir", str(results / "ensemble")] + overrides["evaluate"],
-             inputs=embeddings, outputs=[results / "ensemble" / "summary.json"]),
+        Step("evaluate", _script("evaluate") + embed + ["--results_dir", str(results / "ensemble")] + recipe
+             + overrides["evaluate"], inputs=embeddings, outputs=[results / "ensemble" / "summary.json"]),
     ]
     return steps
 
@@ -318,62 +324,6 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> None:
                          f"(make_demo_data runs only for the demo)")
     for step in steps:
         check_script_arguments(step.command[1], step.command[2:])
-
-
-# -----------------------------------------------------------------------------
-# the closing table
-
-
-def comparison_rows(summaries: dict[str, dict]) -> list[dict]:
-    """Per machine type and scorer: mean AUCs and pAUC over sections, their harmonic mean;
-    then one 'all' row per scorer holding the official score."""
-    from metrics import harmonic_mean
-
-    rows = []
-    machines = sorted({s["machine_type"] for summary in summaries.values() for s in summary["sections"]})
-    for machine in machines + ["all"]:
-        for scorer, summary in summaries.items():
-            sections = [s for s in summary["sections"] if machine in ("all", s["machine_type"])]
-            row = {"machine_type": machine, "scorer": SCORERS.get(scorer, scorer)}
-            for key in ("auc_source", "auc_target", "auc", "pauc"):
-                values = [s[key] for s in sections if s.get(key) is not None]
-                row[key] = harmonic_mean(values) if values else None
-            values = [s[k] for s in sections for k in ("auc_source", "auc_target", "auc", "pauc")
-                      if s.get(k) is not None]
-            row["score"] = (summary.get("official_score") if machine == "all"
-                            else (harmonic_mean(values) if values else None))
-            rows.append(row)
-    return rows
-
-
-def format_comparison(rows: list[dict], title: str) -> str:
-    columns = [("machine_type", "machine type"), ("scorer", "scorer"), ("auc_source", "AUC (source)"),
-               ("auc_target", "AUC (target)"), ("auc", "AUC"), ("pauc", "pAUC"), ("score", "h-mean")]
-    columns = [(k, n) for k, n in columns if any(r.get(k) is not None for r in rows)]
-    cell = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-    widths = [max(len(n), *(len(cell(r.get(k))) for r in rows)) for k, n in columns]
-    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [f"=== {title} ===", line([n for _, n in columns]), "-" * len(line([n for _, n in columns]))]
-    for row in rows:
-        out.append(line([cell(row.get(k)) for k, _ in columns]))
-    officials = ", ".join(f"{r['scorer']} {cell(r['score'])}" for r in rows if r["machine_type"] == "all")
-    out.append("(h-mean: harmonic mean of a machine type's AUC and pAUC values; on the 'all' rows it is "
-               "the official score)")
-    out.append(f"official score: {officials}")
-    return "\n".join(out)
-
-
-def write_comparison(rows: list[dict], path: Path) -> None:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["machine_type", "scorer", "auc_source", "auc_target",
-                                                "auc", "pauc", "score"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    atomic_write_text(buffer.getvalue(), path)
 
 
 def choose_data_dir(cfg) -> tuple[Path, bool]:
@@ -409,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except StepFailed as error:
         print(f"\nrun_all: {error}", file=sys.stderr)
         return 1
-    summaries = {name: json.loads((run_dir / "results" / name / "summary.json").read_text())
-                 for name in SCORERS}
+    summaries = {label: json.loads((run_dir / "results" / name / "summary.json").read_text())
+                 for name, label in SCORERS.items()}
     rows = comparison_rows(summaries)
     write_comparison(rows, comparison)
     print("\n" + format_comparison(rows, f"both scorers on {data_dir}"))

@@ -26,6 +26,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.preprocessing import StandardScaler
 
 from dataset import ClipRecord, discover_clips
 
@@ -541,8 +542,8 @@ class DeepSVDDScorer:
         if len(x) < 2:
             raise ValueError(f"Deep SVDD needs at least 2 training rows, got {len(x)}")
         seed_everything(self.settings["seed"])   # pyod seeds torch only; its shuffle uses numpy's generator
-        self.mean, scale = x.mean(0), x.std(0)
-        self.scale = np.where(scale > 0, scale, 1.0)
+        scaler = StandardScaler().fit(x)
+        self.mean, self.scale = scaler.mean_, scaler.scale_
         self.detector = self._detector(x.shape[1])
         previous = torch.get_num_threads()
         torch.set_num_threads(self.settings["threads"])   # a small network: more threads only add overhead
