@@ -62,7 +62,8 @@ def data_fingerprint(records: Sequence[ClipRecord]) -> str:
     digest = hashlib.sha256()
     for record in records:
         stat = os.stat(record.path)
-        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, record.to_dict()]
+        metadata = {key: value for key, value in record.to_dict().items() if key != "path"}
+        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, metadata]
         digest.update(json.dumps(item, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

@@ -190,3 +190,13 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
     assert "5 clips of pump section 00" in capsys.readouterr().out
     with pytest.raises(ValueError, match="never saw valve section 00"):
         score_clips.main(["--run", str(run), "--machine_type", "valve", "--output", str(out), str(renamed[0])])
+
+
+def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):
+    import scoring
+
+    data = Path(pipeline["data"])
+    monkeypatch.chdir(data.parent)
+    _extract({**pipeline, "data": data.name, "embed": str(tmp_path / "embed")})
+    features = scoring.load_features(tmp_path / "embed")
+    assert features.data_dir == str(data.resolve()) and len(features.normal) == 2 * 16
