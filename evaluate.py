@@ -49,6 +49,7 @@ SWEEP = False                              # print the score over SWEEP_KS x SWE
 SWEEP_KS = [1, 2, 3, 5, 10]                # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]     # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 PLOTS = True                               # ROC curves and score histograms (PNG)
+REPORT = True                              # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"RECIPE": ("", "asdkit-eat-lora", "arcface-v1"), "K": (1, None), "W": (0.0, 1.0),
            "BACKEND": ("knn", "kmeans", "density"), "KMEANS_CLUSTERS": (1, None), "DENSITY_NEIGHBOURS": (1, None),
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     scores, train_scores = ensemble_scores(features, vars(cfg))
     title = f"ensemble: {cfg.backend} (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
     return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="ensemble",
-                                 settings=config_to_dict(cfg), plots=cfg.plots, title=title,
+                                 settings=config_to_dict(cfg), plots=cfg.plots, report=cfg.report,
+                                 embeddings=features.embedding_maps(), title=title,
                                  expected=expected_sections(features.normal, features.test), year=_year(cfg),
                                  data_dir=features.data_dir)
 

@@ -27,6 +27,7 @@ SVDD_DIR = "svdd_models_per_type"      # written by train_deepSVDD.py
 RESULTS_DIR = "results/deepsvdd"       # official CSVs, summary, plots
 DCASE_YEAR = "auto"                    # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 PLOTS = True                           # ROC curves and score histograms (PNG)
+REPORT = True                          # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
         features.normal, features.test,
         lambda key, normal: load_scorer(bundle_path(cfg.svdd_dir, key[0]), features.fingerprint), "machine_type")
     return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="deepsvdd",
-                                 settings=config_to_dict(cfg), plots=cfg.plots, title="Deep SVDD",
+                                 settings=config_to_dict(cfg), plots=cfg.plots, report=cfg.report,
+                                 embeddings=features.embedding_maps(), title="Deep SVDD",
                                  expected=expected_sections(features.normal, features.test),
                                  year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
                                  data_dir=features.data_dir)

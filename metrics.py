@@ -632,12 +632,14 @@ def _umask() -> int:
 def write_results(scores: Mapping[str, float], records: Sequence, train_scores: Mapping[tuple[str, str], Sequence[float]],
                   out_dir: str | Path, scorer: str, settings: Mapping | None = None, plots: bool = True,
                   title: str | None = None, expected: Iterable[tuple[str, str]] = (), year: str | None = None,
-                  data_dir: str | os.PathLike | None = None) -> dict:
+                  data_dir: str | os.PathLike | None = None, report: bool = False,
+                  embeddings: Mapping[str, Mapping] | None = None) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
     ``scores``: test clip path -> anomaly score (higher = more anomalous); ``records``: the test
     ClipRecords; ``train_scores``: (machine_type, section) -> scores of that section's training
     normals (for the decision threshold); ``expected``: every (machine_type, section) of the data.
+    ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map).
     Returns the JSON summary as a dict.
     """
     thresholds = section_thresholds(records, train_scores)
@@ -656,6 +658,10 @@ def write_results(scores: Mapping[str, float], records: Sequence, train_scores: 
             for machine, machine_records in group_by_machine(records).items():
                 machine_thresholds = [t for (m, _), t in thresholds.items() if m == machine]
                 plot_machine(machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds)))
+        if report:
+            from report import write_report   # report.py imports this module
+
+            write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
 
     swap_in_folder(build, out_dir)
     print(f"results written to {out_dir}")

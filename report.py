@@ -78,12 +78,12 @@ def _as_record(record) -> ClipRecord:
 # tables
 
 
-def results_table_html(table: Sequence[metrics.SectionResult], official: float) -> str:
-    """The official results table (the rows of metrics.table_rows) as an HTML table."""
-    header, rows = metrics.table_rows(table, official)
+def results_table_html(evaluation: metrics.Evaluation) -> str:
+    """The results table (the rows of metrics.table_rows) as an HTML table; the score row last."""
+    header, rows = metrics.table_rows(evaluation)
     out = ['<table class="results">', "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"]
-    for row in rows:
-        kind = "official" if row[1] == "official score" else "mean" if str(row[1]).endswith("mean") else "section"
+    for i, row in enumerate(rows):
+        kind = "official" if i == len(rows) - 1 else "mean" if str(row[1]).endswith("mean") else "section"
         cells = [f"<td>{_esc(row[0])}</td>", f"<td>{_esc(row[1])}</td>"]
         cells += [f'<td class="num">{_number(v)}</td>' for v in row[2:]]
         out.append(f'<tr class="{kind}">' + "".join(cells) + "</tr>")
@@ -219,34 +219,38 @@ def machine_plots_html(results_dir: Path, machines: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def write_report(results_dir: str | Path, table: Sequence[metrics.SectionResult], official: float,
-                 scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float],
+def write_report(results_dir: str | Path, evaluation: metrics.Evaluation, scores: Mapping[str, float],
+                 records: Sequence, thresholds: Mapping[tuple[str, str], float],
                  embeddings: Mapping[str, Mapping] | None = None, title: str = "anomaly detection results") -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
-    ``table``, ``official``: metrics.compute_official(scores, records); ``scores``: test clip path ->
+    ``evaluation``: metrics.compute_official(scores, records, ...); ``scores``: test clip path ->
     anomaly score; ``records``: the test ClipRecords; ``thresholds``: (machine_type, section) ->
-    decision threshold; ``embeddings``: optional {"test": payload, "train": payload}, each a dict
-    with "matrix" [N, D] and "records" (ClipRecords or their to_dict() form), as
-    extract_embeddings.load_split_features returns them; without it the page has no map.
+    decision threshold; ``embeddings``: optional {"test": ..., "train": ...}, each a mapping with
+    "matrix" [N, D] and "records" (ClipRecords or their to_dict() form); without it the page has no map.
     The ROC and histogram PNGs are read from ``results_dir`` where metrics.plot_machine wrote them.
     """
     results_dir = Path(results_dir)
     machines = list(dict.fromkeys(r.machine_type for r in records))
-    labelled = any(row.values() for row in table)
+    missing = evaluation.missing_lines()
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_esc(title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f'<p class="score">official score: {_number(official)}</p>' if labelled else
-        '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
-        "<h2>Official results</h2>",
-        '<p class="note">AUC (source/target): that domain\'s normals against all anomalies of the section; '
-        f"pAUC: all clips of the section, FPR in [0, {metrics.MAX_FPR}], divided by {metrics.MAX_FPR}; "
-        "official score: harmonic mean of every value.</p>",
-        results_table_html(table, official),
+        f'<p class="score">{_esc(evaluation.score_label())}: {_number(evaluation.score)}</p>' if evaluation.labelled
+        else '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
+        "<h2>Results</h2>",
+        f'<p class="note">{_esc(metrics.RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
+        f"scikit-learn's roc_auc_score(max_fpr={metrics.MAX_FPR}), the McClish-standardised partial AUC "
+        "(chance 0.5), as the official evaluator computes it.</p>",
+        results_table_html(evaluation),
+    ]
+    if missing:
+        parts += ['<p class="note">missing from the score:</p><ul>']
+        parts += [f"<li>{_esc(line)}</li>" for line in missing] + ["</ul>"]
+    parts += [
         "<h2>Decision thresholds</h2>",
         f'<p class="note">Per section, the {metrics.DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
         "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>",

@@ -119,6 +119,11 @@ class Features:
     def data_dir(self) -> str:
         return self.fingerprint["data_dir"]
 
+    def embedding_maps(self) -> dict[str, dict]:
+        """{"train"/"test": {"matrix", "records"}}: what report.py maps."""
+        return {name: {"matrix": split.embeddings, "records": split.records}
+                for name, split in (("train", self.normal), ("test", self.test)) if split is not None}
+
 
 def extract_command(embed_dir, fingerprint: dict | None) -> str:
     data = (fingerprint or {}).get("data_dir", "<data folder>")

@@ -41,7 +41,7 @@ def results(tmp_path):
     rng = np.random.default_rng(0)
     records = [r for m in MACHINES for r in _records(m)]
     scores = {r.path: float(rng.normal(1.0 if r.label == "anomaly" else 0.0, 0.6)) for r in records}
-    table, official = metrics.compute_official(scores, records)
+    evaluation = metrics.compute_official(scores, records)
     thresholds = {key: 0.5 + 0.125 * i for i, key in enumerate(metrics.group_by_section(records))}
     for machine in MACHINES:
         metrics.plot_machine(machine, [r for r in records if r.machine_type == machine], scores, tmp_path, threshold=0.5)
@@ -49,7 +49,7 @@ def results(tmp_path):
     embeddings = {"test": {"matrix": rng.normal(size=(len(records), 16)).astype(np.float32),
                            "records": [r.to_dict() for r in records]},   # the dict form stored in the .pt files
                   "train": {"matrix": rng.normal(size=(len(train), 16)).astype(np.float32), "records": train}}
-    return {"results_dir": tmp_path, "table": table, "official": official, "scores": scores, "records": records,
+    return {"results_dir": tmp_path, "evaluation": evaluation, "scores": scores, "records": records,
             "thresholds": thresholds, "embeddings": embeddings}
 
 
@@ -67,15 +67,16 @@ def _results_table(page: str) -> str:
 def test_table_holds_every_official_value(results):
     page = _write(results)
     table_html = _results_table(page)
-    header, rows = metrics.table_rows(results["table"], results["official"])
+    header, rows = metrics.table_rows(results["evaluation"])
     assert all(f"<th>{name}</th>" in table_html for name in ["AUC (source)", "AUC (target)", "pAUC"])
     cells = re.findall(r'<td class="num">([^<]*)</td>', table_html)
     expected = [("&ndash;" if v is None else f"{v:.4f}") for row in rows for v in row[2:]]
     assert cells == expected
-    assert f"official score: {results['official']:.4f}" in page
+    assert f"official score: {results['evaluation'].official_score:.4f}" in page
+    assert "DCASE 2022-2025 rules" in page and "McClish" in page
     assert table_html.count('<tr class="official">') == 1
-    for row in results["table"]:  # each section's AUC (source) sits in its own row
-        assert f"{row.auc_source:.4f}" in table_html
+    for section in results["evaluation"].sections:  # each section's AUC (source) sits in its own row
+        assert f"{section.values['AUC (source)']:.4f}" in table_html
 
 
 def test_thresholds_and_flag_counts(results):
