@@ -10,6 +10,7 @@ dicts by inert stand-ins.
     resolved = resolve_checkpoint("worstchan/EAT-base_epoch30_pretrain")   # or a folder / .pt path
     encoder = build_encoder(resolved.path)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,17 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from model import (ASDModel, EATConfig, EATEncoder, add_lora, base_encoder, head_from_settings, head_settings,
-                   sincos_position_table, trainable_state)
+from model import (
+    ASDModel,
+    EATConfig,
+    EATEncoder,
+    add_lora,
+    base_encoder,
+    head_from_settings,
+    head_settings,
+    sincos_position_table,
+    trainable_state,
+)
 from utils import atomic_torch_save
 
 TUNED_FORMAT = "eat-lora-asd/tuned-v1"
@@ -42,6 +52,7 @@ NUM_HEADS_KEYS = ("cfg.model.num_heads", "cfg.model.pretrained_model_args.model.
 
 
 # ----------------------------------------------------------------------------- where a checkpoint lies
+
 
 class ResolvedCheckpoint(NamedTuple):
     """A checkpoint on this machine; for a hub id also the id and the commit the snapshot holds."""
@@ -74,13 +85,17 @@ def _from_hub(spec: str, hub_id: str, revision: str | None) -> ResolvedCheckpoin
         if not (folder / WEIGHT_FILES[0]).is_file():  # an older repo with pytorch_model.bin only
             folder = Path(snapshot_download(allow_patterns=list(WEIGHT_FILES[1:]), **options))
     except Exception as error:  # not cached while offline, no network, unknown repo or revision
-        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline
-               else f"downloading failed: {type(error).__name__}: {error}")
+        why = (
+            "HF_HUB_OFFLINE is set, so nothing is downloaded"
+            if offline
+            else f"downloading failed: {type(error).__name__}: {error}"
+        )
         raise FileNotFoundError(
             f"EAT checkpoint {spec}: no such local path, and the Hugging Face repo {hub_id} (revision "
             f"{revision or 'main'}) is not in the cache {cache} ({why}). Run once with network access "
             f"(HF_HUB_OFFLINE unset; HF_HOME or HF_HUB_CACHE choose the cache), or on a connected machine "
-            f"run `hf download {hub_id} config.json {WEIGHT_FILES[0]} --local-dir DIR` and pass DIR") from error
+            f"run `hf download {hub_id} config.json {WEIGHT_FILES[0]} --local-dir DIR` and pass DIR"
+        ) from error
     return ResolvedCheckpoint(folder, hub_id, folder.name)
 
 
@@ -98,17 +113,21 @@ def resolve_checkpoint(spec: str | os.PathLike) -> ResolvedCheckpoint:
         raise FileNotFoundError(
             f"EAT checkpoint {spec} not found: give a Hugging Face folder (config.json + "
             f"{' or '.join(WEIGHT_FILES)}), an original fairseq .pt file or a Hugging Face id such as "
-            "worstchan/EAT-base_epoch30_pretrain")
+            "worstchan/EAT-base_epoch30_pretrain"
+        )
     return _from_hub(str(spec), match["id"], match["revision"])
 
 
 # ----------------------------------------------------------------------------- Hugging Face folders
 
+
 def _weights_file(checkpoint_dir: Path) -> Path:
     for name in WEIGHT_FILES:
         if (checkpoint_dir / name).is_file():
             return checkpoint_dir / name
-    raise ValueError(f"{checkpoint_dir} is not a complete EAT checkpoint folder: it has none of {', '.join(WEIGHT_FILES)}")
+    raise ValueError(
+        f"{checkpoint_dir} is not a complete EAT checkpoint folder: it has none of {', '.join(WEIGHT_FILES)}"
+    )
 
 
 def read_hf_config(checkpoint_dir: Path) -> EATConfig:
@@ -133,6 +152,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt / truncated / not a checkpoint at all
@@ -152,18 +172,20 @@ def _read_hf_folder(path: Path) -> tuple[EATConfig, dict[str, torch.Tensor], Pat
     if unprefixed:
         raise ValueError(
             f"{weights}: keys without the Hugging Face '{HF_PREFIX}' prefix, e.g. {unprefixed[:3]}; "
-            "this is not a released EAT checkpoint in the HF layout")
-    return config, {k[len(HF_PREFIX):]: v for k, v in state.items()}, weights
+            "this is not a released EAT checkpoint in the HF layout"
+        )
+    return config, {k[len(HF_PREFIX) :]: v for k, v in state.items()}, weights
 
 
 # ----------------------------------------------------------------------------- fairseq .pt files
+
 
 class _PickledConfig:
     """Inert stand-in for a config class fairseq pickles: keeps its constructor args and state, runs nothing."""
 
     pickled_name = ""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_PickledConfig":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _PickledConfig:
         inst = super().__new__(cls)
         inst.args, inst.state = args, None
         return inst
@@ -185,15 +207,24 @@ _BUILTIN_TYPES = {f"builtins.{t.__name__}": t for t in (dict, list, int, float, 
 # omegaconf containers, nodes and metadata; typing annotations; fairseq's config dataclasses and enums
 _STAND_IN_MODULES = ("omegaconf.", "typing.", "fairseq.")
 # always let through: a legacy (non-zip) file cannot list its globals before it is read
-_STAND_IN_NAMES = ("argparse.Namespace", "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-                   "omegaconf.base.Metadata", "omegaconf.base.ContainerMetadata", "typing.Any",
-                   *(f"omegaconf.nodes.{node}Node" for node in ("Any", "String", "Integer", "Float", "Boolean", "Enum")))
+_STAND_IN_NAMES = (
+    "argparse.Namespace",
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.Metadata",
+    "omegaconf.base.ContainerMetadata",
+    "typing.Any",
+    *(f"omegaconf.nodes.{node}Node" for node in ("Any", "String", "Integer", "Float", "Boolean", "Enum")),
+)
 
 
 def _config_globals(names: set[str]) -> dict[str, Any]:
     """name -> what the unpickler gets for it: builtin types, a plain dict maker, inert stand-in classes."""
-    stand_ins = {name: type(name.rsplit(".", 1)[-1], (_PickledConfig,), {"pickled_name": name})
-                 for name in names | set(_STAND_IN_NAMES) if name.startswith(_STAND_IN_MODULES) or name in _STAND_IN_NAMES}
+    stand_ins = {
+        name: type(name.rsplit(".", 1)[-1], (_PickledConfig,), {"pickled_name": name})
+        for name in names | set(_STAND_IN_NAMES)
+        if name.startswith(_STAND_IN_MODULES) or name in _STAND_IN_NAMES
+    }
     return {**_BUILTIN_TYPES, "collections.defaultdict": _empty_dict, **stand_ins}
 
 
@@ -206,20 +237,31 @@ def _load_fairseq_pickle(path: Path) -> Any:
     allowed = _config_globals(names)
     refused = sorted(names - set(allowed))
     if refused:
-        raise ValueError(f"refusing to read {path}: it would call {', '.join(refused)}, and an EAT checkpoint "
-                         "holds tensors and configuration only, never code")
+        raise ValueError(
+            f"refusing to read {path}: it would call {', '.join(refused)}, and an EAT checkpoint "
+            "holds tensors and configuration only, never code"
+        )
     try:
         with torch.serialization.safe_globals([(value, name) for name, value in allowed.items()]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # a global outside the allow-list (legacy file), or no pickle at all
+    except (
+        pickle.UnpicklingError
+    ) as error:  # a global outside the allow-list (legacy file), or no pickle at all
         # the unpickler's reason, without torch's advice to load the file unsafely instead
-        reasons = [part.strip() for part in str(error).split("WeightsUnpickler error:")[-1].split("\n\n")
-                   if part.strip() and "weights_only" not in part and "Weights only" not in part]
-        raise ValueError(f"refusing to read {path}: not an EAT checkpoint of tensors and configuration only "
-                         f"({reasons[0] if reasons else type(error).__name__})") from error
+        reasons = [
+            part.strip()
+            for part in str(error).split("WeightsUnpickler error:")[-1].split("\n\n")
+            if part.strip() and "weights_only" not in part and "Weights only" not in part
+        ]
+        raise ValueError(
+            f"refusing to read {path}: not an EAT checkpoint of tensors and configuration only "
+            f"({reasons[0] if reasons else type(error).__name__})"
+        ) from error
     except Exception as error:  # not a torch file, or truncated
-        raise ValueError(f"{path} is not an EAT checkpoint (tensors and configuration only): "
-                         f"{type(error).__name__}: {error}") from error
+        raise ValueError(
+            f"{path} is not an EAT checkpoint (tensors and configuration only): "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def _plain(value: Any) -> Any:
@@ -256,7 +298,9 @@ def _fairseq_num_heads(raw: dict[str, Any], path: Path) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{path}: {key} is {value!r}, not a positive head count")
         return value
-    raise ValueError(f"{path}: the fairseq checkpoint records no head count (neither {' nor '.join(NUM_HEADS_KEYS)})")
+    raise ValueError(
+        f"{path}: the fairseq checkpoint records no head count (neither {' nor '.join(NUM_HEADS_KEYS)})"
+    )
 
 
 def _fairseq_to_hf(weights: dict[str, Any], num_heads: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -274,19 +318,22 @@ def _fairseq_to_hf(weights: dict[str, Any], num_heads: int) -> tuple[dict[str, t
     """
     mapped = {}
     for key, value in weights.items():
-        key = key[len("model."):] if key.startswith("model.") else key
-        if key.startswith(("_ema", "ema.", "decoder.", "shared_decoder.", "recon_proj.",
-                           "modality_encoders.IMAGE.decoder.")) or not isinstance(value, torch.Tensor):
+        key = key[len("model.") :] if key.startswith("model.") else key
+        if key.startswith(
+            ("_ema", "ema.", "decoder.", "shared_decoder.", "recon_proj.", "modality_encoders.IMAGE.decoder.")
+        ) or not isinstance(value, torch.Tensor):
             continue
         key = key.replace("modality_encoders.IMAGE.context_encoder.norm.", "pre_norm.")
         mapped[key.replace("modality_encoders.IMAGE.", "")] = value
     embed_dim = mapped["extra_tokens"].shape[-1] if "extra_tokens" in mapped else 768
     positions = mapped.get("fixed_positional_encoder.positions")
-    config = {"embed_dim": embed_dim,
-              "depth": len({k.split(".")[1] for k in mapped if k.startswith("blocks.")}),
-              "num_heads": num_heads,
-              "max_length": positions.shape[1] // 8 if positions is not None else 768,
-              "model_variant": "finetune" if "head.weight" in mapped else "pretrain"}
+    config = {
+        "embed_dim": embed_dim,
+        "depth": len({k.split(".")[1] for k in mapped if k.startswith("blocks.")}),
+        "num_heads": num_heads,
+        "max_length": positions.shape[1] // 8 if positions is not None else 768,
+        "model_variant": "finetune" if "head.weight" in mapped else "pretrain",
+    }
     if "head.weight" in mapped:
         config["num_classes"] = mapped["head.weight"].shape[0]
     return mapped, config
@@ -295,8 +342,10 @@ def _fairseq_to_hf(weights: dict[str, Any], num_heads: int) -> tuple[dict[str, t
 def _read_fairseq(path: Path) -> tuple[EATConfig, dict[str, torch.Tensor], Path]:
     raw = _load_fairseq_pickle(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        raise ValueError(f"{path} is not an EAT checkpoint: a .pt file must be an original fairseq checkpoint "
-                         "(a dict with a 'model' state dict)")
+        raise ValueError(
+            f"{path} is not an EAT checkpoint: a .pt file must be an original fairseq checkpoint "
+            "(a dict with a 'model' state dict)"
+        )
     state, values = _fairseq_to_hf(raw["model"], _fairseq_num_heads(raw, path))
     print(f"note: {path} read as a fairseq checkpoint (num_heads={values['num_heads']})")
     try:
@@ -307,6 +356,7 @@ def _read_fairseq(path: Path) -> tuple[EATConfig, dict[str, torch.Tensor], Path]
 
 # ----------------------------------------------------------------------------- reading and building
 
+
 def read_checkpoint(checkpoint: str | os.PathLike) -> tuple[EATConfig, dict[str, torch.Tensor], Path]:
     """(config, state with the ``model.`` prefix removed, weights file) of a local HF folder or fairseq .pt."""
     path = Path(checkpoint)
@@ -316,9 +366,13 @@ def read_checkpoint(checkpoint: str | os.PathLike) -> tuple[EATConfig, dict[str,
         raise FileNotFoundError(f"EAT checkpoint {path} not found")
     if path.suffix == ".pt":
         return _read_fairseq(path)
-    hint = f"; give the folder holding it, {path.parent}" if path.name in (*WEIGHT_FILES, "config.json") else ""
-    raise ValueError(f"{path} is not an EAT checkpoint: give a Hugging Face folder (config.json + "
-                     f"{' or '.join(WEIGHT_FILES)}) or an original fairseq .pt file{hint}")
+    hint = (
+        f"; give the folder holding it, {path.parent}" if path.name in (*WEIGHT_FILES, "config.json") else ""
+    )
+    raise ValueError(
+        f"{path} is not an EAT checkpoint: give a Hugging Face folder (config.json + "
+        f"{' or '.join(WEIGHT_FILES)}) or an original fairseq .pt file{hint}"
+    )
 
 
 def load_state_strict(encoder: EATEncoder, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -326,17 +380,26 @@ def load_state_strict(encoder: EATEncoder, state: dict[str, torch.Tensor], sourc
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                       for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    misshaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
     if missing or unexpected or misshaped:
+
         def listing(title: str, items: list[str]) -> str:
             shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            return f"\n  {title} ({len(items)}): " + ("none" if not items else "\n    " + "\n    ".join(shown))
+            return f"\n  {title} ({len(items)}): " + (
+                "none" if not items else "\n    " + "\n    ".join(shown)
+            )
+
         raise ValueError(
             f"EAT checkpoint {source} does not match the {encoder.config.embed_dim}-dim, "
             f"{encoder.config.depth}-block {encoder.config.model_variant} encoder its config describes:"
-            + listing("missing keys", missing) + listing("unexpected keys", unexpected)
-            + listing("mis-shaped keys", misshaped))
+            + listing("missing keys", missing)
+            + listing("unexpected keys", unexpected)
+            + listing("mis-shaped keys", misshaped)
+        )
     encoder.load_state_dict(state, strict=True)
 
 
@@ -345,10 +408,16 @@ def backbone_fingerprint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     path = Path(checkpoint)
     weights = _weights_file(path) if path.is_dir() else path
     # the config's content, not its formatting
-    config_text = json.dumps(json.loads((path / "config.json").read_text()), sort_keys=True) if path.is_dir() else ""
+    config_text = (
+        json.dumps(json.loads((path / "config.json").read_text()), sort_keys=True) if path.is_dir() else ""
+    )
     stat = weights.stat()
-    return {"config_sha256": hashlib.sha256(config_text.encode()).hexdigest(), "weights_file": weights.name,
-            "size": stat.st_size, "mtime": stat.st_mtime}
+    return {
+        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "weights_file": weights.name,
+        "size": stat.st_size,
+        "mtime": stat.st_mtime,
+    }
 
 
 def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -365,8 +434,9 @@ def state_checksum(module: nn.Module) -> str:
     return tensors_checksum(module.state_dict())
 
 
-def build_encoder(checkpoint: str | os.PathLike | None, size: str = "base", init_seed: int = 0,
-                  verbose: bool = True) -> EATEncoder:
+def build_encoder(
+    checkpoint: str | os.PathLike | None, size: str = "base", init_seed: int = 0, verbose: bool = True
+) -> EATEncoder:
     """Load an EAT checkpoint (folder, .pt or hub id) strictly, or (checkpoint None) build a random ``size`` encoder.
 
     ``encoder.source`` records where the weights came from: the local path and its fingerprint, plus
@@ -378,8 +448,13 @@ def build_encoder(checkpoint: str | os.PathLike | None, size: str = "base", init
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             encoder = EATEncoder(EATConfig.preset(size))
-        encoder.source = {"checkpoint": None, "size": size, "init_seed": init_seed,
-                          "checksum": state_checksum(encoder), "torch": str(torch.__version__)}
+        encoder.source = {
+            "checkpoint": None,
+            "size": size,
+            "init_seed": init_seed,
+            "checksum": state_checksum(encoder),
+            "torch": str(torch.__version__),
+        }
         return encoder
     resolved = resolve_checkpoint(checkpoint)
     config, state, weights = read_checkpoint(resolved.path)
@@ -387,19 +462,29 @@ def build_encoder(checkpoint: str | os.PathLike | None, size: str = "base", init
     load_state_strict(encoder, state, weights)
     table = sincos_position_table(config.embed_dim, config.max_length, config.freq_patches)
     if verbose and not torch.allclose(encoder.fixed_positional_encoder.positions, table, atol=1e-4):
-        print(f"note: the position table stored in {weights} differs from the 2-D sin-cos formula; using the stored one")
+        print(
+            f"note: the position table stored in {weights} differs from the 2-D sin-cos formula; using the stored one"
+        )
     encoder.source = {"checkpoint": str(resolved.path), "fingerprint": backbone_fingerprint(resolved.path)}
     if resolved.hub_id is not None:
         encoder.source.update(hub_id=resolved.hub_id, revision=resolved.revision)
     if verbose:
-        print(f"loaded EAT encoder from {weights} (dim {config.embed_dim}, depth {config.depth}, {config.model_variant})")
+        print(
+            f"loaded EAT encoder from {weights} (dim {config.embed_dim}, depth {config.depth}, {config.model_variant})"
+        )
     return encoder
 
 
 # ----------------------------------------------------------------------------- tuned-model files
 
-def save_tuned(path: str | os.PathLike, model: ASDModel, label_index: Any, settings: dict[str, Any],
-               backbone_checkpoint: str | os.PathLike | None) -> None:
+
+def save_tuned(
+    path: str | os.PathLike,
+    model: ASDModel,
+    label_index: Any,
+    settings: dict[str, Any],
+    backbone_checkpoint: str | os.PathLike | None,
+) -> None:
     """Write LoRA + head weights, the label index, settings and the backbone's identity (atomic).
 
     Frozen pretrained weights are not copied: the file points at the backbone checkpoint (path, and
@@ -410,9 +495,12 @@ def save_tuned(path: str | os.PathLike, model: ASDModel, label_index: Any, setti
     source = dict(encoder.source)
     recorded = source.get("checkpoint")
     if (backbone_checkpoint is None) != (recorded is None) or (
-            recorded is not None and resolve_checkpoint(backbone_checkpoint).path != Path(recorded)):
-        raise ValueError(f"save_tuned: backbone_checkpoint {backbone_checkpoint!r} is not the checkpoint "
-                         f"the encoder was built from ({recorded!r})")
+        recorded is not None and resolve_checkpoint(backbone_checkpoint).path != Path(recorded)
+    ):
+        raise ValueError(
+            f"save_tuned: backbone_checkpoint {backbone_checkpoint!r} is not the checkpoint "
+            f"the encoder was built from ({recorded!r})"
+        )
     lora = getattr(model.encoder, "asd_lora_settings", None)
     payload = {
         "format": TUNED_FORMAT,
@@ -436,7 +524,8 @@ def _rebuild_backbone(backbone: dict[str, Any], path: Path, override: str | os.P
             raise ValueError(
                 f"{path}: rebuilding its random '{backbone['size']}' backbone (seed {backbone['init_seed']}) gave "
                 f"different weights (saved with torch {backbone.get('torch')}, this is torch {torch.__version__}); "
-                "random initialisation is not reproducible across these versions")
+                "random initialisation is not reproducible across these versions"
+            )
         return encoder
     if override is None and backbone.get("hub_id"):  # the same commit, found again through the hub cache
         checkpoint = f"{backbone['hub_id']}@{backbone['revision']}"
@@ -445,19 +534,25 @@ def _rebuild_backbone(backbone: dict[str, Any], path: Path, override: str | os.P
     except FileNotFoundError as error:
         raise FileNotFoundError(
             f"{path} was tuned on the EAT checkpoint {checkpoint}, which is not there any more; "
-            f"pass its new location as backbone_checkpoint ({error})") from error
+            f"pass its new location as backbone_checkpoint ({error})"
+        ) from error
     now, saved = backbone_fingerprint(resolved.path), backbone.get("fingerprint") or {}
     for key in ("config_sha256", "weights_file", "size"):
         if key in saved and now[key] != saved[key]:
-            raise ValueError(f"{path} was tuned on a different EAT checkpoint than {checkpoint} "
-                             f"({key}: saved {saved[key]!r}, now {now[key]!r})")
+            raise ValueError(
+                f"{path} was tuned on a different EAT checkpoint than {checkpoint} "
+                f"({key}: saved {saved[key]!r}, now {now[key]!r})"
+            )
     if saved.get("mtime") not in (None, now["mtime"]):
         print(f"note: {checkpoint} was modified after {path} was tuned on it (same size and config)")
     return build_encoder(checkpoint)
 
 
-def load_tuned(path: str | os.PathLike, device: str | torch.device = "cpu",
-               backbone_checkpoint: str | os.PathLike | None = None) -> tuple[ASDModel, Any, dict[str, Any]]:
+def load_tuned(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    backbone_checkpoint: str | os.PathLike | None = None,
+) -> tuple[ASDModel, Any, dict[str, Any]]:
     """Rebuild the tuned model (eval mode, on ``device``), its LabelIndex and its settings.
 
     ``backbone_checkpoint`` overrides the recorded backbone (e.g. after moving the files): a path or hub id.
@@ -485,12 +580,16 @@ def load_tuned(path: str | os.PathLike, device: str | torch.device = "cpu",
     current = dict(model.named_parameters())
     missing, unexpected = sorted(set(trainable_state(model)) - set(saved)), sorted(set(saved) - set(current))
     if missing or unexpected:
-        raise ValueError(f"{path}: tuned weights do not fit the rebuilt model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: tuned weights do not fit the rebuilt model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
     with torch.no_grad():
         for name, tensor in saved.items():
             if current[name].shape != tensor.shape:
-                raise ValueError(f"{path}: {name} is {tuple(tensor.shape)}, the model expects {tuple(current[name].shape)}")
+                raise ValueError(
+                    f"{path}: {name} is {tuple(tensor.shape)}, the model expects {tuple(current[name].shape)}"
+                )
             current[name].copy_(tensor)
     model.to(device).eval()
     return model, LabelIndex.from_dict(payload["label_index"]), payload["settings"]

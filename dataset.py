@@ -18,6 +18,7 @@ ac_0.08); a tail that does not pair up (2021's strength_1_ambient) is kept whole
 ``<machine>/attributes_XX.csv`` files, when present, fill missing attributes (and the domain, if
 they have a ``domain`` column) and must agree with the names.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,9 +27,9 @@ import os
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -39,7 +40,7 @@ from utils import atomic_write_text
 SPLITS = ("train", "test")
 LABELS = ("normal", "anomaly", "unknown")
 NO_ATTRIBUTE = "noAttribute"
-SINGLE_ATTRIBUTE_KEY = "attribute"   # key for a tail that does not split into key_value pairs
+SINGLE_ATTRIBUTE_KEY = "attribute"  # key for a tail that does not split into key_value pairs
 
 _NAME_2020 = re.compile(r"^(?:(?P<label>normal|anomaly)_)?id_(?P<section>\d+)_(?P<index>\d+)$")
 _NAME_2021 = re.compile(
@@ -62,10 +63,10 @@ class ClipRecord:
 
     path: str
     machine_type: str
-    section: str                      # "00"; 2020's id_04 gives "04"
-    domain: str | None                # "source" | "target" | None (2020, evaluation names)
-    split: str                        # "train" | "test"
-    label: str                        # "normal" | "anomaly" | "unknown"
+    section: str  # "00"; 2020's id_04 gives "04"
+    domain: str | None  # "source" | "target" | None (2020, evaluation names)
+    split: str  # "train" | "test"
+    label: str  # "normal" | "anomaly" | "unknown"
     attributes: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -92,7 +93,7 @@ class ClipRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClipRecord":
+    def from_dict(cls, d: dict) -> ClipRecord:
         fields = dict(d)
         fields["attributes"] = tuple((str(k), str(v)) for k, v in fields.get("attributes", ()))
         return cls(**fields)
@@ -100,6 +101,7 @@ class ClipRecord:
 
 # -----------------------------------------------------------------------------
 # file names
+
 
 def parse_attribute_tail(tail: str | None) -> tuple[tuple[str, str], ...]:
     """'car_C2_spd_34V' -> (('car','C2'), ('spd','34V')); None/'noAttribute' -> ()."""
@@ -111,7 +113,9 @@ def parse_attribute_tail(tail: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(zip(tokens[0::2], tokens[1::2]))
 
 
-def parse_clip_name(path: str | os.PathLike, machine_type: str | None = None, split: str | None = None) -> ClipRecord:
+def parse_clip_name(
+    path: str | os.PathLike, machine_type: str | None = None, split: str | None = None
+) -> ClipRecord:
     """Parse a DCASE clip path into a ClipRecord.
 
     ``machine_type`` and ``split`` default to the grandparent and parent folder names
@@ -122,7 +126,9 @@ def parse_clip_name(path: str | os.PathLike, machine_type: str | None = None, sp
     machine_type = machine_type or path.parent.parent.name
     split = split or path.parent.name
     if split not in SPLITS:
-        raise ClipNameError(f"{path}: split must be one of {SPLITS}, got {split!r} (expected <machine>/<split>/<file>.wav)")
+        raise ClipNameError(
+            f"{path}: split must be one of {SPLITS}, got {split!r} (expected <machine>/<split>/<file>.wav)"
+        )
     if path.suffix.lower() != ".wav":
         raise ClipNameError(f"{path}: not a .wav file")
     stem = path.stem
@@ -137,7 +143,9 @@ def parse_clip_name(path: str | os.PathLike, machine_type: str | None = None, sp
             "section_00_source_train_normal_0000_<attributes>.wav or normal_id_00_00000000.wav)"
         )
     if match["split"] and match["split"] != split:
-        raise ClipNameError(f"{path}: name says split {match['split']!r} but the file lies in the {split!r} folder")
+        raise ClipNameError(
+            f"{path}: name says split {match['split']!r} but the file lies in the {split!r} folder"
+        )
     # training data are normal by the task's definition, even where eval names omit the label
     label = match["label"] or ("normal" if split == "train" else "unknown")
     if label == "anomaly" and split == "train":
@@ -149,11 +157,12 @@ def parse_clip_name(path: str | os.PathLike, machine_type: str | None = None, sp
 # -----------------------------------------------------------------------------
 # attributes_XX.csv
 
+
 @dataclass(frozen=True)
 class AttributeRow:
     attributes: tuple[tuple[str, str], ...]
     domain: str | None
-    source: str                        # "<csv file>:<line>", for error messages
+    source: str  # "<csv file>:<line>", for error messages
 
 
 def _row_key(file_name: str) -> str:
@@ -215,7 +224,9 @@ def apply_attribute_row(record: ClipRecord, row: AttributeRow | None) -> ClipRec
         )
     if row.domain is not None:
         if domain is not None and domain != row.domain:
-            raise ValueError(f"{record.path}: domain {domain!r} in the name disagrees with {row.source}: {row.domain!r}")
+            raise ValueError(
+                f"{record.path}: domain {domain!r} in the name disagrees with {row.source}: {row.domain!r}"
+            )
         domain = row.domain
     return replace(record, attributes=attributes, domain=domain)
 
@@ -228,17 +239,22 @@ def attribute_row_for(rows: dict[str, AttributeRow], path: str | os.PathLike) ->
 # -----------------------------------------------------------------------------
 # folders
 
+
 def machine_type_dirs(data_dir: str | os.PathLike, machine_types: Sequence[str] | None = None) -> list[Path]:
     """The machine type folders of a DCASE data folder (those holding a train/ or test/ folder)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist (expected {data_dir}/<machine_type>/{{train,test}}/*.wav)")
+        raise FileNotFoundError(
+            f"data folder {data_dir} does not exist (expected {data_dir}/<machine_type>/{{train,test}}/*.wav)"
+        )
     found = sorted(d for d in data_dir.iterdir() if d.is_dir() and any((d / s).is_dir() for s in SPLITS))
     if machine_types:
         names = {d.name for d in found}
         missing = [m for m in machine_types if m not in names]
         if missing:
-            raise FileNotFoundError(f"{data_dir}: no folder for machine type(s) {missing}; found {sorted(names)}")
+            raise FileNotFoundError(
+                f"{data_dir}: no folder for machine type(s) {missing}; found {sorted(names)}"
+            )
         found = [d for d in found if d.name in set(machine_types)]
     if not found:
         raise FileNotFoundError(f"{data_dir}: no <machine_type>/train or <machine_type>/test folders found")
@@ -276,6 +292,7 @@ def discover_clips(
 # -----------------------------------------------------------------------------
 # labels for the auxiliary classification task
 
+
 class LabelIndex:
     """A stable class index over ``ClipRecord.class_name`` (sorted), saved as JSON beside the model."""
 
@@ -284,7 +301,7 @@ class LabelIndex:
         self._index = {name: i for i, name in enumerate(self.names)}
 
     @classmethod
-    def from_records(cls, records: Iterable[ClipRecord]) -> "LabelIndex":
+    def from_records(cls, records: Iterable[ClipRecord]) -> LabelIndex:
         return cls(r.class_name for r in records)
 
     def index(self, record: ClipRecord | str) -> int:
@@ -310,14 +327,14 @@ class LabelIndex:
         return {"names": list(self.names)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabelIndex":
+    def from_dict(cls, d: dict) -> LabelIndex:
         return cls(d["names"])
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(json.dumps(self.to_dict(), indent=1), path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LabelIndex":
+    def load(cls, path: str | os.PathLike) -> LabelIndex:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -348,11 +365,16 @@ def stratified_split(
 # -----------------------------------------------------------------------------
 # torch
 
+
 class ClipDataset(Dataset):
     """(fbank [frames, 128] full length, class label or -1, record) per clip."""
 
-    def __init__(self, records: Sequence[ClipRecord], label_index: LabelIndex | None = None,
-                 cache: FeatureCache | None = None):
+    def __init__(
+        self,
+        records: Sequence[ClipRecord],
+        label_index: LabelIndex | None = None,
+        cache: FeatureCache | None = None,
+    ):
         self.records = list(records)
         self.label_index = label_index
         self.cache = cache if cache is not None else FeatureCache(None)
@@ -381,7 +403,7 @@ class FixedLengthCollate:
         extra = fbank.shape[0] - self.target_frames
         if self.random_crop and extra > 0:
             start = int(torch.randint(0, extra + 1, ()))
-            return fbank[start:start + self.target_frames]
+            return fbank[start : start + self.target_frames]
         return pad_or_crop(fbank, self.target_frames)
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):

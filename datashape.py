@@ -10,6 +10,7 @@ EAT patch, and machine types without train or test clips. What the loader accept
 (all-silent clips, clips at another sample rate, which are resampled) is listed as a WARNING naming
 the clips; warnings alone exit 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,18 +27,28 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from dataset import (SPLITS as DCASE_SPLITS, ClipNameError, apply_attribute_row, attribute_row_for,
-                     machine_type_dirs, parse_clip_name, read_attribute_tables, wav_files)
+from dataset import (
+    SPLITS as DCASE_SPLITS,
+)
+from dataset import (
+    ClipNameError,
+    apply_attribute_row,
+    attribute_row_for,
+    machine_type_dirs,
+    parse_clip_name,
+    read_attribute_tables,
+    wav_files,
+)
 from model import EATConfig
 from preprocessing import NUM_MEL_BINS, SAMPLE_RATE, AudioError, check_wav_header, num_frames
 from utils import parse_config
 
-DATA_DIR = "dev_data"            # folder with <machine_type>/{train,test}/*.wav
-MACHINE_TYPES = []               # machine types to check (empty: all)
-SPLITS = ["train", "test"]       # splits every machine type must have
-DECODE = True                    # read every clip's samples to find silent or NaN clips (False: headers only)
-TARGET_FRAMES = 1024             # model input length in frames (EAT: 1024)
-PROGRESS = True                  # progress bar while reading clips
+DATA_DIR = "dev_data"  # folder with <machine_type>/{train,test}/*.wav
+MACHINE_TYPES = []  # machine types to check (empty: all)
+SPLITS = ["train", "test"]  # splits every machine type must have
+DECODE = True  # read every clip's samples to find silent or NaN clips (False: headers only)
+TARGET_FRAMES = 1024  # model input length in frames (EAT: 1024)
+PROGRESS = True  # progress bar while reading clips
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"TARGET_FRAMES": (16, None)}
 
@@ -55,7 +66,7 @@ class SplitSummary:
     channels: Counter = field(default_factory=Counter)
     subtypes: Counter = field(default_factory=Counter)
     attributes: dict = field(default_factory=lambda: defaultdict(set))
-    frames: Counter = field(default_factory=Counter)      # fbank frames -> clips
+    frames: Counter = field(default_factory=Counter)  # fbank frames -> clips
     rate_clips: dict = field(default_factory=lambda: defaultdict(list))  # sample rate -> clip paths
 
 
@@ -77,8 +88,14 @@ def inspect_audio(path: Path, decode: bool) -> tuple[sf._SoundFileInfo | None, s
         return info, f"{path}: empty audio file (0 samples)", None
     frames = fbank_frames(info.frames, info.samplerate)
     if frames < _PATCH_FRAMES:
-        return info, (f"{path}: too short ({info.frames / info.samplerate:.3f} s = {frames} fbank frames; "
-                      f"EAT needs at least {_PATCH_FRAMES})"), None
+        return (
+            info,
+            (
+                f"{path}: too short ({info.frames / info.samplerate:.3f} s = {frames} fbank frames; "
+                f"EAT needs at least {_PATCH_FRAMES})"
+            ),
+            None,
+        )
     if not decode:
         return info, None, None
     try:
@@ -98,15 +115,20 @@ def fbank_frames(samples: int, sample_rate: int) -> int:
     return num_frames(math.ceil(samples * SAMPLE_RATE / sample_rate))
 
 
-def check_split(machine_dir: Path, split: str, rows: dict, cfg, problems: list[str],
-                warnings: list[str]) -> SplitSummary:
+def check_split(
+    machine_dir: Path, split: str, rows: dict, cfg, problems: list[str], warnings: list[str]
+) -> SplitSummary:
     """Parse and inspect every clip of one machine type's split, adding what is wrong to ``problems``
     and what the loader only warns about to ``warnings``."""
     summary = SplitSummary()
     files = wav_files(machine_dir / split)
-    for path in tqdm(files, desc=f"{machine_dir.name}/{split}", disable=not cfg.progress, leave=False, file=sys.stdout):
+    for path in tqdm(
+        files, desc=f"{machine_dir.name}/{split}", disable=not cfg.progress, leave=False, file=sys.stdout
+    ):
         try:
-            record = apply_attribute_row(parse_clip_name(path, machine_dir.name, split), attribute_row_for(rows, path))
+            record = apply_attribute_row(
+                parse_clip_name(path, machine_dir.name, split), attribute_row_for(rows, path)
+            )
         except (ClipNameError, ValueError) as exc:
             problems.append(str(exc))
             record = None
@@ -140,20 +162,29 @@ def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int)
     if s.clips == 0 and not s.durations:
         print(f"  {split:<5} no clips")
         return
-    print(f"  {split:<5} {s.clips} clips | sections {counts(s.sections)} | domains {counts(s.domains)} | labels {counts(s.labels)}")
+    print(
+        f"  {split:<5} {s.clips} clips | sections {counts(s.sections)} | domains {counts(s.domains)} | labels {counts(s.labels)}"
+    )
     if s.durations:
         d = np.asarray(s.durations)
-        print(f"        duration {d.mean():.2f} s (min {d.min():.2f}, max {d.max():.2f}) | "
-              f"rate {counts(s.sample_rates)} Hz | channels {counts(s.channels)} | {counts(s.subtypes)}")
+        print(
+            f"        duration {d.mean():.2f} s (min {d.min():.2f}, max {d.max():.2f}) | "
+            f"rate {counts(s.sample_rates)} Hz | channels {counts(s.channels)} | {counts(s.subtypes)}"
+        )
     if s.frames:
         frames = s.frames.most_common(1)[0][0]
         spread = f" (clips span {min(s.frames)}..{max(s.frames)} frames)" if len(s.frames) > 1 else ""
         fit = "pad" if frames < target_frames else ("crop" if frames > target_frames else "exact")
         windows = -(-frames // target_frames)
-        print(f"        fbank [{frames}, {NUM_MEL_BINS}]{spread} -> model input [1, {target_frames}, {NUM_MEL_BINS}] "
-              f"({fit}; {windows} window{'s' if windows > 1 else ''} to cover the clip)")
+        print(
+            f"        fbank [{frames}, {NUM_MEL_BINS}]{spread} -> model input [1, {target_frames}, {NUM_MEL_BINS}] "
+            f"({fit}; {windows} window{'s' if windows > 1 else ''} to cover the clip)"
+        )
     if s.attributes:
-        print("        attributes " + " | ".join(f"{k} = {', '.join(sorted(v))}" for k, v in s.attributes.items()))
+        print(
+            "        attributes "
+            + " | ".join(f"{k} = {', '.join(sorted(v))}" for k, v in s.attributes.items())
+        )
 
 
 def check_sample_rates(summaries: dict, warnings: list[str], shown: int = 10) -> None:
@@ -168,9 +199,13 @@ def check_sample_rates(summaries: dict, warnings: list[str], shown: int = 10) ->
     usual = max(rate_clips, key=lambda rate: len(rate_clips[rate]))
     for rate, paths in sorted(rate_clips.items()):
         if rate != usual:
-            names = ", ".join(map(str, paths[:shown])) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
-            warnings.append(f"mixed sample rates: {len(paths)} clip(s) at {rate} Hz while {len(rate_clips[usual])} "
-                            f"are at {usual} Hz: {names}")
+            names = ", ".join(map(str, paths[:shown])) + (
+                f" and {len(paths) - shown} more" if len(paths) > shown else ""
+            )
+            warnings.append(
+                f"mixed sample rates: {len(paths)} clip(s) at {rate} Hz while {len(rate_clips[usual])} "
+                f"are at {usual} Hz: {names}"
+            )
     if usual != SAMPLE_RATE:
         warnings.append(f"most clips are {usual} Hz; they will be resampled to {SAMPLE_RATE} Hz")
 

@@ -18,6 +18,7 @@ Reads only the embedding files of extract_embeddings.py.
     python evaluate.py --backend kmeans --smote_ratio 0.2
     python evaluate.py --sweep            # score over a grid of K and W (analysis only)
 """
+
 from __future__ import annotations
 
 import inspect
@@ -32,29 +33,41 @@ from recipes import expand_recipe, recipe_summary
 from scoring import KnnMahalanobis, expected_sections, load_features, score_by_group
 from utils import config_to_dict, parse_config, print_config
 
-RECIPE = ""                                # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
-EMBED_DIR = "."                            # folder of normal_/test_ embeddings and stats (.pt)
-RESULTS_DIR = "results/ensemble"           # official CSVs, summary, plots
-K = 1                                      # nearest references averaged in the embedding branch (1 = nearest, the usual DCASE choice)
-W = 0.5                                    # weight of the embedding branch; 1 - W goes to Mahalanobis
-SEPARATE_DOMAIN_BANKS = True               # source and target memory banks, smaller distance taken
-BACKEND = "knn"                            # embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
-KMEANS_CLUSTERS = 16                       # kmeans: spherical k-means centres per bank (at most the bank's rows)
-DENSITY_NEIGHBOURS = 4                     # density: a reference's density = its mean cosine distance to this many nearest references
-SMOTE_RATIO = 0.0                          # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
-SMOTE_NEIGHBOURS = 2                       # SMOTE: a new row lies between a target normal and one of its this many nearest
-SEED = 0                                   # seed of SMOTE and of the k-means seeding
-DCASE_YEAR = "auto"                        # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
-SWEEP = False                              # print the score over SWEEP_KS x SWEEP_WS, then stop
-SWEEP_KS = [1, 2, 3, 5, 10]                # k values of the sweep
-SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]     # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
-PLOTS = True                               # ROC curves and score histograms (PNG)
-REPORT = True                              # report.html: the tables, plots and a t-SNE map of the embeddings
+RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
+EMBED_DIR = "."  # folder of normal_/test_ embeddings and stats (.pt)
+RESULTS_DIR = "results/ensemble"  # official CSVs, summary, plots
+K = 1  # nearest references averaged in the embedding branch (1 = nearest, the usual DCASE choice)
+W = 0.5  # weight of the embedding branch; 1 - W goes to Mahalanobis
+SEPARATE_DOMAIN_BANKS = True  # source and target memory banks, smaller distance taken
+BACKEND = "knn"  # embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
+KMEANS_CLUSTERS = 16  # kmeans: spherical k-means centres per bank (at most the bank's rows)
+DENSITY_NEIGHBOURS = (
+    4  # density: a reference's density = its mean cosine distance to this many nearest references
+)
+SMOTE_RATIO = 0.0  # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
+SMOTE_NEIGHBOURS = 2  # SMOTE: a new row lies between a target normal and one of its this many nearest
+SEED = 0  # seed of SMOTE and of the k-means seeding
+DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
+SWEEP = False  # print the score over SWEEP_KS x SWEEP_WS, then stop
+SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
+SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]  # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
+PLOTS = True  # ROC curves and score histograms (PNG)
+REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"RECIPE": ("", "asdkit-eat-lora", "arcface-v1"), "K": (1, None), "W": (0.0, 1.0),
-           "BACKEND": ("knn", "kmeans", "density"), "KMEANS_CLUSTERS": (1, None), "DENSITY_NEIGHBOURS": (1, None),
-           "SMOTE_RATIO": (0.0, 1.0), "SMOTE_NEIGHBOURS": (1, None), "SEED": (0, None),
-           "DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "SWEEP_KS": (1, None), "SWEEP_WS": (0.0, 1.0)}
+_LIMITS = {
+    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+    "K": (1, None),
+    "W": (0.0, 1.0),
+    "BACKEND": ("knn", "kmeans", "density"),
+    "KMEANS_CLUSTERS": (1, None),
+    "DENSITY_NEIGHBOURS": (1, None),
+    "SMOTE_RATIO": (0.0, 1.0),
+    "SMOTE_NEIGHBOURS": (1, None),
+    "SEED": (0, None),
+    "DCASE_YEAR": ("auto", "2020", "2021", "2022+"),
+    "SWEEP_KS": (1, None),
+    "SWEEP_WS": (0.0, 1.0),
+}
 
 
 def ensemble_factory(settings: dict):
@@ -63,9 +76,11 @@ def ensemble_factory(settings: dict):
     names = list(inspect.signature(KnnMahalanobis).parameters)
     missing = [name for name in names if name not in settings]
     if missing:
-        raise ValueError(f"ensemble settings lack {', '.join(missing)} (an evaluation by an older evaluate.py: rerun it)")
+        raise ValueError(
+            f"ensemble settings lack {', '.join(missing)} (an evaluation by an older evaluate.py: rerun it)"
+        )
     chosen = {name: settings[name] for name in names}
-    KnnMahalanobis(**chosen)                     # refuses bad settings before any fitting
+    KnnMahalanobis(**chosen)  # refuses bad settings before any fitting
     return lambda key, normal: KnnMahalanobis(**chosen).fit(normal)
 
 
@@ -82,11 +97,14 @@ def sweep(features, cfg) -> list[list[float]]:
         grid.append([])
         for w in cfg.sweep_ws:
             scores, _ = ensemble_scores(features, {**vars(cfg), "k": k, "w": w})
-            evaluation = metrics.compute_official(scores, features.test.records, year=_year(cfg),
-                                                  data_dir=features.data_dir)
+            evaluation = metrics.compute_official(
+                scores, features.test.records, year=_year(cfg), data_dir=features.data_dir
+            )
             grid[-1].append(evaluation.score)
-    print(f"{evaluation.score_label()} over K (rows) and W (columns); analysis only: "
-          "picking K and W from this grid tunes them on the test set")
+    print(
+        f"{evaluation.score_label()} over K (rows) and W (columns); analysis only: "
+        "picking K and W from this grid tunes them on the test set"
+    )
     print("K \\ W " + "".join(f"{w:>8.2f}" for w in cfg.sweep_ws))
     for k, row in zip(cfg.sweep_ks, grid):
         print(f"{k:<6d}" + "".join(f"{v:>8.4f}" for v in row))
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_config(cfg)
     if cfg.recipe:
         print(recipe_summary(cfg.recipe, "evaluate", vars(cfg)))
-    ensemble_factory(vars(cfg))                  # checks the settings before the files are read
+    ensemble_factory(vars(cfg))  # checks the settings before the files are read
     if cfg.w in (0.0, 1.0) and not cfg.sweep:
         print(f"note: W={cfg.w} uses only the {cfg.backend if cfg.w == 1.0 else 'Mahalanobis'} branch")
     features = load_features(cfg.embed_dir)
@@ -111,11 +129,21 @@ def main(argv: list[str] | None = None) -> dict:
         return {"sweep": sweep(features, cfg), "ks": cfg.sweep_ks, "ws": cfg.sweep_ws}
     scores, train_scores = ensemble_scores(features, vars(cfg))
     title = f"ensemble: {cfg.backend} (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
-    return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="ensemble",
-                                 settings=config_to_dict(cfg), plots=cfg.plots, report=cfg.report,
-                                 embeddings=features.embedding_maps(), title=title,
-                                 expected=expected_sections(features.normal, features.test), year=_year(cfg),
-                                 data_dir=features.data_dir)
+    return metrics.write_results(
+        scores,
+        features.test.records,
+        train_scores,
+        cfg.results_dir,
+        scorer="ensemble",
+        settings=config_to_dict(cfg),
+        plots=cfg.plots,
+        report=cfg.report,
+        embeddings=features.embedding_maps(),
+        title=title,
+        expected=expected_sections(features.normal, features.test),
+        year=_year(cfg),
+        data_dir=features.data_dir,
+    )
 
 
 if __name__ == "__main__":

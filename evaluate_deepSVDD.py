@@ -7,6 +7,7 @@ threshold of each section comes from its training normals' scores. Reads only th
 of extract_embeddings.py and the models of train_deepSVDD.py. Writes the official CSVs, a summary
 and plots.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +23,12 @@ from scoring import SVDD_FORMAT, DeepSVDDScorer, expected_sections, load_feature
 from train_deepSVDD import bundle_path
 from utils import config_to_dict, parse_config, print_config
 
-EMBED_DIR = "."                        # folder of the normal_/test_ embeddings and stats
-SVDD_DIR = "svdd_models_per_type"      # written by train_deepSVDD.py
-RESULTS_DIR = "results/deepsvdd"       # official CSVs, summary, plots
-DCASE_YEAR = "auto"                    # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
-PLOTS = True                           # ROC curves and score histograms (PNG)
-REPORT = True                          # report.html: the tables, plots and a t-SNE map of the embeddings
+EMBED_DIR = "."  # folder of the normal_/test_ embeddings and stats
+SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
+RESULTS_DIR = "results/deepsvdd"  # official CSVs, summary, plots
+DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
+PLOTS = True  # ROC curves and score histograms (PNG)
+REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
 
@@ -39,13 +40,18 @@ def load_scorer(path: Path, fingerprint: dict):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"cannot read Deep SVDD model {path} ({type(error).__name__}: {error}); "
-                         "rerun train_deepSVDD.py") from error
+        raise ValueError(
+            f"cannot read Deep SVDD model {path} ({type(error).__name__}: {error}); rerun train_deepSVDD.py"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != SVDD_FORMAT:
-        raise ValueError(f"{path} is not a Deep SVDD model of this project ({SVDD_FORMAT}); rerun train_deepSVDD.py")
+        raise ValueError(
+            f"{path} is not a Deep SVDD model of this project ({SVDD_FORMAT}); rerun train_deepSVDD.py"
+        )
     if state["embeddings_fingerprint"] != fingerprint:
-        raise ValueError(f"{path} was fitted on other embeddings (another tuned model, data or settings); "
-                         "rerun train_deepSVDD.py")
+        raise ValueError(
+            f"{path} was fitted on other embeddings (another tuned model, data or settings); "
+            "rerun train_deepSVDD.py"
+        )
     return DeepSVDDScorer.from_state(state)
 
 
@@ -54,14 +60,26 @@ def main(argv: list[str] | None = None) -> dict:
     print_config(cfg)
     features = load_features(cfg.embed_dir)
     scores, train_scores = score_by_group(
-        features.normal, features.test,
-        lambda key, normal: load_scorer(bundle_path(cfg.svdd_dir, key[0]), features.fingerprint), "machine_type")
-    return metrics.write_results(scores, features.test.records, train_scores, cfg.results_dir, scorer="deepsvdd",
-                                 settings=config_to_dict(cfg), plots=cfg.plots, report=cfg.report,
-                                 embeddings=features.embedding_maps(), title="Deep SVDD",
-                                 expected=expected_sections(features.normal, features.test),
-                                 year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
-                                 data_dir=features.data_dir)
+        features.normal,
+        features.test,
+        lambda key, normal: load_scorer(bundle_path(cfg.svdd_dir, key[0]), features.fingerprint),
+        "machine_type",
+    )
+    return metrics.write_results(
+        scores,
+        features.test.records,
+        train_scores,
+        cfg.results_dir,
+        scorer="deepsvdd",
+        settings=config_to_dict(cfg),
+        plots=cfg.plots,
+        report=cfg.report,
+        embeddings=features.embedding_maps(),
+        title="Deep SVDD",
+        expected=expected_sections(features.normal, features.test),
+        year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
+        data_dir=features.data_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ folder and its clips (paths, sizes, modification times), the tuned model (path a
 embedding settings; a file whose fingerprint differs from the current one is rebuilt, never reused.
 On CUDA the fbanks are computed in batches on the GPU (preprocessing.FeatureCache.fbanks).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from utils import exit_if_help
 
@@ -25,33 +26,50 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scoring import (FEATURES_FORMAT, data_fingerprint, feature_paths, file_sha256, read_feature_file,
-                     split_records)
+from scoring import (
+    FEATURES_FORMAT,
+    data_fingerprint,
+    feature_paths,
+    file_sha256,
+    read_feature_file,
+    split_records,
+)
 from utils import atomic_torch_save, autocast, parse_config, print_config, resolve_device
 
-DATA_DIR = "dev_data"                  # DCASE folder: <machine>/{train,test}/*.wav
-MODEL_PATH = "best_encoder_model.pth"  # tuned encoder written by train.py (always needed: it defines the embeddings)
-EMBED_DIR = "."                        # where the four .pt files go
-SPLITS = ["train", "test"]             # train = normal training clips; test = every test clip
-EMBED_BATCH_SIZE = 16                  # clips (or windows) per forward pass
-DEVICE = "auto"                        # auto | cpu | cuda
-AMP = True                             # bf16 autocast on CUDA (ignored on CPU)
-LONG_CLIP = "windows"                  # crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
-POOLING = None                         # None = as trained | cls | mean
-TARGET_FRAMES = None                   # fbank frames per window; None = as trained
-FEATURE_CACHE = "cache/features"       # on-disk fbank/statistics cache folder; none = off
-REBUILD = False                        # rebuild even when the files are up to date
+DATA_DIR = "dev_data"  # DCASE folder: <machine>/{train,test}/*.wav
+MODEL_PATH = (
+    "best_encoder_model.pth"  # tuned encoder written by train.py (always needed: it defines the embeddings)
+)
+EMBED_DIR = "."  # where the four .pt files go
+SPLITS = ["train", "test"]  # train = normal training clips; test = every test clip
+EMBED_BATCH_SIZE = 16  # clips (or windows) per forward pass
+DEVICE = "auto"  # auto | cpu | cuda
+AMP = True  # bf16 autocast on CUDA (ignored on CPU)
+LONG_CLIP = "windows"  # crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
+POOLING = None  # None = as trained | cls | mean
+TARGET_FRAMES = None  # fbank frames per window; None = as trained
+FEATURE_CACHE = "cache/features"  # on-disk fbank/statistics cache folder; none = off
+REBUILD = False  # rebuild even when the files are up to date
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"SPLITS": ("train", "test"), "EMBED_BATCH_SIZE": (1, None), "LONG_CLIP": ("crop", "windows"),
-           "POOLING": ("cls", "mean"), "TARGET_FRAMES": (0, None)}
+_LIMITS = {
+    "SPLITS": ("train", "test"),
+    "EMBED_BATCH_SIZE": (1, None),
+    "LONG_CLIP": ("crop", "windows"),
+    "POOLING": ("cls", "mean"),
+    "TARGET_FRAMES": (0, None),
+}
 
 
 # -----------------------------------------------------------------------------
 # fingerprints
 
 
-def embedding_settings(long_clip: str = LONG_CLIP, pooling: str | None = POOLING,
-                       target_frames: int | None = TARGET_FRAMES, amp: bool = AMP) -> dict:
+def embedding_settings(
+    long_clip: str = LONG_CLIP,
+    pooling: str | None = POOLING,
+    target_frames: int | None = TARGET_FRAMES,
+    amp: bool = AMP,
+) -> dict:
     """The settings that change embedding values (device-independent except for precision)."""
     if long_clip not in ("crop", "windows"):
         raise ValueError(f"LONG_CLIP must be 'crop' or 'windows', got {long_clip!r}")
@@ -61,17 +79,27 @@ def embedding_settings(long_clip: str = LONG_CLIP, pooling: str | None = POOLING
 
 
 def _data_part(split: str, records: Sequence, data_dir) -> dict:
-    return {"format": FEATURES_FORMAT, "split": split, "data": data_fingerprint(records),
-            "data_dir": str(Path(data_dir).resolve())}
+    return {
+        "format": FEATURES_FORMAT,
+        "split": split,
+        "data": data_fingerprint(records),
+        "data_dir": str(Path(data_dir).resolve()),
+    }
 
 
-def embedding_fingerprint(split: str, records: Sequence, data_dir, model_path, settings: dict,
-                          device: torch.device) -> dict:
+def embedding_fingerprint(
+    split: str, records: Sequence, data_dir, model_path, settings: dict, device: torch.device
+) -> dict:
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first")
     precision = "bf16" if settings["amp"] and device.type == "cuda" else "fp32"
-    return {**_data_part(split, records, data_dir), "model_path": str(Path(model_path).resolve()),
-            "model_sha256": file_sha256(model_path), "settings": settings, "precision": precision}
+    return {
+        **_data_part(split, records, data_dir),
+        "model_path": str(Path(model_path).resolve()),
+        "model_sha256": file_sha256(model_path),
+        "settings": settings,
+        "precision": precision,
+    }
 
 
 def stats_fingerprint(split: str, records: Sequence, data_dir) -> dict:
@@ -88,10 +116,15 @@ def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
     changed = [key for key in sorted(set(saved) | set(fingerprint)) if saved.get(key) != fingerprint.get(key)]
     if not changed:
         return None
-    names = {"model_sha256": "another tuned model", "model_path": "another tuned model path",
-             "data": "other data (files added, removed or changed)", "data_dir": "another data folder",
-             "settings": "other embedding settings", "precision": "another precision",
-             "features": "other feature settings"}
+    names = {
+        "model_sha256": "another tuned model",
+        "model_path": "another tuned model path",
+        "data": "other data (files added, removed or changed)",
+        "data_dir": "another data folder",
+        "settings": "other embedding settings",
+        "precision": "another precision",
+        "features": "other feature settings",
+    }
     return "built from " + ", ".join(dict.fromkeys(names.get(key, key) for key in changed))
 
 
@@ -99,8 +132,9 @@ def _stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
 # embedding clips
 
 
-def _windows(fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int,
-             pad_multiple: int) -> list[torch.Tensor]:
+def _windows(
+    fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int, pad_multiple: int
+) -> list[torch.Tensor]:
     """The model inputs of one clip: its windows, the padded/cropped clip, or (target_frames 0) the whole
     clip padded to a multiple of ``pad_multiple`` frames, as training fed it."""
     from preprocessing import pad_or_crop, split_windows
@@ -126,9 +160,16 @@ def _same_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[i
     return batches
 
 
-def embed_fbanks(model: torch.nn.Module, fbanks: Sequence[torch.Tensor], target_frames: int | None,
-                 long_clip: str = "crop", device: str | torch.device = "cpu", amp: bool = True,
-                 batch_size: int = 16, pad_multiple: int = 32) -> torch.Tensor:
+def embed_fbanks(
+    model: torch.nn.Module,
+    fbanks: Sequence[torch.Tensor],
+    target_frames: int | None,
+    long_clip: str = "crop",
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    batch_size: int = 16,
+    pad_multiple: int = 32,
+) -> torch.Tensor:
     """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
 
     Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
@@ -168,8 +209,9 @@ def embed_fbanks(model: torch.nn.Module, fbanks: Sequence[torch.Tensor], target_
     return sums / torch.bincount(owner, minlength=len(fbanks)).clamp_min(1)[:, None].float()
 
 
-def embed_records(records: Sequence, model, trained: dict, settings: dict, device: torch.device,
-                  batch_size: int, cache) -> torch.Tensor:
+def embed_records(
+    records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
+) -> torch.Tensor:
     """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP)."""
     from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
 
@@ -181,11 +223,25 @@ def embed_records(records: Sequence, model, trained: dict, settings: dict, devic
     chunks = []
     try:
         for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
-            paths = [r.path for r in records[start:start + batch_size]]
+            paths = [r.path for r in records[start : start + batch_size]]
             # on CUDA the missing fbanks are computed in batches on the GPU
-            fbanks = cache.fbanks(paths, device, batch_size) if device.type == "cuda" else [cache.fbank(p) for p in paths]
-            chunks.append(embed_fbanks(model, fbanks, target_frames, settings["long_clip"], device,
-                                       settings["amp"], batch_size, trained.get("pad_multiple", 32)))
+            fbanks = (
+                cache.fbanks(paths, device, batch_size)
+                if device.type == "cuda"
+                else [cache.fbank(p) for p in paths]
+            )
+            chunks.append(
+                embed_fbanks(
+                    model,
+                    fbanks,
+                    target_frames,
+                    settings["long_clip"],
+                    device,
+                    settings["amp"],
+                    batch_size,
+                    trained.get("pad_multiple", 32),
+                )
+            )
     finally:
         model.pooling = trained_pooling
     return torch.cat(chunks)
@@ -212,8 +268,13 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, cache) ->
     records = split_records(cfg.data_dir, split)
     outputs = []
     for path, fingerprint, columns in (
-            (emb_path, embedding_fingerprint(split, records, cfg.data_dir, cfg.model_path, settings, device), None),
-            (stats_path, stats_fingerprint(split, records, cfg.data_dir), list(STAT_NAMES))):
+        (
+            emb_path,
+            embedding_fingerprint(split, records, cfg.data_dir, cfg.model_path, settings, device),
+            None,
+        ),
+        (stats_path, stats_fingerprint(split, records, cfg.data_dir), list(STAT_NAMES)),
+    ):
         payload = None if cfg.rebuild else read_feature_file(path)
         reason = "rebuild requested" if cfg.rebuild else _stale_reason(payload, fingerprint)
         if reason is None:
@@ -225,8 +286,12 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, cache) ->
                 matrix = embed_records(records, model, trained, settings, device, cfg.embed_batch_size, cache)
             else:
                 matrix = stats_records(records, cache)
-            payload = {"matrix": matrix, "records": [r.to_dict() for r in records], "columns": columns,
-                       "fingerprint": fingerprint}
+            payload = {
+                "matrix": matrix,
+                "records": [r.to_dict() for r in records],
+                "columns": columns,
+                "fingerprint": fingerprint,
+            }
             atomic_torch_save(payload, path)
         outputs.append(payload)
     return outputs[0], outputs[1]
@@ -253,8 +318,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
     print_config(cfg)
     explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp)
     # test clips alone are embedded like the normals already on disk, unless settings were given
-    settings = explicit if "train" in cfg.splits or explicit != embedding_settings() else (
-        saved_settings(cfg.embed_dir) or explicit)
+    settings = (
+        explicit
+        if "train" in cfg.splits or explicit != embedding_settings()
+        else (saved_settings(cfg.embed_dir) or explicit)
+    )
     device = resolve_device(cfg.device)
     cache = FeatureCache(None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache)
     out = {}
@@ -262,7 +330,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         for split in cfg.splits:
             out[split] = build_split(split, cfg, settings, device, cache)
             embeddings, stats = out[split]
-            print(f"{split}: embeddings {tuple(embeddings['matrix'].shape)}, statistics {tuple(stats['matrix'].shape)}")
+            print(
+                f"{split}: embeddings {tuple(embeddings['matrix'].shape)}, statistics {tuple(stats['matrix'].shape)}"
+            )
     finally:
         _TUNED.clear()
     return out

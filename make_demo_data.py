@@ -11,6 +11,7 @@ operating condition (another speed, louder and differently coloured background).
 bearing whine, rattle, imbalance modulation or an inharmonic frequency shift, at graded strengths
 from barely audible to obvious. Deterministic: the same settings give byte-identical files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,41 +31,85 @@ from tqdm import tqdm
 
 from utils import atomic_path, atomic_write_text, parse_config
 
-OUT_DIR = "demo_data"                            # where the tree is written
-SEED = 0                                         # same seed, same bytes
-MACHINE_TYPES = ["fan", "pump", "gearbox"]       # any of: fan, pump, gearbox
-CLIP_SECONDS = 10.0                              # clip length (DCASE clips are 10 s)
-SAMPLE_RATE = 16000                              # Hz
-SOURCE_TRAIN = 40                                # source-domain training normals per machine type
-TARGET_TRAIN = 6                                 # target-domain training normals per machine type
-TEST_NORMAL = 10                                 # test normals per domain and machine type
-TEST_ANOMALY = 10                                # test anomalies per domain and machine type
-MIN_STRENGTH = 0.15                              # weakest anomaly (0..1); strengths grade up to MAX_STRENGTH
-MAX_STRENGTH = 1.0                               # strongest anomaly
-TARGET_SPEED_SHIFT = 1.12                        # target domain runs this much faster than the source
-CLIP_RMS = 0.05                                  # loudness of every written clip (before gain jitter)
-PROGRESS = True                                  # show a progress bar
+OUT_DIR = "demo_data"  # where the tree is written
+SEED = 0  # same seed, same bytes
+MACHINE_TYPES = ["fan", "pump", "gearbox"]  # any of: fan, pump, gearbox
+CLIP_SECONDS = 10.0  # clip length (DCASE clips are 10 s)
+SAMPLE_RATE = 16000  # Hz
+SOURCE_TRAIN = 40  # source-domain training normals per machine type
+TARGET_TRAIN = 6  # target-domain training normals per machine type
+TEST_NORMAL = 10  # test normals per domain and machine type
+TEST_ANOMALY = 10  # test anomalies per domain and machine type
+MIN_STRENGTH = 0.15  # weakest anomaly (0..1); strengths grade up to MAX_STRENGTH
+MAX_STRENGTH = 1.0  # strongest anomaly
+TARGET_SPEED_SHIFT = 1.12  # target domain runs this much faster than the source
+CLIP_RMS = 0.05  # loudness of every written clip (before gain jitter)
+PROGRESS = True  # show a progress bar
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"SEED": (0, None), "CLIP_SECONDS": (">0", None), "SAMPLE_RATE": (1000, None), "SOURCE_TRAIN": (1, None),
-           "TARGET_TRAIN": (1, None), "TEST_NORMAL": (1, None), "TEST_ANOMALY": (1, None), "MIN_STRENGTH": (0.0, 1.0),
-           "MAX_STRENGTH": (0.0, 1.0), "TARGET_SPEED_SHIFT": (">0", None), "CLIP_RMS": (">0", 1.0)}
+_LIMITS = {
+    "SEED": (0, None),
+    "CLIP_SECONDS": (">0", None),
+    "SAMPLE_RATE": (1000, None),
+    "SOURCE_TRAIN": (1, None),
+    "TARGET_TRAIN": (1, None),
+    "TEST_NORMAL": (1, None),
+    "TEST_ANOMALY": (1, None),
+    "MIN_STRENGTH": (0.0, 1.0),
+    "MAX_STRENGTH": (0.0, 1.0),
+    "TARGET_SPEED_SHIFT": (">0", None),
+    "CLIP_RMS": (">0", 1.0),
+}
 
 _MANIFEST = "manifest.json"
 _ANOMALY_KINDS = ("bearing_whine", "rattle", "imbalance", "frequency_shift")
 
 # per machine type: attribute key and values (value -> speed factor, load factor), and its sound
 _MACHINES = {
-    "fan": dict(attr="vel", values={"6": (1.0, 1.0), "8": (1.3, 1.25)}, f0=24.0, harmonics=10,
-                tilt=1.2, boost=(7, 3.0), noise=0.9, noise_slope=0.6, knocks=0.0, knock_div=1, knock_freq=0.0),
-    "pump": dict(attr="load", values={"1": (1.0, 1.0), "2": (1.08, 1.6)}, f0=50.0, harmonics=14,
-                 tilt=0.8, boost=(2, 1.5), noise=0.5, noise_slope=1.0, knocks=0.8, knock_div=12, knock_freq=900.0),
-    "gearbox": dict(attr="spd", values={"20": (1.0, 1.0), "30": (1.5, 1.3)}, f0=19.0, harmonics=6,
-                    tilt=1.5, boost=(21, 4.0), noise=0.4, noise_slope=0.3, knocks=0.3, knock_div=1, knock_freq=2500.0),
+    "fan": dict(
+        attr="vel",
+        values={"6": (1.0, 1.0), "8": (1.3, 1.25)},
+        f0=24.0,
+        harmonics=10,
+        tilt=1.2,
+        boost=(7, 3.0),
+        noise=0.9,
+        noise_slope=0.6,
+        knocks=0.0,
+        knock_div=1,
+        knock_freq=0.0,
+    ),
+    "pump": dict(
+        attr="load",
+        values={"1": (1.0, 1.0), "2": (1.08, 1.6)},
+        f0=50.0,
+        harmonics=14,
+        tilt=0.8,
+        boost=(2, 1.5),
+        noise=0.5,
+        noise_slope=1.0,
+        knocks=0.8,
+        knock_div=12,
+        knock_freq=900.0,
+    ),
+    "gearbox": dict(
+        attr="spd",
+        values={"20": (1.0, 1.0), "30": (1.5, 1.3)},
+        f0=19.0,
+        harmonics=6,
+        tilt=1.5,
+        boost=(21, 4.0),
+        noise=0.4,
+        noise_slope=0.3,
+        knocks=0.3,
+        knock_div=1,
+        knock_freq=2500.0,
+    ),
 }
 
 
 # -----------------------------------------------------------------------------
 # sound building blocks (all vectorised over samples)
+
 
 def smooth_noise(rng: np.random.Generator, n: int, points: int, scale: float) -> np.ndarray:
     """A slow random curve of ``n`` samples through ``points`` random knots (std ``scale``)."""
@@ -81,7 +126,9 @@ def coloured_noise(rng: np.random.Generator, n: int, sr: int, slope: float, cuto
     return noise / (noise.std() + 1e-12)
 
 
-def harmonic_hum(rng, t: np.ndarray, f0: float, count: int, tilt: float, boost: tuple, offset: float = 0.0) -> np.ndarray:
+def harmonic_hum(
+    rng, t: np.ndarray, f0: float, count: int, tilt: float, boost: tuple, offset: float = 0.0
+) -> np.ndarray:
     """Harmonics of a jittering fundamental; ``offset`` Hz added to every partial makes it inharmonic.
 
     exp(i*k*phase) comes from repeated complex multiplication (no per-harmonic trigonometry).
@@ -92,7 +139,7 @@ def harmonic_hum(rng, t: np.ndarray, f0: float, count: int, tilt: float, boost: 
     amps = np.arange(1, count + 1) ** -tilt * rng.uniform(0.85, 1.15, count)
     if boost[0] <= count:
         amps[boost[0] - 1] *= boost[1]
-    amps[np.arange(1, count + 1) * f0 + offset >= sr / 2 - 200] = 0.0    # nothing above Nyquist
+    amps[np.arange(1, count + 1) * f0 + offset >= sr / 2 - 200] = 0.0  # nothing above Nyquist
     weights = amps * np.exp(1j * rng.uniform(0, 2 * np.pi, count))
     total = np.zeros(len(t), dtype=complex)
     partial = np.ones(len(t), dtype=complex)
@@ -100,10 +147,12 @@ def harmonic_hum(rng, t: np.ndarray, f0: float, count: int, tilt: float, boost: 
         partial *= rotor
         total += weight * partial
     total *= np.exp(1j * 2 * np.pi * offset * t)
-    return total.imag / np.sqrt(np.sum(amps ** 2))
+    return total.imag / np.sqrt(np.sum(amps**2))
 
 
-def impacts(rng, n: int, sr: int, times: np.ndarray, amps: np.ndarray, freq: float, decay_s: float) -> np.ndarray:
+def impacts(
+    rng, n: int, sr: int, times: np.ndarray, amps: np.ndarray, freq: float, decay_s: float
+) -> np.ndarray:
     """Impulses at ``times`` (s) each ringing a damped resonance at ``freq`` Hz."""
     train = np.zeros(n)
     index = np.clip((times * sr).astype(int), 0, n - 1)
@@ -113,7 +162,9 @@ def impacts(rng, n: int, sr: int, times: np.ndarray, amps: np.ndarray, freq: flo
     return oaconvolve(train, kernel)[:n]
 
 
-def normal_sound(rng, spec: dict, value: str, domain: str, t: np.ndarray, sr: int, speed_shift: float, offset: float = 0.0):
+def normal_sound(
+    rng, spec: dict, value: str, domain: str, t: np.ndarray, sr: int, speed_shift: float, offset: float = 0.0
+):
     """The machine's normal sound for one attribute value and domain: (signal, rotation rate in Hz)."""
     speed, load = spec["values"][value]
     if domain == "target":
@@ -136,13 +187,16 @@ def normal_sound(rng, spec: dict, value: str, domain: str, t: np.ndarray, sr: in
 # -----------------------------------------------------------------------------
 # anomalies
 
-def add_anomaly(rng, kind: str, strength: float, normal: np.ndarray, t: np.ndarray, sr: int, rotation: float) -> np.ndarray:
+
+def add_anomaly(
+    rng, kind: str, strength: float, normal: np.ndarray, t: np.ndarray, sr: int, rotation: float
+) -> np.ndarray:
     """``normal`` with one fault of ``kind`` mixed in; ``strength`` in (0, 1] grades how audible it is.
 
     (The fourth kind, frequency_shift, changes the machine itself and is made in render_clip.)
     """
     n = len(t)
-    level = normal.std() * 10 ** ((-28 + 24 * strength) / 20)        # -28 dB .. -4 dB below the machine
+    level = normal.std() * 10 ** ((-28 + 24 * strength) / 20)  # -28 dB .. -4 dB below the machine
     if kind == "bearing_whine":
         freq = rng.uniform(2500, 5000) * (1 + smooth_noise(rng, n, 8, 0.01))
         whine = np.sin(2 * np.pi * np.cumsum(freq) / sr) * (1 + 0.3 * np.sin(2 * np.pi * rotation * t))
@@ -161,6 +215,7 @@ def add_anomaly(rng, kind: str, strength: float, normal: np.ndarray, t: np.ndarr
 # -----------------------------------------------------------------------------
 # the tree
 
+
 def clip_plan(cfg) -> list[dict]:
     """Every clip to write: machine, split, domain, label, index, attribute value, anomaly kind/strength."""
     plan = []
@@ -168,13 +223,27 @@ def clip_plan(cfg) -> list[dict]:
         if machine not in _MACHINES:
             raise ValueError(f"unknown demo machine type {machine!r}; choose from {sorted(_MACHINES)}")
         values = list(_MACHINES[machine]["values"])
-        groups = [("train", "source", "normal", cfg.source_train), ("train", "target", "normal", cfg.target_train)]
+        groups = [
+            ("train", "source", "normal", cfg.source_train),
+            ("train", "target", "normal", cfg.target_train),
+        ]
         for domain in ("source", "target"):
-            groups += [("test", domain, "normal", cfg.test_normal), ("test", domain, "anomaly", cfg.test_anomaly)]
+            groups += [
+                ("test", domain, "normal", cfg.test_normal),
+                ("test", domain, "anomaly", cfg.test_anomaly),
+            ]
         for split, domain, label, count in groups:
             for i in range(count):
-                clip = dict(machine=machine, split=split, domain=domain, label=label, index=i,
-                            value=values[i % len(values)], kind=None, strength=0.0)
+                clip = dict(
+                    machine=machine,
+                    split=split,
+                    domain=domain,
+                    label=label,
+                    index=i,
+                    value=values[i % len(values)],
+                    kind=None,
+                    strength=0.0,
+                )
                 if label == "anomaly":
                     # kinds rotate over attribute-value pairs; strengths follow a golden-ratio sequence
                     # so every kind and value gets weak and strong cases
@@ -191,8 +260,14 @@ def clip_plan(cfg) -> list[dict]:
 def render_clip(cfg, clip: dict) -> np.ndarray:
     """The int16-ready float waveform of one planned clip."""
     machine_index = sorted(_MACHINES).index(clip["machine"])
-    keys = [cfg.seed, machine_index, ("train", "test").index(clip["split"]), ("source", "target").index(clip["domain"]),
-            ("normal", "anomaly").index(clip["label"]), clip["index"]]
+    keys = [
+        cfg.seed,
+        machine_index,
+        ("train", "test").index(clip["split"]),
+        ("source", "target").index(clip["domain"]),
+        ("normal", "anomaly").index(clip["label"]),
+        clip["index"],
+    ]
     rng = np.random.default_rng(np.random.SeedSequence(keys))
     sr = cfg.sample_rate
     t = np.arange(int(round(cfg.clip_seconds * sr))) / sr
@@ -200,7 +275,9 @@ def render_clip(cfg, clip: dict) -> np.ndarray:
     offset = 0.0
     if clip["kind"] == "frequency_shift":
         offset = (3.0 + 12.0 * clip["strength"]) * rng.choice([-1.0, 1.0])
-    signal, rotation = normal_sound(rng, spec, clip["value"], clip["domain"], t, sr, cfg.target_speed_shift, offset)
+    signal, rotation = normal_sound(
+        rng, spec, clip["value"], clip["domain"], t, sr, cfg.target_speed_shift, offset
+    )
     if clip["kind"] not in (None, "frequency_shift"):
         signal = add_anomaly(rng, clip["kind"], clip["strength"], signal, t, sr, rotation)
     gain = cfg.clip_rms * 10 ** (rng.uniform(-1.5, 1.5) / 20)
@@ -235,8 +312,12 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def tree_is_complete(out_dir: Path, settings: dict) -> bool:
     manifest = read_manifest(out_dir)
-    return (manifest is not None and manifest.get("complete") and manifest.get("settings") == settings
-            and all((out_dir / rel).is_file() for rel in manifest.get("files", [])))
+    return (
+        manifest is not None
+        and manifest.get("complete")
+        and manifest.get("settings") == settings
+        and all((out_dir / rel).is_file() for rel in manifest.get("files", []))
+    )
 
 
 def remove_stale_files(out_dir: Path, keep: set[str]) -> None:
@@ -255,8 +336,9 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{out_dir}: demo data already complete for these settings")
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and read_manifest(out_dir) is None:
-        raise FileExistsError(f"{out_dir} exists, is not empty and was not made by make_demo_data.py; "
-                              "choose another --out_dir")
+        raise FileExistsError(
+            f"{out_dir} exists, is not empty and was not made by make_demo_data.py; choose another --out_dir"
+        )
     plan = clip_plan(cfg)
     csv_files = {f"{m}/attributes_00.csv": [c for c in plan if c["machine"] == m] for m in cfg.machine_types}
     files = [c["relpath"] for c in plan] + list(csv_files)
@@ -269,7 +351,9 @@ def main(argv: list[str] | None = None) -> Path:
         atomic_write_text(attributes_csv(clips), out_dir / rel)
     manifest["complete"] = True
     atomic_write_text(json.dumps(manifest, indent=1), out_dir / _MANIFEST)
-    print(f"wrote {len(plan)} clips of {cfg.clip_seconds:g} s for {len(cfg.machine_types)} machine types to {out_dir}")
+    print(
+        f"wrote {len(plan)} clips of {cfg.clip_seconds:g} s for {len(cfg.machine_types)} machine types to {out_dir}"
+    )
     return out_dir
 
 

@@ -25,6 +25,7 @@ Files written into a results folder (the whole folder is built aside and swapped
                          (its "official score ci95" row excepted)
   summary.csv, summary.json, roc_<machine>.png, hist_<machine>.png
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,9 +38,9 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -47,11 +48,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from utils import atomic_path, atomic_write_text
 
-MAX_FPR = 0.1                     # pAUC range, as in the DCASE task description
+MAX_FPR = 0.1  # pAUC range, as in the DCASE task description
 EPSILON = sys.float_info.epsilon  # the evaluator floors every value at this before a harmonic mean
-DECISION_PERCENTILE = 0.9         # decision threshold = this quantile of a gamma fitted to training normals
+DECISION_PERCENTILE = 0.9  # decision threshold = this quantile of a gamma fitted to training normals
 YEARS = ("2020", "2021", "2022+")
-SCORE_COLUMNS = {                 # the values that enter the year's summary score, per section
+SCORE_COLUMNS = {  # the values that enter the year's summary score, per section
     "2020": ["AUC", "pAUC"],
     "2021": ["AUC (source)", "pAUC (source)", "AUC (target)", "pAUC (target)"],
     "2022+": ["AUC (source)", "AUC (target)", "pAUC"],
@@ -62,9 +63,18 @@ RULES = {
     "2022+": "DCASE 2022-2025 rules (official evaluator): AUC per domain vs all anomalies, pAUC, harmonic mean",
 }
 _DOMAINS = ("source", "target")
-_EVALUATOR_COLUMNS = ["AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "precision (source)",
-                      "precision (target)", "recall (source)", "recall (target)", "F1 score (source)",
-                      "F1 score (target)"]
+_EVALUATOR_COLUMNS = [
+    "AUC (all)",
+    "AUC (source)",
+    "AUC (target)",
+    "pAUC",
+    "precision (source)",
+    "precision (target)",
+    "recall (source)",
+    "recall (target)",
+    "F1 score (source)",
+    "F1 score (target)",
+]
 
 # -----------------------------------------------------------------------------
 # the measures
@@ -72,8 +82,9 @@ _EVALUATOR_COLUMNS = ["AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "prec
 
 def pauc(y_true: Sequence[int], y_score: Sequence[float], max_fpr: float = MAX_FPR) -> float:
     """DCASE pAUC: scikit-learn's McClish-standardised partial AUC over FPR [0, max_fpr]."""
-    return float(roc_auc_score(np.asarray(y_true, dtype=int), np.asarray(y_score, dtype=np.float64),
-                               max_fpr=max_fpr))
+    return float(
+        roc_auc_score(np.asarray(y_true, dtype=int), np.asarray(y_score, dtype=np.float64), max_fpr=max_fpr)
+    )
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
@@ -150,17 +161,30 @@ class SectionResult:
 def _split(records: Sequence, scores: Mapping[str, float], domain: str | None = None) -> tuple[list, list]:
     """(normal scores, anomaly scores) of the labelled records, of one domain if given."""
     chosen = [r for r in records if domain is None or r.domain == domain]
-    return ([scores[r.path] for r in chosen if r.label == "normal"],
-            [scores[r.path] for r in chosen if r.label == "anomaly"])
+    return (
+        [scores[r.path] for r in chosen if r.label == "normal"],
+        [scores[r.path] for r in chosen if r.label == "anomaly"],
+    )
 
 
-def section_result(machine_type: str, section: str, records: Sequence, scores: Mapping[str, float],
-                   year: str, decisions: Mapping[str, int] | None = None) -> SectionResult:
+def section_result(
+    machine_type: str,
+    section: str,
+    records: Sequence,
+    scores: Mapping[str, float],
+    year: str,
+    decisions: Mapping[str, int] | None = None,
+) -> SectionResult:
     """Measures of one machine type and section (its test ClipRecords) under ``year``'s rules."""
     labelled = [r for r in records if r.label in ("normal", "anomaly")]
     normal, anomaly = _split(labelled, scores)
-    result = SectionResult(machine_type, section, n_normal=len(normal), n_anomaly=len(anomaly),
-                           n_unlabelled=len(records) - len(labelled))
+    result = SectionResult(
+        machine_type,
+        section,
+        n_normal=len(normal),
+        n_anomaly=len(anomaly),
+        n_unlabelled=len(records) - len(labelled),
+    )
     if not records:
         result.missing.append("no test clips")
     elif not labelled:
@@ -177,7 +201,7 @@ def section_result(machine_type: str, section: str, records: Sequence, scores: M
     for domain in _DOMAINS:
         domain_normal, domain_anomaly = _split(labelled, scores, domain)
         if year == "2022+":
-            domain_anomaly = anomaly          # every anomaly of the section counts for both domains
+            domain_anomaly = anomaly  # every anomaly of the section counts for both domains
         if not domain_normal:
             result.missing.append(f"no {domain}-domain normal test clips")
         elif not domain_anomaly:
@@ -192,7 +216,9 @@ def section_result(machine_type: str, section: str, records: Sequence, scores: M
         if decisions is not None:
             for domain in _DOMAINS:
                 chosen = [r for r in labelled if r.domain == domain]
-                prf = _precision_recall_f1([r.label == "anomaly" for r in chosen], [decisions[r.path] for r in chosen])
+                prf = _precision_recall_f1(
+                    [r.label == "anomaly" for r in chosen], [decisions[r.path] for r in chosen]
+                )
                 for name, value in zip(("precision", "recall", "F1 score"), prf):
                     result.values[f"{name} ({domain})"] = value
     return result
@@ -249,8 +275,10 @@ class Evaluation:
     def coverage(self) -> str:
         machines = {s.machine_type for s in self.sections}
         measured = {s.machine_type for s in self.measured}
-        return (f"{len(self.measured)} of {len(self.sections)} machine type/sections "
-                f"({len(measured)} of {len(machines)} machine types)")
+        return (
+            f"{len(self.measured)} of {len(self.sections)} machine type/sections "
+            f"({len(measured)} of {len(machines)} machine types)"
+        )
 
     def score_label(self) -> str:
         if self.year == "2020":
@@ -265,9 +293,14 @@ class Evaluation:
         return [f"{s.name}: {reason}" for s in self.sections for reason in s.missing]
 
 
-def compute_official(scores: Mapping[str, float], records: Sequence, expected: Iterable[tuple[str, str]] = (),
-                     year: str | None = None, decisions: Mapping[str, int] | None = None,
-                     data_dir: str | os.PathLike | None = None) -> Evaluation:
+def compute_official(
+    scores: Mapping[str, float],
+    records: Sequence,
+    expected: Iterable[tuple[str, str]] = (),
+    year: str | None = None,
+    decisions: Mapping[str, int] | None = None,
+    data_dir: str | os.PathLike | None = None,
+) -> Evaluation:
     """Measure the test ``records`` (ClipRecords) with their ``scores`` {path: score}.
 
     ``expected``: (machine_type, section) pairs the data holds (e.g. from the training clips); those
@@ -285,7 +318,9 @@ def compute_official(scores: Mapping[str, float], records: Sequence, expected: I
     groups = group_by_section(records)
     for key in expected:
         groups.setdefault(tuple(key), [])
-    sections = [section_result(m, s, recs, scores, year, decisions) for (m, s), recs in sorted(groups.items())]
+    sections = [
+        section_result(m, s, recs, scores, year, decisions) for (m, s), recs in sorted(groups.items())
+    ]
     return Evaluation(year, why, sections)
 
 
@@ -305,10 +340,17 @@ def table_rows(evaluation: Evaluation) -> tuple[list[str], list[list]]:
 
     def means(sections: Sequence[SectionResult]) -> list[list]:
         out = []
-        kinds = [("arithmetic mean", arithmetic_mean)] + ([] if evaluation.year == "2020" else [("harmonic mean", harmonic_mean)])
+        kinds = [("arithmetic mean", arithmetic_mean)] + (
+            [] if evaluation.year == "2020" else [("harmonic mean", harmonic_mean)]
+        )
         for label, mean in kinds:
-            out.append([label] + [mean(evaluation.column(c, sections)) if evaluation.column(c, sections) else None
-                                  for c in columns])
+            out.append(
+                [label]
+                + [
+                    mean(evaluation.column(c, sections)) if evaluation.column(c, sections) else None
+                    for c in columns
+                ]
+            )
         return out
 
     for machine, sections in by_machine.items():
@@ -336,11 +378,18 @@ def format_table(evaluation: Evaluation, title: str = "") -> str:
     body = rows[:-1]
     widths = [max(len(_fmt(x)) for x in [h] + [row[i] for row in body]) for i, h in enumerate(header)]
 
-    def line(cells) -> str:   # two text columns left-aligned, numbers right-aligned
-        return "  ".join(_fmt(c).ljust(w) if i < 2 else _fmt(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    def line(cells) -> str:  # two text columns left-aligned, numbers right-aligned
+        return "  ".join(
+            _fmt(c).ljust(w) if i < 2 else _fmt(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
 
     rule = "-" * len(line(header))
-    out = [f"=== {title} ===" if title else "", f"{RULES[evaluation.year]} [{evaluation.why}]", line(header), rule]
+    out = [
+        f"=== {title} ===" if title else "",
+        f"{RULES[evaluation.year]} [{evaluation.why}]",
+        line(header),
+        rule,
+    ]
     previous = None
     for row in body:
         if previous is not None and row[0] != previous:
@@ -393,10 +442,14 @@ def evaluator_rows(evaluation: Evaluation) -> list[list[str]]:
 
     def block(sections: Sequence[SectionResult], labels: Sequence[str]) -> None:
         def pairs(name: str) -> list[float]:
-            return evaluation.column(f"{name} (source)", sections) + evaluation.column(f"{name} (target)", sections)
+            return evaluation.column(f"{name} (source)", sections) + evaluation.column(
+                f"{name} (target)", sections
+            )
 
         pauc_twice = evaluation.column("pAUC", sections) * 2
-        performance = np.array([pairs("AUC"), pauc_twice, pairs("precision"), pairs("recall"), pairs("F1 score")])
+        performance = np.array(
+            [pairs("AUC"), pauc_twice, pairs("precision"), pairs("recall"), pairs("F1 score")]
+        )
         half = performance.shape[1] // 2
         rows.append(["", "", "AUC", "pAUC", "precision", "recall", "F1 score"])
         rows.append([labels[0], ""] + [float(v) for v in performance.mean(axis=1)])
@@ -412,23 +465,43 @@ def evaluator_rows(evaluation: Evaluation) -> list[list[str]]:
         block(sections, ["arithmetic mean", "harmonic mean", "source harmonic mean", "target harmonic mean"])
         rows.append([])
     suffix = " over all machine types, sections, and domains"
-    block(evaluation.sections, [f"arithmetic mean{suffix}", f"harmonic mean{suffix}",
-                                f"source harmonic mean{suffix}", f"target harmonic mean{suffix}"])
+    block(
+        evaluation.sections,
+        [
+            f"arithmetic mean{suffix}",
+            f"harmonic mean{suffix}",
+            f"source harmonic mean{suffix}",
+            f"target harmonic mean{suffix}",
+        ],
+    )
     rows.append([])
     rows.append(["official score", "", evaluation.score])
     return [[_csv_cell(v) for v in row] for row in rows]
 
 
-def write_summary(evaluation: Evaluation, out_dir: str | Path, scorer: str, settings: Mapping | None = None) -> dict:
+def write_summary(
+    evaluation: Evaluation, out_dir: str | Path, scorer: str, settings: Mapping | None = None
+) -> dict:
     """summary.csv (the printed table), summary.json and, where it applies, evaluator_result.csv."""
     out_dir = Path(out_dir)
     header, rows = table_rows(evaluation)
-    atomic_write_text(_csv_text([header] + [[_csv_cell(v) if isinstance(v, float) else ("" if v is None else v)
-                                             for v in row] for row in rows]), out_dir / "summary.csv")
+    atomic_write_text(
+        _csv_text(
+            [header]
+            + [
+                [_csv_cell(v) if isinstance(v, float) else ("" if v is None else v) for v in row]
+                for row in rows
+            ]
+        ),
+        out_dir / "summary.csv",
+    )
     summary = summary_dict(evaluation, scorer, settings)
     atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
-    if evaluation.year == "2022+" and evaluation.complete and all("F1 score (source)" in s.values
-                                                                  for s in evaluation.sections):
+    if (
+        evaluation.year == "2022+"
+        and evaluation.complete
+        and all("F1 score (source)" in s.values for s in evaluation.sections)
+    ):
         atomic_write_text(_csv_text(evaluator_rows(evaluation)), out_dir / "evaluator_result.csv")
     return summary
 
@@ -466,8 +539,10 @@ def gamma_threshold(train_scores: Sequence[float], percentile: float = DECISION_
 
 def result_file_names(machine_type: str, section: str) -> tuple[str, str]:
     """The names the official evaluator looks for."""
-    return (f"anomaly_score_{machine_type}_section_{section}_test.csv",
-            f"decision_result_{machine_type}_section_{section}_test.csv")
+    return (
+        f"anomaly_score_{machine_type}_section_{section}_test.csv",
+        f"decision_result_{machine_type}_section_{section}_test.csv",
+    )
 
 
 def section_thresholds(records: Sequence, train_scores: Mapping[tuple[str, str], Sequence[float]]) -> dict:
@@ -475,25 +550,32 @@ def section_thresholds(records: Sequence, train_scores: Mapping[tuple[str, str],
     thresholds = {}
     for key in group_by_section(records):
         if key not in train_scores or len(train_scores[key]) == 0:
-            raise ValueError(f"no training scores for {key[0]} section {key[1]}: "
-                             "cannot set the decision threshold (is the section missing from train/?)")
+            raise ValueError(
+                f"no training scores for {key[0]} section {key[1]}: "
+                "cannot set the decision threshold (is the section missing from train/?)"
+            )
         thresholds[key] = gamma_threshold(train_scores[key])
     return thresholds
 
 
-def decide(scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]) -> dict[str, int]:
+def decide(
+    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]
+) -> dict[str, int]:
     """{path: 1 if the clip's score is above its section's threshold else 0}."""
     return {r.path: int(scores[r.path] > thresholds[(r.machine_type, r.section)]) for r in records}
 
 
-def write_result_csvs(scores: Mapping[str, float], decisions: Mapping[str, int], records: Sequence,
-                      out_dir: str | Path) -> list[Path]:
+def write_result_csvs(
+    scores: Mapping[str, float], decisions: Mapping[str, int], records: Sequence, out_dir: str | Path
+) -> list[Path]:
     """Write the anomaly-score and decision CSVs of every machine type and section; returns the paths."""
     out_dir = Path(out_dir)
     written = []
     for (machine, section), recs in group_by_section(records).items():
         score_name, decision_name = result_file_names(machine, section)
-        atomic_write_text(_csv_text((r.file_name, f"{scores[r.path]:.8g}") for r in recs), out_dir / score_name)
+        atomic_write_text(
+            _csv_text((r.file_name, f"{scores[r.path]:.8g}") for r in recs), out_dir / score_name
+        )
         atomic_write_text(_csv_text((r.file_name, decisions[r.path]) for r in recs), out_dir / decision_name)
         written += [out_dir / score_name, out_dir / decision_name]
     return written
@@ -522,7 +604,9 @@ def read_result_dir(results_dir: str | os.PathLike) -> tuple[dict[str, float], d
                     raise ValueError(f"{score_file}:{line}: expected 'file name,score', got {row}")
                 record = parse_clip_name(Path(match["machine"]) / "test" / row[0], match["machine"], "test")
                 if record.section != match["section"]:
-                    raise ValueError(f"{score_file}:{line}: {row[0]} is not a section {match['section']} clip")
+                    raise ValueError(
+                        f"{score_file}:{line}: {row[0]} is not a section {match['section']} clip"
+                    )
                 if row[0] not in decided:
                     raise ValueError(f"{decision_file} has no decision for {row[0]}")
                 scores[record.path], decisions[record.path] = float(row[1]), decided[row[0]]
@@ -556,10 +640,16 @@ def _histogram_bins(scores: np.ndarray, count: int = 30) -> tuple[np.ndarray, bo
     return np.linspace(low, high + 1e-9, count + 1), False
 
 
-def plot_machine(machine_type: str, records: Sequence, scores: Mapping[str, float], out_dir: str | Path,
-                 threshold: float | None = None) -> list[Path]:
+def plot_machine(
+    machine_type: str,
+    records: Sequence,
+    scores: Mapping[str, float],
+    out_dir: str | Path,
+    threshold: float | None = None,
+) -> list[Path]:
     """ROC curves per domain and normal/anomaly score histograms of one machine type (PNG)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -584,8 +674,11 @@ def plot_machine(machine_type: str, records: Sequence, scores: Mapping[str, floa
         written.append(out_dir / f"roc_{machine_type}.png")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins, log_scale = _histogram_bins(np.array([scores[r.path] for r in records]))
-    groups = {"normal": [scores[r.path] for r in normal], "anomaly": anomaly,
-              "unlabelled": [scores[r.path] for r in records if r.label not in ("normal", "anomaly")]}
+    groups = {
+        "normal": [scores[r.path] for r in normal],
+        "anomaly": anomaly,
+        "unlabelled": [scores[r.path] for r in records if r.label not in ("normal", "anomaly")],
+    }
     for name, values in groups.items():
         if values:
             ax.hist(values, bins=bins, alpha=0.5, label=f"{name} ({len(values)})")
@@ -629,11 +722,21 @@ def _umask() -> int:
     return mask
 
 
-def write_results(scores: Mapping[str, float], records: Sequence, train_scores: Mapping[tuple[str, str], Sequence[float]],
-                  out_dir: str | Path, scorer: str, settings: Mapping | None = None, plots: bool = True,
-                  title: str | None = None, expected: Iterable[tuple[str, str]] = (), year: str | None = None,
-                  data_dir: str | os.PathLike | None = None, report: bool = False,
-                  embeddings: Mapping[str, Mapping] | None = None) -> dict:
+def write_results(
+    scores: Mapping[str, float],
+    records: Sequence,
+    train_scores: Mapping[tuple[str, str], Sequence[float]],
+    out_dir: str | Path,
+    scorer: str,
+    settings: Mapping | None = None,
+    plots: bool = True,
+    title: str | None = None,
+    expected: Iterable[tuple[str, str]] = (),
+    year: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    report: bool = False,
+    embeddings: Mapping[str, Mapping] | None = None,
+) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
     ``scores``: test clip path -> anomaly score (higher = more anomalous); ``records``: the test
@@ -657,9 +760,11 @@ def write_results(scores: Mapping[str, float], records: Sequence, train_scores: 
         if plots:
             for machine, machine_records in group_by_machine(records).items():
                 machine_thresholds = [t for (m, _), t in thresholds.items() if m == machine]
-                plot_machine(machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds)))
+                plot_machine(
+                    machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds))
+                )
         if report:
-            from report import write_report   # report.py imports this module
+            from report import write_report  # report.py imports this module
 
             write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
 
@@ -687,7 +792,9 @@ def comparison_rows(summaries: Mapping[str, dict]) -> list[dict]:
     for machine in machines + ["all"]:
         for scorer, summary in summaries.items():
             mean = arithmetic_mean if summary["dcase_year"] == "2020" else harmonic_mean
-            sections = [s for s in summary["sections"] if machine in ("all", s["machine_type"]) and not s["missing"]]
+            sections = [
+                s for s in summary["sections"] if machine in ("all", s["machine_type"]) and not s["missing"]
+            ]
             row = {"machine_type": machine, "scorer": scorer}
             for column in summary["columns"]:
                 values = [s["values"][column] for s in sections if column in s["values"]]
@@ -700,13 +807,19 @@ def comparison_rows(summaries: Mapping[str, dict]) -> list[dict]:
 
 
 def format_comparison(rows: Sequence[dict], title: str) -> str:
-    columns = ["machine_type", "scorer"] + [k for k in rows[0] if k not in ("machine_type", "scorer", "score", "label")]
+    columns = ["machine_type", "scorer"] + [
+        k for k in rows[0] if k not in ("machine_type", "scorer", "score", "label")
+    ]
     columns.append("score")
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     out = [f"=== {title} ===", line(columns), "-" * len(line(columns))]
     out += [line([_fmt(r.get(c)) for c in columns]) for r in rows]
-    out.append("(score: per machine type the mean of its values; on the 'all' rows the scorer's summary score)")
+    out.append(
+        "(score: per machine type the mean of its values; on the 'all' rows the scorer's summary score)"
+    )
     out += [f"{r['scorer']}: {r['label']}: {_fmt(r['score'])}" for r in rows if r["machine_type"] == "all"]
     return "\n".join(out)
 

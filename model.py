@@ -18,22 +18,28 @@ there), so its weights load key for key with no ``trust_remote_code`` (checkpoin
   fc_norm, head                       fine-tuned release only: the AudioSet classifier, unused here
 There is no norm after the last block; the output's token 0 is the utterance (CLS) embedding.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import autocast
-
-LORA_TARGET_MODULES = {"qkv": r"attn\.qkv", "proj": r"attn\.proj", "fc1": r"mlp\.fc1", "fc2": r"mlp\.fc2"}  # LoRA targets by name
+LORA_TARGET_MODULES = {
+    "qkv": r"attn\.qkv",
+    "proj": r"attn\.proj",
+    "fc1": r"mlp\.fc1",
+    "fc2": r"mlp\.fc2",
+}  # LoRA targets by name
 
 
 # ----------------------------------------------------------------------------- configuration
+
 
 @dataclass
 class EATConfig:
@@ -70,7 +76,9 @@ class EATConfig:
         if self.embed_dim % 4:
             problems.append(f"embed_dim {self.embed_dim} must be divisible by 4 (2-D sin-cos positions)")
         if self.patch_size != self.stride:
-            problems.append(f"only non-overlapping patches are supported (patch_size {self.patch_size} != stride {self.stride})")
+            problems.append(
+                f"only non-overlapping patches are supported (patch_size {self.patch_size} != stride {self.stride})"
+            )
         if self.mel_bins % self.patch_size:
             problems.append(f"mel_bins {self.mel_bins} is not a multiple of patch_size {self.patch_size}")
         if self.layer_norm_first:
@@ -87,13 +95,13 @@ class EATConfig:
         return self.mel_bins // self.patch_size
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EATConfig":
+    def from_dict(cls, values: dict[str, Any]) -> EATConfig:
         """Known fields only; HF bookkeeping keys (architectures, auto_map, ...) are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def preset(cls, size: str) -> "EATConfig":
+    def preset(cls, size: str) -> EATConfig:
         """'base' (ViT-B, 88M), 'large' (ViT-L, 309M) or 'tiny' (for tests and CPU demos)."""
         presets = {
             "tiny": dict(embed_dim=192, depth=4, num_heads=3),
@@ -106,6 +114,7 @@ class EATConfig:
 
 
 # ----------------------------------------------------------------------------- building blocks
+
 
 def sincos_position_table(embed_dim: int, time_patches: int, freq_patches: int) -> torch.Tensor:
     """MAE 2-D sin-cos table (1, time_patches * freq_patches, D), row = t * freq_patches + f.
@@ -252,18 +261,22 @@ class EATEncoder(nn.Module):
         nn.init.trunc_normal_(self.extra_tokens, std=0.02)
         cfg = self.config
         self.fixed_positional_encoder.positions.copy_(
-            sincos_position_table(cfg.embed_dim, cfg.max_length, cfg.freq_patches))
+            sincos_position_table(cfg.embed_dim, cfg.max_length, cfg.freq_patches)
+        )
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding + stored positions + CLS token + pre_norm: (B, 1 + N, D) block input."""
         cfg = self.config
         if x.dim() != 4 or x.shape[1] != cfg.in_chans or x.shape[3] != cfg.mel_bins:
-            raise ValueError(f"EAT expects fbanks shaped [B, {cfg.in_chans}, T, {cfg.mel_bins}], got {list(x.shape)}")
+            raise ValueError(
+                f"EAT expects fbanks shaped [B, {cfg.in_chans}, T, {cfg.mel_bins}], got {list(x.shape)}"
+            )
         time_patches = x.shape[2] // cfg.patch_size
         if not 1 <= time_patches <= cfg.max_length:
             raise ValueError(
                 f"{x.shape[2]} frames give {time_patches} time patches; the encoder takes 1 to "
-                f"{cfg.max_length} ({cfg.patch_size} to {cfg.max_length * cfg.patch_size} frames)")
+                f"{cfg.max_length} ({cfg.patch_size} to {cfg.max_length * cfg.patch_size} frames)"
+            )
         tokens = self.local_encoder(x)
         tokens = tokens + self.fixed_positional_encoder.positions[:, : tokens.shape[1]]
         tokens = torch.cat([self.extra_tokens.expand(tokens.shape[0], -1, -1), tokens], dim=1)
@@ -276,21 +289,28 @@ class EATEncoder(nn.Module):
         return x
 
 
-
-
 # ----------------------------------------------------------------------------- LoRA
 
+
 def lora_target_names(targets: Sequence[str] | str) -> list[str]:
-    """"qkv,proj" or ["qkv", "proj"] -> the checked, de-duplicated LORA_TARGET_MODULES names."""
-    names = list(dict.fromkeys(t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets)))
+    """ "qkv,proj" or ["qkv", "proj"] -> the checked, de-duplicated LORA_TARGET_MODULES names."""
+    names = list(
+        dict.fromkeys(t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets))
+    )
     unknown = [t for t in names if t not in LORA_TARGET_MODULES]
     if not names or unknown:
         raise ValueError(f"LoRA targets must be some of {sorted(LORA_TARGET_MODULES)}, got {names}")
     return names
 
 
-def add_lora(encoder: EATEncoder, rank: int, alpha: float, dropout: float,
-             unfreeze_last_norms: int = 0, targets: Sequence[str] | str = ("qkv", "proj")) -> nn.Module:
+def add_lora(
+    encoder: EATEncoder,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    unfreeze_last_norms: int = 0,
+    targets: Sequence[str] | str = ("qkv", "proj"),
+) -> nn.Module:
     """Wrap ``encoder`` with peft LoRA on the ``targets`` of every block; everything else frozen.
 
     ``unfreeze_last_norms`` > 0 also trains norm1/norm2 of the last K blocks. The settings are kept
@@ -307,8 +327,13 @@ def add_lora(encoder: EATEncoder, rank: int, alpha: float, dropout: float,
     for index in range(max(0, depth - unfreeze_last_norms), depth):
         for norm in (encoder.blocks[index].norm1, encoder.blocks[index].norm2):
             norm.requires_grad_(True)
-    wrapped.asd_lora_settings = {"rank": rank, "alpha": alpha, "dropout": dropout,
-                                 "unfreeze_last_norms": unfreeze_last_norms, "targets": names}
+    wrapped.asd_lora_settings = {
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
+        "unfreeze_last_norms": unfreeze_last_norms,
+        "targets": names,
+    }
     return wrapped
 
 
@@ -328,6 +353,7 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- heads
 
+
 class Head(nn.Module):
     """What every auxiliary head shares: an optional linear projection of the pooled encoder output
     (``projection_dim`` 0: none) and a batch loss. ASDModel.embed applies the projection, so the
@@ -340,8 +366,13 @@ class Head(nn.Module):
         self.projection_dim = projection_dim
         self.dim = projection_dim or embed_dim  # width of the embeddings the head classifies
 
-    def loss(self, emb: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
-             lam: float = 1.0) -> torch.Tensor:
+    def loss(
+        self,
+        emb: torch.Tensor,
+        labels: torch.Tensor,
+        mixed_labels: torch.Tensor | None = None,
+        lam: float = 1.0,
+    ) -> torch.Tensor:
         """Mean cross-entropy; with mixup lam * CE(labels) + (1 - lam) * CE(mixed_labels), margins per label set."""
         loss = F.cross_entropy(self(emb, labels).float(), labels)
         if mixed_labels is not None:
@@ -375,8 +406,14 @@ class ArcFaceHead(Head):
     Without labels (inference, accuracy) it returns s * cos(theta) for every class.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5,
-                 projection_dim: int = 0):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        scale: float = 30.0,
+        margin: float = 0.5,
+        projection_dim: int = 0,
+    ):
         super().__init__(embed_dim, projection_dim)
         self.weight = nn.Parameter(torch.empty(num_classes, self.dim))
         nn.init.xavier_uniform_(self.weight)
@@ -387,17 +424,24 @@ class ArcFaceHead(Head):
         if labels is None:
             return self.scale * cosine
         cosine = cosine.clamp(-1 + 1e-7, 1 - 1e-7)
-        sine = (1 - cosine ** 2).sqrt()
+        sine = (1 - cosine**2).sqrt()
         with_margin = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
         # past theta = pi - m, cos(theta + m) stops decreasing: fall back to a linear penalty
         threshold = math.cos(math.pi - self.margin)
-        with_margin = torch.where(cosine > threshold, with_margin, cosine - math.sin(math.pi - self.margin) * self.margin)
+        with_margin = torch.where(
+            cosine > threshold, with_margin, cosine - math.sin(math.pi - self.margin) * self.margin
+        )
         target = F.one_hot(labels, cosine.shape[1]).bool()
         return self.scale * torch.where(target, with_margin, cosine)
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "arcface", "num_classes": self.weight.shape[0], "scale": self.scale, "margin": self.margin,
-                "projection_dim": self.projection_dim}
+        return {
+            "kind": "arcface",
+            "num_classes": self.weight.shape[0],
+            "scale": self.scale,
+            "margin": self.margin,
+            "projection_dim": self.projection_dim,
+        }
 
 
 class SCAdaCosHead(Head):
@@ -418,14 +462,25 @@ class SCAdaCosHead(Head):
     are rebuilt identically on load.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, sub_clusters: int = 16, scale: float | None = None,
-                 train_centres: bool = True, projection_dim: int = 0):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        sub_clusters: int = 16,
+        scale: float | None = None,
+        train_centres: bool = True,
+        projection_dim: int = 0,
+    ):
         super().__init__(embed_dim, projection_dim)
         if sub_clusters < 1:
             raise ValueError(f"sub_clusters must be at least 1, got {sub_clusters}")
         self.num_classes, self.sub_clusters, self.train_centres = num_classes, sub_clusters, train_centres
-        centres = torch.randn(num_classes * sub_clusters, self.dim, generator=torch.Generator().manual_seed(0))
-        self.centres = nn.Parameter(centres, requires_grad=train_centres)  # row j * C + k: class j, sub-cluster k
+        centres = torch.randn(
+            num_classes * sub_clusters, self.dim, generator=torch.Generator().manual_seed(0)
+        )
+        self.centres = nn.Parameter(
+            centres, requires_grad=train_centres
+        )  # row j * C + k: class j, sub-cluster k
         initial = math.sqrt(2) * math.log(max(2, num_classes * sub_clusters - 1))
         self.register_buffer("scale", torch.tensor(float(initial if scale is None else scale)))
 
@@ -446,8 +501,13 @@ class SCAdaCosHead(Head):
         theta_med = torch.acos(cosine[target].clamp(-1 + 1e-7, 1 - 1e-7)).median()
         self.scale.copy_(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
 
-    def loss(self, emb: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
-             lam: float = 1.0) -> torch.Tensor:
+    def loss(
+        self,
+        emb: torch.Tensor,
+        labels: torch.Tensor,
+        mixed_labels: torch.Tensor | None = None,
+        lam: float = 1.0,
+    ) -> torch.Tensor:
         targets = F.one_hot(labels, self.num_classes).float()
         if mixed_labels is not None:
             targets = lam * targets + (1 - lam) * F.one_hot(mixed_labels, self.num_classes).float()
@@ -457,15 +517,29 @@ class SCAdaCosHead(Head):
         return -(targets * self._log_class_probs(cosine)).sum(dim=1).mean()
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "scadacos", "num_classes": self.num_classes, "sub_clusters": self.sub_clusters,
-                "scale": float(self.scale), "train_centres": self.train_centres, "projection_dim": self.projection_dim}
+        return {
+            "kind": "scadacos",
+            "num_classes": self.num_classes,
+            "sub_clusters": self.sub_clusters,
+            "scale": float(self.scale),
+            "train_centres": self.train_centres,
+            "projection_dim": self.projection_dim,
+        }
 
 
 HEADS = {"linear": LinearHead, "arcface": ArcFaceHead, "scadacos": SCAdaCosHead}
 
 
-def make_head(kind: str, embed_dim: int, num_classes: int, scale: float | None = None, margin: float = 0.5,
-              sub_clusters: int = 16, train_centres: bool = True, projection_dim: int = 0) -> Head:
+def make_head(
+    kind: str,
+    embed_dim: int,
+    num_classes: int,
+    scale: float | None = None,
+    margin: float = 0.5,
+    sub_clusters: int = 16,
+    train_centres: bool = True,
+    projection_dim: int = 0,
+) -> Head:
     """'linear', 'arcface' or 'scadacos' over ``embed_dim``-wide pooled outputs, projected to
     ``projection_dim`` first when it is not 0. ``scale`` None: the head's own default (ArcFace 30,
     SCAdaCos adaptive initial value); arguments a head does not use are ignored."""
@@ -491,6 +565,7 @@ def head_from_settings(settings: dict[str, Any], embed_dim: int) -> Head:
 
 
 # ----------------------------------------------------------------------------- the ASD model
+
 
 class ASDModel(nn.Module):
     """Encoder (plain or LoRA-wrapped) + auxiliary head (with its optional projection)."""

@@ -9,6 +9,7 @@ EAT's front end: 16 kHz mono, mean removed, kaldi fbank (128 mel bins, 25 ms Han
 shift, no dither, no energy), then (fbank - FBANK_MEAN) / (2 * FBANK_STD). FeatureCache keeps the
 fbank and the statistics of every clip on disk so no epoch or script computes them twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,26 +28,26 @@ from torchaudio.compliance import kaldi
 
 from utils import atomic_path, atomic_torch_save, resolve_device
 
-SAMPLE_RATE = 16000          # EAT was pre-trained on 16 kHz audio
-NUM_MEL_BINS = 128           # mel bins of the kaldi fbank
-TARGET_FRAMES = 1024         # frames the released EAT recipes pad/crop to (10.24 s)
-FBANK_MEAN = -4.268          # EAT's dataset mean of the log-mel fbank
-FBANK_STD = 4.569            # EAT's dataset std; the normalisation divides by 2 * FBANK_STD
-FRAME_LENGTH_MS = 25.0       # kaldi window length
-FRAME_SHIFT_MS = 10.0        # kaldi hop
-PREEMPHASIS = 0.97           # kaldi default pre-emphasis
-LOW_FREQ = 20.0              # kaldi default lowest mel edge (Hz)
-STAT_MEL_BANDS = 16          # the 128 log-mel bins are pooled into this many bands for signal_stats
-STAT_FFT = 1024              # FFT size of the spectral statistics
-STAT_HOP = 512               # hop of the spectral statistics
-ROLLOFF = 0.85               # spectral roll-off: frequency below which this share of the energy lies
-FEATURE_CACHE = "cache/features" # default on-disk feature cache
-FEATURE_VERSION = 1          # bump when the feature code changes, so old caches are ignored
+SAMPLE_RATE = 16000  # EAT was pre-trained on 16 kHz audio
+NUM_MEL_BINS = 128  # mel bins of the kaldi fbank
+TARGET_FRAMES = 1024  # frames the released EAT recipes pad/crop to (10.24 s)
+FBANK_MEAN = -4.268  # EAT's dataset mean of the log-mel fbank
+FBANK_STD = 4.569  # EAT's dataset std; the normalisation divides by 2 * FBANK_STD
+FRAME_LENGTH_MS = 25.0  # kaldi window length
+FRAME_SHIFT_MS = 10.0  # kaldi hop
+PREEMPHASIS = 0.97  # kaldi default pre-emphasis
+LOW_FREQ = 20.0  # kaldi default lowest mel edge (Hz)
+STAT_MEL_BANDS = 16  # the 128 log-mel bins are pooled into this many bands for signal_stats
+STAT_FFT = 1024  # FFT size of the spectral statistics
+STAT_HOP = 512  # hop of the spectral statistics
+ROLLOFF = 0.85  # spectral roll-off: frequency below which this share of the energy lies
+FEATURE_CACHE = "cache/features"  # default on-disk feature cache
+FEATURE_VERSION = 1  # bump when the feature code changes, so old caches are ignored
 
 _EPS = torch.finfo(torch.float32).eps
-_WINDOW_SIZE = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)     # 400 samples
-_WINDOW_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)     # 160 samples
-_PADDED_WINDOW = 1 << (_WINDOW_SIZE - 1).bit_length()         # 512: kaldi rounds to a power of two
+_WINDOW_SIZE = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400 samples
+_WINDOW_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples
+_PADDED_WINDOW = 1 << (_WINDOW_SIZE - 1).bit_length()  # 512: kaldi rounds to a power of two
 
 
 class AudioError(ValueError):
@@ -59,6 +60,7 @@ class AudioWarning(UserWarning):
 
 # -----------------------------------------------------------------------------
 # reading audio
+
 
 def check_wav_header(path: str | os.PathLike) -> None:
     """Raise AudioError when a RIFF/WAVE file declares more audio bytes than it holds (truncated copy)."""
@@ -105,7 +107,9 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
     if sr != target_sr:
-        warnings.warn(f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz", AudioWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz", AudioWarning, stacklevel=2
+        )
         wav = torchaudio.functional.resample(wav, sr, target_sr)
     if wav.numel() < _WINDOW_SIZE:
         raise AudioError(f"{path}: too short ({wav.numel()} samples; at least {_WINDOW_SIZE} are needed)")
@@ -117,6 +121,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
 # -----------------------------------------------------------------------------
 # EAT's fbank
 
+
 def num_frames(num_samples: int) -> int:
     """Frames kaldi's fbank gives for a 16 kHz clip of ``num_samples`` (snip_edges=True)."""
     return 0 if num_samples < _WINDOW_SIZE else 1 + (num_samples - _WINDOW_SIZE) // _WINDOW_SHIFT
@@ -126,13 +131,15 @@ def normalise_fbank(log_mel: torch.Tensor) -> torch.Tensor:
     return (log_mel - FBANK_MEAN) / (2 * FBANK_STD)
 
 
-PAD_VALUE = -FBANK_MEAN / (2 * FBANK_STD)   # a zero log-mel frame after normalisation
+PAD_VALUE = -FBANK_MEAN / (2 * FBANK_STD)  # a zero log-mel frame after normalisation
 
 
 def _check_wave(wav: torch.Tensor) -> torch.Tensor:
     wav = torch.as_tensor(wav, dtype=torch.float32)
     if wav.shape[-1] < _WINDOW_SIZE:
-        raise ValueError(f"waveform of {wav.shape[-1]} samples is shorter than one {_WINDOW_SIZE}-sample frame")
+        raise ValueError(
+            f"waveform of {wav.shape[-1]} samples is shorter than one {_WINDOW_SIZE}-sample frame"
+        )
     return wav
 
 
@@ -141,8 +148,14 @@ def kaldi_log_mel(wav: torch.Tensor) -> torch.Tensor:
     wav = _check_wave(wav)
     wav = wav - wav.mean()
     return kaldi.fbank(
-        wav[None], htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
-        window_type="hanning", num_mel_bins=NUM_MEL_BINS, dither=0.0, frame_shift=FRAME_SHIFT_MS,
+        wav[None],
+        htk_compat=True,
+        sample_frequency=SAMPLE_RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=NUM_MEL_BINS,
+        dither=0.0,
+        frame_shift=FRAME_SHIFT_MS,
         frame_length=FRAME_LENGTH_MS,
     )
 
@@ -159,7 +172,9 @@ def _mel_banks(device: torch.device) -> torch.Tensor:
     """kaldi's triangular mel filters [257, 128] (zero column for the Nyquist bin, as kaldi pads)."""
     key = (str(device),)
     if key not in _MEL_BANKS:
-        banks, _ = kaldi.get_mel_banks(NUM_MEL_BINS, _PADDED_WINDOW, float(SAMPLE_RATE), LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
+        banks, _ = kaldi.get_mel_banks(
+            NUM_MEL_BINS, _PADDED_WINDOW, float(SAMPLE_RATE), LOW_FREQ, 0.0, 100.0, -500.0, 1.0
+        )
         banks = torch.nn.functional.pad(banks.float(), (0, 1))
         _MEL_BANKS[key] = banks.T.contiguous().to(device)
     return _MEL_BANKS[key]
@@ -169,25 +184,29 @@ def batch_log_mel(wavs: torch.Tensor) -> torch.Tensor:
     """kaldi_log_mel for a batch [B, samples] of equal-length waveforms, with plain torch ops."""
     wavs = _check_wave(wavs)
     wavs = wavs - wavs.mean(dim=-1, keepdim=True)
-    frames = wavs.unfold(-1, _WINDOW_SIZE, _WINDOW_SHIFT)                  # [B, F, 400]
-    frames = frames - frames.mean(dim=-1, keepdim=True)                    # remove DC per frame
-    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)      # x[j-1], x[-1] := x[0]
+    frames = wavs.unfold(-1, _WINDOW_SIZE, _WINDOW_SHIFT)  # [B, F, 400]
+    frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC per frame
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[j-1], x[-1] := x[0]
     frames = frames - PREEMPHASIS * previous
     window = torch.hann_window(_WINDOW_SIZE, periodic=False, device=wavs.device, dtype=wavs.dtype)
     frames = torch.nn.functional.pad(frames * window, (0, _PADDED_WINDOW - _WINDOW_SIZE))
-    power = torch.fft.rfft(frames).abs().pow(2)                            # [B, F, 257]
-    mel = power @ _mel_banks(wavs.device)                                  # [B, F, 128]
+    power = torch.fft.rfft(frames).abs().pow(2)  # [B, F, 257]
+    mel = power @ _mel_banks(wavs.device)  # [B, F, 128]
     return mel.clamp_min(_EPS).log()
 
 
-def wavs_to_fbank_batch(wavs: torch.Tensor, device: str | torch.device = "auto", chunk: int = 32) -> torch.Tensor:
+def wavs_to_fbank_batch(
+    wavs: torch.Tensor, device: str | torch.device = "auto", chunk: int = 32
+) -> torch.Tensor:
     """wav_to_fbank for a batch [B, samples] of equal-length clips, on ``device`` ("auto": GPU when present).
 
     Returns a float32 CPU tensor [B, frames, 128] with the same numbers as the per-clip call (~1e-5).
     """
     device = resolve_device(str(device))
-    outputs = [normalise_fbank(batch_log_mel(part.to(device, torch.float32))).cpu()
-               for part in torch.as_tensor(wavs).split(chunk)]
+    outputs = [
+        normalise_fbank(batch_log_mel(part.to(device, torch.float32))).cpu()
+        for part in torch.as_tensor(wavs).split(chunk)
+    ]
     return torch.cat(outputs)
 
 
@@ -214,16 +233,23 @@ def split_windows(fbank: torch.Tensor, target_frames: int = TARGET_FRAMES) -> to
         return pad_or_crop(fbank, target_frames)[None]
     count = math.ceil(frames / target_frames)
     starts = np.linspace(0, frames - target_frames, count).round().astype(int)
-    return torch.stack([fbank[s:s + target_frames] for s in starts])
+    return torch.stack([fbank[s : s + target_frames] for s in starts])
 
 
 # -----------------------------------------------------------------------------
 # signal statistics for the Mahalanobis branch
 
 _TIME_STATS = ["rms", "peak", "crest_factor", "kurtosis", "skewness", "zero_crossing_rate", "frame_rms_std"]
-_SPECTRAL_STATS = ["spectral_centroid", "spectral_bandwidth", "spectral_flatness", "spectral_rolloff", "spectral_flux"]
+_SPECTRAL_STATS = [
+    "spectral_centroid",
+    "spectral_bandwidth",
+    "spectral_flatness",
+    "spectral_rolloff",
+    "spectral_flux",
+]
 STAT_NAMES: list[str] = (
-    _TIME_STATS + _SPECTRAL_STATS
+    _TIME_STATS
+    + _SPECTRAL_STATS
     + [f"logmel_mean_{b:02d}" for b in range(STAT_MEL_BANDS)]
     + [f"logmel_std_{b:02d}" for b in range(STAT_MEL_BANDS)]
 )
@@ -250,27 +276,36 @@ def _spectral_stats(x: torch.Tensor, sample_rate: int) -> list[float]:
     """Magnitude-weighted centroid/bandwidth/roll-off, power flatness and flux, averaged over frames."""
     n_fft = min(STAT_FFT, 1 << (x.numel().bit_length() - 1))
     window = torch.hann_window(n_fft, dtype=x.dtype)
-    spec = torch.stft(x, n_fft, hop_length=min(STAT_HOP, n_fft), window=window, center=False,
-                      return_complex=True).abs().T                                    # [frames, bins]
+    spec = (
+        torch.stft(
+            x, n_fft, hop_length=min(STAT_HOP, n_fft), window=window, center=False, return_complex=True
+        )
+        .abs()
+        .T
+    )  # [frames, bins]
     freqs = torch.fft.rfftfreq(n_fft, 1.0 / sample_rate, dtype=x.dtype)
     total = spec.sum(dim=1)
-    weights = total / total.sum().clamp_min(1e-20)          # loud frames count more; silent ones not at all
+    weights = total / total.sum().clamp_min(1e-20)  # loud frames count more; silent ones not at all
     share = spec / total.clamp_min(1e-20)[:, None]
     centroid = share @ freqs
     bandwidth = (share * (freqs[None] - centroid[:, None]).pow(2)).sum(dim=1).sqrt()
     cumulative = share.cumsum(dim=1)
-    rolloff = freqs[torch.searchsorted(cumulative, torch.full_like(total[:, None], ROLLOFF)).clamp_max(len(freqs) - 1)][:, 0]
+    rolloff = freqs[
+        torch.searchsorted(cumulative, torch.full_like(total[:, None], ROLLOFF)).clamp_max(len(freqs) - 1)
+    ][:, 0]
     power = spec.pow(2) + 1e-20
     flatness = power.log().mean(dim=1).exp() / power.mean(dim=1)
     unit = spec / spec.norm(dim=1, keepdim=True).clamp_min(1e-20)
     flux = (unit[1:] - unit[:-1]).norm(dim=1)
-    flux_mean = (flux * weights[1:]).sum() / weights[1:].sum().clamp_min(1e-20) if flux.numel() else flux.sum()
+    flux_mean = (
+        (flux * weights[1:]).sum() / weights[1:].sum().clamp_min(1e-20) if flux.numel() else flux.sum()
+    )
     return [float((v * weights).sum()) for v in (centroid, bandwidth, flatness, rolloff)] + [float(flux_mean)]
 
 
 def _band_stats(wav: torch.Tensor) -> list[float]:
     """Mean and std over time of the log-mel energy pooled into STAT_MEL_BANDS bands."""
-    log_mel = kaldi_log_mel(wav)                                           # [frames, 128]
+    log_mel = kaldi_log_mel(wav)  # [frames, 128]
     bands = log_mel.view(log_mel.shape[0], STAT_MEL_BANDS, -1).mean(dim=2)
     std = bands.std(dim=0) if bands.shape[0] > 1 else torch.zeros(STAT_MEL_BANDS)
     return bands.mean(dim=0).tolist() + std.tolist()
@@ -283,7 +318,9 @@ def signal_stats(wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE)
         raise ValueError(f"waveform of {wav.numel()} samples is too short for statistics")
     x = wav.double() - wav.double().mean()
     values = _time_stats(x) + _spectral_stats(x, sample_rate)
-    mel_input = wav if sample_rate == SAMPLE_RATE else torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+    mel_input = (
+        wav if sample_rate == SAMPLE_RATE else torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+    )
     values += _band_stats(mel_input)
     return np.asarray(values, dtype=np.float32)
 
@@ -291,12 +328,20 @@ def signal_stats(wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE)
 # -----------------------------------------------------------------------------
 # on-disk cache
 
+
 def feature_settings() -> dict:
     """Everything that changes the numbers a FeatureCache stores."""
     return {
-        "version": FEATURE_VERSION, "sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
-        "frame_length_ms": FRAME_LENGTH_MS, "frame_shift_ms": FRAME_SHIFT_MS, "fbank_mean": FBANK_MEAN,
-        "fbank_std": FBANK_STD, "stat_names": STAT_NAMES, "stat_fft": STAT_FFT, "stat_hop": STAT_HOP,
+        "version": FEATURE_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "num_mel_bins": NUM_MEL_BINS,
+        "frame_length_ms": FRAME_LENGTH_MS,
+        "frame_shift_ms": FRAME_SHIFT_MS,
+        "fbank_mean": FBANK_MEAN,
+        "fbank_std": FBANK_STD,
+        "stat_names": STAT_NAMES,
+        "stat_fft": STAT_FFT,
+        "stat_hop": STAT_HOP,
         "rolloff": ROLLOFF,
     }
 
@@ -335,7 +380,9 @@ class FeatureCache:
         try:
             value = loader(entry)
         except Exception:
-            warnings.warn(f"unreadable cache entry {entry} for {path}; recomputing", AudioWarning)
+            warnings.warn(
+                f"unreadable cache entry {entry} for {path}; recomputing", AudioWarning, stacklevel=3
+            )
             return None
         self.hits += 1
         return value
@@ -351,13 +398,16 @@ class FeatureCache:
                 atomic_torch_save(value, entry)
         return value
 
-    def fbanks(self, paths: list[str | os.PathLike], device: str | torch.device = "auto",
-               batch_size: int = 32) -> list[torch.Tensor]:
+    def fbanks(
+        self, paths: list[str | os.PathLike], device: str | torch.device = "auto", batch_size: int = 32
+    ) -> list[torch.Tensor]:
         """fbank() of many clips; the missing ones are computed in batches of equal length on ``device``."""
         paths = list(paths)
         entries = [self._entry(path, "fbank", ".pt") for path in paths]
-        values = [self._read(entry, path, lambda e: torch.load(e, weights_only=True))
-                  for entry, path in zip(entries, paths)]
+        values = [
+            self._read(entry, path, lambda e: torch.load(e, weights_only=True))
+            for entry, path in zip(entries, paths)
+        ]
         missing = [i for i, v in enumerate(values) if v is None]
         by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for i in missing:
@@ -365,7 +415,7 @@ class FeatureCache:
             by_length.setdefault(wav.numel(), []).append((i, wav))
         for group in by_length.values():
             for start in range(0, len(group), batch_size):
-                part = group[start:start + batch_size]
+                part = group[start : start + batch_size]
                 batch = wavs_to_fbank_batch(torch.stack([w for _, w in part]), device, chunk=batch_size)
                 for (i, _), fbank in zip(part, batch):
                     self.misses += 1

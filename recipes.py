@@ -18,36 +18,69 @@ source and target banks, the smaller distance taken, the target bank grown by SM
 2 neighbours): evaluate.py with W = 1 (the k-NN branch alone; evaluate.py's own default mixes in the
 statistics' Mahalanobis branch, W = 0.5, and says so).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "asdkit-eat-lora": {
         "train": {
-            "POOLING": "cls", "PROJECTION_DIM": 256,
-            "HEAD": "scadacos", "SUB_CLUSTERS": 16, "TRAIN_CENTRES": True,
-            "LORA_RANK": 64, "LORA_ALPHA": 128.0, "LORA_TARGETS": ["qkv"],
-            "EPOCHS": 25, "BATCH_SIZE": 8, "LEARNING_RATE": 1e-4,
-            "WARMUP_STEPS": 5000, "WARMUP_EPOCHS": 0.0, "LR_SCHEDULE": "constant",
-            "MIXUP_PROB": 0.5, "SPEC_AUGMENT": False, "TARGET_FRAMES": 0, "PAD_MULTIPLE": 32,
+            "POOLING": "cls",
+            "PROJECTION_DIM": 256,
+            "HEAD": "scadacos",
+            "SUB_CLUSTERS": 16,
+            "TRAIN_CENTRES": True,
+            "LORA_RANK": 64,
+            "LORA_ALPHA": 128.0,
+            "LORA_TARGETS": ["qkv"],
+            "EPOCHS": 25,
+            "BATCH_SIZE": 8,
+            "LEARNING_RATE": 1e-4,
+            "WARMUP_STEPS": 5000,
+            "WARMUP_EPOCHS": 0.0,
+            "LR_SCHEDULE": "constant",
+            "MIXUP_PROB": 0.5,
+            "SPEC_AUGMENT": False,
+            "TARGET_FRAMES": 0,
+            "PAD_MULTIPLE": 32,
         },
         "evaluate": {
-            "BACKEND": "knn", "K": 1, "W": 1.0, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.2,
+            "BACKEND": "knn",
+            "K": 1,
+            "W": 1.0,
+            "SEPARATE_DOMAIN_BANKS": True,
+            "SMOTE_RATIO": 0.2,
             "SMOTE_NEIGHBOURS": 2,
         },
     },
     "arcface-v1": {
         "train": {
-            "POOLING": "cls", "PROJECTION_DIM": 0,
-            "HEAD": "arcface", "ARCFACE_SCALE": 30.0, "ARCFACE_MARGIN": 0.5,
-            "LORA_RANK": 8, "LORA_ALPHA": 16.0, "LORA_TARGETS": ["qkv", "proj"],
-            "EPOCHS": 10, "BATCH_SIZE": 16, "LEARNING_RATE": 3e-4,
-            "WARMUP_STEPS": 0, "WARMUP_EPOCHS": 1.0, "LR_SCHEDULE": "cosine",
-            "MIXUP_PROB": 0.0, "SPEC_AUGMENT": True, "TARGET_FRAMES": 1024,
+            "POOLING": "cls",
+            "PROJECTION_DIM": 0,
+            "HEAD": "arcface",
+            "ARCFACE_SCALE": 30.0,
+            "ARCFACE_MARGIN": 0.5,
+            "LORA_RANK": 8,
+            "LORA_ALPHA": 16.0,
+            "LORA_TARGETS": ["qkv", "proj"],
+            "EPOCHS": 10,
+            "BATCH_SIZE": 16,
+            "LEARNING_RATE": 3e-4,
+            "WARMUP_STEPS": 0,
+            "WARMUP_EPOCHS": 1.0,
+            "LR_SCHEDULE": "cosine",
+            "MIXUP_PROB": 0.0,
+            "SPEC_AUGMENT": True,
+            "TARGET_FRAMES": 1024,
         },
         "evaluate": {
-            "BACKEND": "knn", "K": 1, "W": 0.5, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.0,
+            "BACKEND": "knn",
+            "K": 1,
+            "W": 0.5,
+            "SEPARATE_DOMAIN_BANKS": True,
+            "SMOTE_RATIO": 0.0,
         },
     },
 }
@@ -73,7 +106,7 @@ def requested_recipe(argv: Sequence[str]) -> str | None:
     name = None
     for i, arg in enumerate(argv):
         flag, has_value, value = arg.partition("=")
-        if flag.lower() == "--recipe":
+        if flag == "--recipe":
             if not has_value:
                 if i + 1 >= len(argv):
                     raise ValueError("--recipe needs a name: " + ", ".join(sorted(RECIPES)))
@@ -88,14 +121,21 @@ def expand_recipe(script: str, argv: Sequence[str]) -> list[str]:
     name = requested_recipe(argv)
     if name is None:
         return argv
-    flags = [part for key, value in recipe(name, script).items() for part in (f"--{key.lower()}", _flag_value(value))]
+    flags = [
+        part
+        for key, value in recipe(name, script).items()
+        for part in (f"--{key.lower()}", _flag_value(value))
+    ]
     return flags + argv
 
 
 def recipe_summary(name: str, script: str, settings: dict[str, Any]) -> str:
     """One line: the recipe's values for ``script`` and those of ``settings`` (lower-case keys) that differ."""
     values = recipe(name, script)
-    differ = [f"{key}={settings[key.lower()]!r} (recipe {value!r})" for key, value in values.items()
-              if key.lower() in settings and settings[key.lower()] != value]
+    differ = [
+        f"{key}={settings[key.lower()]!r} (recipe {value!r})"
+        for key, value in values.items()
+        if key.lower() in settings and settings[key.lower()] != value
+    ]
     shown = ", ".join(f"{key}={value!r}" for key, value in values.items())
     return f"recipe {name}: {shown}" + (f"\n  set otherwise here: {', '.join(differ)}" if differ else "")

@@ -10,6 +10,7 @@ domain, attribute and label, so a researcher sees where target clips and anomali
 It loads nothing from the network: CSS is inline and every image is a base64 ``data:`` URI, so the
 file can be mailed or archived on its own. Every string from the data is HTML-escaped.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,8 @@ import html
 import io
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,11 +28,13 @@ from dataset import ClipRecord
 from utils import atomic_write_text
 
 REPORT_NAME = "report.html"
-TABLE_CELL_BACKGROUND = "#e3eefa"   # background of the results table's value cells (the browser test looks for it)
-TSNE_MAX_TRAIN = 300                # training normals per machine type in the map (a seeded random subset)
-TSNE_PERPLEXITY = 30.0              # t-SNE perplexity, capped below a third of the points
-TSNE_SEED = 0                       # t-SNE initialisation and subset seed
-MAX_LEGEND_ENTRIES = 12             # attribute values named in a legend; the rest share one colour
+TABLE_CELL_BACKGROUND = (
+    "#e3eefa"  # background of the results table's value cells (the browser test looks for it)
+)
+TSNE_MAX_TRAIN = 300  # training normals per machine type in the map (a seeded random subset)
+TSNE_PERPLEXITY = 30.0  # t-SNE perplexity, capped below a third of the points
+TSNE_SEED = 0  # t-SNE initialisation and subset seed
+MAX_LEGEND_ENTRIES = 12  # attribute values named in a legend; the rest share one colour
 
 _STYLE = f"""
 body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 1400px; }}
@@ -91,23 +94,28 @@ def results_table_html(evaluation: metrics.Evaluation) -> str:
     return "\n".join(out)
 
 
-def thresholds_table_html(scores: Mapping[str, float], records: Sequence,
-                          thresholds: Mapping[tuple[str, str], float]) -> str:
+def thresholds_table_html(
+    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]
+) -> str:
     """Per section: the decision threshold and how many test clips (normal / anomalous) score above it."""
-    out = ['<table class="thresholds">',
-           "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
-           "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>"]
+    out = [
+        '<table class="thresholds">',
+        "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
+        "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>",
+    ]
     for (machine, section), recs in metrics.group_by_section(records).items():
         threshold = thresholds[(machine, section)]
         flagged = [r for r in recs if scores[r.path] > threshold]
 
-        def share(label: str) -> str:
+        def share(label: str, recs: list = recs, flagged: list = flagged) -> str:
             total = sum(r.label == label for r in recs)
             return f"{sum(r.label == label for r in flagged)} / {total}" if total else "&ndash;"
 
-        out.append(f"<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class=\"num\">{threshold:.6g}</td>"
-                   f"<td class=\"num\">{len(recs)}</td><td class=\"num\">{len(flagged)}</td>"
-                   f"<td class=\"num\">{share('normal')}</td><td class=\"num\">{share('anomaly')}</td></tr>")
+        out.append(
+            f'<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class="num">{threshold:.6g}</td>'
+            f'<td class="num">{len(recs)}</td><td class="num">{len(flagged)}</td>'
+            f'<td class="num">{share("normal")}</td><td class="num">{share("anomaly")}</td></tr>'
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -116,7 +124,9 @@ def thresholds_table_html(scores: Mapping[str, float], records: Sequence,
 # the embedding map
 
 
-def tsne_coordinates(matrix: np.ndarray, seed: int = TSNE_SEED, perplexity: float = TSNE_PERPLEXITY) -> np.ndarray:
+def tsne_coordinates(
+    matrix: np.ndarray, seed: int = TSNE_SEED, perplexity: float = TSNE_PERPLEXITY
+) -> np.ndarray:
     """2-D t-SNE of the rows of ``matrix`` [N, D] (N >= 2); perplexity capped at (N - 1) / 3."""
     from sklearn.manifold import TSNE
 
@@ -155,14 +165,22 @@ def _point_groups(points: list) -> dict[str, list[str]]:
     }
 
 
-_FIXED_COLOURS = {"source": "#1f77b4", "target": "#ff7f0e", "no domain": "#7f7f7f", "train normal": "#bbbbbb",
-                  "test normal": "#2ca02c", "test anomaly": "#d62728", "test unknown": "#9467bd",
-                  "other attributes": "#cccccc"}
+_FIXED_COLOURS = {
+    "source": "#1f77b4",
+    "target": "#ff7f0e",
+    "no domain": "#7f7f7f",
+    "train normal": "#bbbbbb",
+    "test normal": "#2ca02c",
+    "test anomaly": "#d62728",
+    "test unknown": "#9467bd",
+    "other attributes": "#cccccc",
+}
 
 
 def embedding_map_png(machine: str, coords: np.ndarray, points: list) -> bytes:
     """Three t-SNE panels of one machine type (colour: domain, attribute, label; marker: o test, . train)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -178,8 +196,15 @@ def embedding_map_png(machine: str, coords: np.ndarray, points: list) -> bytes:
             for test, marker, size in ((False, ".", 14), (True, "o", 22)):
                 chosen = (names == name) & (is_test == test)
                 if chosen.any():
-                    ax.scatter(coords[chosen, 0], coords[chosen, 1], s=size, marker=marker, color=colour,
-                               alpha=0.8, label=legend_label)
+                    ax.scatter(
+                        coords[chosen, 0],
+                        coords[chosen, 1],
+                        s=size,
+                        marker=marker,
+                        color=colour,
+                        alpha=0.8,
+                        label=legend_label,
+                    )
                     legend_label = None
         ax.set(title=f"{machine}: by {panel}", xticks=[], yticks=[])
         ax.legend(fontsize=7, loc="best", markerscale=1.2)
@@ -190,8 +215,12 @@ def embedding_map_png(machine: str, coords: np.ndarray, points: list) -> bytes:
     return buffer.getvalue()
 
 
-def embedding_maps_html(embeddings: Mapping[str, Mapping], machines: Sequence[str],
-                        max_train: int = TSNE_MAX_TRAIN, seed: int = TSNE_SEED) -> str:
+def embedding_maps_html(
+    embeddings: Mapping[str, Mapping],
+    machines: Sequence[str],
+    max_train: int = TSNE_MAX_TRAIN,
+    seed: int = TSNE_SEED,
+) -> str:
     out = []
     for machine in machines:
         matrix, points = _map_points(embeddings, machine, max_train, seed)
@@ -211,17 +240,28 @@ def machine_plots_html(results_dir: Path, machines: Sequence[str]) -> str:
     """Each machine type's roc_<machine>.png and hist_<machine>.png from the results folder, embedded."""
     out = []
     for machine in machines:
-        images = [_img(path.read_bytes(), f"{kind} of {machine}")
-                  for kind, path in (("ROC curves", results_dir / f"roc_{machine}.png"),
-                                     ("score histogram", results_dir / f"hist_{machine}.png")) if path.is_file()]
+        images = [
+            _img(path.read_bytes(), f"{kind} of {machine}")
+            for kind, path in (
+                ("ROC curves", results_dir / f"roc_{machine}.png"),
+                ("score histogram", results_dir / f"hist_{machine}.png"),
+            )
+            if path.is_file()
+        ]
         body = "".join(images) or '<span class="note">no plots in the results folder (PLOTS off?)</span>'
-        out.append(f"<h3>{_esc(machine)}</h3>\n<div class=\"plots\">{body}</div>")
+        out.append(f'<h3>{_esc(machine)}</h3>\n<div class="plots">{body}</div>')
     return "\n".join(out)
 
 
-def write_report(results_dir: str | Path, evaluation: metrics.Evaluation, scores: Mapping[str, float],
-                 records: Sequence, thresholds: Mapping[tuple[str, str], float],
-                 embeddings: Mapping[str, Mapping] | None = None, title: str = "anomaly detection results") -> Path:
+def write_report(
+    results_dir: str | Path,
+    evaluation: metrics.Evaluation,
+    scores: Mapping[str, float],
+    records: Sequence,
+    thresholds: Mapping[tuple[str, str], float],
+    embeddings: Mapping[str, Mapping] | None = None,
+    title: str = "anomaly detection results",
+) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
     ``evaluation``: metrics.compute_official(scores, records, ...); ``scores``: test clip path ->
@@ -239,7 +279,8 @@ def write_report(results_dir: str | Path, evaluation: metrics.Evaluation, scores
         f"<title>{_esc(title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f'<p class="score">{_esc(evaluation.score_label())}: {_number(evaluation.score)}</p>' if evaluation.labelled
+        f'<p class="score">{_esc(evaluation.score_label())}: {_number(evaluation.score)}</p>'
+        if evaluation.labelled
         else '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
         "<h2>Results</h2>",
         f'<p class="note">{_esc(metrics.RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
@@ -259,11 +300,13 @@ def write_report(results_dir: str | Path, evaluation: metrics.Evaluation, scores
         machine_plots_html(results_dir, machines),
     ]
     if embeddings:
-        parts += ["<h2>Embedding map (t-SNE)</h2>",
-                  '<p class="note">Per machine type, a 2-D t-SNE of the test embeddings and up to '
-                  f"{TSNE_MAX_TRAIN} training normals (o: test clip, .: training normal); the same map "
-                  "coloured three ways.</p>",
-                  embedding_maps_html(embeddings, machines)]
+        parts += [
+            "<h2>Embedding map (t-SNE)</h2>",
+            '<p class="note">Per machine type, a 2-D t-SNE of the test embeddings and up to '
+            f"{TSNE_MAX_TRAIN} training normals (o: test clip, .: training normal); the same map "
+            "coloured three ways.</p>",
+            embedding_maps_html(embeddings, machines),
+        ]
     parts.append("</body></html>\n")
     path = results_dir / REPORT_NAME
     atomic_write_text("\n".join(parts), path)

@@ -10,6 +10,7 @@ command, its code and its inputs are unchanged since it last succeeded (a stamp 
 <run folder>/.stamps/); otherwise it runs. Every option and override is checked before anything
 runs; the first failing step stops the run with its own error.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,25 +33,34 @@ from checkpoints import resolve_checkpoint
 from metrics import comparison_rows, format_comparison, write_comparison
 from utils import atomic_write_text, check_script_arguments, parse_config, remove_stale_temp_files
 
-DATA_DIR = None                # DCASE data (<machine>/{train,test}/*.wav); None = dev_data/ if present, else the demo
-DEMO_DIR = "demo_data"         # where the synthetic demo data set is generated
-RUNS_DIR = "runs"              # a data folder's outputs go to RUNS_DIR/<folder name>-<hash of its full path>/
-EAT_CHECKPOINT = None          # EAT checkpoint: local HF folder, fairseq .pt or Hugging Face id; None = random init
-MODEL_SIZE = "base"            # encoder size when EAT_CHECKPOINT is None on real data (demo: tiny)
-RECIPE = ""                    # named settings for train.py and evaluate.py (recipes.py): asdkit-eat-lora | arcface-v1; "" = their defaults
-DEVICE = "auto"                # auto | cpu | cuda
-FORCE = False                  # rerun every step even if its outputs are up to date
-DEMO_CLIP_SECONDS = 10.0       # demo clip length (DCASE clips are 10 s)
-DEMO_EPOCHS = 8                # demo training epochs (tiny encoder, about 10 s each on 2 CPU cores)
-DEMO_LEARNING_RATE = 1e-3      # demo LoRA learning rate: a random tiny encoder needs more than the recipe's 1e-4
-DEMO_WARMUP_STEPS = 10         # demo warm-up steps (the recipe's 5,000 would outlast the demo's ~50 steps)
-DEMO_SVDD_USE_STATS = True     # demo Deep SVDD also sees the signal statistics (random-encoder embeddings are weak)
-DEMO_BATCH_SIZE = 8            # demo training clips per step
-DEMO_NUM_WORKERS = 0           # demo DataLoader workers (0: the tiny data set loads fastest in-process)
+DATA_DIR = None  # DCASE data (<machine>/{train,test}/*.wav); None = dev_data/ if present, else the demo
+DEMO_DIR = "demo_data"  # where the synthetic demo data set is generated
+RUNS_DIR = "runs"  # a data folder's outputs go to RUNS_DIR/<folder name>-<hash of its full path>/
+EAT_CHECKPOINT = None  # EAT checkpoint: local HF folder, fairseq .pt or Hugging Face id; None = random init
+MODEL_SIZE = "base"  # encoder size when EAT_CHECKPOINT is None on real data (demo: tiny)
+RECIPE = ""  # named settings for train.py and evaluate.py (recipes.py): asdkit-eat-lora | arcface-v1; "" = their defaults
+DEVICE = "auto"  # auto | cpu | cuda
+FORCE = False  # rerun every step even if its outputs are up to date
+DEMO_CLIP_SECONDS = 10.0  # demo clip length (DCASE clips are 10 s)
+DEMO_EPOCHS = 8  # demo training epochs (tiny encoder, about 10 s each on 2 CPU cores)
+DEMO_LEARNING_RATE = 1e-3  # demo LoRA learning rate: a random tiny encoder needs more than the recipe's 1e-4
+DEMO_WARMUP_STEPS = 10  # demo warm-up steps (the recipe's 5,000 would outlast the demo's ~50 steps)
+DEMO_SVDD_USE_STATS = (
+    True  # demo Deep SVDD also sees the signal statistics (random-encoder embeddings are weak)
+)
+DEMO_BATCH_SIZE = 8  # demo training clips per step
+DEMO_NUM_WORKERS = 0  # demo DataLoader workers (0: the tiny data set loads fastest in-process)
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"MODEL_SIZE": ("tiny", "base", "large"), "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
-           "DEMO_CLIP_SECONDS": (">0", None), "DEMO_EPOCHS": (1, None), "DEMO_LEARNING_RATE": (">0", None),
-           "DEMO_WARMUP_STEPS": (0, None), "DEMO_BATCH_SIZE": (1, None), "DEMO_NUM_WORKERS": (0, None)}
+_LIMITS = {
+    "MODEL_SIZE": ("tiny", "base", "large"),
+    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+    "DEMO_CLIP_SECONDS": (">0", None),
+    "DEMO_EPOCHS": (1, None),
+    "DEMO_LEARNING_RATE": (">0", None),
+    "DEMO_WARMUP_STEPS": (0, None),
+    "DEMO_BATCH_SIZE": (1, None),
+    "DEMO_NUM_WORKERS": (0, None),
+}
 
 _DEFAULT_DATA_DIR = "dev_data"  # what DATA_DIR None uses when it exists
 
@@ -72,7 +82,7 @@ class Step:
     command: list[str]
     inputs: list[Path | Files] = dataclasses.field(default_factory=list)
     outputs: list[Path] = dataclasses.field(default_factory=list)
-    always_run: bool = False    # checks with no outputs (datashape) run every time
+    always_run: bool = False  # checks with no outputs (datashape) run every time
 
 
 class StepFailed(RuntimeError):
@@ -132,8 +142,13 @@ def local_sources(script: Path) -> list[Path]:
             continue
         found.append(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for name in names:
                 module = path.parent / f"{name.split('.')[0]}.py"
                 if module.is_file():
@@ -147,8 +162,11 @@ def step_signature(step: Step) -> str:
     scripts = [Path(part) for part in step.command if part.endswith(".py") and Path(part).is_file()]
     sources = sorted({source for script in scripts for source in local_sources(script)})
     script_hashes = [[source.name, hashlib.sha1(source.read_bytes()).hexdigest()] for source in sources]
-    payload = {"command": step.command[1:], "scripts": script_hashes,
-               "inputs": [_file_signature(p) for p in step.inputs]}
+    payload = {
+        "command": step.command[1:],
+        "scripts": script_hashes,
+        "inputs": [_file_signature(p) for p in step.inputs],
+    }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -179,8 +197,12 @@ def why_stale(step: Step, stamp_dir: Path) -> str | None:
 def run_step(step: Step, tail_lines: int = 25) -> None:
     """Run one step, passing its output through unchanged (progress bars included); raise
     StepFailed with its last lines if it fails."""
-    process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        step.command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert process.stdout is not None
     tail: deque[bytes] = deque(maxlen=tail_lines)
     pending = b""
@@ -195,8 +217,10 @@ def run_step(step: Step, tail_lines: int = 25) -> None:
     code = process.wait()
     if code != 0:
         shown = "\n".join(f"    {line.decode(errors='replace')}" for line in tail)
-        raise StepFailed(f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
-                         f"  its last output:\n{shown}")
+        raise StepFailed(
+            f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
+            f"  its last output:\n{shown}"
+        )
 
 
 def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> list[str]:
@@ -216,10 +240,19 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
         run_step(step)
         problems = [problem for problem in map(unreadable, step.outputs) if problem]
         if problems:
-            raise StepFailed(f"step '{step.name}' exited 0 but did not write its outputs: {'; '.join(problems)}")
-        atomic_write_text(json.dumps({"signature": step_signature(step), "outputs": _outputs_signature(step),
-                                      "seconds": round(time.time() - started, 1)}),
-                          stamp_dir / f"{step.name}.json")
+            raise StepFailed(
+                f"step '{step.name}' exited 0 but did not write its outputs: {'; '.join(problems)}"
+            )
+        atomic_write_text(
+            json.dumps(
+                {
+                    "signature": step_signature(step),
+                    "outputs": _outputs_signature(step),
+                    "seconds": round(time.time() - started, 1),
+                }
+            ),
+            stamp_dir / f"{step.name}.json",
+        )
         ran.append(step.name)
     return ran
 
@@ -227,8 +260,15 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
 # -----------------------------------------------------------------------------
 # the pipeline
 
-_STEP_NAMES = ("make_demo_data", "datashape", "train", "extract_embeddings", "train_deepSVDD",
-              "evaluate_deepSVDD", "evaluate")  # each step runs the script of its name
+_STEP_NAMES = (
+    "make_demo_data",
+    "datashape",
+    "train",
+    "extract_embeddings",
+    "train_deepSVDD",
+    "evaluate_deepSVDD",
+    "evaluate",
+)  # each step runs the script of its name
 SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
 
 
@@ -242,8 +282,10 @@ def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str
             if rest.startswith("py."):
                 rest = rest[3:]
             if head not in overrides:
-                raise SystemExit(f"run_all.py: error: unknown script {head!r} in {word!r}; "
-                                 f"scripts: {', '.join(_STEP_NAMES)}")
+                raise SystemExit(
+                    f"run_all.py: error: unknown script {head!r} in {word!r}; "
+                    f"scripts: {', '.join(_STEP_NAMES)}"
+                )
             constant, _, value = rest.partition("=")
             overrides[head] += [f"--{constant.lower()}", value]
         else:
@@ -266,51 +308,116 @@ def _clips(data_dir: Path, split: str) -> Files:
     return Files(data_dir, f"*/{split}/*.[wW][aA][vV]")  # as dataset.wav_files: any case of .wav
 
 
-def build_steps(cfg, data_dir: Path, run_dir: Path, demo: bool,
-                overrides: dict[str, list[str]]) -> list[Step]:
+def build_steps(
+    cfg, data_dir: Path, run_dir: Path, demo: bool, overrides: dict[str, list[str]]
+) -> list[Step]:
     """The pipeline's steps with every output under ``run_dir``."""
     model = run_dir / "best_encoder_model.pth"
-    embeddings = [run_dir / name for name in ("normal_embeddings.pt", "normal_stats.pt",
-                                              "test_embeddings.pt", "test_stats.pt")]
+    embeddings = [
+        run_dir / name
+        for name in ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt")
+    ]
     svdd_dir = run_dir / "svdd_models_per_type"
     results = run_dir / "results"
     checkpoint = str(cfg.eat_checkpoint) if cfg.eat_checkpoint else "none"
     recipe = ["--recipe", cfg.recipe] if cfg.recipe else []
     embed = ["--embed_dir", str(run_dir)]
-    train_args = ["--data_dir", str(data_dir), "--device", cfg.device, "--eat_checkpoint", checkpoint,
-                  "--model_size", "tiny" if demo else cfg.model_size, "--output", str(model),
-                  "--last_checkpoint", str(run_dir / "last_encoder_model.pth")] + recipe
+    train_args = [
+        "--data_dir",
+        str(data_dir),
+        "--device",
+        cfg.device,
+        "--eat_checkpoint",
+        checkpoint,
+        "--model_size",
+        "tiny" if demo else cfg.model_size,
+        "--output",
+        str(model),
+        "--last_checkpoint",
+        str(run_dir / "last_encoder_model.pth"),
+    ] + recipe
     if demo:
-        train_args += ["--epochs", str(cfg.demo_epochs), "--learning_rate", str(cfg.demo_learning_rate),
-                       "--warmup_steps", str(cfg.demo_warmup_steps), "--batch_size", str(cfg.demo_batch_size),
-                       "--num_workers", str(cfg.demo_num_workers)]
+        train_args += [
+            "--epochs",
+            str(cfg.demo_epochs),
+            "--learning_rate",
+            str(cfg.demo_learning_rate),
+            "--warmup_steps",
+            str(cfg.demo_warmup_steps),
+            "--batch_size",
+            str(cfg.demo_batch_size),
+            "--num_workers",
+            str(cfg.demo_num_workers),
+        ]
     svdd_args = ["--use_stats", str(cfg.demo_svdd_use_stats)] if demo else []
     checkpoint_inputs = [resolve_checkpoint(cfg.eat_checkpoint).path] if cfg.eat_checkpoint else []
     # what the scripts read of the data folder: clips and attributes CSVs (not notes.txt and the like)
     attributes = Files(data_dir, "*/attributes*.csv")
-    train_data, all_data = [_clips(data_dir, "train"), attributes], [_clips(data_dir, "train"),
-                                                                      _clips(data_dir, "test"), attributes]
+    train_data, all_data = (
+        [_clips(data_dir, "train"), attributes],
+        [_clips(data_dir, "train"), _clips(data_dir, "test"), attributes],
+    )
     steps = []
     if demo:
-        steps.append(Step("make_demo_data", _script("make_demo_data") + [
-            "--out_dir", str(data_dir), "--clip_seconds", str(cfg.demo_clip_seconds)]
-            + overrides["make_demo_data"], outputs=[data_dir / "manifest.json"]))
+        steps.append(
+            Step(
+                "make_demo_data",
+                _script("make_demo_data")
+                + ["--out_dir", str(data_dir), "--clip_seconds", str(cfg.demo_clip_seconds)]
+                + overrides["make_demo_data"],
+                outputs=[data_dir / "manifest.json"],
+            )
+        )
     steps += [
-        Step("datashape", _script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
-             always_run=True),
-        Step("train", _script("train") + train_args + overrides["train"],
-             inputs=train_data + checkpoint_inputs, outputs=[model]),
-        Step("extract_embeddings", _script("extract_embeddings") + ["--data_dir", str(data_dir), "--device", cfg.device,
-             "--model_path", str(model)] + embed + overrides["extract_embeddings"],
-             inputs=all_data + [model], outputs=embeddings),
-        Step("train_deepSVDD", _script("train_deepSVDD") + embed + ["--svdd_dir", str(svdd_dir)] + svdd_args
-             + overrides["train_deepSVDD"], inputs=embeddings[:2], outputs=[svdd_dir]),
-        Step("evaluate_deepSVDD", _script("evaluate_deepSVDD") + embed
-             + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
-             + overrides["evaluate_deepSVDD"],
-             inputs=embeddings + [svdd_dir], outputs=[results / "deepsvdd" / "summary.json"]),
-        Step("evaluate", _script("evaluate") + embed + ["--results_dir", str(results / "ensemble")] + recipe
-             + overrides["evaluate"], inputs=embeddings, outputs=[results / "ensemble" / "summary.json"]),
+        Step(
+            "datashape",
+            _script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
+            always_run=True,
+        ),
+        Step(
+            "train",
+            _script("train") + train_args + overrides["train"],
+            inputs=train_data + checkpoint_inputs,
+            outputs=[model],
+        ),
+        Step(
+            "extract_embeddings",
+            _script("extract_embeddings")
+            + ["--data_dir", str(data_dir), "--device", cfg.device, "--model_path", str(model)]
+            + embed
+            + overrides["extract_embeddings"],
+            inputs=all_data + [model],
+            outputs=embeddings,
+        ),
+        Step(
+            "train_deepSVDD",
+            _script("train_deepSVDD")
+            + embed
+            + ["--svdd_dir", str(svdd_dir)]
+            + svdd_args
+            + overrides["train_deepSVDD"],
+            inputs=embeddings[:2],
+            outputs=[svdd_dir],
+        ),
+        Step(
+            "evaluate_deepSVDD",
+            _script("evaluate_deepSVDD")
+            + embed
+            + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
+            + overrides["evaluate_deepSVDD"],
+            inputs=embeddings + [svdd_dir],
+            outputs=[results / "deepsvdd" / "summary.json"],
+        ),
+        Step(
+            "evaluate",
+            _script("evaluate")
+            + embed
+            + ["--results_dir", str(results / "ensemble")]
+            + recipe
+            + overrides["evaluate"],
+            inputs=embeddings,
+            outputs=[results / "ensemble" / "summary.json"],
+        ),
     ]
     return steps
 
@@ -320,8 +427,10 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> None:
     of range, or an override names a script this run does not use."""
     unused = [name for name, words in overrides.items() if words and name not in {s.name for s in steps}]
     if unused:
-        raise SystemExit(f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
-                         f"(make_demo_data runs only for the demo)")
+        raise SystemExit(
+            f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
+            f"(make_demo_data runs only for the demo)"
+        )
     for step in steps:
         check_script_arguments(step.command[1], step.command[2:])
 
@@ -336,8 +445,10 @@ def choose_data_dir(cfg) -> tuple[Path, bool]:
         return data_dir, False
     if Path(_DEFAULT_DATA_DIR).is_dir():
         return Path(_DEFAULT_DATA_DIR), False
-    print(f"No {_DEFAULT_DATA_DIR}/ found: running the demo on synthetic data in {cfg.demo_dir}/ with the "
-          f"tiny encoder (pass --data_dir to use real DCASE data).")
+    print(
+        f"No {_DEFAULT_DATA_DIR}/ found: running the demo on synthetic data in {cfg.demo_dir}/ with the "
+        f"tiny encoder (pass --data_dir to use real DCASE data)."
+    )
     return Path(cfg.demo_dir), True
 
 
@@ -359,14 +470,18 @@ def main(argv: list[str] | None = None) -> int:
     except StepFailed as error:
         print(f"\nrun_all: {error}", file=sys.stderr)
         return 1
-    summaries = {label: json.loads((run_dir / "results" / name / "summary.json").read_text())
-                 for name, label in SCORERS.items()}
+    summaries = {
+        label: json.loads((run_dir / "results" / name / "summary.json").read_text())
+        for name, label in SCORERS.items()
+    }
     rows = comparison_rows(summaries)
     write_comparison(rows, comparison)
     print("\n" + format_comparison(rows, f"both scorers on {data_dir}"))
-    print(f"\nran {len(ran)} of {len(steps)} steps in {time.time() - started:.0f} s. Results (official CSVs, "
-          f"summaries, ROC and histogram plots): {run_dir / 'results'}/{{deepsvdd,ensemble}}/; "
-          f"table: {comparison}")
+    print(
+        f"\nran {len(ran)} of {len(steps)} steps in {time.time() - started:.0f} s. Results (official CSVs, "
+        f"summaries, ROC and histogram plots): {run_dir / 'results'}/{{deepsvdd,ensemble}}/; "
+        f"table: {comparison}"
+    )
     return 0
 
 

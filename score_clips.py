@@ -9,6 +9,7 @@ or the run's Deep SVDD of the machine type), and judged by the same decision thr
 evaluator applied. Writes OUTPUT (file,score,decision) and prints a one-line summary. Refuses a run
 whose files do not agree and a machine type or section the run never saw.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,13 @@ from scoring import Split, file_sha256, load_features, score_by_group
 from train_deepSVDD import bundle_path
 from utils import atomic_write_text, parse_config, resolve_device
 
-RUN = ""                     # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
-MACHINE_TYPE = ""            # machine type the clips come from (as named in the run's data)
-SECTION = "00"               # section (2020 data: machine ID) the clips belong to
-SCORER = "ensemble"          # ensemble (k-NN + Mahalanobis) | deepsvdd
-OUTPUT = "clip_scores.csv"   # CSV written: file,score,decision
-CLIPS = []                   # the .wav files to score (positional arguments)
-DEVICE = "auto"              # auto | cpu | cuda (for embedding the clips)
+RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
+MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
+SECTION = "00"  # section (2020 data: machine ID) the clips belong to
+SCORER = "ensemble"  # ensemble (k-NN + Mahalanobis) | deepsvdd
+OUTPUT = "clip_scores.csv"  # CSV written: file,score,decision
+CLIPS = []  # the .wav files to score (positional arguments)
+DEVICE = "auto"  # auto | cpu | cuda (for embedding the clips)
 # allowed values of the constants above, checked by utils.parse_config
 _LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
 
@@ -45,12 +46,16 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
     """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, and its grouping."""
     summary_path = run / "results" / scorer / "summary.json"
     if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)")
+        raise FileNotFoundError(
+            f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)"
+        )
     settings = json.loads(summary_path.read_text())["settings"]
     if scorer == "ensemble":
         return evaluate.ensemble_factory(settings), "section"
     svdd_dir = run / "svdd_models_per_type"
-    return (lambda key, normal: evaluate_deepSVDD.load_scorer(bundle_path(svdd_dir, key[0]), fingerprint)), "machine_type"
+    return (
+        lambda key, normal: evaluate_deepSVDD.load_scorer(bundle_path(svdd_dir, key[0]), fingerprint)
+    ), "machine_type"
 
 
 def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
@@ -80,19 +85,26 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     features = load_features(run, splits=("train",))
     seen = sorted({(r.machine_type, r.section) for r in features.normal.records})
     if (cfg.machine_type, cfg.section) not in seen:
-        raise ValueError(f"the run never saw {cfg.machine_type} section {cfg.section}; it knows "
-                         + ", ".join(f"{m} section {s}" for m, s in seen))
+        raise ValueError(
+            f"the run never saw {cfg.machine_type} section {cfg.section}; it knows "
+            + ", ".join(f"{m} section {s}" for m, s in seen)
+        )
     factory, by = scorer_factory(run, cfg.scorer, features.fingerprint)
     clips = embed_clips(cfg.clips, cfg.machine_type, cfg.section, features.fingerprint, cfg.device)
-    wanted = [i for i, r in enumerate(features.normal.records)
-              if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)]
+    wanted = [
+        i
+        for i, r in enumerate(features.normal.records)
+        if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
+    ]
     scores, train_scores = score_by_group(features.normal.rows(wanted), clips, factory, by)
     threshold = metrics.gamma_threshold(train_scores[(cfg.machine_type, cfg.section)])
     rows = [(Path(r.path).name, scores[r.path], int(scores[r.path] > threshold)) for r in clips.records]
     atomic_write_text("file,score,decision\n" + "".join(f"{n},{s:.8g},{d}\n" for n, s, d in rows), cfg.output)
     anomalous = sum(d for _, _, d in rows)
-    print(f"{len(rows)} clips of {cfg.machine_type} section {cfg.section} scored with {cfg.scorer}: "
-          f"{anomalous} anomalous, {len(rows) - anomalous} normal (threshold {threshold:.4g}) -> {cfg.output}")
+    print(
+        f"{len(rows)} clips of {cfg.machine_type} section {cfg.section} scored with {cfg.scorer}: "
+        f"{anomalous} anomalous, {len(rows) - anomalous} normal (threshold {threshold:.4g}) -> {cfg.output}"
+    )
     return rows
 
 

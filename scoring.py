@@ -14,14 +14,16 @@ the ensemble, a machine type for Deep SVDD), ``score(clips)``, and ``training_sc
 (the fitted normals' own scores, leave-one-out where it matters, for the decision threshold).
 ``score_by_group`` does the grouping for every scorer.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,8 +33,10 @@ from sklearn.preprocessing import StandardScaler
 from dataset import ClipRecord, discover_clips
 
 FEATURES_FORMAT = "eat-lora-asd/features-v2"
-FEATURE_FILES = {"train": ("normal_embeddings.pt", "normal_stats.pt"),
-                 "test": ("test_embeddings.pt", "test_stats.pt")}
+FEATURE_FILES = {
+    "train": ("normal_embeddings.pt", "normal_stats.pt"),
+    "test": ("test_embeddings.pt", "test_stats.pt"),
+}
 GROUPINGS = ("section", "machine_type")
 
 
@@ -94,14 +98,16 @@ def read_feature_file(path: Path) -> dict | None:
 class Split:
     """Embeddings, statistics and ClipRecords of the same clips, row for row."""
 
-    embeddings: np.ndarray     # [N, D] float32
-    stats: np.ndarray          # [N, S] float32
+    embeddings: np.ndarray  # [N, D] float32
+    stats: np.ndarray  # [N, S] float32
     stat_names: list[str]
     records: list[ClipRecord]
 
-    def rows(self, rows: Sequence[int]) -> "Split":
+    def rows(self, rows: Sequence[int]) -> Split:
         rows = list(rows)
-        return Split(self.embeddings[rows], self.stats[rows], self.stat_names, [self.records[i] for i in rows])
+        return Split(
+            self.embeddings[rows], self.stats[rows], self.stat_names, [self.records[i] for i in rows]
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -113,7 +119,7 @@ class Features:
 
     normal: Split
     test: Split | None
-    fingerprint: dict          # the normal embeddings' fingerprint
+    fingerprint: dict  # the normal embeddings' fingerprint
 
     @property
     def data_dir(self) -> str:
@@ -121,8 +127,11 @@ class Features:
 
     def embedding_maps(self) -> dict[str, dict]:
         """{"train"/"test": {"matrix", "records"}}: what report.py maps."""
-        return {name: {"matrix": split.embeddings, "records": split.records}
-                for name, split in (("train", self.normal), ("test", self.test)) if split is not None}
+        return {
+            name: {"matrix": split.embeddings, "records": split.records}
+            for name, split in (("train", self.normal), ("test", self.test))
+            if split is not None
+        }
 
 
 def extract_command(embed_dir, fingerprint: dict | None) -> str:
@@ -134,10 +143,16 @@ def extract_command(embed_dir, fingerprint: dict | None) -> str:
 def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | None:
     """Why a split's two files do not go with each other or with the normal embeddings."""
     fp, st = emb["fingerprint"], stats["fingerprint"]
-    if [r["path"] for r in emb["records"]] != [r["path"] for r in stats["records"]] or fp["data"] != st["data"]:
+    if [r["path"] for r in emb["records"]] != [r["path"] for r in stats["records"]] or fp["data"] != st[
+        "data"
+    ]:
         return f"the {split} embeddings and statistics describe different clips"
-    for key, what in (("model_sha256", "another tuned model"), ("settings", "other embedding settings"),
-                      ("precision", "another precision"), ("data_dir", "another data folder")):
+    for key, what in (
+        ("model_sha256", "another tuned model"),
+        ("settings", "other embedding settings"),
+        ("precision", "another precision"),
+        ("data_dir", "another data folder"),
+    ):
         if fp.get(key) != reference.get(key):
             return f"the {split} embeddings come from {what} than the normal embeddings"
     return None
@@ -149,7 +164,9 @@ def _stale(fingerprint: dict, split: str) -> str | None:
     if data_dir.is_dir():
         try:
             if data_fingerprint(split_records(data_dir, split)) != fingerprint["data"]:
-                return f"the {split} clips in {data_dir} changed (added, removed or rewritten) since extraction"
+                return (
+                    f"the {split} clips in {data_dir} changed (added, removed or rewritten) since extraction"
+                )
         except (ValueError, FileNotFoundError) as error:
             return f"{data_dir}: {error}"
     if model_path.is_file() and file_sha256(model_path) != fingerprint["model_sha256"]:
@@ -170,8 +187,10 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
         for path, payload in ((emb_path, emb), (stats_path, stats)):
             if payload is None:
                 reference = next((p["fingerprint"] for p, _ in loaded.values()), None)
-                raise FileNotFoundError(f"{path} is missing, unreadable or in an older format: run "
-                                        f"{extract_command(embed_dir, reference)}")
+                raise FileNotFoundError(
+                    f"{path} is missing, unreadable or in an older format: run "
+                    f"{extract_command(embed_dir, reference)}"
+                )
         loaded[split] = (emb, stats)
     reference = loaded[splits[0]][0]["fingerprint"]
     for split, (emb, stats) in loaded.items():
@@ -181,11 +200,18 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
 
     def to_split(pair) -> Split:
         emb, stats = pair
-        return Split(emb["matrix"].float().numpy(), stats["matrix"].float().numpy(), list(stats["columns"]),
-                     [ClipRecord.from_dict(d) for d in emb["records"]])
+        return Split(
+            emb["matrix"].float().numpy(),
+            stats["matrix"].float().numpy(),
+            list(stats["columns"]),
+            [ClipRecord.from_dict(d) for d in emb["records"]],
+        )
 
-    return Features(to_split(loaded["train"]) if "train" in loaded else None,
-                    to_split(loaded["test"]) if "test" in loaded else None, reference)
+    return Features(
+        to_split(loaded["train"]) if "train" in loaded else None,
+        to_split(loaded["test"]) if "test" in loaded else None,
+        reference,
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -193,7 +219,7 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
 
 
 class Scorer(Protocol):
-    def fit(self, normal: Split) -> "Scorer": ...
+    def fit(self, normal: Split) -> Scorer: ...
 
     def score(self, clips: Split) -> np.ndarray: ...
 
@@ -213,8 +239,9 @@ def row_groups(records: Sequence[ClipRecord], by: str) -> dict[tuple[str, ...], 
     return dict(sorted(groups.items()))
 
 
-def score_by_group(normal: Split, clips: Split, scorer_for: Callable[[tuple[str, ...], Split], Scorer],
-                   by: str) -> tuple[dict[str, float], dict[tuple[str, str], np.ndarray]]:
+def score_by_group(
+    normal: Split, clips: Split, scorer_for: Callable[[tuple[str, ...], Split], Scorer], by: str
+) -> tuple[dict[str, float], dict[tuple[str, str], np.ndarray]]:
     """Scores of ``clips`` {path: score}, each by the scorer of its group, and the training normals'
     scores per (machine_type, section) for the decision thresholds.
 
@@ -224,8 +251,10 @@ def score_by_group(normal: Split, clips: Split, scorer_for: Callable[[tuple[str,
     normal_groups = row_groups(normal.records, by)
     missing = sorted(set(row_groups(clips.records, by)) - set(normal_groups))
     if missing:
-        raise ValueError(f"test clips of {', '.join('/'.join(k) for k in missing)} have no training normals "
-                         "to compare with")
+        raise ValueError(
+            f"test clips of {', '.join('/'.join(k) for k in missing)} have no training normals "
+            "to compare with"
+        )
     scores: dict[str, float] = {}
     train_scores: dict[tuple[str, str], list[float]] = {}
     clip_groups = row_groups(clips.records, by)
@@ -258,7 +287,7 @@ def expected_sections(normal: Split, test: Split) -> set[tuple[str, str]]:
 # training scores (a normal and the SMOTE rows made from it are never its own references).
 
 BACKENDS = ("knn", "kmeans", "density")
-MIN_DENSITY = 1e-6          # duplicated references would have density 0 and divide by it
+MIN_DENSITY = 1e-6  # duplicated references would have density 0 and divide by it
 INF = float("inf")
 
 
@@ -286,8 +315,9 @@ class KnnBank:
         return distances if excluded is None else distances.masked_fill(excluded, INF)
 
 
-def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int,
-                 excluded: torch.Tensor | None = None) -> torch.Tensor:
+def knn_distance(
+    queries: torch.Tensor, bank: torch.Tensor, k: int, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cosine distance of each query to its k nearest bank rows (inf where none is left)."""
     return mean_of_nearest(KnnBank(bank).distances(queries, excluded), k)
 
@@ -302,7 +332,7 @@ def spherical_kmeans(bank: torch.Tensor, clusters: int, seed: int, iterations: i
     nearest = 1.0 - unit @ unit[chosen[0]]
     while len(chosen) < min(clusters, len(unit)):
         weights = np.where(nearest.numpy() > 1e-12, nearest.numpy(), 0.0)
-        if weights.sum() == 0:                     # every row already lies on a centre
+        if weights.sum() == 0:  # every row already lies on a centre
             break
         chosen.append(int(rng.choice(len(unit), p=weights / weights.sum())))
         nearest = torch.minimum(nearest, 1.0 - unit @ unit[chosen[-1]])
@@ -336,7 +366,7 @@ class KMeansBank:
         columns = []
         for rows in self.clusters:
             left_out = excluded[:, rows].double()
-            centre = F.normalize(self.unit[rows].sum(0) - left_out @ self.unit[rows], dim=1)     # [N, D]
+            centre = F.normalize(self.unit[rows].sum(0) - left_out @ self.unit[rows], dim=1)  # [N, D]
             similarity = (unit_queries * centre).sum(1)
             columns.append(torch.where(left_out.sum(1) < len(rows), 1.0 - similarity, INF))
         return torch.stack(columns, dim=1)
@@ -347,25 +377,26 @@ class DensityBank:
     cosine distance of the reference to its ``neighbours`` nearest other bank rows (without the rows
     excluded for the query). A reference without another row to measure it by is no reference."""
 
-    CHUNK = 64              # queries at a time: the leave-one-out densities take [CHUNK, M, width]
+    CHUNK = 64  # queries at a time: the leave-one-out densities take [CHUNK, M, width]
 
     def __init__(self, bank: torch.Tensor, neighbours: int):
         self.bank, self.neighbours = bank, neighbours
         among = cosine_distances(bank, bank).fill_diagonal_(INF)
-        self.sorted, self.order = among.sort(dim=1)          # each row's other rows, nearest first
+        self.sorted, self.order = among.sort(dim=1)  # each row's other rows, nearest first
 
     def distances(self, queries: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
         distances = cosine_distances(queries, self.bank)
         if excluded is None:
             excluded = torch.zeros(distances.shape, dtype=torch.bool)
-        return torch.cat([self._rescaled(d, e) for d, e in zip(distances.split(self.CHUNK),
-                                                               excluded.split(self.CHUNK))])
+        return torch.cat(
+            [self._rescaled(d, e) for d, e in zip(distances.split(self.CHUNK), excluded.split(self.CHUNK))]
+        )
 
     def _rescaled(self, distances: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         most_excluded = int(excluded.sum(1).max()) if len(excluded) else 0
-        width = min(len(self.bank) - 1, self.neighbours + most_excluded)    # enough to skip the excluded
-        order, near = self.order[:, :width], self.sorted[:, :width]        # [M, width]
-        keep = ~excluded[:, order]                                         # [n, M, width]
+        width = min(len(self.bank) - 1, self.neighbours + most_excluded)  # enough to skip the excluded
+        order, near = self.order[:, :width], self.sorted[:, :width]  # [M, width]
+        keep = ~excluded[:, order]  # [n, M, width]
         take = keep & (keep.int().cumsum(2) <= self.neighbours)
         count = take.sum(2)
         density = (near * take).sum(2) / count.clamp(min=1)
@@ -409,7 +440,7 @@ class Mahalanobis:
 
         x = np.asarray(x, dtype=np.float64)
         self.mean, scale = x.mean(0), x.std(0)
-        self.scale = np.where(scale > 1e-12, scale, 1.0)   # constant columns would divide by zero
+        self.scale = np.where(scale > 1e-12, scale, 1.0)  # constant columns would divide by zero
         self.precision = LedoitWolf(assume_centered=True).fit((x - self.mean) / self.scale).precision_
 
     def inverse_covariance(self) -> np.ndarray:
@@ -442,11 +473,24 @@ class KnnMahalanobis:
     them; density: the references' densities too).
     """
 
-    def __init__(self, k: int = 1, w: float = 0.5, separate_domain_banks: bool = True, backend: str = "knn",
-                 kmeans_clusters: int = 16, density_neighbours: int = 4, smote_ratio: float = 0.0,
-                 smote_neighbours: int = 2, seed: int = 0):
-        for name, value in (("K", k), ("KMEANS_CLUSTERS", kmeans_clusters), ("DENSITY_NEIGHBOURS", density_neighbours),
-                            ("SMOTE_NEIGHBOURS", smote_neighbours)):
+    def __init__(
+        self,
+        k: int = 1,
+        w: float = 0.5,
+        separate_domain_banks: bool = True,
+        backend: str = "knn",
+        kmeans_clusters: int = 16,
+        density_neighbours: int = 4,
+        smote_ratio: float = 0.0,
+        smote_neighbours: int = 2,
+        seed: int = 0,
+    ):
+        for name, value in (
+            ("K", k),
+            ("KMEANS_CLUSTERS", kmeans_clusters),
+            ("DENSITY_NEIGHBOURS", density_neighbours),
+            ("SMOTE_NEIGHBOURS", smote_neighbours),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if backend not in BACKENDS:
@@ -487,7 +531,7 @@ class KnnMahalanobis:
             distance = torch.minimum(distance, mean_of_nearest(bank.distances(queries, excluded), self.k))
         return distance.numpy()
 
-    def fit(self, normal: Split) -> "KnnMahalanobis":
+    def fit(self, normal: Split) -> KnnMahalanobis:
         references, domains, self.excluded = self._references(normal)
         keys = [d if self.separate else None for d in domains]
         self.banks = []
@@ -508,7 +552,9 @@ class KnnMahalanobis:
     def training_scores(self, normal: Split) -> np.ndarray:
         """The fitted normals' own scores (``normal`` must be the split given to ``fit``)."""
         if len(normal) != len(self.excluded):
-            raise ValueError(f"training_scores needs the {len(self.excluded)} fitted normals, got {len(normal)} rows")
+            raise ValueError(
+                f"training_scores needs the {len(self.excluded)} fitted normals, got {len(normal)} rows"
+            )
         return self._combine(self._distance(normal.embeddings, leave_one_out=True), normal.stats)
 
 
@@ -522,37 +568,65 @@ class DeepSVDDScorer:
     """A StandardScaler and a pyod DeepSVDD on the embeddings (with the statistics appended when
     ``use_stats``); score = squared distance to the hypersphere centre."""
 
-    def __init__(self, use_stats: bool = False, hidden_neurons: Sequence[int] = (256, 64), epochs: int = 50,
-                 batch_size: int = 64, learning_rate: float = 1e-3, dropout: float = 0.0,
-                 weight_decay: float = 1e-6, seed: int = 0, threads: int = 1):
-        self.settings = {"use_stats": use_stats, "hidden_neurons": list(hidden_neurons), "epochs": epochs,
-                         "batch_size": batch_size, "learning_rate": learning_rate, "dropout": dropout,
-                         "weight_decay": weight_decay, "seed": seed, "threads": threads}
+    def __init__(
+        self,
+        use_stats: bool = False,
+        hidden_neurons: Sequence[int] = (256, 64),
+        epochs: int = 50,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        dropout: float = 0.0,
+        weight_decay: float = 1e-6,
+        seed: int = 0,
+        threads: int = 1,
+    ):
+        self.settings = {
+            "use_stats": use_stats,
+            "hidden_neurons": list(hidden_neurons),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "dropout": dropout,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "threads": threads,
+        }
 
     def inputs(self, clips: Split) -> np.ndarray:
         x = clips.embeddings.astype(np.float64)
-        return np.concatenate([x, clips.stats.astype(np.float64)], axis=1) if self.settings["use_stats"] else x
+        return (
+            np.concatenate([x, clips.stats.astype(np.float64)], axis=1) if self.settings["use_stats"] else x
+        )
 
     def _detector(self, n_features: int):
         from pyod.models.deep_svdd import DeepSVDD
 
         s = self.settings
-        return DeepSVDD(n_features=n_features, hidden_neurons=list(s["hidden_neurons"]), epochs=s["epochs"],
-                        batch_size=s["batch_size"], learning_rate=s["learning_rate"], dropout_rate=s["dropout"],
-                        l2_regularizer=s["weight_decay"], preprocessing=False, verbose=0, random_state=s["seed"])
+        return DeepSVDD(
+            n_features=n_features,
+            hidden_neurons=list(s["hidden_neurons"]),
+            epochs=s["epochs"],
+            batch_size=s["batch_size"],
+            learning_rate=s["learning_rate"],
+            dropout_rate=s["dropout"],
+            l2_regularizer=s["weight_decay"],
+            preprocessing=False,
+            verbose=0,
+            random_state=s["seed"],
+        )
 
-    def fit(self, normal: Split) -> "DeepSVDDScorer":
+    def fit(self, normal: Split) -> DeepSVDDScorer:
         from utils import seed_everything
 
         x = self.inputs(normal)
         if len(x) < 2:
             raise ValueError(f"Deep SVDD needs at least 2 training rows, got {len(x)}")
-        seed_everything(self.settings["seed"])   # pyod seeds torch only; its shuffle uses numpy's generator
+        seed_everything(self.settings["seed"])  # pyod seeds torch only; its shuffle uses numpy's generator
         scaler = StandardScaler().fit(x)
         self.mean, self.scale = scaler.mean_, scaler.scale_
         self.detector = self._detector(x.shape[1])
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.settings["threads"])   # a small network: more threads only add overhead
+        torch.set_num_threads(self.settings["threads"])  # a small network: more threads only add overhead
         try:
             self.detector.fit((x - self.mean) / self.scale)
         finally:
@@ -568,21 +642,32 @@ class DeepSVDDScorer:
 
     def state(self) -> dict:
         """Tensors and plain data only: loadable with torch.load(weights_only=True)."""
-        return {"format": SVDD_FORMAT, "settings": self.settings, "n_features": len(self.mean),
-                "mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale),
-                "network": self.detector.model_.state_dict(), "centre": self.detector.c_.detach().clone()}
+        return {
+            "format": SVDD_FORMAT,
+            "settings": self.settings,
+            "n_features": len(self.mean),
+            "mean": torch.from_numpy(self.mean),
+            "scale": torch.from_numpy(self.scale),
+            "network": self.detector.model_.state_dict(),
+            "centre": self.detector.c_.detach().clone(),
+        }
 
     @classmethod
-    def from_state(cls, state: dict) -> "DeepSVDDScorer":
+    def from_state(cls, state: dict) -> DeepSVDDScorer:
         from pyod.models.deep_svdd import InnerDeepSVDD
 
         scorer = cls(**state["settings"])
         scorer.mean, scorer.scale = state["mean"].numpy(), state["scale"].numpy()
         detector = scorer._detector(state["n_features"])
-        detector.model_ = InnerDeepSVDD(state["n_features"], use_ae=False, hidden_neurons=detector.hidden_neurons,
-                                        hidden_activation=detector.hidden_activation,
-                                        output_activation=detector.output_activation,
-                                        dropout_rate=detector.dropout_rate, l2_regularizer=detector.l2_regularizer)
+        detector.model_ = InnerDeepSVDD(
+            state["n_features"],
+            use_ae=False,
+            hidden_neurons=detector.hidden_neurons,
+            hidden_activation=detector.hidden_activation,
+            output_activation=detector.output_activation,
+            dropout_rate=detector.dropout_rate,
+            l2_regularizer=detector.l2_regularizer,
+        )
         detector.model_.load_state_dict(state["network"])
         detector.c_ = state["centre"]
         scorer.detector = detector

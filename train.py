@@ -11,6 +11,7 @@ augmentation each clip got) or no training at all.
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,73 +33,118 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from checkpoints import build_encoder, save_tuned, tensors_checksum
-from dataset import ClipDataset, FixedLengthCollate, LabelIndex, VariableLengthCollate, discover_clips, stratified_split
+from dataset import (
+    ClipDataset,
+    FixedLengthCollate,
+    LabelIndex,
+    VariableLengthCollate,
+    discover_clips,
+    stratified_split,
+)
 from model import ASDModel, add_lora, count_parameters, make_head, trainable_state
 from preprocessing import PAD_VALUE, FeatureCache
 from recipes import expand_recipe, recipe_summary
-from utils import (atomic_torch_save, autocast, config_to_dict, parse_config, print_config, resolve_device,
-                   seed_everything, tune_cpu_allocator)
+from utils import (
+    atomic_torch_save,
+    autocast,
+    config_to_dict,
+    parse_config,
+    print_config,
+    resolve_device,
+    seed_everything,
+    tune_cpu_allocator,
+)
 
-RECIPE = "asdkit-eat-lora"                 # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
-DATA_DIR = "dev_data"                      # DCASE folder: <machine>/train/*.wav (test clips are never read)
-MACHINE_TYPES = []                         # machine types to train on, comma-separated; empty = all
-EAT_CHECKPOINT = None                      # HF folder (config.json + model.safetensors) or fairseq .pt; None = random init (demo only)
-MODEL_SIZE = "base"                        # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
-POOLING = "cls"                            # utterance embedding: "cls" token or "mean" of the patch tokens
-PROJECTION_DIM = 256                       # linear layer after pooling; its output is the embedding used downstream (0 = none)
-EPOCHS = 25                                # passes over the training clips
-BATCH_SIZE = 8                             # clips per step and process
-GRAD_ACCUM = 1                             # steps whose gradients add up before one optimizer update
-LEARNING_RATE = 1e-4                       # peak AdamW learning rate (LoRA, projection and head)
-WARMUP_STEPS = 5000                        # linear warm-up over this many optimizer steps plus WARMUP_EPOCHS' worth
-WARMUP_EPOCHS = 0.0                        # further warm-up in epochs (may be fractional), added to WARMUP_STEPS
-LR_SCHEDULE = "constant"                   # after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
-MIN_LR_RATIO = 0.01                        # the cosine decays to LEARNING_RATE * MIN_LR_RATIO
-WEIGHT_DECAY = 0.01                        # AdamW decay on matrices (not on norms and biases)
-GRAD_CLIP = 1.0                            # max gradient norm; 0 disables clipping
-LORA_RANK = 64                             # LoRA rank on the LORA_TARGETS layers of every block
-LORA_ALPHA = 128.0                         # LoRA scaling numerator (scale = alpha / rank)
-LORA_DROPOUT = 0.1                         # dropout on the LoRA branch
-LORA_TARGETS = ["qkv"]                     # layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
-UNFREEZE_LAST_NORMS = 0                    # also train norm1/norm2 of the last K blocks
-HEAD = "scadacos"                          # auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
-SUB_CLUSTERS = 16                          # SCAdaCos centres per class
-TRAIN_CENTRES = True                       # SCAdaCos centres are trained (False: fixed at their seeded random start)
-ARCFACE_SCALE = 30.0                       # ArcFace logit scale s
-ARCFACE_MARGIN = 0.5                       # ArcFace additive angular margin m (radians)
-SINGLE_CLASS = "pretext"                   # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
-VAL_FRACTION = 0.1                         # share of each class held out for validation (stratified)
-SEED = 0                                   # split, initialisation and augmentation seed
-NUM_WORKERS = 2                            # DataLoader worker processes per training process
-DEVICE = "auto"                            # "auto" (CUDA when present), "cpu", "cuda"
-AMP = True                                 # bf16 autocast on CUDA (no effect on CPU)
-TARGET_FRAMES = 0                          # frames per clip (zero-padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
-PAD_MULTIPLE = 32                          # TARGET_FRAMES 0: clips are zero-padded to a multiple of this many frames
-RANDOM_CROP = True                         # TARGET_FRAMES > 0: crop longer training clips at a random offset
-SPEC_AUGMENT = False                       # random time and frequency masks on training fbanks
-TIME_MASK = 80                             # widest time mask (frames)
-FREQ_MASK = 16                             # widest frequency mask (mel bins)
-NUM_MASKS = 2                              # masks of each kind per clip
-MIXUP_PROB = 0.5                           # share of training batches whose clip pairs and targets are mixed (0 = never)
-MIXUP_ALPHA = 0.2                          # Beta(alpha, alpha) mixing weights
-FEATURE_CACHE = "cache/features"           # fbank cache folder; None keeps all fbanks in memory instead
-OUTPUT = "best_encoder_model.pth"          # best model (LoRA + head + label index + settings)
-LAST_CHECKPOINT = "last_encoder_model.pth" # last epoch with optimizer/scheduler state, for RESUME
-RESUME = "auto"                            # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
+RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
+DATA_DIR = "dev_data"  # DCASE folder: <machine>/train/*.wav (test clips are never read)
+MACHINE_TYPES = []  # machine types to train on, comma-separated; empty = all
+EAT_CHECKPOINT = (
+    None  # HF folder (config.json + model.safetensors) or fairseq .pt; None = random init (demo only)
+)
+MODEL_SIZE = "base"  # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
+POOLING = "cls"  # utterance embedding: "cls" token or "mean" of the patch tokens
+PROJECTION_DIM = 256  # linear layer after pooling; its output is the embedding used downstream (0 = none)
+EPOCHS = 25  # passes over the training clips
+BATCH_SIZE = 8  # clips per step and process
+GRAD_ACCUM = 1  # steps whose gradients add up before one optimizer update
+LEARNING_RATE = 1e-4  # peak AdamW learning rate (LoRA, projection and head)
+WARMUP_STEPS = 5000  # linear warm-up over this many optimizer steps plus WARMUP_EPOCHS' worth
+WARMUP_EPOCHS = 0.0  # further warm-up in epochs (may be fractional), added to WARMUP_STEPS
+LR_SCHEDULE = "constant"  # after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
+MIN_LR_RATIO = 0.01  # the cosine decays to LEARNING_RATE * MIN_LR_RATIO
+WEIGHT_DECAY = 0.01  # AdamW decay on matrices (not on norms and biases)
+GRAD_CLIP = 1.0  # max gradient norm; 0 disables clipping
+LORA_RANK = 64  # LoRA rank on the LORA_TARGETS layers of every block
+LORA_ALPHA = 128.0  # LoRA scaling numerator (scale = alpha / rank)
+LORA_DROPOUT = 0.1  # dropout on the LoRA branch
+LORA_TARGETS = ["qkv"]  # layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
+UNFREEZE_LAST_NORMS = 0  # also train norm1/norm2 of the last K blocks
+HEAD = "scadacos"  # auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
+SUB_CLUSTERS = 16  # SCAdaCos centres per class
+TRAIN_CENTRES = True  # SCAdaCos centres are trained (False: fixed at their seeded random start)
+ARCFACE_SCALE = 30.0  # ArcFace logit scale s
+ARCFACE_MARGIN = 0.5  # ArcFace additive angular margin m (radians)
+SINGLE_CLASS = "pretext"  # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
+VAL_FRACTION = 0.1  # share of each class held out for validation (stratified)
+SEED = 0  # split, initialisation and augmentation seed
+NUM_WORKERS = 2  # DataLoader worker processes per training process
+DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+AMP = True  # bf16 autocast on CUDA (no effect on CPU)
+TARGET_FRAMES = 0  # frames per clip (zero-padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
+PAD_MULTIPLE = 32  # TARGET_FRAMES 0: clips are zero-padded to a multiple of this many frames
+RANDOM_CROP = True  # TARGET_FRAMES > 0: crop longer training clips at a random offset
+SPEC_AUGMENT = False  # random time and frequency masks on training fbanks
+TIME_MASK = 80  # widest time mask (frames)
+FREQ_MASK = 16  # widest frequency mask (mel bins)
+NUM_MASKS = 2  # masks of each kind per clip
+MIXUP_PROB = 0.5  # share of training batches whose clip pairs and targets are mixed (0 = never)
+MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weights
+FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
+OUTPUT = "best_encoder_model.pth"  # best model (LoRA + head + label index + settings)
+LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
+RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"RECIPE": ("asdkit-eat-lora", "arcface-v1"), "EPOCHS": (1, None), "BATCH_SIZE": (1, None), "GRAD_ACCUM": (1, None), "LEARNING_RATE": (">0", None),
-           "WARMUP_STEPS": (0, None), "WARMUP_EPOCHS": (0.0, None), "LR_SCHEDULE": ("constant", "cosine"),
-           "MIN_LR_RATIO": (0.0, 1.0), "WEIGHT_DECAY": (0.0, None), "GRAD_CLIP": (0.0, None), "LORA_RANK": (1, None),
-           "LORA_ALPHA": (">0", None), "LORA_DROPOUT": (0.0, "<1"), "LORA_TARGETS": ("qkv", "proj", "fc1", "fc2"),
-           "UNFREEZE_LAST_NORMS": (0, None), "HEAD": ("scadacos", "arcface", "linear"), "SUB_CLUSTERS": (1, None),
-           "PROJECTION_DIM": (0, None), "POOLING": ("cls", "mean"), "ARCFACE_SCALE": (">0", None),
-           "ARCFACE_MARGIN": (0.0, None), "SINGLE_CLASS": ("pretext", "frozen"), "VAL_FRACTION": (0.0, "<1"),
-           "SEED": (0, None), "NUM_WORKERS": (0, None), "TARGET_FRAMES": (0, None), "PAD_MULTIPLE": (1, None),
-           "TIME_MASK": (0, None), "FREQ_MASK": (0, None), "NUM_MASKS": (0, None), "MIXUP_PROB": (0.0, 1.0),
-           "MIXUP_ALPHA": (">0", None), "RESUME": ("auto", "true", "false"), "MODEL_SIZE": ("tiny", "base", "large")}
+_LIMITS = {
+    "RECIPE": ("asdkit-eat-lora", "arcface-v1"),
+    "EPOCHS": (1, None),
+    "BATCH_SIZE": (1, None),
+    "GRAD_ACCUM": (1, None),
+    "LEARNING_RATE": (">0", None),
+    "WARMUP_STEPS": (0, None),
+    "WARMUP_EPOCHS": (0.0, None),
+    "LR_SCHEDULE": ("constant", "cosine"),
+    "MIN_LR_RATIO": (0.0, 1.0),
+    "WEIGHT_DECAY": (0.0, None),
+    "GRAD_CLIP": (0.0, None),
+    "LORA_RANK": (1, None),
+    "LORA_ALPHA": (">0", None),
+    "LORA_DROPOUT": (0.0, "<1"),
+    "LORA_TARGETS": ("qkv", "proj", "fc1", "fc2"),
+    "UNFREEZE_LAST_NORMS": (0, None),
+    "HEAD": ("scadacos", "arcface", "linear"),
+    "SUB_CLUSTERS": (1, None),
+    "PROJECTION_DIM": (0, None),
+    "POOLING": ("cls", "mean"),
+    "ARCFACE_SCALE": (">0", None),
+    "ARCFACE_MARGIN": (0.0, None),
+    "SINGLE_CLASS": ("pretext", "frozen"),
+    "VAL_FRACTION": (0.0, "<1"),
+    "SEED": (0, None),
+    "NUM_WORKERS": (0, None),
+    "TARGET_FRAMES": (0, None),
+    "PAD_MULTIPLE": (1, None),
+    "TIME_MASK": (0, None),
+    "FREQ_MASK": (0, None),
+    "NUM_MASKS": (0, None),
+    "MIXUP_PROB": (0.0, 1.0),
+    "MIXUP_ALPHA": (">0", None),
+    "RESUME": ("auto", "true", "false"),
+    "MODEL_SIZE": ("tiny", "base", "large"),
+}
 
 
 # ----------------------------------------------------------------------------- processes
+
 
 def setup_processes(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device): DDP whenever torchrun started the process (one process too), else
@@ -124,6 +170,7 @@ def all_sum(values: list[float], device: torch.device, world: int) -> list[float
 
 # ----------------------------------------------------------------------------- data
 
+
 class MemoryFeatures:
     """fbanks held in memory (FEATURE_CACHE None): computed once, before the loaders fork."""
 
@@ -146,10 +193,16 @@ def training_records(cfg) -> list:
 def make_loader(dataset: ClipDataset, cfg, train: bool, world: int) -> DataLoader:
     sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if dist.is_initialized() else None
     return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
-        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        collate_fn=VariableLengthCollate(cfg.pad_multiple) if cfg.target_frames == 0 else
-        FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop),
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=VariableLengthCollate(cfg.pad_multiple)
+        if cfg.target_frames == 0
+        else FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop),
         generator=torch.Generator() if train and sampler is None else None,  # reseeded every epoch
     )
 
@@ -168,8 +221,9 @@ def spec_augment(x: torch.Tensor, time_mask: int, freq_mask: int, num_masks: int
     return x * keep
 
 
-def mixup_batch(x: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float
-                ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def mixup_batch(
+    x: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """With probability ``prob``: (lam * x + (1 - lam) * x[perm], labels[perm], lam), lam ~ Beta(alpha, alpha);
     otherwise (x, None, 1.0). Draws from the global torch RNG (seeded per epoch)."""
     if prob <= 0 or float(torch.rand(())) >= prob:
@@ -183,7 +237,9 @@ _PRETEXT_TASKS = ("none", "time_stretch", "pitch_shift", "overlay")
 _STRETCH, _SHIFT_BINS = 1.25, 8
 
 
-def pretext_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pretext_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one of _PRETEXT_TASKS to each clip of [B, 1, T, F] -> (clips, index of the task applied).
 
     The task is drawn uniformly per clip (``generator``, else the global RNG). time_stretch: the
@@ -193,7 +249,9 @@ def pretext_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     """
     B, _, T, Fq = x.shape
     labels = torch.randint(0, len(_PRETEXT_TASKS), (B,), generator=generator).to(x.device)
-    stretched = F.interpolate(x, size=(round(T * _STRETCH), Fq), mode="bilinear", align_corners=False)[:, :, :T]
+    stretched = F.interpolate(x, size=(round(T * _STRETCH), Fq), mode="bilinear", align_corners=False)[
+        :, :, :T
+    ]
     shifted = torch.cat([torch.full_like(x[..., :_SHIFT_BINS], PAD_VALUE), x[..., :-_SHIFT_BINS]], dim=-1)
     overlaid = 0.5 * (x + x.roll(T // 2, dims=2))
     versions = torch.stack([x, stretched, shifted, overlaid])  # same order as _PRETEXT_TASKS
@@ -207,6 +265,7 @@ def pretext_label_index() -> LabelIndex:
 
 # ----------------------------------------------------------------------------- model and optimisation
 
+
 class TrainStep(nn.Module):
     """What DDP wraps: embeddings once, the head's loss (mixup-aware) and its plain logits for accuracy."""
 
@@ -214,23 +273,39 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, mixed_labels: torch.Tensor | None = None,
-                lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        mixed_labels: torch.Tensor | None = None,
+        lam: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.model.embed(x)
         return self.model.head.loss(emb, labels, mixed_labels, lam), self.model.head(emb).detach()
 
 
 def build_model(cfg, num_classes: int, show: bool) -> ASDModel:
     encoder = build_encoder(cfg.eat_checkpoint, cfg.model_size, init_seed=cfg.seed, verbose=show)
-    wrapped = add_lora(encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.unfreeze_last_norms,
-                       cfg.lora_targets)
-    head = make_head(cfg.head, encoder.embed_dim, num_classes, cfg.arcface_scale if cfg.head == "arcface" else None,
-                     cfg.arcface_margin, cfg.sub_clusters, cfg.train_centres, cfg.projection_dim)
+    wrapped = add_lora(
+        encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.unfreeze_last_norms, cfg.lora_targets
+    )
+    head = make_head(
+        cfg.head,
+        encoder.embed_dim,
+        num_classes,
+        cfg.arcface_scale if cfg.head == "arcface" else None,
+        cfg.arcface_margin,
+        cfg.sub_clusters,
+        cfg.train_centres,
+        cfg.projection_dim,
+    )
     model = ASDModel(wrapped, head, cfg.pooling)
     if show:
         trainable, total = count_parameters(model)
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%; "
-              f"LoRA + projection + head)")
+        print(
+            f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%; "
+            f"LoRA + projection + head)"
+        )
     return model
 
 
@@ -241,8 +316,10 @@ def warmup_length(cfg, steps_per_epoch: int) -> int:
 
 def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = warmup_length(cfg, steps_per_epoch)
@@ -258,8 +335,17 @@ def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_epoch(step_module: nn.Module, loader: DataLoader, optimizer, scheduler, cfg, device, epoch: int,
-                show: bool, pretext: bool = False) -> tuple[float, float, float]:
+def train_epoch(
+    step_module: nn.Module,
+    loader: DataLoader,
+    optimizer,
+    scheduler,
+    cfg,
+    device,
+    epoch: int,
+    show: bool,
+    pretext: bool = False,
+) -> tuple[float, float, float]:
     """(summed loss, correct, clips) of one pass; the optimizer steps every GRAD_ACCUM batches.
 
     ``pretext``: the labels are which _PRETEXT_TASKS augmentation each clip got (no mixup then).
@@ -275,15 +361,20 @@ def train_epoch(step_module: nn.Module, loader: DataLoader, optimizer, scheduler
             x = spec_augment(x, cfg.time_mask, cfg.freq_mask, cfg.num_masks)
         x, mixed_labels, lam = mixup_batch(x, labels, 0.0 if pretext else cfg.mixup_prob, cfg.mixup_alpha)
         update = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
-        no_sync = step_module.no_sync if isinstance(step_module, nn.parallel.DistributedDataParallel) and not update \
+        no_sync = (
+            step_module.no_sync
+            if isinstance(step_module, nn.parallel.DistributedDataParallel) and not update
             else contextlib.nullcontext
+        )
         with no_sync():
             with autocast(device, cfg.amp):
                 loss, plain = step_module(x, labels, mixed_labels, lam)
             (loss / cfg.grad_accum).backward()
         if update:
             if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for p in step_module.parameters() if p.requires_grad], cfg.grad_clip)
+                nn.utils.clip_grad_norm_(
+                    [p for p in step_module.parameters() if p.requires_grad], cfg.grad_clip
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -295,8 +386,9 @@ def train_epoch(step_module: nn.Module, loader: DataLoader, optimizer, scheduler
 
 
 @torch.no_grad()
-def evaluate(model: ASDModel, loader: DataLoader, cfg, device, show: bool,
-             pretext: bool = False) -> tuple[float, float, float]:
+def evaluate(
+    model: ASDModel, loader: DataLoader, cfg, device, show: bool, pretext: bool = False
+) -> tuple[float, float, float]:
     """(summed loss, correct, clips) on held-out clips, without augmentation (``pretext``: the same
     seeded pretext augmentations every epoch)."""
     model.eval()
@@ -316,9 +408,27 @@ def evaluate(model: ASDModel, loader: DataLoader, cfg, device, show: bool,
 
 # ----------------------------------------------------------------------------- checkpoints
 
-_RESUME_MUST_MATCH = ("eat_checkpoint", "model_size", "pooling", "lora_rank", "lora_alpha", "unfreeze_last_norms",
-                      "head", "seed", "val_fraction", "machine_types", "data_dir")  # --resume true: may change the rest
-_RESUME_MAY_DIFFER = ("device", "num_workers", "resume", "output", "last_checkpoint", "feature_cache")  # --resume auto
+_RESUME_MUST_MATCH = (
+    "eat_checkpoint",
+    "model_size",
+    "pooling",
+    "lora_rank",
+    "lora_alpha",
+    "unfreeze_last_norms",
+    "head",
+    "seed",
+    "val_fraction",
+    "machine_types",
+    "data_dir",
+)  # --resume true: may change the rest
+_RESUME_MAY_DIFFER = (
+    "device",
+    "num_workers",
+    "resume",
+    "output",
+    "last_checkpoint",
+    "feature_cache",
+)  # --resume auto
 
 
 def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str]:
@@ -340,7 +450,8 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
     changed = [k for k in keys if saved.get(k) != current[k]]
     if changed:
         return None, f"{path} was trained with other settings: " + ", ".join(
-            f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed)
+            f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed
+        )
     if saved_classes != label_index:
         return None, f"{path} was trained on other classes than {cfg.data_dir} has now"
     if cfg.resume == "auto" and state["epoch"] >= cfg.epochs:
@@ -350,7 +461,9 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
     return state, ""
 
 
-def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool) -> dict | None:
+def resume_state(
+    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool
+) -> dict | None:
     """Load the LAST_CHECKPOINT this run continues into model/optimizer/scheduler and return it
     (history, best record, epoch), or None to start fresh, as RESUME says; says why it does not resume."""
     if cfg.resume == "false":
@@ -359,7 +472,9 @@ def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelI
     if state is None:
         if cfg.resume == "true":
             if not Path(cfg.last_checkpoint).exists():
-                raise FileNotFoundError(f"--resume true, but {why_not}; pass --resume auto or false to start fresh")
+                raise FileNotFoundError(
+                    f"--resume true, but {why_not}; pass --resume auto or false to start fresh"
+                )
             raise ValueError(f"--resume true, but {why_not}; delete it or pass --resume false to start fresh")
         if show and Path(cfg.last_checkpoint).exists():
             print(f"not resuming, starting fresh: {why_not}")
@@ -371,16 +486,28 @@ def resume_state(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelI
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if show:
-        print(f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']} (--resume false starts fresh)")
+        print(
+            f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']} (--resume false starts fresh)"
+        )
     return state
 
 
-def save_last(cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, epoch: int,
-              history: dict, best: dict) -> None:
-    atomic_torch_save({"epoch": epoch, "trainable_state": trainable_state(model), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                       "label_index": label_index.to_dict(), "settings": config_to_dict(cfg)},
-                      cfg.last_checkpoint)
+def save_last(
+    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, epoch: int, history: dict, best: dict
+) -> None:
+    atomic_torch_save(
+        {
+            "epoch": epoch,
+            "trainable_state": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "best": best,
+            "label_index": label_index.to_dict(),
+            "settings": config_to_dict(cfg),
+        },
+        cfg.last_checkpoint,
+    )
 
 
 def is_better(val_acc: float, val_loss: float, best: dict) -> bool:
@@ -391,6 +518,7 @@ def is_better(val_acc: float, val_loss: float, best: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def check_settings(cfg) -> None:
     """What _LIMITS cannot say: a fixed clip length must fill at least one 16-frame patch."""
@@ -419,8 +547,13 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
     frozen = SimpleNamespace(**{**vars(cfg), "projection_dim": 0, "head": "linear"})
     model = build_model(frozen, len(label_index), show)
     if show:
-        save_tuned(cfg.output, model, label_index, {**config_to_dict(frozen), "best_epoch": 0, "task": "frozen"},
-                   cfg.eat_checkpoint)
+        save_tuned(
+            cfg.output,
+            model,
+            label_index,
+            {**config_to_dict(frozen), "best_epoch": 0, "task": "frozen"},
+            cfg.eat_checkpoint,
+        )
         print(f"no training (SINGLE_CLASS frozen): the encoder as loaded -> {cfg.output}")
     return {"epochs": [], "num_classes": len(label_index), "task": "frozen", "best": {}}
 
@@ -434,23 +567,39 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     label_index = LabelIndex.from_records(records)
     pretext = len(label_index) == 1
     if pretext and show:
-        print(f"WARNING: all {len(records)} training clips form one class ({label_index.names[0]}): classifying "
-              "them teaches the encoder nothing (loss 0 from the first step). "
-              + ("Training on a pretext task instead: which of " + ", ".join(_PRETEXT_TASKS) + " each clip got."
-                 if cfg.single_class == "pretext" else "SINGLE_CLASS frozen: no training."))
+        print(
+            f"WARNING: all {len(records)} training clips form one class ({label_index.names[0]}): classifying "
+            "them teaches the encoder nothing (loss 0 from the first step). "
+            + (
+                "Training on a pretext task instead: which of "
+                + ", ".join(_PRETEXT_TASKS)
+                + " each clip got."
+                if cfg.single_class == "pretext"
+                else "SINGLE_CLASS frozen: no training."
+            )
+        )
     if pretext and cfg.single_class == "frozen":
         return save_frozen(cfg, label_index, show)
     train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
     if show:
-        print(f"{len(records)} normal training clips, {len(label_index)} classes: "
-              f"{len(train_records)} to train, {len(val_records)} to validate on")
+        print(
+            f"{len(records)} normal training clips, {len(label_index)} classes: "
+            f"{len(train_records)} to train, {len(val_records)} to validate on"
+        )
         if not val_records:
-            print("WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
-                  "the best model is chosen by training accuracy")
-    cache = FeatureCache(cfg.feature_cache) if cfg.feature_cache else \
-        MemoryFeatures([r.path for r in records], show)
+            print(
+                "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
+                "the best model is chosen by training accuracy"
+            )
+    cache = (
+        FeatureCache(cfg.feature_cache)
+        if cfg.feature_cache
+        else MemoryFeatures([r.path for r in records], show)
+    )
     train_loader = make_loader(ClipDataset(train_records, label_index, cache), cfg, True, world)
-    val_loader = make_loader(ClipDataset(val_records, label_index, cache), cfg, False, world) if val_records else None
+    val_loader = (
+        make_loader(ClipDataset(val_records, label_index, cache), cfg, False, world) if val_records else None
+    )
     if pretext:
         label_index = pretext_label_index()
 
@@ -459,11 +608,22 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch)
     warmup = warmup_length(cfg, steps_per_epoch)
     if show and warmup > cfg.epochs * steps_per_epoch:
-        print(f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
-              "the learning rate never reaches LEARNING_RATE")
-    history = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": [], "epochs": [],
-               "num_classes": len(label_index), "num_train": len(train_records), "num_val": len(val_records),
-               "task": "pretext" if pretext else "classes"}
+        print(
+            f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
+            "the learning rate never reaches LEARNING_RATE"
+        )
+    history = {
+        "train_loss": [],
+        "train_acc": [],
+        "val_loss": [],
+        "val_acc": [],
+        "lr": [],
+        "epochs": [],
+        "num_classes": len(label_index),
+        "num_train": len(train_records),
+        "num_val": len(val_records),
+        "task": "pretext" if pretext else "classes",
+    }
     best, start_epoch = {}, 1
     state = resume_state(cfg, model, optimizer, scheduler, label_index, show)
     if state is not None:
@@ -471,7 +631,8 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     step_module: nn.Module = TrainStep(model)
     if dist.is_initialized():
         step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None)
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         # every epoch's shuffling and augmentation depend only on (seed, epoch, rank): resuming repeats them
@@ -481,35 +642,66 @@ def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
         else:
             train_loader.generator.manual_seed(cfg.seed + epoch)
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum, correct, count = all_sum(list(train_epoch(step_module, train_loader, optimizer, scheduler,
-                                                            cfg, device, epoch, show, pretext)), device, world)
+        loss_sum, correct, count = all_sum(
+            list(
+                train_epoch(
+                    step_module, train_loader, optimizer, scheduler, cfg, device, epoch, show, pretext
+                )
+            ),
+            device,
+            world,
+        )
         train_loss, train_acc = loss_sum / count, correct / count
         if val_loader is not None:
-            loss_sum, correct, count = all_sum(list(evaluate(model, val_loader, cfg, device, show, pretext)),
-                                               device, world)
+            loss_sum, correct, count = all_sum(
+                list(evaluate(model, val_loader, cfg, device, show, pretext)), device, world
+            )
             val_loss, val_acc = loss_sum / count, correct / count
         else:
             val_loss, val_acc = train_loss, train_acc
-        for key, value in (("train_loss", train_loss), ("train_acc", train_acc), ("val_loss", val_loss),
-                           ("val_acc", val_acc), ("lr", lr), ("epochs", epoch)):
+        for key, value in (
+            ("train_loss", train_loss),
+            ("train_acc", train_acc),
+            ("val_loss", val_loss),
+            ("val_acc", val_acc),
+            ("lr", lr),
+            ("epochs", epoch),
+        ):
             history[key].append(value)
         improved = is_better(val_acc, val_loss, best)
         if improved:
-            best = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
-                    "trainable_sha256": tensors_checksum(trainable_state(model))}
+            best = {
+                "epoch": epoch,
+                "val_acc": val_acc,
+                "val_loss": val_loss,
+                "trainable_sha256": tensors_checksum(trainable_state(model)),
+            }
         if show:
-            print(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
-                  f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}" + ("  * best, saved" if improved else ""))
+            print(
+                f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}"
+                + ("  * best, saved" if improved else "")
+            )
             if improved:
-                settings = {**config_to_dict(cfg), "best_epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
+                settings = {
+                    **config_to_dict(cfg),
+                    "best_epoch": epoch,
+                    "val_acc": val_acc,
+                    "val_loss": val_loss,
+                }
                 save_tuned(cfg.output, model, label_index, settings, cfg.eat_checkpoint)
             save_last(cfg, model, optimizer, scheduler, label_index, epoch, history, best)
         if dist.is_initialized():
             dist.barrier()
     if show and best:
-        print(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}")
+        print(
+            f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}"
+        )
     history["best"] = best
-    history["feature_cache"] = {"hits": getattr(cache, "hits", None), "misses": getattr(cache, "misses", None)}
+    history["feature_cache"] = {
+        "hits": getattr(cache, "hits", None),
+        "misses": getattr(cache, "misses", None),
+    }
     return history
 
 

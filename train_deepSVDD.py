@@ -8,6 +8,7 @@ network, centre and the fingerprint of the embeddings it was fitted on go to
 SVDD_DIR/deepsvdd_<machine>.pt (tensors and plain data only: read back without unpickling code).
 Reads only the embedding files of extract_embeddings.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,21 +23,28 @@ from tqdm import tqdm
 from scoring import DeepSVDDScorer, load_features, row_groups
 from utils import atomic_torch_save, config_to_dict, parse_config, print_config
 
-EMBED_DIR = "."                        # folder of normal_embeddings.pt / normal_stats.pt
-SVDD_DIR = "svdd_models_per_type"      # one model file per machine type
-USE_STATS = False                      # append the signal statistics to the embeddings
-HIDDEN_NEURONS = [256, 64]             # MLP widths; the last one is the hypersphere's dimension
-SVDD_EPOCHS = 50                       # pyod epochs
-SVDD_BATCH_SIZE = 64                   # clips per pyod training batch
-LEARNING_RATE = 1e-3                   # Adam learning rate of the SVDD network
-DROPOUT = 0.0                          # dropout between the MLP layers
-WEIGHT_DECAY = 1e-6                    # pyod's l2_regularizer (Adam weight decay)
-SEED = 0                               # network initialisation and shuffling seed
-THREADS = 1                            # torch CPU threads while fitting: the network is small, more threads only add overhead
+EMBED_DIR = "."  # folder of normal_embeddings.pt / normal_stats.pt
+SVDD_DIR = "svdd_models_per_type"  # one model file per machine type
+USE_STATS = False  # append the signal statistics to the embeddings
+HIDDEN_NEURONS = [256, 64]  # MLP widths; the last one is the hypersphere's dimension
+SVDD_EPOCHS = 50  # pyod epochs
+SVDD_BATCH_SIZE = 64  # clips per pyod training batch
+LEARNING_RATE = 1e-3  # Adam learning rate of the SVDD network
+DROPOUT = 0.0  # dropout between the MLP layers
+WEIGHT_DECAY = 1e-6  # pyod's l2_regularizer (Adam weight decay)
+SEED = 0  # network initialisation and shuffling seed
+THREADS = 1  # torch CPU threads while fitting: the network is small, more threads only add overhead
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"HIDDEN_NEURONS": (1, None), "SVDD_EPOCHS": (0, None), "SVDD_BATCH_SIZE": (1, None),
-           "LEARNING_RATE": (">0", None), "DROPOUT": (0.0, "<1"), "WEIGHT_DECAY": (0.0, None), "SEED": (0, None),
-           "THREADS": (1, None)}
+_LIMITS = {
+    "HIDDEN_NEURONS": (1, None),
+    "SVDD_EPOCHS": (0, None),
+    "SVDD_BATCH_SIZE": (1, None),
+    "LEARNING_RATE": (">0", None),
+    "DROPOUT": (0.0, "<1"),
+    "WEIGHT_DECAY": (0.0, None),
+    "SEED": (0, None),
+    "THREADS": (1, None),
+}
 
 
 def bundle_path(svdd_dir: str | os.PathLike, machine_type: str) -> Path:
@@ -48,18 +56,40 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     print_config(cfg)
     features = load_features(cfg.embed_dir, splits=("train",))
     written = {}
-    for (machine,), rows in tqdm(row_groups(features.normal.records, "machine_type").items(),
-                                 desc="Deep SVDD per machine type", unit="type"):
+    for (machine,), rows in tqdm(
+        row_groups(features.normal.records, "machine_type").items(),
+        desc="Deep SVDD per machine type",
+        unit="type",
+    ):
         normal = features.normal.rows(rows)
-        scorer = DeepSVDDScorer(cfg.use_stats, cfg.hidden_neurons, cfg.svdd_epochs, cfg.svdd_batch_size,
-                                cfg.learning_rate, cfg.dropout, cfg.weight_decay, cfg.seed, cfg.threads).fit(normal)
+        scorer = DeepSVDDScorer(
+            cfg.use_stats,
+            cfg.hidden_neurons,
+            cfg.svdd_epochs,
+            cfg.svdd_batch_size,
+            cfg.learning_rate,
+            cfg.dropout,
+            cfg.weight_decay,
+            cfg.seed,
+            cfg.threads,
+        ).fit(normal)
         train_scores = scorer.training_scores(normal)
         path = bundle_path(cfg.svdd_dir, machine)
-        atomic_torch_save({**scorer.state(), "machine_type": machine, "n_train": len(rows),
-                           "embeddings_fingerprint": features.fingerprint, "config": config_to_dict(cfg)}, path)
+        atomic_torch_save(
+            {
+                **scorer.state(),
+                "machine_type": machine,
+                "n_train": len(rows),
+                "embeddings_fingerprint": features.fingerprint,
+                "config": config_to_dict(cfg),
+            },
+            path,
+        )
         written[machine] = path
-        tqdm.write(f"{machine}: {len(rows)} clips x {scorer.inputs(normal).shape[1]} features, training distance "
-                   f"mean {train_scores.mean():.4g} (max {train_scores.max():.4g}) -> {path}")
+        tqdm.write(
+            f"{machine}: {len(rows)} clips x {scorer.inputs(normal).shape[1]} features, training distance "
+            f"mean {train_scores.mean():.4g} (max {train_scores.max():.4g}) -> {path}"
+        )
     return written
 
 

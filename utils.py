@@ -15,6 +15,7 @@ constants' literal values, their trailing comments, ``_LIMITS`` and the ``aliase
 ``check_script_arguments`` uses the same source parser so run_all can validate a step's options
 before running anything. This module itself imports torch only inside the functions that need it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,10 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +90,7 @@ def _literal(node: ast.AST | None) -> Any:
         return _NOT_LITERAL
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _script_source(source_file: str) -> SimpleNamespace:
     """What a script's source says about its options: the names it assigns itself at top level
     with their trailing comments and literal values, its docstring, and the ``aliases=`` of its
@@ -99,8 +101,11 @@ def _script_source(source_file: str) -> SimpleNamespace:
     comments: dict[str, str] = {}
     values: dict[str, Any] = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else (
-            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else ([node.target] if isinstance(node, ast.AnnAssign) else [])
+        )
         line = lines[node.end_lineno - 1]
         comment = line.split("#", 1)[1].strip() if "#" in line else ""
         for target in (t for t in targets if isinstance(t, ast.Name)):
@@ -110,8 +115,9 @@ def _script_source(source_file: str) -> SimpleNamespace:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
             aliases = next((_literal(k.value) for k in node.keywords if k.arg == "aliases"), aliases)
-    return SimpleNamespace(comments=comments, values=values, doc=ast.get_docstring(tree, clean=False),
-                           aliases=aliases)
+    return SimpleNamespace(
+        comments=comments, values=values, doc=ast.get_docstring(tree, clean=False), aliases=aliases
+    )
 
 
 def _is_constant(name: str, value: Any) -> bool:
@@ -122,8 +128,11 @@ def config_constants(module_globals: dict[str, Any]) -> dict[str, Any]:
     """The UPPER_CASE constants a script defines itself, in the order they are defined."""
     source_file = module_globals.get("__file__")
     own_names = _script_source(source_file).comments if source_file else None
-    return {name: value for name, value in module_globals.items()
-            if _is_constant(name, value) and (own_names is None or name in own_names)}
+    return {
+        name: value
+        for name, value in module_globals.items()
+        if _is_constant(name, value) and (own_names is None or name in own_names)
+    }
 
 
 def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
@@ -133,6 +142,7 @@ def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- limits
+
 
 def _bound(bound: Any, side: str) -> tuple[str, float] | None:
     """(comparison, number) of one side of a range: 1 -> ('>=', 1); '>0' -> ('>', 0.0)."""
@@ -145,13 +155,16 @@ def _bound(bound: Any, side: str) -> tuple[str, float] | None:
 
 def _is_range(limit: tuple) -> bool:
     return len(limit) == 2 and all(
-        b is None or (isinstance(b, (int, float)) and not isinstance(b, bool))
-        or (isinstance(b, str) and b[:1] in "<>") for b in limit)
+        b is None
+        or (isinstance(b, (int, float)) and not isinstance(b, bool))
+        or (isinstance(b, str) and b[:1] in "<>")
+        for b in limit
+    )
 
 
 def _describe_limit(limit: tuple) -> str:
     if not _is_range(limit):
-        return "one of " + ", ".join(str(v) if v != "" else "\"\"" for v in limit)
+        return "one of " + ", ".join(str(v) if v != "" else '""' for v in limit)
     sides = [_bound(b, side) for b, side in zip(limit, ("low", "high"))]
     return " and ".join(f"{op} {number:g}" for op, number in filter(None, sides))
 
@@ -168,7 +181,7 @@ def _within(value: Any, limit: tuple) -> bool:
 
 def limit_violation(value: Any, limit: tuple) -> str | None:
     """Why ``value`` (or an item of a list value) breaks ``limit``, or None; None values pass."""
-    for item in (value if isinstance(value, list) else [value]):
+    for item in value if isinstance(value, list) else [value]:
         if item is not None and not _within(item, limit):
             return f"must be {_describe_limit(limit)}, got {item!r}"
     return None
@@ -179,34 +192,52 @@ def limit_violation(value: Any, limit: tuple) -> str | None:
 _POSITIONAL = "positional_"
 
 
-def _build_parser(prog: str | None, description: str | None, constants: dict[str, Any],
-                  comments: dict[str, str], limits: dict[str, tuple],
-                  aliases: dict[str, str]) -> argparse.ArgumentParser:
+def _build_parser(
+    prog: str | None,
+    description: str | None,
+    constants: dict[str, Any],
+    comments: dict[str, str],
+    limits: dict[str, tuple],
+    aliases: dict[str, str],
+) -> argparse.ArgumentParser:
     unknown = sorted(set(limits) - set(constants))
     if unknown:
         raise ValueError(f"{prog}: _LIMITS names {unknown}, which are not constants of the script")
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=_HelpFormatter, allow_abbrev=False
+    )
     extra_flags: dict[str, list[str]] = {}
     for flag, name in aliases.items():
         if flag.startswith("-"):
             extra_flags.setdefault(name, []).append(flag)
-        else:   # a bare word: the script's positional arguments, added to that list constant
-            parser.add_argument(f"{_POSITIONAL}{name.lower()}", nargs="*", default=[], metavar=flag,
-                                help=f"added to --{name.lower()}")
+        else:  # a bare word: the script's positional arguments, added to that list constant
+            parser.add_argument(
+                f"{_POSITIONAL}{name.lower()}",
+                nargs="*",
+                default=[],
+                metavar=flag,
+                help=f"added to --{name.lower()}",
+            )
     for name, default in constants.items():
         text = comments.get(name) or f"constant {name}"
         if name in limits:
             text += f" [{_describe_limit(limits[name])}]"
         bare = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
-        parser.add_argument(*dict.fromkeys([f"--{name.lower()}", *extra_flags.get(name, [])]),
-                            dest=name.lower(), type=_parser_for(default), default=default, metavar=name,
-                            help=text.replace("%", "%%"), **bare)
+        parser.add_argument(
+            *dict.fromkeys([f"--{name.lower()}", *extra_flags.get(name, [])]),
+            dest=name.lower(),
+            type=_parser_for(default),
+            default=default,
+            metavar=name,
+            help=text.replace("%", "%%"),
+            **bare,
+        )
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-           limits: dict[str, tuple]) -> SimpleNamespace:
+def _parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, limits: dict[str, tuple]
+) -> SimpleNamespace:
     args = vars(parser.parse_args(list(argv) if argv is not None else None))
     for key in [k for k in args if k.startswith(_POSITIONAL)]:
         name = key.removeprefix(_POSITIONAL)
@@ -235,8 +266,14 @@ def parse_config(
     source_file = module_globals.get("__file__")
     comments = _script_source(source_file).comments if source_file else {}
     limits = module_globals.get("_LIMITS", {})
-    parser = _build_parser(Path(source_file).name if source_file else None, description,
-                           config_constants(module_globals), comments, limits, aliases or {})
+    parser = _build_parser(
+        Path(source_file).name if source_file else None,
+        description,
+        config_constants(module_globals),
+        comments,
+        limits,
+        aliases or {},
+    )
     return _parse(parser, argv, limits)
 
 
@@ -245,8 +282,9 @@ def check_script_arguments(script: str | os.PathLike, argv: Sequence[str]) -> Si
     error and exit when an option is unknown or out of range)."""
     source = _script_source(str(script))
     limits = source.values.get("_LIMITS", {})
-    parser = _build_parser(Path(script).name, source.doc, source_constants(script), source.comments,
-                           limits, source.aliases)
+    parser = _build_parser(
+        Path(script).name, source.doc, source_constants(script), source.comments, limits, source.aliases
+    )
     return _parse(parser, argv, limits)
 
 
@@ -364,14 +402,25 @@ def tune_cpu_allocator() -> bool:
     except OSError:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 # ----------------------------------------------------------------------------- README
 
-README_SCRIPTS = ["run_all.py", "make_demo_data.py", "datashape.py", "train.py", "extract_embeddings.py",
-                  "train_deepSVDD.py", "evaluate_deepSVDD.py", "evaluate.py", "score_clips.py",
-                  "bench/encoder.py", "bench/gpu_check.py", "bench/scoring.py"]
+README_SCRIPTS = [
+    "run_all.py",
+    "make_demo_data.py",
+    "datashape.py",
+    "train.py",
+    "extract_embeddings.py",
+    "train_deepSVDD.py",
+    "evaluate_deepSVDD.py",
+    "evaluate.py",
+    "score_clips.py",
+    "bench/encoder.py",
+    "bench/gpu_check.py",
+    "bench/scoring.py",
+]
 README_BEGIN = "<!-- constants: generated by `make readme` from the scripts' sources; do not edit -->"
 README_END = "<!-- end of generated constants -->"
 
@@ -389,7 +438,9 @@ def constants_markdown(root: str | os.PathLike, scripts: Sequence[str] = README_
         out += [f"#### `{script}`", "", "| constant | default | allowed | meaning |", "|---|---|---|---|"]
         for name, value in source_constants(Path(root) / script).items():
             allowed = _describe_limit(limits[name]) if name in limits else ""
-            out.append(f"| `{name}` | `{value!r}` | {cell(allowed)} | {cell(source.comments.get(name, ''))} |")
+            out.append(
+                f"| `{name}` | `{value!r}` | {cell(allowed)} | {cell(source.comments.get(name, ''))} |"
+            )
         out.append("")
     return "\n".join(out)
 

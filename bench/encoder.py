@@ -16,14 +16,15 @@ matmuls only, RECIPE_BATCH_SIZE clips of RECIPE_FRAMES frames. Its projection he
 loss are stood in for by a Linear(D -> PROJECTION_DIM) projection and a cross-entropy over those
 outputs (their cost is negligible next to the encoder's).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,32 +34,43 @@ exit_if_help(globals())  # --help from this file's source, before the heavy impo
 
 import torch  # noqa: E402
 
-SIZES = ["base", "tiny"]          # encoder presets to measure
-BATCH_SIZE = 8                    # clips per forward / training step
-FRAMES = 1024                     # frames per clip (10.24 s at 100 frames/s)
-FORWARD_ITERS = 3                 # timed forward batches per size (after WARMUP_ITERS)
-TRAIN_ITERS = 2                   # timed LoRA training steps per size (after WARMUP_ITERS)
-WARMUP_ITERS = 1                  # untimed batches first (allocator, kernels, caches)
-MATMUL_SIZE = 0                   # square matmul side for the peak rate; 0 = 2048 on CPU, 8192 on CUDA
-MATMUL_REPEATS = 5                # timed matmuls; the best one counts
-DEVICE = "auto"                   # "auto" (CUDA when present), "cpu", "cuda"
-AMP = True                        # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
-THREADS = 0                       # torch CPU threads; 0 = torch's default
-TRAIN = True                      # also measure LoRA training steps
-TUNE_ALLOCATOR = True             # CPU: utils.tune_cpu_allocator() (no page faults on big activations), as train.py does
-LORA_RANK = 8                     # LoRA rank for the training measurement
-RECIPE = True                     # also measure the published recipe's training step (mode "recipe")
-RECIPE_LORA_RANK = 64             # recipe: LoRA rank, on blocks.*.attn.qkv only
-RECIPE_BATCH_SIZE = 8             # recipe: clips per training step
-RECIPE_FRAMES = 1216              # recipe: frames per clip (12.16 s)
-PROJECTION_DIM = 256              # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
+SIZES = ["base", "tiny"]  # encoder presets to measure
+BATCH_SIZE = 8  # clips per forward / training step
+FRAMES = 1024  # frames per clip (10.24 s at 100 frames/s)
+FORWARD_ITERS = 3  # timed forward batches per size (after WARMUP_ITERS)
+TRAIN_ITERS = 2  # timed LoRA training steps per size (after WARMUP_ITERS)
+WARMUP_ITERS = 1  # untimed batches first (allocator, kernels, caches)
+MATMUL_SIZE = 0  # square matmul side for the peak rate; 0 = 2048 on CPU, 8192 on CUDA
+MATMUL_REPEATS = 5  # timed matmuls; the best one counts
+DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+AMP = True  # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
+THREADS = 0  # torch CPU threads; 0 = torch's default
+TRAIN = True  # also measure LoRA training steps
+TUNE_ALLOCATOR = True  # CPU: utils.tune_cpu_allocator() (no page faults on big activations), as train.py does
+LORA_RANK = 8  # LoRA rank for the training measurement
+RECIPE = True  # also measure the published recipe's training step (mode "recipe")
+RECIPE_LORA_RANK = 64  # recipe: LoRA rank, on blocks.*.attn.qkv only
+RECIPE_BATCH_SIZE = 8  # recipe: clips per training step
+RECIPE_FRAMES = 1216  # recipe: frames per clip (12.16 s)
+PROJECTION_DIM = 256  # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
 
-_HEAD_CLASSES = 64                                 # classes of the training modes' heads
+_HEAD_CLASSES = 64  # classes of the training modes' heads
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"BATCH_SIZE": (1, None), "FRAMES": (16, None), "FORWARD_ITERS": (1, None), "TRAIN_ITERS": (1, None),
-           "WARMUP_ITERS": (0, None), "MATMUL_SIZE": (0, None), "MATMUL_REPEATS": (1, None), "THREADS": (0, None),
-           "LORA_RANK": (1, None), "RECIPE_LORA_RANK": (1, None), "RECIPE_BATCH_SIZE": (1, None),
-           "RECIPE_FRAMES": (16, None), "PROJECTION_DIM": (1, None)}
+_LIMITS = {
+    "BATCH_SIZE": (1, None),
+    "FRAMES": (16, None),
+    "FORWARD_ITERS": (1, None),
+    "TRAIN_ITERS": (1, None),
+    "WARMUP_ITERS": (0, None),
+    "MATMUL_SIZE": (0, None),
+    "MATMUL_REPEATS": (1, None),
+    "THREADS": (0, None),
+    "LORA_RANK": (1, None),
+    "RECIPE_LORA_RANK": (1, None),
+    "RECIPE_BATCH_SIZE": (1, None),
+    "RECIPE_FRAMES": (16, None),
+    "PROJECTION_DIM": (1, None),
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,7 +95,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: in
         torch.mm(a, b, out=out)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best
 
 
 def peak_memory(device: torch.device) -> float:
@@ -100,7 +112,7 @@ def forward_flops(cfg, frames: int) -> int:
     D, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
     patches = (frames // cfg.patch_size) * cfg.freq_patches
     n = patches + 1
-    conv = patches * cfg.in_chans * cfg.patch_size ** 2 * D
+    conv = patches * cfg.in_chans * cfg.patch_size**2 * D
     per_block = n * D * 3 * D + n * D * D + 2 * n * D * hidden + 2 * n * n * D  # qkv, proj, mlp, QK^T + AV
     return 2 * (conv + cfg.depth * per_block)
 
@@ -112,8 +124,9 @@ def mode_shape(mode: str, cfg_dict: dict) -> tuple[int, int]:
     return cfg_dict["batch_size"], cfg_dict["frames"]
 
 
-def training_step(encoder: torch.nn.Module, mode: str, cfg_dict: dict,
-                  device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], int]:
+def training_step(
+    encoder: torch.nn.Module, mode: str, cfg_dict: dict, device: torch.device
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], int]:
     """(step(x, labels), number of classes) for LoRA training of ``encoder`` (an EATEncoder): one
     AdamW step over the trainable parameters. Mode "train": LoRA rank LORA_RANK on qkv and proj
     + ArcFace head; mode "recipe": the asdkit-eat-lora step, rank RECIPE_LORA_RANK on qkv only,
@@ -123,7 +136,9 @@ def training_step(encoder: torch.nn.Module, mode: str, cfg_dict: dict,
     if mode == "recipe":
         rank = cfg_dict["recipe_lora_rank"]
         wrapped = M.add_lora(encoder, rank, 2.0 * rank, 0.1, targets=("qkv",))
-        head = M.make_head("scadacos", encoder.embed_dim, _HEAD_CLASSES, projection_dim=cfg_dict["projection_dim"])
+        head = M.make_head(
+            "scadacos", encoder.embed_dim, _HEAD_CLASSES, projection_dim=cfg_dict["projection_dim"]
+        )
     else:
         wrapped = M.add_lora(encoder, cfg_dict["lora_rank"], 2.0 * cfg_dict["lora_rank"], 0.1)
         head = M.make_head("arcface", encoder.embed_dim, _HEAD_CLASSES)
@@ -156,7 +171,6 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
 
 def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     """One (size, mode) measurement in its own process; puts a result dict on ``queue``."""
-    import model as M
     from checkpoints import build_encoder
 
     device = resolve_device(cfg_dict["device"])
@@ -185,11 +199,24 @@ def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     else:
         train_step, classes = training_step(encoder, mode, cfg_dict, device)
         labels = torch.randint(0, classes, (batch,), device=device)
-        seconds = time_calls(lambda: train_step(x, labels), device, cfg_dict["warmup_iters"], cfg_dict["train_iters"])
+        seconds = time_calls(
+            lambda: train_step(x, labels), device, cfg_dict["warmup_iters"], cfg_dict["train_iters"]
+        )
     flops = forward_flops(encoder.config, frames) * batch * (1 if mode == "forward" else 2)
-    queue.put({"size": size, "mode": mode, "batch": batch, "frames": frames, "seconds": seconds,
-               "matmul_rate": rate, "clips_per_s": batch / seconds, "flop_per_s": flops / seconds,
-               "peak_bytes": peak_memory(device), "params": params})
+    queue.put(
+        {
+            "size": size,
+            "mode": mode,
+            "batch": batch,
+            "frames": frames,
+            "seconds": seconds,
+            "matmul_rate": rate,
+            "clips_per_s": batch / seconds,
+            "flop_per_s": flops / seconds,
+            "peak_bytes": peak_memory(device),
+            "params": params,
+        }
+    )
 
 
 def run_isolated(size: str, mode: str, cfg_dict: dict) -> dict:
@@ -204,13 +231,17 @@ def run_isolated(size: str, mode: str, cfg_dict: dict) -> dict:
 
 def format_rows(rows: list[dict]) -> str:
     """The measured rows as a text table (rows need "mfu" set)."""
-    header = (f"{'size':<6} {'mode':<7} {'batch':>5} {'frames':>6} {'params':>8} {'s/batch':>8} {'clips/s':>8} "
-              f"{'GFLOP/s':>9} {'MFU':>6} {'peak mem':>9}")
+    header = (
+        f"{'size':<6} {'mode':<7} {'batch':>5} {'frames':>6} {'params':>8} {'s/batch':>8} {'clips/s':>8} "
+        f"{'GFLOP/s':>9} {'MFU':>6} {'peak mem':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['mode']:<7} {r['batch']:>5} {r['frames']:>6} {r['params'] / 1e6:>7.1f}M "
-                     f"{r['seconds']:>8.3f} {r['clips_per_s']:>8.2f} {r['flop_per_s'] / 1e9:>9.1f} {r['mfu']:>6.2f} "
-                     f"{r['peak_bytes'] / 2 ** 30:>7.2f}GB")
+        lines.append(
+            f"{r['size']:<6} {r['mode']:<7} {r['batch']:>5} {r['frames']:>6} {r['params'] / 1e6:>7.1f}M "
+            f"{r['seconds']:>8.3f} {r['clips_per_s']:>8.2f} {r['flop_per_s'] / 1e9:>9.1f} {r['mfu']:>6.2f} "
+            f"{r['peak_bytes'] / 2**30:>7.2f}GB"
+        )
     return "\n".join(lines)
 
 
@@ -226,31 +257,52 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtype = matmul_dtype(device, cfg.amp)
     side = cfg.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_rate(device, dtype, side, cfg.matmul_repeats)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(f"device: {name}; torch {torch.__version__}")
-    print(f"matmul rate ({side}x{side}, {str(dtype).replace('torch.', '')}): {peak / 1e9:.1f} GFLOP/s "
-          f"(best of {cfg.matmul_repeats})")
+    print(
+        f"matmul rate ({side}x{side}, {str(dtype).replace('torch.', '')}): {peak / 1e9:.1f} GFLOP/s "
+        f"(best of {cfg.matmul_repeats})"
+    )
     cfg_dict = vars(cfg)
     rows = []
     for size in cfg.sizes:
         for mode in run_modes(cfg):
             row = run_isolated(size, mode, cfg_dict)
             rows.append(row)
-            print(f"  measured {size} {mode}: {row['clips_per_s']:.2f} clips/s "
-                  f"(matmul rate there {row['matmul_rate'] / 1e9:.1f} GFLOP/s)", flush=True)
+            print(
+                f"  measured {size} {mode}: {row['clips_per_s']:.2f} clips/s "
+                f"(matmul rate there {row['matmul_rate'] / 1e9:.1f} GFLOP/s)",
+                flush=True,
+            )
     peak = max([peak] + [r["matmul_rate"] for r in rows])
     for row in rows:
         row["mfu"] = row["flop_per_s"] / peak
     print(f"best matmul rate in the run: {peak / 1e9:.1f} GFLOP/s (the MFU denominator)")
     precision = "bf16 autocast" if device.type == "cuda" and cfg.amp else "float32"
-    print(f"\nEAT encoder ({precision}; best of {cfg.forward_iters} forward / {cfg.train_iters} train iterations)")
+    print(
+        f"\nEAT encoder ({precision}; best of {cfg.forward_iters} forward / {cfg.train_iters} train iterations)"
+    )
     print(format_rows(rows))
-    print("peak mem: " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                          "peak RSS of the measuring process (includes the Python/torch runtime)"))
-    print("train/recipe MFU counts 2x forward FLOPs (frozen backbone: no weight gradients; LoRA FLOPs not counted)")
-    print(f"train: LoRA rank {cfg.lora_rank} on qkv+proj, ArcFace head; recipe: LoRA rank {cfg.recipe_lora_rank} "
-          f"on qkv only, Linear(D->{cfg.projection_dim}) + cross-entropy standing in for the recipe's "
-          "projection head and SCAdaCos loss")
+    print(
+        "peak mem: "
+        + (
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "peak RSS of the measuring process (includes the Python/torch runtime)"
+        )
+    )
+    print(
+        "train/recipe MFU counts 2x forward FLOPs (frozen backbone: no weight gradients; LoRA FLOPs not counted)"
+    )
+    print(
+        f"train: LoRA rank {cfg.lora_rank} on qkv+proj, ArcFace head; recipe: LoRA rank {cfg.recipe_lora_rank} "
+        f"on qkv only, Linear(D->{cfg.projection_dim}) + cross-entropy standing in for the recipe's "
+        "projection head and SCAdaCos loss"
+    )
     return rows
 
 

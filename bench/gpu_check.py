@@ -22,6 +22,7 @@ types x DCASE_TRAIN training + DCASE_TEST test clips, DCASE_EPOCHS epochs, both 
 scaled set keeps every per-clip cost of the real one (same clip length, same model), so the
 per-clip rates carry over; fixed costs (process start, model load) are reported apart.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,36 +40,46 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import encoder as encoder_bench                                     # noqa: E402  (bench/encoder.py)
+import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
 from utils import atomic_write_text, parse_config, resolve_device  # noqa: E402
 
-OUT_DIR = "runs/gpu_check"        # gpu_check.txt (tables) and gpu_check.json (numbers) go here
-WORK_DIR = ""                     # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
-CPU_SMOKE = False                 # CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
-DEVICE = "auto"                   # "auto" (CUDA when present), "cpu", "cuda"
-MODEL_SIZE = "base"               # random-init encoder size (speed only; no checkpoint needed)
-SOURCE_TRAIN = 60                 # synthetic source-domain training normals per machine type (3 types)
-TARGET_TRAIN = 10                 # synthetic target-domain training normals per machine type
-TEST_CLIPS = 10                   # synthetic test normals and as many anomalies, per domain and machine type
-CLIP_SECONDS = 10.0               # synthetic clip length (DCASE 2023: 10 s)
-FRAMES = 1024                     # fbank frames per clip fed to the encoder
-BATCH_SIZES = [8, 16, 32]         # encoder forward / LoRA training batch sizes measured
-FBANK_WORKERS = [4, 12]           # CPU DataLoader worker counts measured for the fbank
-TRAIN_BATCH_SIZE = 16             # batch of the DataLoader-fed training, train.py and extraction
-NUM_WORKERS = 8                   # DataLoader workers while training (idle share, train.py)
-TRAIN_EPOCHS = 1                  # epochs of the torchrun train.py run
-DDP_CHECK = True                  # also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
-DATASHEET_TFLOPS = 0.0            # dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
-DCASE_MACHINES = 7                # estimate: machine types of the DCASE 2023 development set
-DCASE_TRAIN = 1000                # estimate: training clips per machine type
-DCASE_TEST = 200                  # estimate: test clips per machine type
-DCASE_EPOCHS = 10                 # estimate: training epochs
+OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here
+WORK_DIR = ""  # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
+CPU_SMOKE = False  # CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
+DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+MODEL_SIZE = "base"  # random-init encoder size (speed only; no checkpoint needed)
+SOURCE_TRAIN = 60  # synthetic source-domain training normals per machine type (3 types)
+TARGET_TRAIN = 10  # synthetic target-domain training normals per machine type
+TEST_CLIPS = 10  # synthetic test normals and as many anomalies, per domain and machine type
+CLIP_SECONDS = 10.0  # synthetic clip length (DCASE 2023: 10 s)
+FRAMES = 1024  # fbank frames per clip fed to the encoder
+BATCH_SIZES = [8, 16, 32]  # encoder forward / LoRA training batch sizes measured
+FBANK_WORKERS = [4, 12]  # CPU DataLoader worker counts measured for the fbank
+TRAIN_BATCH_SIZE = 16  # batch of the DataLoader-fed training, train.py and extraction
+NUM_WORKERS = 8  # DataLoader workers while training (idle share, train.py)
+TRAIN_EPOCHS = 1  # epochs of the torchrun train.py run
+DDP_CHECK = True  # also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
+DATASHEET_TFLOPS = 0.0  # dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
+DCASE_MACHINES = 7  # estimate: machine types of the DCASE 2023 development set
+DCASE_TRAIN = 1000  # estimate: training clips per machine type
+DCASE_TEST = 200  # estimate: test clips per machine type
+DCASE_EPOCHS = 10  # estimate: training epochs
 
-_DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}   # dense, SXM, by a substring of the card's name
-_SMOKE = {"device": "cpu", "model_size": "tiny", "source_train": 4, "target_train": 2, "test_clips": 1,
-          "clip_seconds": 2.0, "frames": 128, "batch_sizes": [2], "fbank_workers": [1], "train_batch_size": 4,
-          "num_workers": 1}
-_VAL_FRACTION = 0.1               # train.py's default share of held-out clips (for the estimate)
+_DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense, SXM, by a substring of the card's name
+_SMOKE = {
+    "device": "cpu",
+    "model_size": "tiny",
+    "source_train": 4,
+    "target_train": 2,
+    "test_clips": 1,
+    "clip_seconds": 2.0,
+    "frames": 128,
+    "batch_sizes": [2],
+    "fbank_workers": [1],
+    "train_batch_size": 4,
+    "num_workers": 1,
+}
+_VAL_FRACTION = 0.1  # train.py's default share of held-out clips (for the estimate)
 
 
 # -----------------------------------------------------------------------------
@@ -98,10 +109,16 @@ def datasheet_flops(device: torch.device, override_tflops: float) -> float | Non
 
 def table(header: list[str], rows: list[list]) -> str:
     """A plain text table; floats with 3 significant decimals."""
-    cells = [[f"{v:.3f}" if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in row] for row in rows]
+    cells = [
+        [f"{v:.3f}" if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in row]
+        for row in rows
+    ]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines += [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -114,7 +131,9 @@ class Report:
 
     def add(self, title: str, text: str, numbers: dict) -> None:
         now = time.perf_counter()
-        self.sections.append(f"== {title} ({now - self.last:.0f} s; {now - self.started:.0f} s in) ==\n{text}\n")
+        self.sections.append(
+            f"== {title} ({now - self.last:.0f} s; {now - self.started:.0f} s in) ==\n{text}\n"
+        )
         self.last = now
         self.numbers[title] = numbers
         print(self.sections[-1], flush=True)
@@ -129,10 +148,26 @@ class Report:
 def make_data(cfg, data_dir: Path) -> float:
     import make_demo_data
 
-    _, seconds = timed(lambda: make_demo_data.main([
-        "--out_dir", str(data_dir), "--clip_seconds", str(cfg.clip_seconds), "--source_train", str(cfg.source_train),
-        "--target_train", str(cfg.target_train), "--test_normal", str(cfg.test_clips),
-        "--test_anomaly", str(cfg.test_clips), "--progress", "false"]))
+    _, seconds = timed(
+        lambda: make_demo_data.main(
+            [
+                "--out_dir",
+                str(data_dir),
+                "--clip_seconds",
+                str(cfg.clip_seconds),
+                "--source_train",
+                str(cfg.source_train),
+                "--target_train",
+                str(cfg.target_train),
+                "--test_normal",
+                str(cfg.test_clips),
+                "--test_anomaly",
+                str(cfg.test_clips),
+                "--progress",
+                "false",
+            ]
+        )
+    )
     return seconds
 
 
@@ -145,19 +180,26 @@ def fbank_throughput(cfg, records: list, device: torch.device) -> tuple[str, dic
 
     rows, numbers = [], {}
     for workers in cfg.fbank_workers:
-        loader = DataLoader(ClipDataset(records, None, FeatureCache(None)), batch_size=cfg.train_batch_size,
-                            num_workers=workers, collate_fn=FixedLengthCollate(cfg.frames))
-        _, seconds = timed(lambda: sum(len(batch[2]) for batch in loader))
+        loader = DataLoader(
+            ClipDataset(records, None, FeatureCache(None)),
+            batch_size=cfg.train_batch_size,
+            num_workers=workers,
+            collate_fn=FixedLengthCollate(cfg.frames),
+        )
+        _, seconds = timed(lambda loader=loader: sum(len(batch[2]) for batch in loader))
         rows.append([f"CPU DataLoader, {workers} workers (read + fbank)", len(records) / seconds])
         numbers[f"cpu_workers_{workers}"] = len(records) / seconds
     wavs, read_seconds = timed(lambda: torch.stack([load_audio(r.path) for r in records]))
-    wavs_to_fbank_batch(wavs[:2], device)                                  # warm-up (kernels, mel banks)
-    _, fbank_seconds = timed(lambda: wavs_to_fbank_batch(wavs, device))   # returns CPU tensors: synchronised
+    wavs_to_fbank_batch(wavs[:2], device)  # warm-up (kernels, mel banks)
+    _, fbank_seconds = timed(lambda: wavs_to_fbank_batch(wavs, device))  # returns CPU tensors: synchronised
     rows.append(["read, 1 process", len(records) / read_seconds])
     rows.append([f"batched fbank on {device.type} (wavs_to_fbank_batch)", len(records) / fbank_seconds])
     rows.append([f"read + batched fbank on {device.type}", len(records) / (read_seconds + fbank_seconds)])
-    numbers.update(read=len(records) / read_seconds, batched=len(records) / fbank_seconds,
-                   read_and_batched=len(records) / (read_seconds + fbank_seconds))
+    numbers.update(
+        read=len(records) / read_seconds,
+        batched=len(records) / fbank_seconds,
+        read_and_batched=len(records) / (read_seconds + fbank_seconds),
+    )
     return table(["path", "clips/s"], rows), numbers
 
 
@@ -165,7 +207,9 @@ def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     """bench/encoder.py's isolated measurements at every batch size, and the recipe step."""
     bench_cfg = vars(parse_config(vars(encoder_bench), ["--device", cfg.device, "--frames", str(cfg.frames)]))
     if cfg.cpu_smoke:
-        bench_cfg.update(matmul_size=512, forward_iters=1, train_iters=1, recipe_frames=160, recipe_batch_size=2)
+        bench_cfg.update(
+            matmul_size=512, forward_iters=1, train_iters=1, recipe_frames=160, recipe_batch_size=2
+        )
     rows = []
     for batch in cfg.batch_sizes:
         for mode in ("forward", "train"):
@@ -178,17 +222,40 @@ def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     for r in rows:
         r["mfu"] = r["flop_per_s"] / measured
         r["mfu_datasheet"] = r["flop_per_s"] / datasheet if datasheet else None
-        lines.append([r["mode"], r["batch"], r["frames"], r["clips_per_s"], r["flop_per_s"] / 1e12, r["mfu"],
-                      r["mfu_datasheet"], r["peak_bytes"] / 2 ** 30])
+        lines.append(
+            [
+                r["mode"],
+                r["batch"],
+                r["frames"],
+                r["clips_per_s"],
+                r["flop_per_s"] / 1e12,
+                r["mfu"],
+                r["mfu_datasheet"],
+                r["peak_bytes"] / 2**30,
+            ]
+        )
     precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    text = (f"EAT-{cfg.model_size} (random init), {precision}; best matmul rate measured: {measured / 1e12:.1f} "
-            f"TFLOP/s; datasheet peak: {'n/a' if datasheet is None else f'{datasheet / 1e12:.0f} TFLOP/s'}\n"
-            + table(["mode", "batch", "frames", "clips/s", "TFLOP/s", "MFU (measured)", "MFU (datasheet)",
-                     "peak GiB"], lines)
-            + f"\ntrain: LoRA rank {bench_cfg['lora_rank']} on qkv+proj + ArcFace; recipe: LoRA rank "
-              f"{bench_cfg['recipe_lora_rank']} on qkv only + Linear(D->{bench_cfg['projection_dim']}) + SCAdaCos "
-              "(16 sub-clusters); training FLOPs = 2x forward; "
-              "peak = " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS"))
+    text = (
+        f"EAT-{cfg.model_size} (random init), {precision}; best matmul rate measured: {measured / 1e12:.1f} "
+        f"TFLOP/s; datasheet peak: {'n/a' if datasheet is None else f'{datasheet / 1e12:.0f} TFLOP/s'}\n"
+        + table(
+            [
+                "mode",
+                "batch",
+                "frames",
+                "clips/s",
+                "TFLOP/s",
+                "MFU (measured)",
+                "MFU (datasheet)",
+                "peak GiB",
+            ],
+            lines,
+        )
+        + f"\ntrain: LoRA rank {bench_cfg['lora_rank']} on qkv+proj + ArcFace; recipe: LoRA rank "
+        f"{bench_cfg['recipe_lora_rank']} on qkv only + Linear(D->{bench_cfg['projection_dim']}) + SCAdaCos "
+        "(16 sub-clusters); training FLOPs = 2x forward; "
+        "peak = " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS")
+    )
     return text, {"matmul_rate": measured, "datasheet": datasheet, "rows": rows}
 
 
@@ -197,19 +264,26 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     on a first pass (fbanks computed and written to the cache) and a second (read from it)."""
     from torch.utils.data import DataLoader
 
-    import model as M
+    from checkpoints import build_encoder
     from dataset import ClipDataset, FixedLengthCollate
     from preprocessing import FeatureCache
+    from utils import tune_cpu_allocator
 
     bench_cfg = vars(parse_config(vars(encoder_bench), ["--device", cfg.device]))
     if device.type == "cpu":
-        M.tune_cpu_allocator()   # as train.py does
+        tune_cpu_allocator()  # as train.py does
     torch.manual_seed(0)
-    encoder = M.build_encoder(None, cfg.model_size, verbose=False).to(device)
+    encoder = build_encoder(None, cfg.model_size, verbose=False).to(device)
     step, classes = encoder_bench.training_step(encoder, "train", bench_cfg, device)
-    loader = DataLoader(ClipDataset(records, None, FeatureCache(cache_dir)), batch_size=cfg.train_batch_size,
-                        shuffle=True, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.num_workers > 0, collate_fn=FixedLengthCollate(cfg.frames, True))
+    loader = DataLoader(
+        ClipDataset(records, None, FeatureCache(cache_dir)),
+        batch_size=cfg.train_batch_size,
+        shuffle=True,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        collate_fn=FixedLengthCollate(cfg.frames, True),
+    )
     rows, numbers = [], {}
     for name in ("first epoch (fbank + cache write)", "later epoch (cache read)"):
         waiting = computing = 0.0
@@ -229,9 +303,11 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
             clips += x.shape[0]
         rows.append([name, clips / (waiting + computing), waiting / (waiting + computing)])
         numbers[name] = {"clips_per_s": rows[-1][1], "idle_share": rows[-1][2]}
-    text = (table(["pass", "clips/s", "idle share"], rows)
-            + f"\nbatch {cfg.train_batch_size}, {cfg.num_workers} workers, {cfg.frames} frames, {len(records)} clips; "
-              "idle share = time waiting for the next batch / total")
+    text = (
+        table(["pass", "clips/s", "idle share"], rows)
+        + f"\nbatch {cfg.train_batch_size}, {cfg.num_workers} workers, {cfg.frames} frames, {len(records)} clips; "
+        "idle share = time waiting for the next batch / total"
+    )
     return text, numbers
 
 
@@ -260,8 +336,16 @@ def run_in_process(module_name: str, argv: list[str], log: Path) -> float:
 
 
 def torchrun(nproc: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            str(ROOT / "train.py"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(ROOT / "train.py"),
+        *args,
+    ]
 
 
 def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
@@ -270,39 +354,113 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     model_path = work / "best_encoder_model.pth"
-    common = ["--data_dir", str(data_dir), "--model_size", cfg.model_size, "--target_frames", str(cfg.frames),
-              "--batch_size", str(cfg.train_batch_size), "--num_workers", str(cfg.num_workers),
-              "--feature_cache", str(work / "train_cache"), "--last_checkpoint", str(work / "last_encoder_model.pth")]
-    seconds = {"train": run_logged(torchrun(1, common + ["--device", cfg.device, "--epochs", str(cfg.train_epochs),
-                                                         "--output", str(model_path)]), logs / "train.log")}
-    rows = [["torchrun --nproc_per_node 1 train.py", f"{cfg.train_epochs} epoch(s), {counts['train']} clips",
-             seconds["train"], cfg.train_epochs * counts["train"] / seconds["train"]]]
+    common = [
+        "--data_dir",
+        str(data_dir),
+        "--model_size",
+        cfg.model_size,
+        "--target_frames",
+        str(cfg.frames),
+        "--batch_size",
+        str(cfg.train_batch_size),
+        "--num_workers",
+        str(cfg.num_workers),
+        "--feature_cache",
+        str(work / "train_cache"),
+        "--last_checkpoint",
+        str(work / "last_encoder_model.pth"),
+    ]
+    seconds = {
+        "train": run_logged(
+            torchrun(
+                1,
+                common
+                + ["--device", cfg.device, "--epochs", str(cfg.train_epochs), "--output", str(model_path)],
+            ),
+            logs / "train.log",
+        )
+    }
+    rows = [
+        [
+            "torchrun --nproc_per_node 1 train.py",
+            f"{cfg.train_epochs} epoch(s), {counts['train']} clips",
+            seconds["train"],
+            cfg.train_epochs * counts["train"] / seconds["train"],
+        ]
+    ]
     if cfg.ddp_check:
         ddp_dir = work / "ddp"
-        ddp_args = ["--data_dir", str(data_dir), "--model_size", "tiny", "--device", "cpu", "--target_frames", "128",
-                    "--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--feature_cache", "none",
-                    "--output", str(ddp_dir / "best.pth"), "--last_checkpoint", str(ddp_dir / "last.pth")]
+        ddp_args = [
+            "--data_dir",
+            str(data_dir),
+            "--model_size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--target_frames",
+            "128",
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--epochs",
+            "1",
+            "--feature_cache",
+            "none",
+            "--output",
+            str(ddp_dir / "best.pth"),
+            "--last_checkpoint",
+            str(ddp_dir / "last.pth"),
+        ]
         seconds["ddp"] = run_logged(torchrun(2, ddp_args), logs / "train_ddp_cpu.log")
-        rows.append(["torchrun --nproc_per_node 2 train.py (CPU, gloo, tiny)", "1 epoch, DDP wrapper", seconds["ddp"],
-                     None])
+        rows.append(
+            [
+                "torchrun --nproc_per_node 2 train.py (CPU, gloo, tiny)",
+                "1 epoch, DDP wrapper",
+                seconds["ddp"],
+                None,
+            ]
+        )
     embed_dir = work / "embeddings"
     steps = {
-        "extract": ["extract_embeddings", "--data_dir", str(data_dir), "--model_path", str(model_path),
-                    "--device", cfg.device, "--feature_cache", "none", "--embed_batch_size", str(cfg.train_batch_size)],
+        "extract": [
+            "extract_embeddings",
+            "--data_dir",
+            str(data_dir),
+            "--model_path",
+            str(model_path),
+            "--device",
+            cfg.device,
+            "--feature_cache",
+            "none",
+            "--embed_batch_size",
+            str(cfg.train_batch_size),
+        ],
         "svdd_train": ["train_deepSVDD", "--svdd_dir", str(work / "svdd")],
-        "svdd_eval": ["evaluate_deepSVDD", "--svdd_dir", str(work / "svdd"), "--results_dir",
-                      str(work / "results" / "deepsvdd")],
+        "svdd_eval": [
+            "evaluate_deepSVDD",
+            "--svdd_dir",
+            str(work / "svdd"),
+            "--results_dir",
+            str(work / "results" / "deepsvdd"),
+        ],
         "ensemble": ["evaluate", "--results_dir", str(work / "results" / "ensemble")],
     }
-    clips = {"extract": counts["train"] + counts["test"], "svdd_train": counts["train"],
-             "svdd_eval": counts["test"], "ensemble": counts["test"]}
+    clips = {
+        "extract": counts["train"] + counts["test"],
+        "svdd_train": counts["train"],
+        "svdd_eval": counts["test"],
+        "ensemble": counts["test"],
+    }
     for name, (module_name, *extra) in steps.items():
         argv = ["--embed_dir", str(embed_dir), *extra]
         seconds[name] = run_in_process(module_name, argv, logs / f"{name}.log")
         rows.append([f"{module_name}.py", f"{clips[name]} clips", seconds[name], clips[name] / seconds[name]])
-    text = (table(["step", "work", "seconds", "clips/s"], rows)
-            + "\ntorchrun rows: whole processes (start-up, fbank of every clip, validation, saving); the rest: "
-              f"main() in this process (model load included, imports not); logs in {logs}")
+    text = (
+        table(["step", "work", "seconds", "clips/s"], rows)
+        + "\ntorchrun rows: whole processes (start-up, fbank of every clip, validation, saving); the rest: "
+        f"main() in this process (model load included, imports not); logs in {logs}"
+    )
     return text, {"seconds": seconds, "clips": clips}
 
 
@@ -310,30 +468,42 @@ def estimate(cfg, counts: dict, idle: dict, encoder: dict, steps: dict) -> tuple
     """Whole DCASE 2023 development pipeline time from the measured per-clip rates."""
     train_total, test_total = cfg.dcase_machines * cfg.dcase_train, cfg.dcase_machines * cfg.dcase_test
     fit = round(train_total * (1 - _VAL_FRACTION))
-    first, later = (idle[k]["clips_per_s"] for k in ("first epoch (fbank + cache write)", "later epoch (cache read)"))
+    first, later = (
+        idle[k]["clips_per_s"] for k in ("first epoch (fbank + cache write)", "later epoch (cache read)")
+    )
     forward = max(r["clips_per_s"] for r in encoder["rows"] if r["mode"] == "forward")
     # what the measured train.py run spent beyond its epochs' loop time: start-up, model load, validation, saving
     overhead = steps["seconds"]["train"] - cfg.train_epochs * counts["train"] / first
     parts = [
         ["training, epoch 1 (fbank + cache)", f"{fit} clips at {first:.1f}/s", fit / first],
-        [f"training, epochs 2-{cfg.dcase_epochs} (cache)", f"{(cfg.dcase_epochs - 1) * fit} clips at {later:.1f}/s",
-         (cfg.dcase_epochs - 1) * fit / later],
-        ["validation forward passes", f"{cfg.dcase_epochs * (train_total - fit)} clips at {forward:.1f}/s",
-         cfg.dcase_epochs * (train_total - fit) / forward],
+        [
+            f"training, epochs 2-{cfg.dcase_epochs} (cache)",
+            f"{(cfg.dcase_epochs - 1) * fit} clips at {later:.1f}/s",
+            (cfg.dcase_epochs - 1) * fit / later,
+        ],
+        [
+            "validation forward passes",
+            f"{cfg.dcase_epochs * (train_total - fit)} clips at {forward:.1f}/s",
+            cfg.dcase_epochs * (train_total - fit) / forward,
+        ],
         ["train.py start-up, saving (measured, once)", "", max(overhead, 0.0)],
     ]
-    for name, total, label in (("extract", train_total + test_total, "extract_embeddings.py"),
-                               ("svdd_train", train_total, "train_deepSVDD.py"),
-                               ("svdd_eval", test_total, "evaluate_deepSVDD.py"),
-                               ("ensemble", test_total, "evaluate.py")):
+    for name, total, label in (
+        ("extract", train_total + test_total, "extract_embeddings.py"),
+        ("svdd_train", train_total, "train_deepSVDD.py"),
+        ("svdd_eval", test_total, "evaluate_deepSVDD.py"),
+        ("ensemble", test_total, "evaluate.py"),
+    ):
         rate = steps["clips"][name] / steps["seconds"][name]
         parts.append([label, f"{total} clips at {rate:.1f}/s", total / rate])
     total_seconds = sum(p[2] for p in parts)
-    text = (f"DCASE 2023 dev: {cfg.dcase_machines} machine types x ({cfg.dcase_train} train + {cfg.dcase_test} test) "
-            f"clips, {cfg.dcase_epochs} epochs, EAT-{cfg.model_size}\n"
-            + table(["stage", "work", "seconds"], parts)
-            + f"\ntotal: {total_seconds:.0f} s ({total_seconds / 60:.1f} min); each scorer's and the extraction's "
-              "fixed cost (model load, fitting set-up) is scaled with the clips, so those rows err high")
+    text = (
+        f"DCASE 2023 dev: {cfg.dcase_machines} machine types x ({cfg.dcase_train} train + {cfg.dcase_test} test) "
+        f"clips, {cfg.dcase_epochs} epochs, EAT-{cfg.model_size}\n"
+        + table(["stage", "work", "seconds"], parts)
+        + f"\ntotal: {total_seconds:.0f} s ({total_seconds / 60:.1f} min); each scorer's and the extraction's "
+        "fixed cost (model load, fitting set-up) is scaled with the clips, so those rows err high"
+    )
     return text, {"parts": parts, "total_seconds": total_seconds}
 
 
@@ -347,7 +517,11 @@ def main(argv: list[str] | None = None) -> dict:
     work_dir = Path(cfg.work_dir).resolve() if cfg.work_dir else out_dir / "work"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
 
     from dataset import discover_clips
 
@@ -356,10 +530,13 @@ def main(argv: list[str] | None = None) -> dict:
     records = discover_clips(data_dir)
     train = [r for r in records if r.split == "train"]
     counts = {"train": len(train), "test": len(records) - len(train)}
-    report.add("setup", f"device: {name}; torch {torch.__version__}; python {sys.version.split()[0]}; "
-                        f"{os.cpu_count()} CPUs\nsynthetic data: {counts['train']} training + {counts['test']} test "
-                        f"clips of {cfg.clip_seconds} s in {data_dir} ({data_seconds:.1f} s to write)",
-               {"device": name, "counts": counts, "smoke": cfg.cpu_smoke})
+    report.add(
+        "setup",
+        f"device: {name}; torch {torch.__version__}; python {sys.version.split()[0]}; "
+        f"{os.cpu_count()} CPUs\nsynthetic data: {counts['train']} training + {counts['test']} test "
+        f"clips of {cfg.clip_seconds} s in {data_dir} ({data_seconds:.1f} s to write)",
+        {"device": name, "counts": counts, "smoke": cfg.cpu_smoke},
+    )
     report.add("fbank throughput", *fbank_throughput(cfg, train, device))
     text, encoder = encoder_rates(cfg, device)
     report.add("encoder", text, encoder)
@@ -369,7 +546,9 @@ def main(argv: list[str] | None = None) -> dict:
     report.add("pipeline steps", text, steps)
     report.add("estimate", *estimate(cfg, counts, idle, encoder, steps))
     total = time.perf_counter() - report.started
-    report.add("done", f"gpu_check took {total:.0f} s; tables in {out_dir / 'gpu_check.txt'}", {"seconds": total})
+    report.add(
+        "done", f"gpu_check took {total:.0f} s; tables in {out_dir / 'gpu_check.txt'}", {"seconds": total}
+    )
     return report.numbers
 
 

@@ -7,6 +7,7 @@
    (target: within 2x of the matmul).
 2. Per-clip cost of the signal statistics (preprocessing.signal_stats) on CLIP_SECONDS clips.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -20,24 +21,35 @@ from utils import exit_if_help, parse_config, print_config  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-import numpy as np                                     # noqa: E402
-import torch                                           # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from evaluate import knn_distance                       # noqa: E402
-import preprocessing                                   # noqa: E402
+import preprocessing  # noqa: E402
+from scoring import knn_distance  # noqa: E402
 
-N_TEST = 2000            # test embeddings
-N_NORMAL = 10000         # normal (memory bank) embeddings
-DIM = 768                # embedding width (EAT-base)
-K = 1                    # neighbours
-REPEATS = 5              # timed repetitions (median reported), after one warm-up
-STATS_CLIPS = 20         # clips timed for the statistics
-CLIP_SECONDS = 10.0      # clip length for the statistics
-THREADS = 0              # torch threads; 0 = torch's default
-SEED = 0                               # seed of the random embeddings and clips
+N_TEST = 2000  # test embeddings
+N_NORMAL = 10000  # normal (memory bank) embeddings
+DIM = 768  # embedding width (EAT-base)
+K = 1  # neighbours
+REPEATS = 5  # timed repetitions (median reported), after one warm-up
+STATS_CLIPS = 20  # clips timed for the statistics
+CLIP_SECONDS = 10.0  # clip length for the statistics
+THREADS = 0  # torch threads; 0 = torch's default
+SEED = 0  # seed of the random embeddings and clips
 # allowed values of the constants above, checked by utils.parse_config
-_LIMITS = {"N_TEST": (1, None), "N_NORMAL": (1, None), "DIM": (1, None), "K": (1, None), "REPEATS": (1, None),
-           "STATS_CLIPS": (1, None), "CLIP_SECONDS": (">0", None), "THREADS": (0, None), "SEED": (0, None)}
+_LIMITS = {
+    "N_TEST": (1, None),
+    "N_NORMAL": (1, None),
+    "DIM": (1, None),
+    "K": (1, None),
+    "REPEATS": (1, None),
+    "STATS_CLIPS": (1, None),
+    "CLIP_SECONDS": (">0", None),
+    "THREADS": (0, None),
+    "SEED": (0, None),
+}
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in seconds, after one warm-up call."""
     fn()
@@ -62,9 +74,11 @@ def bench_stats(cfg) -> dict:
     rng = np.random.default_rng(cfg.seed)
     n = int(cfg.clip_seconds * preprocessing.SAMPLE_RATE)
     t = np.arange(n) / preprocessing.SAMPLE_RATE
-    clips = [(0.1 * rng.normal(size=n) + 0.3 * np.sin(2 * np.pi * rng.uniform(50, 4000) * t)).astype(np.float32)
-             for _ in range(cfg.stats_clips)]
-    preprocessing.signal_stats(clips[0])                             # warm-up
+    clips = [
+        (0.1 * rng.normal(size=n) + 0.3 * np.sin(2 * np.pi * rng.uniform(50, 4000) * t)).astype(np.float32)
+        for _ in range(cfg.stats_clips)
+    ]
+    preprocessing.signal_stats(clips[0])  # warm-up
     start = time.perf_counter()
     for clip in clips:
         preprocessing.signal_stats(clip)
@@ -80,13 +94,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     knn = bench_knn(cfg)
     flops = 2 * cfg.n_test * cfg.n_normal * cfg.dim
-    print(f"raw matmul [{cfg.n_test}x{cfg.dim}] @ [{cfg.dim}x{cfg.n_normal}]: {knn['matmul_s'] * 1000:.1f} ms "
-          f"({flops / knn['matmul_s'] / 1e9:.1f} GFLOP/s)")
-    print(f"k-NN scoring (k={cfg.k}):                  {knn['knn_s'] * 1000:.1f} ms "
-          f"= {knn['ratio']:.2f}x the matmul (target <= 2x: {'met' if knn['ratio'] <= 2 else 'NOT met'})")
+    print(
+        f"raw matmul [{cfg.n_test}x{cfg.dim}] @ [{cfg.dim}x{cfg.n_normal}]: {knn['matmul_s'] * 1000:.1f} ms "
+        f"({flops / knn['matmul_s'] / 1e9:.1f} GFLOP/s)"
+    )
+    print(
+        f"k-NN scoring (k={cfg.k}):                  {knn['knn_s'] * 1000:.1f} ms "
+        f"= {knn['ratio']:.2f}x the matmul (target <= 2x: {'met' if knn['ratio'] <= 2 else 'NOT met'})"
+    )
     stats = bench_stats(cfg)
-    print(f"signal statistics on {cfg.clip_seconds:g} s clips: {stats['stats_per_clip_ms']:.1f} ms per clip "
-          f"({cfg.stats_clips} clips)")
+    print(
+        f"signal statistics on {cfg.clip_seconds:g} s clips: {stats['stats_per_clip_ms']:.1f} ms per clip "
+        f"({cfg.stats_clips} clips)"
+    )
     return knn | stats
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the real DCASE sample clips and a tiny synthetic demo tree."""
+
 from __future__ import annotations
 
 import os
@@ -11,14 +12,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-SAMPLES_DIR = Path(os.environ.get("DCASE_SAMPLES_DIR",
-                                  Path(__file__).resolve().parents[2] / "shared" / "dcase_samples"))
+SAMPLES_DIR = Path(
+    os.environ.get("DCASE_SAMPLES_DIR", Path(__file__).resolve().parents[2] / "shared" / "dcase_samples")
+)
 
 # tiny demo tree: 3 machine types x (6 source + 2 target train normals, 1 normal + 1 anomaly test
 # clip per domain), 2 s clips; small enough for training/evaluation tests on CPU
 TINY_DEMO_ARGS = [
-    "--clip_seconds", "2", "--source_train", "6", "--target_train", "2",
-    "--test_normal", "1", "--test_anomaly", "1", "--progress", "false",
+    "--clip_seconds",
+    "2",
+    "--source_train",
+    "6",
+    "--target_train",
+    "2",
+    "--test_normal",
+    "1",
+    "--test_anomaly",
+    "1",
+    "--progress",
+    "false",
 ]
 
 

@@ -8,6 +8,7 @@
 The folder holds `config.json` (model_type "eat") and `model.safetensors` (or `pytorch_model.bin`),
 every key prefixed `model.`, exactly as the released checkpoints are laid out.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,15 +60,18 @@ def tiny_eat_state(config: dict, seed: int = 1234) -> dict[str, torch.Tensor]:
     names = EATEncoder(cfg).state_dict()
     generator = torch.Generator().manual_seed(seed)
     state = {name: 0.05 * torch.randn(t.shape, generator=generator) for name, t in names.items()}
-    state["fixed_positional_encoder.positions"] = sincos_position_table(cfg.embed_dim, cfg.max_length, cfg.freq_patches)
+    state["fixed_positional_encoder.positions"] = sincos_position_table(
+        cfg.embed_dim, cfg.max_length, cfg.freq_patches
+    )
     for name in state:
         if ("norm" in name) and name.endswith(".weight"):
             state[name] = 1.0 + state[name]
     return state
 
 
-def write_eat_checkpoint(folder: str | Path, variant: str = "pretrain", weights: str = "safetensors",
-                         seed: int = 1234, **overrides) -> dict[str, torch.Tensor]:
+def write_eat_checkpoint(
+    folder: str | Path, variant: str = "pretrain", weights: str = "safetensors", seed: int = 1234, **overrides
+) -> dict[str, torch.Tensor]:
     """Write a tiny HF-layout EAT checkpoint into ``folder``; returns the state written (with `model.`).
 
     ``weights``: "safetensors" (model.safetensors) or "bin" (pytorch_model.bin); ``overrides`` change
@@ -80,6 +84,7 @@ def write_eat_checkpoint(folder: str | Path, variant: str = "pretrain", weights:
     state = {f"model.{k}": v.contiguous() for k, v in tiny_eat_state(config, seed).items()}
     if weights == "safetensors":
         from safetensors.torch import save_file
+
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     elif weights == "bin":
         torch.save(state, folder / "pytorch_model.bin")
@@ -91,8 +96,9 @@ def write_eat_checkpoint(folder: str | Path, variant: str = "pretrain", weights:
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def write_hub_snapshot(cache: str | Path, hub_id: str, commit: str = COMMIT, ref: str = "main",
-                       **checkpoint_options) -> Path:
+def write_hub_snapshot(
+    cache: str | Path, hub_id: str, commit: str = COMMIT, ref: str = "main", **checkpoint_options
+) -> Path:
     """A tiny checkpoint laid out as huggingface_hub caches it under ``cache`` (HF_HUB_CACHE).
 
     models--owner--name/blobs/<file hash>, snapshots/<commit>/<file> -> ../../blobs/<hash> links,
@@ -125,7 +131,7 @@ def fairseq_layout(hf_state: dict[str, torch.Tensor], variant: str = "pretrain")
     """
     fairseq = {}
     for key, value in hf_state.items():
-        key = key[len("model."):]
+        key = key[len("model.") :]
         if key.startswith("pre_norm."):
             key = "modality_encoders.IMAGE.context_encoder.norm." + key.split(".")[-1]
         elif not key.startswith(("blocks.", "fc_norm.", "head.")):

@@ -1,4 +1,5 @@
 """bench/: the analytic FLOP count, the recipe's training step and the prepared GPU check's CPU dry run."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import encoder as encoder_bench   # noqa: E402  (bench/encoder.py)
-import gpu_check                  # noqa: E402
-import checkpoints as C           # noqa: E402
-import model as M                 # noqa: E402
-from utils import parse_config    # noqa: E402
+import checkpoints as C  # noqa: E402
+import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
+import gpu_check  # noqa: E402
+from utils import parse_config  # noqa: E402
 
 
 def test_forward_flops_matches_torch_flop_counter():
@@ -24,7 +24,7 @@ def test_forward_flops_matches_torch_flop_counter():
 
     encoder = C.build_encoder(None, "tiny", verbose=False).eval()
     frames = 96
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:   # explicit attention: its matmuls count
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # explicit attention: its matmuls count
         encoder(torch.randn(2, 1, frames, 128), explicit_attention=True)
     counted = counter.get_total_flops()
     analytic = 2 * encoder_bench.forward_flops(encoder.config, frames)
@@ -32,8 +32,11 @@ def test_forward_flops_matches_torch_flop_counter():
 
 
 def test_recipe_step_trains_lora_on_qkv_only():
-    cfg = vars(parse_config(vars(encoder_bench), ["--device", "cpu", "--recipe_lora_rank", "4",
-                                                   "--projection_dim", "16"]))
+    cfg = vars(
+        parse_config(
+            vars(encoder_bench), ["--device", "cpu", "--recipe_lora_rank", "4", "--projection_dim", "16"]
+        )
+    )
     torch.manual_seed(0)
     encoder = C.build_encoder(None, "tiny", verbose=False)
     step, classes = encoder_bench.training_step(encoder, "recipe", cfg, torch.device("cpu"))
@@ -48,7 +51,11 @@ def test_recipe_step_trains_lora_on_qkv_only():
     step(x, labels)
     assert any(not torch.equal(before[n], lora[n]) for n in before)
     assert all(torch.equal(p, dict(encoder.named_parameters())[n]) for n, p in frozen.items())
-    assert encoder_bench.mode_shape("recipe", cfg) == (cfg["recipe_batch_size"], cfg["recipe_frames"]) == (8, 1216)
+    assert (
+        encoder_bench.mode_shape("recipe", cfg)
+        == (cfg["recipe_batch_size"], cfg["recipe_frames"])
+        == (8, 1216)
+    )
 
 
 def test_datasheet_peak_only_for_known_cards():
@@ -57,10 +64,20 @@ def test_datasheet_peak_only_for_known_cards():
 
 
 def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
-    numbers = gpu_check.main(["--cpu_smoke", "true", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")])
+    numbers = gpu_check.main(
+        ["--cpu_smoke", "true", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.txt", "w"]
     text = (tmp_path / "gpu_check.txt").read_text()
-    for title in ("setup", "fbank throughput", "encoder", "GPU idle share", "pipeline steps", "estimate", "done"):
+    for title in (
+        "setup",
+        "fbank throughput",
+        "encoder",
+        "GPU idle share",
+        "pipeline steps",
+        "estimate",
+        "done",
+    ):
         assert f"== {title}" in text
     assert json.loads((tmp_path / "gpu_check.json").read_text()).keys() == numbers.keys()
     counts = numbers["setup"]["counts"]

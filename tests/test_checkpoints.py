@@ -1,4 +1,5 @@
 """checkpoints.py: HF folders (strict), hub ids through the cache, fairseq files without code, tuned files."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,17 @@ import pytest
 import torch
 
 import checkpoints as C
-from extract_embeddings import embed_fbanks
-from scoring import file_sha256
 import model as M
 from dataset import LabelIndex
-from eat_checkpoint_support import (COMMIT, TINY_HF_CONFIG, fairseq_layout, write_eat_checkpoint,
-                                    write_hub_snapshot)
+from eat_checkpoint_support import (
+    COMMIT,
+    TINY_HF_CONFIG,
+    fairseq_layout,
+    write_eat_checkpoint,
+    write_hub_snapshot,
+)
+from extract_embeddings import embed_fbanks
+from scoring import file_sha256
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
@@ -31,15 +37,16 @@ def _outputs(encoder: M.EATEncoder) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- Hugging Face folders
 
+
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 def test_hf_checkpoint_loads_key_for_key(tmp_path, weights, capsys):
     written = write_eat_checkpoint(tmp_path / "eat", weights=weights)
     encoder = C.build_encoder(tmp_path / "eat")
     assert "loaded EAT encoder" in capsys.readouterr().out
     state = encoder.state_dict()
-    assert set(state) == {k[len("model."):] for k in written}
+    assert set(state) == {k[len("model.") :] for k in written}
     for key, value in written.items():
-        assert torch.equal(state[key[len("model."):]], value), key
+        assert torch.equal(state[key[len("model.") :]], value), key
     assert encoder.config.embed_dim == TINY_HF_CONFIG["embed_dim"] and not hasattr(encoder, "head")
     assert encoder.source["checkpoint"] == str((tmp_path / "eat").resolve())
     assert "hub_id" not in encoder.source
@@ -56,20 +63,30 @@ def test_finetune_checkpoint_loads_fc_norm_and_head(tmp_path):
 
 def _rewrite(folder, change):
     from safetensors.torch import load_file, save_file
+
     state = load_file(str(folder / "model.safetensors"))
     change(state)
     save_file(state, str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("missing", r"missing keys \(1\):\s+blocks\.1\.mlp\.fc2\.bias"),
-    ("extra", r"unexpected keys \(1\):\s+decoder\.weight"),
-    ("shape", r"mis-shaped keys \(1\):\s+blocks\.0\.attn\.qkv\.weight: file \(192, 32\) vs model \(192, 64\)"),
-    ("broken", r"cannot read EAT weights from .*model\.safetensors"),
-    ("no_prefix", r"without the Hugging Face 'model\.' prefix"),
-    ("config", r"config\.json is not valid JSON"),
-    ("no_weights", r"is not a complete EAT checkpoint folder: it has none of model\.safetensors, pytorch_model\.bin"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing", r"missing keys \(1\):\s+blocks\.1\.mlp\.fc2\.bias"),
+        ("extra", r"unexpected keys \(1\):\s+decoder\.weight"),
+        (
+            "shape",
+            r"mis-shaped keys \(1\):\s+blocks\.0\.attn\.qkv\.weight: file \(192, 32\) vs model \(192, 64\)",
+        ),
+        ("broken", r"cannot read EAT weights from .*model\.safetensors"),
+        ("no_prefix", r"without the Hugging Face 'model\.' prefix"),
+        ("config", r"config\.json is not valid JSON"),
+        (
+            "no_weights",
+            r"is not a complete EAT checkpoint folder: it has none of model\.safetensors, pytorch_model\.bin",
+        ),
+    ],
+)
 def test_corrupted_checkpoint_fails_clearly(tmp_path, problem, expected):
     folder = tmp_path / "eat"
     write_eat_checkpoint(folder)
@@ -97,6 +114,7 @@ def test_corrupted_checkpoint_fails_clearly(tmp_path, problem, expected):
 
 
 # ----------------------------------------------------------------------------- not a checkpoint, not found
+
 
 def _not_a_checkpoint(tmp_path, case: str):
     """A path that exists but is no EAT checkpoint, and the file or folder the error must name."""
@@ -129,8 +147,19 @@ def _not_a_checkpoint(tmp_path, case: str):
     return path, path
 
 
-@pytest.mark.parametrize("case", ["random_bin", "random_pt", "stray_safetensors", "folder_without_config",
-                                  "foreign_config", "json_list_config", "json_file", "pt_without_model"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "random_bin",
+        "random_pt",
+        "stray_safetensors",
+        "folder_without_config",
+        "foreign_config",
+        "json_list_config",
+        "json_file",
+        "pt_without_model",
+    ],
+)
 def test_a_path_that_is_not_a_checkpoint_says_so(tmp_path, case):
     path, named = _not_a_checkpoint(tmp_path, case)
     with pytest.raises(ValueError) as info:
@@ -152,6 +181,7 @@ def test_neither_a_path_nor_a_hub_id_is_not_found(tmp_path, spec, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- Hugging Face hub ids
+
 
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
@@ -210,7 +240,11 @@ def test_tuned_model_on_a_hub_backbone_rebuilds_through_the_cache(tmp_path, offl
     path = tmp_path / "tuned.pth"
     C.save_tuned(path, model, LabelIndex(["a", "b", "c"]), {}, "owner/tiny-eat")
     backbone = torch.load(path, weights_only=True)["backbone"]
-    assert (backbone["hub_id"], backbone["revision"], backbone["checkpoint"]) == ("owner/tiny-eat", COMMIT, str(offline_hub))
+    assert (backbone["hub_id"], backbone["revision"], backbone["checkpoint"]) == (
+        "owner/tiny-eat",
+        COMMIT,
+        str(offline_hub),
+    )
     # another machine: the same commit in another cache, main now pointing elsewhere
     other = tmp_path / "other_home"
     write_hub_snapshot(other / "hub", "owner/tiny-eat")
@@ -220,7 +254,9 @@ def test_tuned_model_on_a_hub_backbone_rebuilds_through_the_cache(tmp_path, offl
     with torch.no_grad():
         x = _fbank(64, 4)[None, None]
         assert torch.equal(loaded(x), model(x))
-    assert C.base_encoder(loaded.encoder).source["checkpoint"] == str(other / "hub" / "models--owner--tiny-eat" / "snapshots" / COMMIT)
+    assert C.base_encoder(loaded.encoder).source["checkpoint"] == str(
+        other / "hub" / "models--owner--tiny-eat" / "snapshots" / COMMIT
+    )
     # the cached copy is not the one it was tuned on -> refused
     snapshot_config = other / "hub" / "models--owner--tiny-eat" / "snapshots" / COMMIT / "config.json"
     config = json.loads(snapshot_config.read_text())
@@ -232,24 +268,42 @@ def test_tuned_model_on_a_hub_backbone_rebuilds_through_the_cache(tmp_path, offl
 
 # ----------------------------------------------------------------------------- fairseq files
 
+
 def _fairseq_file(tmp_path, cfg, variant: str = "pretrain", name: str = "eat.pt", **extra):
     """A fairseq-layout file of the tiny weights; returns (path, the HF folder holding the same weights)."""
     folder = tmp_path / f"hf_{variant}"
     hf = write_eat_checkpoint(folder, variant=variant)
-    torch.save({"cfg": cfg, "model": fairseq_layout(hf, variant), "optimizer_history": [], **extra}, tmp_path / name)
+    torch.save(
+        {"cfg": cfg, "model": fairseq_layout(hf, variant), "optimizer_history": [], **extra}, tmp_path / name
+    )
     return tmp_path / name, folder
 
 
 def _released_cfg(model_section: dict):
     from omegaconf import OmegaConf  # tests only: fairseq pickles its config as omegaconf objects
-    return OmegaConf.create({"common": {"seed": 1, "fp16": True}, "task": {"_name": "mae_image_pretraining"},
-                             "model": model_section, "optimization": {"lr": [0.0005], "max_update": 400000}})
+
+    return OmegaConf.create(
+        {
+            "common": {"seed": 1, "fp16": True},
+            "task": {"_name": "mae_image_pretraining"},
+            "model": model_section,
+            "optimization": {"lr": [0.0005], "max_update": 400000},
+        }
+    )
 
 
 def test_fairseq_file_with_omegaconf_cfg_matches_the_hf_layout(tmp_path, capsys, monkeypatch):
-    model_section = {"_name": "data2vec_multi", "embed_dim": 64, "depth": 2, "num_heads": 2,
-                     "modalities": {"image": {"in_chans": 1, "patch_size": 16}}, "layers": [1, 2.5, None],
-                     "layer_norm_first": False, "interp": "${model.num_heads}", "missing": "???"}
+    model_section = {
+        "_name": "data2vec_multi",
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "modalities": {"image": {"in_chans": 1, "patch_size": 16}},
+        "layers": [1, 2.5, None],
+        "layer_norm_first": False,
+        "interp": "${model.num_heads}",
+        "missing": "???",
+    }
     cfg = _released_cfg(model_section)
     assert type(cfg).__module__ == "omegaconf.dictconfig"
     path, folder = _fairseq_file(tmp_path, cfg, args=argparse.Namespace(arch="data2vec_multi", num_heads=2))
@@ -260,7 +314,11 @@ def test_fairseq_file_with_omegaconf_cfg_matches_the_hf_layout(tmp_path, capsys,
     assert C._plain(raw["args"]) == {"arch": "data2vec_multi", "num_heads": 2}
     encoder = C.build_encoder(path)
     assert "read as a fairseq checkpoint (num_heads=2)" in capsys.readouterr().out
-    assert (encoder.config.num_heads, encoder.config.depth, encoder.config.model_variant) == (2, 2, "pretrain")
+    assert (encoder.config.num_heads, encoder.config.depth, encoder.config.model_variant) == (
+        2,
+        2,
+        "pretrain",
+    )
     reference = C.build_encoder(folder)
     assert torch.equal(_outputs(encoder), _outputs(reference))
     assert encoder.source["checkpoint"] == str(path.resolve())
@@ -280,21 +338,33 @@ def test_fairseq_structured_cfg_naming_fairseq_dataclasses_loads(tmp_path, monke
     monkeypatch.setitem(sys.modules, "fairseq.dataclass.configs", module)
     module.Backend = enum.Enum("Backend", {"c10d": "c10d", "no_c10d": "no_c10d"}, module=module.__name__)
     module.ModelConfig = dataclasses.make_dataclass(
-        "ModelConfig", [("num_heads", int, 2), ("embed_dim", int, 64), ("backend", module.Backend, module.Backend.c10d)])
+        "ModelConfig",
+        [("num_heads", int, 2), ("embed_dim", int, 64), ("backend", module.Backend, module.Backend.c10d)],
+    )
     module.Config = dataclasses.make_dataclass(
-        "Config", [("model", module.ModelConfig, dataclasses.field(default_factory=module.ModelConfig))])
+        "Config", [("model", module.ModelConfig, dataclasses.field(default_factory=module.ModelConfig))]
+    )
     module.ModelConfig.__module__ = module.Config.__module__ = module.__name__
     path, folder = _fairseq_file(tmp_path, OmegaConf.structured(module.Config))
     for name in ("fairseq", "fairseq.dataclass", "fairseq.dataclass.configs"):
         monkeypatch.setitem(sys.modules, name, None)  # fairseq is not installed where the file is read
-    assert C._plain(C._load_fairseq_pickle(path)["cfg"])["model"] == {"num_heads": 2, "embed_dim": 64, "backend": "c10d"}
+    assert C._plain(C._load_fairseq_pickle(path)["cfg"])["model"] == {
+        "num_heads": 2,
+        "embed_dim": 64,
+        "backend": "c10d",
+    }
     assert torch.equal(_outputs(C.build_encoder(path)), _outputs(C.build_encoder(folder)))
 
 
 def test_finetuned_fairseq_file_reads_heads_from_pretrained_model_args(tmp_path):
     backbone = {"_name": "data2vec_multi", "num_heads": 2, "embed_dim": 64, "depth": 2}
-    cfg = _released_cfg({"_name": "mae_image_classification", "num_classes": 10,
-                         "pretrained_model_args": {"model": backbone, "task": {"_name": "mae_image_pretraining"}}})
+    cfg = _released_cfg(
+        {
+            "_name": "mae_image_classification",
+            "num_classes": 10,
+            "pretrained_model_args": {"model": backbone, "task": {"_name": "mae_image_pretraining"}},
+        }
+    )
     path, folder = _fairseq_file(tmp_path, cfg, variant="finetune")
     encoder = C.build_encoder(path)
     assert encoder.config.num_heads == 2 and encoder.config.model_variant == "finetune"
@@ -302,12 +372,21 @@ def test_finetuned_fairseq_file_reads_heads_from_pretrained_model_args(tmp_path)
     assert torch.equal(_outputs(encoder), _outputs(C.build_encoder(folder)))
 
 
-@pytest.mark.parametrize("cfg, expected", [
-    ({"model": {"embed_dim": 64}}, r"records no head count \(neither cfg\.model\.num_heads nor "
-                                    r"cfg\.model\.pretrained_model_args\.model\.num_heads\)"),
-    (None, r"records no head count"),
-    ({"model": {"num_heads": "${oops}"}}, r"cfg\.model\.num_heads is '\$\{oops\}', not a positive head count"),
-])
+@pytest.mark.parametrize(
+    "cfg, expected",
+    [
+        (
+            {"model": {"embed_dim": 64}},
+            r"records no head count \(neither cfg\.model\.num_heads nor "
+            r"cfg\.model\.pretrained_model_args\.model\.num_heads\)",
+        ),
+        (None, r"records no head count"),
+        (
+            {"model": {"num_heads": "${oops}"}},
+            r"cfg\.model\.num_heads is '\$\{oops\}', not a positive head count",
+        ),
+    ],
+)
 def test_fairseq_file_without_a_head_count_is_refused(tmp_path, cfg, expected):
     path, _ = _fairseq_file(tmp_path, cfg)
     with pytest.raises(ValueError, match=expected) as info:
@@ -347,11 +426,12 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, container):
 
 # ----------------------------------------------------------------------------- tuned files
 
+
 def _tuned(encoder: M.EATEncoder, head: str = "arcface") -> M.ASDModel:
     wrapped = M.add_lora(encoder, rank=4, alpha=8, dropout=0.0, unfreeze_last_norms=1)
     model = M.ASDModel(wrapped, M.make_head(head, encoder.embed_dim, 3))
     with torch.no_grad():  # pretend training moved the adapters
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     return model.eval()

@@ -1,4 +1,5 @@
 """DCASE file names, folders, attribute tables, labels, splits and the torch Dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,16 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from dataset import (ClipDataset, ClipNameError, ClipRecord, FixedLengthCollate, LabelIndex, discover_clips,
-                     parse_clip_name, stratified_split)
+from dataset import (
+    ClipDataset,
+    ClipNameError,
+    ClipRecord,
+    FixedLengthCollate,
+    LabelIndex,
+    discover_clips,
+    parse_clip_name,
+    stratified_split,
+)
 from preprocessing import PAD_VALUE, FeatureCache, load_audio, wav_to_fbank
 
 NAMES = [
@@ -21,16 +30,40 @@ NAMES = [
     ("id_05_00000012.wav", "test", "05", None, "unknown", ()),
     ("section_00_source_train_normal_0000.wav", "train", "00", "source", "normal", ()),
     ("section_02_target_test_anomaly_0099.wav", "test", "02", "target", "anomaly", ()),
-    ("section_00_source_train_normal_0835_car_D2_spd_34V_mic_1.wav", "train", "00", "source", "normal",
-     (("car", "D2"), ("spd", "34V"), ("mic", "1"))),
-    ("section_01_target_test_normal_0003_car_A1_spd_28V_mic_1_noise_1.wav", "test", "01", "target", "normal",
-     (("car", "A1"), ("spd", "28V"), ("mic", "1"), ("noise", "1"))),
+    (
+        "section_00_source_train_normal_0835_car_D2_spd_34V_mic_1.wav",
+        "train",
+        "00",
+        "source",
+        "normal",
+        (("car", "D2"), ("spd", "34V"), ("mic", "1")),
+    ),
+    (
+        "section_01_target_test_normal_0003_car_A1_spd_28V_mic_1_noise_1.wav",
+        "test",
+        "01",
+        "target",
+        "normal",
+        (("car", "A1"), ("spd", "28V"), ("mic", "1"), ("noise", "1")),
+    ),
     ("section_00_source_test_anomaly_0022_m-n_W.wav", "test", "00", "source", "anomaly", (("m-n", "W"),)),
-    ("section_00_target_test_normal_0013_vel_620_ac_0.08.wav", "test", "00", "target", "normal",
-     (("vel", "620"), ("ac", "0.08"))),
+    (
+        "section_00_target_test_normal_0013_vel_620_ac_0.08.wav",
+        "test",
+        "00",
+        "target",
+        "normal",
+        (("vel", "620"), ("ac", "0.08")),
+    ),
     ("section_00_source_train_normal_0001_noAttribute.wav", "train", "00", "source", "normal", ()),
-    ("section_00_source_train_normal_0000_strength_1_ambient.wav", "train", "00", "source", "normal",
-     (("attribute", "strength_1_ambient"),)),
+    (
+        "section_00_source_train_normal_0000_strength_1_ambient.wav",
+        "train",
+        "00",
+        "source",
+        "normal",
+        (("attribute", "strength_1_ambient"),),
+    ),
     ("section_00_0000.wav", "test", "00", None, "unknown", ()),
     ("section_03_test_0017.wav", "test", "03", None, "unknown", ()),
     ("section_00_source_test_0004.wav", "test", "00", "source", "unknown", ()),
@@ -41,8 +74,14 @@ NAMES = [
 @pytest.mark.parametrize("name,split,section,domain,label,attributes", NAMES)
 def test_parse_every_naming_scheme(name, split, section, domain, label, attributes):
     record = parse_clip_name(f"data/fan/{split}/{name}")
-    assert (record.machine_type, record.split, record.section, record.domain, record.label, record.attributes) == (
-        "fan", split, section, domain, label, attributes)
+    assert (
+        record.machine_type,
+        record.split,
+        record.section,
+        record.domain,
+        record.label,
+        record.attributes,
+    ) == ("fan", split, section, domain, label, attributes)
     assert record.file_name == name
     assert record.is_anomaly == {"normal": False, "anomaly": True, "unknown": None}[label]
 
@@ -54,18 +93,21 @@ def test_record_properties_and_round_trip(tmp_path):
     bare = parse_clip_name("d/fan/test/anomaly_id_06_00000002.wav")
     assert bare.attribute_string == "noAttribute" and bare.class_name == "fan/section_06/noAttribute"
     torch.save([record.to_dict(), bare.to_dict()], tmp_path / "records.pt")
-    loaded = torch.load(tmp_path / "records.pt", weights_only=True)   # plain str/list only
+    loaded = torch.load(tmp_path / "records.pt", weights_only=True)  # plain str/list only
     assert [ClipRecord.from_dict(d) for d in loaded] == [record, bare]
 
 
-@pytest.mark.parametrize("path,message", [
-    ("d/fan/train/recording_1.wav", "no DCASE scheme"),
-    ("d/fan/train/section_00_source_train_normal.wav", "no DCASE scheme"),
-    ("d/fan/test/section_00_source_train_normal_0000.wav", "split 'train'"),
-    ("d/fan/train/section_00_source_train_anomaly_0000.wav", "train folder"),
-    ("d/fan/eval/section_00_0000.wav", "split"),
-    ("d/fan/train/section_00_source_train_normal_0000.flac", "not a .wav"),
-])
+@pytest.mark.parametrize(
+    "path,message",
+    [
+        ("d/fan/train/recording_1.wav", "no DCASE scheme"),
+        ("d/fan/train/section_00_source_train_normal.wav", "no DCASE scheme"),
+        ("d/fan/test/section_00_source_train_normal_0000.wav", "split 'train'"),
+        ("d/fan/train/section_00_source_train_anomaly_0000.wav", "train folder"),
+        ("d/fan/eval/section_00_0000.wav", "split"),
+        ("d/fan/train/section_00_source_train_normal_0000.flac", "not a .wav"),
+    ],
+)
 def test_bad_names_raise_naming_the_file(path, message):
     with pytest.raises(ClipNameError, match=message) as info:
         parse_clip_name(path)
@@ -79,7 +121,12 @@ def test_all_real_sample_clips_parse(samples_dir):
     assert [r.path for r in new] == sorted(r.path for r in new)
     by_name = {r.file_name: r for r in new + old}
     slider = by_name["section_00_target_test_normal_0013_vel_620_ac_0.08.wav"]
-    assert (slider.machine_type, slider.domain, slider.split, slider.label) == ("slider", "target", "test", "normal")
+    assert (slider.machine_type, slider.domain, slider.split, slider.label) == (
+        "slider",
+        "target",
+        "test",
+        "normal",
+    )
     assert slider.attributes == (("vel", "620"), ("ac", "0.08"))
     fan = by_name["section_00_source_test_anomaly_0022_m-n_W.wav"]
     assert fan.attributes == (("m-n", "W"),) and fan.is_anomaly
@@ -89,18 +136,33 @@ def test_all_real_sample_clips_parse(samples_dir):
     assert gear.attributes == (("volt", "1.5"), ("wt", "0"))
     pump = by_name["anomaly_id_04_00000055.wav"]
     assert (pump.machine_type, pump.section, pump.domain, pump.label, pump.attributes) == (
-        "pump", "04", None, "anomaly", ())
+        "pump",
+        "04",
+        None,
+        "anomaly",
+        (),
+    )
     conveyor = by_name["normal_id_01_00000481.wav"]
     assert (conveyor.machine_type, conveyor.section, conveyor.label) == ("ToyConveyor", "01", "normal")
     assert all(r.domain in ("source", "target") and r.attributes for r in new)
-    assert {r.machine_type for r in new} == {"ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve"}
+    assert {r.machine_type for r in new} == {
+        "ToyCar",
+        "ToyTrain",
+        "bearing",
+        "fan",
+        "gearbox",
+        "slider",
+        "valve",
+    }
     assert sum(r.split == "train" for r in new) == 14 and not any(r.split == "train" for r in old)
     assert sum(r.label == "anomaly" for r in old) == 18
 
 
 def test_discover_filters_and_clear_errors(samples_dir, tmp_path):
     only = discover_clips(samples_dir / "dcase2023_dev", splits=("train",), machine_types=["fan", "valve"])
-    assert {(r.machine_type, r.split) for r in only} == {("fan", "train"), ("valve", "train")} and len(only) == 4
+    assert {(r.machine_type, r.split) for r in only} == {("fan", "train"), ("valve", "train")} and len(
+        only
+    ) == 4
     with pytest.raises(FileNotFoundError, match="nowhere"):
         discover_clips(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="drill"):
@@ -112,6 +174,7 @@ def test_discover_filters_and_clear_errors(samples_dir, tmp_path):
 
 # -----------------------------------------------------------------------------
 # attributes_XX.csv
+
 
 def make_tree(root: Path, names: dict[str, list[str]], csv_text: str | None = None) -> Path:
     tone = 0.1 * np.sin(np.arange(1600) / 10)
@@ -125,25 +188,40 @@ def make_tree(root: Path, names: dict[str, list[str]], csv_text: str | None = No
 
 
 def test_attributes_csv_fills_names_without_attributes(tmp_path):
-    root = make_tree(tmp_path, {"train": ["section_00_source_train_normal_0000_car_A1_spd_28V.wav"],
-                                "test": ["section_00_0000.wav", "section_00_0001.wav"]}, (
-        "file_name,d1p,d1v,d2p,d2v,domain\n"
-        "ToyCar/train/section_00_source_train_normal_0000_car_A1_spd_28V.wav,car,A1,spd,28V,\n"
-        "ToyCar/test/section_00_0000.wav,car,B2,spd,31V,target\n"
-        "ToyCar/test/section_00_0001.wav,noAttribute,,,,\n"
-        "ToyCar/test/section_00_0999.wav,car,C1,spd,1V,source\n"))     # rows without a clip are fine
+    root = make_tree(
+        tmp_path,
+        {
+            "train": ["section_00_source_train_normal_0000_car_A1_spd_28V.wav"],
+            "test": ["section_00_0000.wav", "section_00_0001.wav"],
+        },
+        (
+            "file_name,d1p,d1v,d2p,d2v,domain\n"
+            "ToyCar/train/section_00_source_train_normal_0000_car_A1_spd_28V.wav,car,A1,spd,28V,\n"
+            "ToyCar/test/section_00_0000.wav,car,B2,spd,31V,target\n"
+            "ToyCar/test/section_00_0001.wav,noAttribute,,,,\n"
+            "ToyCar/test/section_00_0999.wav,car,C1,spd,1V,source\n"
+        ),
+    )  # rows without a clip are fine
     records = {r.file_name: r for r in discover_clips(root)}
     filled = records["section_00_0000.wav"]
     assert filled.attributes == (("car", "B2"), ("spd", "31V")) and filled.domain == "target"
     assert filled.label == "unknown"
     assert records["section_00_0001.wav"].attributes == () and records["section_00_0001.wav"].domain is None
-    assert records["section_00_source_train_normal_0000_car_A1_spd_28V.wav"].attributes == (("car", "A1"), ("spd", "28V"))
+    assert records["section_00_source_train_normal_0000_car_A1_spd_28V.wav"].attributes == (
+        ("car", "A1"),
+        ("spd", "28V"),
+    )
 
 
 def test_attributes_csv_disagreement_is_an_error(tmp_path):
-    root = make_tree(tmp_path, {"train": ["section_00_source_train_normal_0000_car_A1_spd_28V.wav"]}, (
-        "file_name,d1p,d1v,d2p,d2v\n"
-        "ToyCar/train/section_00_source_train_normal_0000_car_A1_spd_28V.wav,car,A1,spd,30V\n"))
+    root = make_tree(
+        tmp_path,
+        {"train": ["section_00_source_train_normal_0000_car_A1_spd_28V.wav"]},
+        (
+            "file_name,d1p,d1v,d2p,d2v\n"
+            "ToyCar/train/section_00_source_train_normal_0000_car_A1_spd_28V.wav,car,A1,spd,30V\n"
+        ),
+    )
     with pytest.raises(ValueError, match="disagree") as info:
         discover_clips(root)
     assert "section_00_source_train_normal_0000_car_A1_spd_28V.wav" in str(info.value)
@@ -151,14 +229,18 @@ def test_attributes_csv_disagreement_is_an_error(tmp_path):
 
 
 def test_attributes_csv_domain_disagreement_is_an_error(tmp_path):
-    root = make_tree(tmp_path, {"test": ["section_00_source_test_normal_0000.wav"]}, (
-        "file_name,d1p,d1v,domain\nToyCar/test/section_00_source_test_normal_0000.wav,car,A1,target\n"))
+    root = make_tree(
+        tmp_path,
+        {"test": ["section_00_source_test_normal_0000.wav"]},
+        ("file_name,d1p,d1v,domain\nToyCar/test/section_00_source_test_normal_0000.wav,car,A1,target\n"),
+    )
     with pytest.raises(ValueError, match="domain"):
         discover_clips(root)
 
 
 # -----------------------------------------------------------------------------
 # labels and splits
+
 
 def synthetic_records(per_class: int = 10) -> list[ClipRecord]:
     records = []
@@ -187,11 +269,13 @@ def test_label_index_is_stable_and_saved(tmp_path):
 
 
 def test_stratified_split_keeps_every_class_in_training():
-    records = synthetic_records(10) + [parse_clip_name("d/pump/train/section_01_source_train_normal_0000_x_Q.wav")]
+    records = synthetic_records(10) + [
+        parse_clip_name("d/pump/train/section_01_source_train_normal_0000_x_Q.wav")
+    ]
     train, val = stratified_split(records, 0.2, seed=0)
     assert sorted(r.path for r in train + val) == sorted(r.path for r in records)
     assert not {r.path for r in train} & {r.path for r in val}
-    assert {r.class_name for r in train} == {r.class_name for r in records}          # the lone clip too
+    assert {r.class_name for r in train} == {r.class_name for r in records}  # the lone clip too
     assert len(val) == 6 * 2
     for name in {r.class_name for r in val}:
         assert sum(r.class_name == name for r in val) == 2
@@ -203,6 +287,7 @@ def test_stratified_split_keeps_every_class_in_training():
 
 # -----------------------------------------------------------------------------
 # torch
+
 
 def test_clip_dataset_and_fixed_length_collate(tiny_demo_dir, tmp_path):
     records = [r for r in discover_clips(tiny_demo_dir, machine_types=["fan"]) if r.split == "train"]
@@ -221,6 +306,6 @@ def test_clip_dataset_and_fixed_length_collate(tiny_demo_dir, tmp_path):
     torch.manual_seed(0)
     crops = [FixedLengthCollate(100, random_crop=True)([data[0]])[0][0, 0] for _ in range(5)]
     assert any(not torch.equal(c, fbank[:100]) for c in crops)
-    assert all(any(torch.equal(c, fbank[s:s + 100]) for s in range(99)) for c in crops)
+    assert all(any(torch.equal(c, fbank[s : s + 100]) for s in range(99)) for c in crops)
     unlabelled = ClipDataset(records[:1])
     assert unlabelled[0][1] == -1

@@ -1,4 +1,5 @@
 """datashape.py on the real samples, on the demo tree and on a folder full of problems."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_dcase2023_samples_pass(samples_dir, capsys):
     assert "no problems found" in out
     assert "== ToyCar ==" in out and "== valve ==" in out
     assert "car = C2, D2 | spd = 31V, 34V | mic = 1" in out
-    assert "fbank [1198, 128]" in out and "fbank [998, 128]" in out       # 12 s ToyCar, 10 s others
+    assert "fbank [1198, 128]" in out and "fbank [998, 128]" in out  # 12 s ToyCar, 10 s others
     assert "domains source:2" in out and "rate 16000:2 Hz" in out
 
 
@@ -57,12 +58,12 @@ def test_broken_folder_lists_every_problem(tmp_path, capsys):
     tone = 0.2 * np.sin(np.arange(16000) / 7)
     train, test = tmp_path / "fan" / "train", tmp_path / "fan" / "test"
     write(train / "section_00_source_train_normal_0000_m-n_W.wav", tone)
-    write(train / "my_recording.wav", tone)                                          # unparseable
-    write(train / "section_00_source_train_normal_0001_m-n_W.wav", np.zeros(0))     # no samples
+    write(train / "my_recording.wav", tone)  # unparseable
+    write(train / "section_00_source_train_normal_0001_m-n_W.wav", np.zeros(0))  # no samples
     write(train / "section_00_source_train_normal_0002_m-n_W.wav", np.zeros(16000))  # silent: a warning
     write(train / "section_00_source_train_normal_0003_m-n_W.wav", tone, sr=44100)  # other rate: a warning
-    write(train / "section_00_source_train_normal_0004_m-n_W.wav", tone[:2000])     # 11 frames < one patch
-    (train / "section_00_source_train_normal_0005_m-n_W.wav").write_bytes(b"")      # 0 bytes
+    write(train / "section_00_source_train_normal_0004_m-n_W.wav", tone[:2000])  # 11 frames < one patch
+    (train / "section_00_source_train_normal_0005_m-n_W.wav").write_bytes(b"")  # 0 bytes
     nan = tone.copy()
     nan[5] = np.nan
     write(test / "section_00_source_test_normal_0000_m-n_W.wav", nan, subtype="FLOAT")
@@ -70,7 +71,9 @@ def test_broken_folder_lists_every_problem(tmp_path, capsys):
     write(truncated, tone)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     (test / "section_00_source_test_anomaly_0001_m-n_W.wav").write_text("not audio")
-    write(tmp_path / "pump" / "train" / "section_00_source_train_normal_0000_noAttribute.wav", tone)  # no test/
+    write(
+        tmp_path / "pump" / "train" / "section_00_source_train_normal_0000_noAttribute.wav", tone
+    )  # no test/
     code, out = run(capsys, "--data_dir", str(tmp_path))
     assert code == 1
     expected_problems = [

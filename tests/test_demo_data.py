@@ -1,4 +1,5 @@
 """The synthetic demo data: layout, names, determinism, skipping, and anomalies that are findable but not trivial."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,28 @@ import make_demo_data
 from dataset import discover_clips, read_attribute_tables
 from preprocessing import signal_stats
 
-SMALL = ["--clip_seconds", "1", "--source_train", "2", "--target_train", "1", "--test_normal", "1",
-         "--test_anomaly", "2", "--progress", "false"]
+SMALL = [
+    "--clip_seconds",
+    "1",
+    "--source_train",
+    "2",
+    "--target_train",
+    "1",
+    "--test_normal",
+    "1",
+    "--test_anomaly",
+    "2",
+    "--progress",
+    "false",
+]
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_tiny_tree_layout(tiny_demo_dir):
@@ -29,9 +45,14 @@ def test_tiny_tree_layout(tiny_demo_dir):
     for machine in ("fan", "gearbox", "pump"):
         mine = [r for r in records if r.machine_type == machine]
         counts = Counter((r.split, r.domain, r.label) for r in mine)
-        assert counts == {("train", "source", "normal"): 6, ("train", "target", "normal"): 2,
-                          ("test", "source", "normal"): 1, ("test", "source", "anomaly"): 1,
-                          ("test", "target", "normal"): 1, ("test", "target", "anomaly"): 1}
+        assert counts == {
+            ("train", "source", "normal"): 6,
+            ("train", "target", "normal"): 2,
+            ("test", "source", "normal"): 1,
+            ("test", "source", "anomaly"): 1,
+            ("test", "target", "normal"): 1,
+            ("test", "target", "anomaly"): 1,
+        }
         values = {r.attributes for r in mine if r.split == "train"}
         assert len(values) == 2 and all(len(v) == 1 for v in values)
         rows = read_attribute_tables(tiny_demo_dir / machine)
@@ -45,7 +66,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     second = make_demo_data.main(["--out_dir", str(tmp_path / "b"), *SMALL])
     other = make_demo_data.main(["--out_dir", str(tmp_path / "c"), "--seed", "1", *SMALL])
     a, b, c = digest(first), digest(second), digest(other)
-    assert a == b and len(a) == 3 * 9 + 3 + 1                   # clips, attribute CSVs, manifest
+    assert a == b and len(a) == 3 * 9 + 3 + 1  # clips, attribute CSVs, manifest
     wavs = [k for k in a if k.endswith(".wav")]
     assert all(a[k] != c[k] for k in wavs)
 
@@ -64,8 +85,8 @@ def test_complete_tree_is_skipped_and_changed_settings_rebuild(tmp_path, monkeyp
     monkeypatch.undo()
     make_demo_data.main(["--out_dir", str(out), *SMALL, "--source_train", "1", "--machine_types", "fan"])
     after = digest(out)
-    assert len([k for k in after if k.endswith(".wav")]) == 8     # fan only: 1 + 1 train, 6 test
-    assert not list((out / "pump").rglob("*.wav"))              # stale clips of the old settings are gone
+    assert len([k for k in after if k.endswith(".wav")]) == 8  # fan only: 1 + 1 train, 6 test
+    assert not list((out / "pump").rglob("*.wav"))  # stale clips of the old settings are gone
     assert after != before
 
 
@@ -78,9 +99,24 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path):
 
 def test_anomalies_are_detectable_but_not_trivial(tmp_path):
     """A plain nearest-neighbour detector on signal statistics: better than chance, worse than perfect."""
-    out = make_demo_data.main(["--out_dir", str(tmp_path / "demo"), "--clip_seconds", "1.5", "--source_train", "10",
-                               "--target_train", "2", "--test_normal", "4", "--test_anomaly", "6",
-                               "--progress", "false"])
+    out = make_demo_data.main(
+        [
+            "--out_dir",
+            str(tmp_path / "demo"),
+            "--clip_seconds",
+            "1.5",
+            "--source_train",
+            "10",
+            "--target_train",
+            "2",
+            "--test_normal",
+            "4",
+            "--test_anomaly",
+            "6",
+            "--progress",
+            "false",
+        ]
+    )
     records = discover_clips(out)
     stats = {r.path: signal_stats(sf.read(r.path, dtype="float32")[0]) for r in records}
     aucs = []

@@ -4,6 +4,7 @@ Also: the embedding files are rebuilt (never reused) when the tuned model, the d
 settings change; the scorers read only those files, refuse stale or disagreeing ones naming the
 command to run, and refuse a Deep SVDD fitted on other embeddings.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,23 +34,81 @@ def pipeline(tmp_path_factory):
     """A 2-machine tree (2 s clips, anomalies at 0.8-1.0 strength), a tiny EAT checkpoint and a
     1-epoch tuned model; returns the common paths."""
     root = tmp_path_factory.mktemp("e2e")
-    data = make_demo_data.main(["--out_dir", str(root / "data"), "--machine_types", ",".join(MACHINES),
-                                "--clip_seconds", "2", "--source_train", "12", "--target_train", "4",
-                                "--test_normal", "6", "--test_anomaly", "6", "--min_strength", "0.8",
-                                "--progress", "false"])
+    data = make_demo_data.main(
+        [
+            "--out_dir",
+            str(root / "data"),
+            "--machine_types",
+            ",".join(MACHINES),
+            "--clip_seconds",
+            "2",
+            "--source_train",
+            "12",
+            "--target_train",
+            "4",
+            "--test_normal",
+            "6",
+            "--test_anomaly",
+            "6",
+            "--min_strength",
+            "0.8",
+            "--progress",
+            "false",
+        ]
+    )
     write_eat_checkpoint(root / "eat")
-    paths = {"data": str(data), "model": str(root / "best.pth"), "embed": str(root / "embed"),
-             "cache": str(root / "cache"), "root": root}
-    train.main(["--data_dir", paths["data"], "--eat_checkpoint", str(root / "eat"), "--epochs", "1",
-                "--batch_size", "8", "--target_frames", "208", "--num_workers", "0", "--lora_rank", "2",
-                "--feature_cache", paths["cache"], "--output", paths["model"],
-                "--last_checkpoint", str(root / "last.pth"), "--val_fraction", "0.25"])
+    paths = {
+        "data": str(data),
+        "model": str(root / "best.pth"),
+        "embed": str(root / "embed"),
+        "cache": str(root / "cache"),
+        "root": root,
+    }
+    train.main(
+        [
+            "--data_dir",
+            paths["data"],
+            "--eat_checkpoint",
+            str(root / "eat"),
+            "--epochs",
+            "1",
+            "--batch_size",
+            "8",
+            "--target_frames",
+            "208",
+            "--num_workers",
+            "0",
+            "--lora_rank",
+            "2",
+            "--feature_cache",
+            paths["cache"],
+            "--output",
+            paths["model"],
+            "--last_checkpoint",
+            str(root / "last.pth"),
+            "--val_fraction",
+            "0.25",
+        ]
+    )
     return paths
 
 
 def _extract(p: dict, *extra: str) -> dict:
-    return extract_embeddings.main(["--data_dir", p["data"], "--model_path", p["model"], "--embed_dir", p["embed"],
-                                    "--feature_cache", p["cache"], "--embed_batch_size", "8", *extra])
+    return extract_embeddings.main(
+        [
+            "--data_dir",
+            p["data"],
+            "--model_path",
+            p["model"],
+            "--embed_dir",
+            p["embed"],
+            "--feature_cache",
+            p["cache"],
+            "--embed_batch_size",
+            "8",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +118,24 @@ def run_folder(pipeline):
     run = p["root"] / "run"
     out = _extract({**p, "embed": str(run)})
     svdd_dir = run / "svdd_models_per_type"
-    written = train_deepSVDD.main(["--embed_dir", str(run), "--svdd_dir", str(svdd_dir), "--use_stats", "true"])
-    svdd = evaluate_deepSVDD.main(["--embed_dir", str(run), "--svdd_dir", str(svdd_dir),
-                                   "--results_dir", str(run / "results" / "deepsvdd"), "--plots", "false"])
-    ensemble = evaluate.main(["--embed_dir", str(run), "-k", "3", "--w", "0.7",
-                              "--results_dir", str(run / "results" / "ensemble")])
+    written = train_deepSVDD.main(
+        ["--embed_dir", str(run), "--svdd_dir", str(svdd_dir), "--use_stats", "true"]
+    )
+    svdd = evaluate_deepSVDD.main(
+        [
+            "--embed_dir",
+            str(run),
+            "--svdd_dir",
+            str(svdd_dir),
+            "--results_dir",
+            str(run / "results" / "deepsvdd"),
+            "--plots",
+            "false",
+        ]
+    )
+    ensemble = evaluate.main(
+        ["--embed_dir", str(run), "-k", "3", "--w", "0.7", "--results_dir", str(run / "results" / "ensemble")]
+    )
     return run, {"extract": out, "svdd_models": written, "deepsvdd": svdd, "ensemble": ensemble}
 
 
@@ -95,16 +167,45 @@ def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline, run_folder):
     assert (run / "results" / "ensemble" / "evaluator_result.csv").is_file()
     assert not (run / "results" / "deepsvdd" / "roc_pump.png").exists()
 
-    grid = evaluate.main(["--embed_dir", str(run), "--sweep", "true", "--sweep_ks", "1,3", "--sweep_ws", "0,0.5,1",
-                          "--results_dir", str(p["root"] / "res_sweep")])
+    grid = evaluate.main(
+        [
+            "--embed_dir",
+            str(run),
+            "--sweep",
+            "true",
+            "--sweep_ks",
+            "1,3",
+            "--sweep_ws",
+            "0,0.5,1",
+            "--results_dir",
+            str(p["root"] / "res_sweep"),
+        ]
+    )
     assert len(grid["sweep"]) == 2 and len(grid["sweep"][0]) == 3
     assert not (p["root"] / "res_sweep").exists()
 
 
 def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, capsys):
-    small = make_demo_data.main(["--out_dir", str(tmp_path / "data"), "--machine_types", "fan,pump",
-                                 "--clip_seconds", "1", "--source_train", "3", "--target_train", "2",
-                                 "--test_normal", "2", "--test_anomaly", "1", "--progress", "false"])
+    small = make_demo_data.main(
+        [
+            "--out_dir",
+            str(tmp_path / "data"),
+            "--machine_types",
+            "fan,pump",
+            "--clip_seconds",
+            "1",
+            "--source_train",
+            "3",
+            "--target_train",
+            "2",
+            "--test_normal",
+            "2",
+            "--test_anomaly",
+            "1",
+            "--progress",
+            "false",
+        ]
+    )
     p = {**pipeline, "data": str(small), "embed": str(tmp_path / "embed"), "cache": str(tmp_path / "cache")}
     first = _extract(p)["test"][0]
     assert "missing" in capsys.readouterr().out
@@ -120,8 +221,18 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
 
     # a Deep SVDD fitted on these embeddings
     svdd_dir = tmp_path / "svdd"
-    train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--svdd_epochs", "2",
-                         "--hidden_neurons", "16,4"])
+    train_deepSVDD.main(
+        [
+            "--embed_dir",
+            p["embed"],
+            "--svdd_dir",
+            str(svdd_dir),
+            "--svdd_epochs",
+            "2",
+            "--hidden_neurons",
+            "16,4",
+        ]
+    )
 
     # the tuned model changes on disk: the scorers stop and name the command; extraction rebuilds
     model_copy = tmp_path / "best.pth"
@@ -138,8 +249,9 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
     assert not torch.equal(changed["matrix"], first["matrix"])
     # ... and the Deep SVDD fitted on the old embeddings is refused
     with pytest.raises(ValueError, match="rerun train_deepSVDD.py"):
-        evaluate_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir),
-                                "--results_dir", str(tmp_path / "res")])
+        evaluate_deepSVDD.main(
+            ["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--results_dir", str(tmp_path / "res")]
+        )
 
     # a changed clip (the data) -> the scorers refuse, extraction rebuilds
     clip = Path(changed["records"][0]["path"])
@@ -158,8 +270,10 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
 
 
 def test_scorers_do_not_import_the_model():
-    code = ("import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, scoring; "
-            "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, scoring; "
+        "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -169,27 +283,50 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
 
     run, _ = run_folder
     results = run / "results" / scorer
-    expected = {row[0]: (float(row[1]), int(d[1])) for row, d in zip(
-        csv.reader(open(results / "anomaly_score_pump_section_00_test.csv")),
-        csv.reader(open(results / "decision_result_pump_section_00_test.csv")))}
+    expected = {
+        row[0]: (float(row[1]), int(d[1]))
+        for row, d in zip(
+            csv.reader(open(results / "anomaly_score_pump_section_00_test.csv")),
+            csv.reader(open(results / "decision_result_pump_section_00_test.csv")),
+        )
+    }
     data = Path(run_folder[1]["extract"]["test"][0]["records"][0]["path"]).parents[2]
     originals = sorted((data / "pump" / "test").glob("*.wav"))[:5]
     renamed = []
-    for i, clip in enumerate(originals):          # arbitrary names, as a plant engineer's recorder gives
+    for i, clip in enumerate(originals):  # arbitrary names, as a plant engineer's recorder gives
         renamed.append(tmp_path / f"recording {i} from line 3.wav")
         renamed[-1].write_bytes(clip.read_bytes())
     out = tmp_path / "scores.csv"
-    rows = score_clips.main(["--run", str(run), "--machine_type", "pump", "--section", "00", "--scorer", scorer,
-                             "--output", str(out), *map(str, renamed)])
-    for (name, score, decision), original in zip(rows, originals):
+    rows = score_clips.main(
+        [
+            "--run",
+            str(run),
+            "--machine_type",
+            "pump",
+            "--section",
+            "00",
+            "--scorer",
+            scorer,
+            "--output",
+            str(out),
+            *map(str, renamed),
+        ]
+    )
+    for (_, score, decision), original in zip(rows, originals):
         # equal up to float32 rounding: a clip's embedding differs in the last bits with its batch's make-up
         assert score == pytest.approx(expected[original.name][0], rel=1e-3, abs=1e-4)
         assert decision == expected[original.name][1]
     lines = out.read_text().splitlines()
-    assert lines[0] == "file,score,decision" and len(lines) == 6 and lines[1].startswith("recording 0 from line 3.wav,")
+    assert (
+        lines[0] == "file,score,decision"
+        and len(lines) == 6
+        and lines[1].startswith("recording 0 from line 3.wav,")
+    )
     assert "5 clips of pump section 00" in capsys.readouterr().out
     with pytest.raises(ValueError, match="never saw valve section 00"):
-        score_clips.main(["--run", str(run), "--machine_type", "valve", "--output", str(out), str(renamed[0])])
+        score_clips.main(
+            ["--run", str(run), "--machine_type", "valve", "--output", str(out), str(renamed[0])]
+        )
 
 
 def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):

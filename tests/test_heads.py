@@ -1,4 +1,5 @@
 """model.py heads: sub-cluster AdaCos, the projection, head settings round trips, LoRA targets."""
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def test_scadacos_formula():
     target = target.repeat_interleave(2, dim=1)
     b_avg = torch.where(target, 0.0, torch.exp(5.0 * cosine)).sum(1).mean()
     theta_med = torch.acos(cosine[target]).median()
-    assert float(head.scale) == pytest.approx((b_avg.log() / torch.cos(theta_med.clamp(max=math.pi / 4))).item(),
-                                              rel=1e-4)
+    assert float(head.scale) == pytest.approx(
+        (b_avg.log() / torch.cos(theta_med.clamp(max=math.pi / 4))).item(), rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", ["linear", "arcface", "scadacos"])
@@ -83,14 +85,20 @@ def test_head_settings_rebuild_the_head(kind):
     assert rebuilt.projection.weight.shape == (8, 32) and rebuilt.dim == 8
     if kind == "scadacos":
         assert float(rebuilt.scale) == 7.25 and rebuilt.centres.shape == (5 * 4, 8)
-    old_file_settings = {"kind": "arcface", "num_classes": 3, "scale": 30.0, "margin": 0.5}  # before projections
+    old_file_settings = {
+        "kind": "arcface",
+        "num_classes": 3,
+        "scale": 30.0,
+        "margin": 0.5,
+    }  # before projections
     assert isinstance(M.head_from_settings(old_file_settings, 32).projection, torch.nn.Identity)
 
 
 def test_projection_gives_the_downstream_embedding(tmp_path):
     encoder = C.build_encoder(None, "tiny")
-    model = M.ASDModel(M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), M.make_head("scadacos", 192, 3,
-                                                                                   projection_dim=24)).eval()
+    model = M.ASDModel(
+        M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), M.make_head("scadacos", 192, 3, projection_dim=24)
+    ).eval()
     assert model.embed_dim == 24
     fbank = torch.randn(130, 128)
     with torch.no_grad():
@@ -101,10 +109,13 @@ def test_projection_gives_the_downstream_embedding(tmp_path):
     assert embedded.shape == (2, 24) and torch.allclose(embedded[0], expected[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("targets, suffixes", [("qkv", ("attn.qkv",)), ("proj", ("attn.proj",)),
-                                               (["qkv", "fc2"], ("attn.qkv", "mlp.fc2"))])
+@pytest.mark.parametrize(
+    "targets, suffixes",
+    [("qkv", ("attn.qkv",)), ("proj", ("attn.proj",)), (["qkv", "fc2"], ("attn.qkv", "mlp.fc2"))],
+)
 def test_lora_targets(targets, suffixes):
     from peft.tuners.lora import LoraLayer
+
     wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets=targets)
     layers = [name for name, module in wrapped.named_modules() if isinstance(module, LoraLayer)]
     depth = M.base_encoder(wrapped).config.depth

@@ -1,4 +1,5 @@
 """metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
+
 from __future__ import annotations
 
 import csv
@@ -16,15 +17,23 @@ from dataset import ClipRecord
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "official_evaluator_fixture"
 
 
-def _record(name: str, machine: str = "fan", section: str = "00", domain: str | None = "source",
-            label: str = "normal") -> ClipRecord:
-    return ClipRecord(path=f"/data/{machine}/test/{name}.wav", machine_type=machine, section=section,
-                      domain=domain, split="test", label=label, attributes=())
+def _record(
+    name: str, machine: str = "fan", section: str = "00", domain: str | None = "source", label: str = "normal"
+) -> ClipRecord:
+    return ClipRecord(
+        path=f"/data/{machine}/test/{name}.wav",
+        machine_type=machine,
+        section=section,
+        domain=domain,
+        split="test",
+        label=label,
+        attributes=(),
+    )
 
 
 def _mcclish(raw_area: float, max_fpr: float = 0.1) -> float:
     """McClish's standardisation of a raw partial area (what sklearn's max_fpr returns)."""
-    return 0.5 * (1 + (raw_area - max_fpr ** 2 / 2) / (max_fpr - max_fpr ** 2 / 2))
+    return 0.5 * (1 + (raw_area - max_fpr**2 / 2) / (max_fpr - max_fpr**2 / 2))
 
 
 # ----------------------------------------------------------------------------- pAUC
@@ -131,12 +140,20 @@ def test_reproduces_the_official_score_summaries(fixture_evaluation):
     pauc_by_machine = {s.machine_type: s.values["pAUC"] for s in evaluation.sections}
     for machine, value in zip(machines, paper["pAUC (source, target)"][4:]):
         assert pauc_by_machine[machine] == pytest.approx(float(value), abs=1e-6)
-    assert metrics.harmonic_mean(evaluation.column("pAUC")) == pytest.approx(float(paper["pAUC (source, target)"][2]))
+    assert metrics.harmonic_mean(evaluation.column("pAUC")) == pytest.approx(
+        float(paper["pAUC (source, target)"][2])
+    )
     # the printed summary table's overall harmonic means are the paper table's h-means
     header_row, rows = metrics.table_rows(evaluation)
     overall = next(r for r in rows if r[:2] == ["all", "harmonic mean"])
-    assert overall[2:] == pytest.approx([float(paper["AUC (source)"][2]), float(paper["AUC (target)"][2]),
-                                         float(paper["pAUC (source, target)"][2])], abs=1e-6)
+    assert overall[2:] == pytest.approx(
+        [
+            float(paper["AUC (source)"][2]),
+            float(paper["AUC (target)"][2]),
+            float(paper["pAUC (source, target)"][2]),
+        ],
+        abs=1e-6,
+    )
 
 
 # ----------------------------------------------------------------------------- each year's rules, by hand
@@ -145,9 +162,17 @@ def test_reproduces_the_official_score_summaries(fixture_evaluation):
 def _section_case(machine: str = "fan", section: str = "00"):
     """Source normals .1 .2 .3, target normals .5 .6, anomalies .4 (source) .7 (target)."""
     records, scores = [], {}
-    for i, (dom, lab, s) in enumerate([("source", "normal", .1), ("source", "normal", .2), ("source", "normal", .3),
-                                       ("target", "normal", .5), ("target", "normal", .6),
-                                       ("source", "anomaly", .4), ("target", "anomaly", .7)]):
+    for i, (dom, lab, s) in enumerate(
+        [
+            ("source", "normal", 0.1),
+            ("source", "normal", 0.2),
+            ("source", "normal", 0.3),
+            ("target", "normal", 0.5),
+            ("target", "normal", 0.6),
+            ("source", "anomaly", 0.4),
+            ("target", "anomaly", 0.7),
+        ]
+    ):
         r = _record(f"section_{section}_{dom}_test_{lab}_{i:04d}", machine, section, dom, lab)
         records.append(r)
         scores[r.path] = s
@@ -158,8 +183,8 @@ def test_2022_rules_hand_computed():
     records, scores = _section_case()
     evaluation = metrics.compute_official(scores, records, year="2022+")
     (row,) = evaluation.sections
-    assert row.values["AUC (source)"] == pytest.approx(1.0)   # both anomalies above every source normal
-    assert row.values["AUC (target)"] == pytest.approx(0.5)   # .7 beats both target normals, .4 beats none
+    assert row.values["AUC (source)"] == pytest.approx(1.0)  # both anomalies above every source normal
+    assert row.values["AUC (target)"] == pytest.approx(0.5)  # .7 beats both target normals, .4 beats none
     # all clips: .7(A) .6 .5 .4(A) ...; FPR steps of .2: TPR .5 up to FPR .1 -> raw area .05
     assert row.values["pAUC"] == pytest.approx(_mcclish(0.05))
     assert (row.n_normal, row.n_anomaly) == (5, 2)
@@ -171,8 +196,9 @@ def test_2021_rules_measure_each_domain_on_its_own_clips():
     evaluation = metrics.compute_official(scores, records, year="2021")
     (row,) = evaluation.sections
     # source: .4 above .1 .2 .3; target: .7 above .5 .6 -> everything perfect
-    assert row.values == pytest.approx({"AUC (source)": 1.0, "pAUC (source)": 1.0,
-                                        "AUC (target)": 1.0, "pAUC (target)": 1.0})
+    assert row.values == pytest.approx(
+        {"AUC (source)": 1.0, "pAUC (source)": 1.0, "AUC (target)": 1.0, "pAUC (target)": 1.0}
+    )
     assert evaluation.official_score == pytest.approx(1.0)
 
 
@@ -188,7 +214,7 @@ def test_2020_rules_auc_and_pauc_with_arithmetic_means():
     id04, id06 = evaluation.sections
     assert id04.values == pytest.approx({"AUC": 0.95, "pAUC": _mcclish(0.05)})
     assert id06.values == pytest.approx({"AUC": 1.0, "pAUC": 1.0})
-    assert evaluation.official_score is None                      # no harmonic official score in 2020
+    assert evaluation.official_score is None  # no harmonic official score in 2020
     assert evaluation.score == pytest.approx(np.mean([0.95, _mcclish(0.05), 1.0, 1.0]))
     text = metrics.format_table(evaluation)
     assert "AUC (source)" not in text and "DCASE 2020 rules" in text and "official score" not in text
@@ -214,13 +240,15 @@ def test_year_detection(samples_dir, tmp_path):
 
 def test_missing_parts_are_named_and_the_number_is_not_called_official(capsys):
     fan, scores = _section_case("fan", "00")
-    valve = [r for r in _section_case("valve", "00")[0] if r.domain == "source"]   # no target normals
+    valve = [r for r in _section_case("valve", "00")[0] if r.domain == "source"]  # no target normals
     scores.update({r.path: 0.0 for r in valve})
     evaluation = metrics.compute_official(scores, fan + valve, expected=[("pump", "00")], year="2022+")
     assert [s.name for s in evaluation.measured] == ["fan section 00"]
     assert not evaluation.complete and evaluation.official_score is None
-    assert evaluation.missing_lines() == ["pump section 00: no test clips",
-                                          "valve section 00: no target-domain normal test clips"]
+    assert evaluation.missing_lines() == [
+        "pump section 00: no test clips",
+        "valve section 00: no target-domain normal test clips",
+    ]
     label = evaluation.score_label()
     assert "NOT the official score" in label and "over 1 of 3 machine type/sections" in label
     assert evaluation.score == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
@@ -233,7 +261,7 @@ def test_missing_parts_are_named_and_the_number_is_not_called_official(capsys):
 def test_missing_score_is_an_error_and_reversed_ranking_gives_zero():
     fan, fan_scores = _section_case("fan", "00")
     valve, valve_scores = _section_case("valve", "01")
-    valve_scores = {p: -s for p, s in valve_scores.items()}      # reversed ranking: AUC (source) 0
+    valve_scores = {p: -s for p, s in valve_scores.items()}  # reversed ranking: AUC (source) 0
     evaluation = metrics.compute_official({**fan_scores, **valve_scores}, fan + valve, year="2022+")
     assert [(s.machine_type, s.section) for s in evaluation.sections] == [("fan", "00"), ("valve", "01")]
     assert evaluation.official_score < 1e-14
@@ -281,17 +309,18 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
 def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, capsys):
     out = tmp_path / "results"
     out.mkdir()
-    (out / "anomaly_score_old_section_09_test.csv").write_text("stale\n")      # an earlier run's file
+    (out / "anomaly_score_old_section_09_test.csv").write_text("stale\n")  # an earlier run's file
     records, scores = _section_case("fan", "00")
     eval_records = [_record(f"section_03_{i:04d}", "fan", "03", None, "unknown") for i in range(4)]
     scores.update({r.path: float(i) for i, r in enumerate(eval_records)})
     train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("fan", "03"): np.linspace(0.0, 2.0, 50)}
-    summary = metrics.write_results(scores, records + eval_records, train, out, scorer="test", plots=True,
-                                    year="2022+")
+    summary = metrics.write_results(
+        scores, records + eval_records, train, out, scorer="test", plots=True, year="2022+"
+    )
 
     assert not (out / "anomaly_score_old_section_09_test.csv").exists()
     rows = list(csv.reader(open(out / "anomaly_score_fan_section_00_test.csv")))
-    assert [r[0] for r in rows] == [r.file_name for r in records]           # no header, file names
+    assert [r[0] for r in rows] == [r.file_name for r in records]  # no header, file names
     assert [float(r[1]) for r in rows] == pytest.approx([scores[r.path] for r in records])
     decisions = list(csv.reader(open(out / "decision_result_fan_section_00_test.csv")))
     threshold = metrics.gamma_threshold(train[("fan", "00")])
@@ -302,7 +331,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert summary["missing"] == ["fan section 03: no labelled test clips (evaluation-set names)"]
     assert summary["score"] == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
     assert json.loads((out / "summary.json").read_text())["scorer"] == "test"
-    assert not (out / "evaluator_result.csv").exists()      # the evaluator would not score this folder
+    assert not (out / "evaluator_result.csv").exists()  # the evaluator would not score this folder
     for png in ("roc_fan.png", "hist_fan.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))

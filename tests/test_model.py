@@ -1,4 +1,5 @@
 """model.py: the random encoder, positions, attention, LoRA, heads, embedding."""
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ def tiny_encoder() -> M.EATEncoder:
 
 # ----------------------------------------------------------------------------- positions
 
+
 def test_position_table_matches_formula():
     D, T, Fp = 16, 5, 8
     table = M.sincos_position_table(D, T, Fp)
@@ -32,9 +34,16 @@ def test_position_table_matches_formula():
             row = table[0, t * Fp + f]
             for i in range(quarter):
                 omega = 1.0 / 10000 ** (i / quarter)
-                expected = [math.sin(f * omega), math.cos(f * omega), math.sin(t * omega), math.cos(t * omega)]
+                expected = [
+                    math.sin(f * omega),
+                    math.cos(f * omega),
+                    math.sin(t * omega),
+                    math.cos(t * omega),
+                ]
                 got = [row[i], row[quarter + i], row[2 * quarter + i], row[3 * quarter + i]]
-                assert torch.allclose(torch.tensor(got), torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+                assert torch.allclose(
+                    torch.tensor(got), torch.tensor(expected, dtype=torch.float32), atol=1e-6
+                )
 
 
 def test_random_encoder_warns_and_uses_formula_table(capsys, tiny_encoder):
@@ -59,6 +68,7 @@ def test_presets_and_bad_size():
 
 
 # ----------------------------------------------------------------------------- forward
+
 
 def test_sdpa_equals_explicit_attention(tiny_encoder):
     x = torch.randn(2, 1, 256, 128)
@@ -98,8 +108,10 @@ def test_positions_are_the_first_rows_of_the_stored_table(tiny_encoder):
 
 # ----------------------------------------------------------------------------- LoRA
 
+
 def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
     from peft.tuners.lora import LoraLayer
+
     encoder = C.build_encoder(None, "tiny").eval()
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
@@ -119,10 +131,13 @@ def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
 def test_lora_unfreezes_last_norms():
     wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.1, unfreeze_last_norms=1)
     norms = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n)
-    assert norms == sorted(f"base_model.model.blocks.3.norm{i}.{w}" for i in (1, 2) for w in ("weight", "bias"))
+    assert norms == sorted(
+        f"base_model.model.blocks.3.norm{i}.{w}" for i in (1, 2) for w in ("weight", "bias")
+    )
 
 
 # ----------------------------------------------------------------------------- heads
+
 
 def test_heads():
     emb, labels = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
@@ -143,6 +158,7 @@ def test_heads():
 
 # ----------------------------------------------------------------------------- embedding clips
 
+
 def test_embed_fbanks_crop_and_windows(tiny_encoder):
     model = M.ASDModel(tiny_encoder, M.LinearHead(192, 2))
     short, long = _fbank(100, 1), _fbank(700, 2)  # 700 frames -> 3 windows of 256
@@ -152,7 +168,7 @@ def test_embed_fbanks_crop_and_windows(tiny_encoder):
     assert torch.allclose(crop[0], windows[0], atol=1e-5)  # short clip: one padded window
     starts = [0, 222, 444]
     with torch.no_grad():
-        each = model.embed(torch.stack([long[s:s + 256] for s in starts]).unsqueeze(1))
+        each = model.embed(torch.stack([long[s : s + 256] for s in starts]).unsqueeze(1))
         first = model.embed(long[None, None, :256])
     assert torch.allclose(windows[1], each.mean(0), atol=1e-5)
     assert torch.allclose(crop[1], first[0], atol=1e-5)

@@ -1,4 +1,5 @@
 """EAT's fbank, audio loading and its failures, signal statistics, and the feature cache."""
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,23 @@ import torch
 from torchaudio.compliance import kaldi
 
 import preprocessing
-from preprocessing import (NUM_MEL_BINS, PAD_VALUE, SAMPLE_RATE, STAT_NAMES, AudioError, AudioWarning,
-                           FeatureCache, feature_settings, load_audio, normalise_fbank, pad_or_crop,
-                           signal_stats, split_windows, wav_to_fbank, wavs_to_fbank_batch)
+from preprocessing import (
+    NUM_MEL_BINS,
+    PAD_VALUE,
+    SAMPLE_RATE,
+    STAT_NAMES,
+    AudioError,
+    AudioWarning,
+    FeatureCache,
+    feature_settings,
+    load_audio,
+    normalise_fbank,
+    pad_or_crop,
+    signal_stats,
+    split_windows,
+    wav_to_fbank,
+    wavs_to_fbank_batch,
+)
 
 SR = SAMPLE_RATE
 
@@ -31,13 +46,22 @@ def write(path, data, sr=SR, subtype="PCM_16"):
 def eat_reference(wav: torch.Tensor) -> torch.Tensor:
     """EAT's front end written out directly, as in its released recipe."""
     wav = wav - wav.mean()
-    fbank = kaldi.fbank(wav.unsqueeze(0), htk_compat=True, sample_frequency=16000, use_energy=False,
-                        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+    fbank = kaldi.fbank(
+        wav.unsqueeze(0),
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
     return (fbank - (-4.268)) / (4.569 * 2)
 
 
 # -----------------------------------------------------------------------------
 # fbank
+
 
 def test_wav_to_fbank_equals_direct_torchaudio_call():
     gen = torch.Generator().manual_seed(0)
@@ -51,12 +75,17 @@ def test_wav_to_fbank_equals_direct_torchaudio_call():
 
 def test_batched_fbank_reproduces_kaldi(samples_dir):
     gen = torch.Generator().manual_seed(1)
-    synthetic = torch.stack([
-        0.05 * torch.randn(SR, generator=gen) + 0.2,
-        torch.from_numpy(tone(1000, 1, amp=0.5)).float(),
-        torch.zeros(SR),                                   # silence hits the log floor in both
-    ])
-    real = [load_audio(p)[: SR * 3] for p in sorted((samples_dir / "dcase2023_dev" / "fan" / "train").glob("*.wav"))]
+    synthetic = torch.stack(
+        [
+            0.05 * torch.randn(SR, generator=gen) + 0.2,
+            torch.from_numpy(tone(1000, 1, amp=0.5)).float(),
+            torch.zeros(SR),  # silence hits the log floor in both
+        ]
+    )
+    real = [
+        load_audio(p)[: SR * 3]
+        for p in sorted((samples_dir / "dcase2023_dev" / "fan" / "train").glob("*.wav"))
+    ]
     for batch in (synthetic, torch.stack(real)):
         expected = torch.stack([wav_to_fbank(w) for w in batch])
         got = wavs_to_fbank_batch(batch, device="cpu", chunk=2)
@@ -73,7 +102,7 @@ def test_pad_or_crop_and_windows():
     assert abs(PAD_VALUE - 4.268 / (2 * 4.569)) < 1e-9
     assert torch.equal(pad_or_crop(fbank, 4), fbank[:4])
     assert split_windows(fbank, 16).shape == (1, 16, 128)
-    windows = split_windows(fbank, 4)                      # 10 frames -> 3 windows starting 0, 3, 6
+    windows = split_windows(fbank, 4)  # 10 frames -> 3 windows starting 0, 3, 6
     assert windows.shape == (3, 4, 128)
     assert torch.equal(windows[0], fbank[:4]) and torch.equal(windows[-1], fbank[-4:])
     covered = {int(v) // 128 for w in windows for v in w[:, 0]}
@@ -82,6 +111,7 @@ def test_pad_or_crop_and_windows():
 
 # -----------------------------------------------------------------------------
 # loading audio
+
 
 def test_stereo_is_mixed_to_mono(tmp_path):
     left, right = tone(300, 1, amp=0.5), 0.25 * np.ones(SR)
@@ -97,7 +127,7 @@ def test_other_sample_rate_is_resampled_with_warning(tmp_path):
         wav = load_audio(path)
     assert wav.numel() == SR
     spectrum = np.abs(np.fft.rfft(wav.numpy()))
-    assert abs(np.argmax(spectrum) - 1000) <= 1            # 1 Hz bins: still a 1 kHz tone
+    assert abs(np.argmax(spectrum) - 1000) <= 1  # 1 Hz bins: still a 1 kHz tone
 
 
 @pytest.mark.parametrize("kind", ["empty", "short_header", "truncated_data", "not_audio", "nan", "too_short"])
@@ -134,8 +164,8 @@ def test_header_check_reads_the_declared_size(tmp_path):
     path = write(tmp_path / "ok.wav", tone(200, 0.5))
     raw = path.read_bytes()
     data_at = raw.index(b"data")
-    declared = struct.unpack("<I", raw[data_at + 4:data_at + 8])[0]
-    assert declared == len(raw) - data_at - 8              # a complete file passes
+    declared = struct.unpack("<I", raw[data_at + 4 : data_at + 8])[0]
+    assert declared == len(raw) - data_at - 8  # a complete file passes
     load_audio(path)
 
 
@@ -151,6 +181,7 @@ def test_silent_clip_warns_but_loads(tmp_path):
 # -----------------------------------------------------------------------------
 # statistics
 
+
 def stats_of(signal) -> dict[str, float]:
     values = signal_stats(signal)
     assert values.dtype == np.float32 and values.shape == (len(STAT_NAMES),)
@@ -160,8 +191,19 @@ def stats_of(signal) -> dict[str, float]:
 
 def test_stat_names_are_unique_and_cover_the_requested_statistics():
     assert len(set(STAT_NAMES)) == len(STAT_NAMES)
-    for name in ["rms", "crest_factor", "kurtosis", "skewness", "zero_crossing_rate", "spectral_centroid",
-                 "spectral_bandwidth", "spectral_flatness", "spectral_rolloff", "logmel_mean_00", "logmel_std_00"]:
+    for name in [
+        "rms",
+        "crest_factor",
+        "kurtosis",
+        "skewness",
+        "zero_crossing_rate",
+        "spectral_centroid",
+        "spectral_bandwidth",
+        "spectral_flatness",
+        "spectral_rolloff",
+        "logmel_mean_00",
+        "logmel_std_00",
+    ]:
         assert name in STAT_NAMES
 
 
@@ -185,7 +227,7 @@ def test_stats_of_white_noise_and_impulses():
     assert s["skewness"] == pytest.approx(0.0, abs=0.05)
     assert s["zero_crossing_rate"] == pytest.approx(0.5, abs=0.02)
     assert s["spectral_centroid"] == pytest.approx(SR / 4, rel=0.05)
-    assert s["spectral_flatness"] > 0.4                    # exp(-euler gamma) = 0.56 for white noise
+    assert s["spectral_flatness"] > 0.4  # exp(-euler gamma) = 0.56 for white noise
     clicks = np.zeros(2 * SR)
     clicks[::1600] = 1.0
     assert stats_of(clicks)["kurtosis"] > 50 > s["kurtosis"]
@@ -205,6 +247,7 @@ def test_stats_of_silence_are_finite():
 
 # -----------------------------------------------------------------------------
 # cache
+
 
 @pytest.fixture
 def counted(monkeypatch):
@@ -231,7 +274,7 @@ def test_cache_hit_computes_nothing(tmp_path, counted):
     first = cache.fbank(clip)
     assert counted["fbank"] == 1 and cache.misses == 1
     second = cache.fbank(clip)
-    again = FeatureCache(tmp_path / "cache").fbank(clip)        # a second script, same folder
+    again = FeatureCache(tmp_path / "cache").fbank(clip)  # a second script, same folder
     assert counted["fbank"] == 1 and cache.hits == 1
     assert torch.equal(first, second) and torch.equal(first, again)
     assert torch.equal(first, wav_to_fbank(load_audio(clip)))
@@ -245,9 +288,9 @@ def test_cache_follows_the_audio_not_the_file_dates_and_the_settings(tmp_path, c
     cache = FeatureCache(tmp_path / "cache")
     original = cache.fbank(clip)
     stat = clip.stat()
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))      # touch: same audio
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # touch: same audio
     assert torch.equal(cache.fbank(clip), original) and counted["fbank"] == 1
-    write(clip, tone(2000, 1, amp=0.3))                       # new audio, same size and modification time
+    write(clip, tone(2000, 1, amp=0.3))  # new audio, same size and modification time
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert clip.stat().st_size == stat.st_size
     rewritten = cache.fbank(clip)
@@ -257,7 +300,7 @@ def test_cache_follows_the_audio_not_the_file_dates_and_the_settings(tmp_path, c
     other.fbank(clip)
     assert counted["fbank"] == 3
     cache.fbank(clip)
-    assert counted["fbank"] == 3                                                 # both entries live on
+    assert counted["fbank"] == 3  # both entries live on
 
 
 def test_feature_cache_setting_has_one_name():
@@ -286,11 +329,13 @@ def test_num_frames_matches_the_fbank(samples):
 
 
 def test_cache_fbanks_batches_the_missing_clips(tmp_path, counted):
-    clips = [write(tmp_path / f"clip{i}.wav", tone(300 + 100 * i, 1 + (i % 2) * 0.5, amp=0.3)) for i in range(5)]
+    clips = [
+        write(tmp_path / f"clip{i}.wav", tone(300 + 100 * i, 1 + (i % 2) * 0.5, amp=0.3)) for i in range(5)
+    ]
     cache = FeatureCache(tmp_path / "cache")
-    first = cache.fbank(clips[2])                                   # one already cached
+    first = cache.fbank(clips[2])  # one already cached
     batch = cache.fbanks(clips, device="cpu", batch_size=2)
-    assert counted["fbank"] == 1 and cache.misses == 5 and cache.hits == 1   # the other 4: batched path
+    assert counted["fbank"] == 1 and cache.misses == 5 and cache.hits == 1  # the other 4: batched path
     assert torch.equal(batch[2], first)
     for clip, fbank in zip(clips, batch):
         assert fbank.shape == wav_to_fbank(load_audio(clip)).shape
@@ -298,4 +343,4 @@ def test_cache_fbanks_batches_the_missing_clips(tmp_path, counted):
     again = cache.fbanks(clips)
     assert cache.hits == 6 and all(torch.equal(a, b) for a, b in zip(again, batch))
     sizes = sorted(p.stat().st_size for p in (tmp_path / "cache").rglob("*.pt"))
-    assert sizes[-1] < 2 * sizes[0]                                 # entries hold one clip, not a whole batch
+    assert sizes[-1] < 2 * sizes[0]  # entries hold one clip, not a whole batch

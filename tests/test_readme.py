@@ -1,4 +1,5 @@
 """The README documents every script's constants and the commands it promises."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +11,18 @@ import pytest
 from utils import config_constants
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["run_all.py", "make_demo_data.py", "datashape.py", "train.py", "extract_embeddings.py",
-           "train_deepSVDD.py", "evaluate_deepSVDD.py", "evaluate.py", "bench/encoder.py", "bench/scoring.py"]
+SCRIPTS = [
+    "run_all.py",
+    "make_demo_data.py",
+    "datashape.py",
+    "train.py",
+    "extract_embeddings.py",
+    "train_deepSVDD.py",
+    "evaluate_deepSVDD.py",
+    "evaluate.py",
+    "bench/encoder.py",
+    "bench/scoring.py",
+]
 
 
 def _script_constants(relative: str) -> dict:

@@ -1,4 +1,5 @@
 """recipes.py: named recipes expand into flags before the user's own; train.py's defaults are one."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ def _train_cfg(argv: list[str]):
 def test_train_defaults_are_the_named_recipe():
     constants = config_constants(vars(train))
     assert train.RECIPE == "asdkit-eat-lora"
-    assert {key: constants[key] for key in recipes.RECIPES[train.RECIPE]["train"]} == \
-        recipes.RECIPES[train.RECIPE]["train"]
+    assert {key: constants[key] for key in recipes.RECIPES[train.RECIPE]["train"]} == recipes.RECIPES[
+        train.RECIPE
+    ]["train"]
     for name, table in recipes.RECIPES.items():
         unknown = sorted(set(table["train"]) - set(constants))
         assert not unknown, f"recipe {name} sets constants train.py does not have: {unknown}"
@@ -24,13 +26,25 @@ def test_train_defaults_are_the_named_recipe():
 
 def test_recipe_values_apply_and_explicit_flags_win():
     old = _train_cfg(["--recipe", "arcface-v1"])
-    assert (old.head, old.lora_rank, old.lora_targets, old.learning_rate, old.target_frames) == \
-        ("arcface", 8, ["qkv", "proj"], 3e-4, 1024)
-    assert (old.warmup_steps, old.warmup_epochs, old.lr_schedule, old.mixup_prob, old.spec_augment) == \
-        (0, 1.0, "cosine", 0.0, True)
-    # explicit flags win wherever they stand, also in their other spellings
-    for argv in (["--recipe", "arcface-v1", "--epochs", "3"], ["--epochs", "3", "--recipe=arcface-v1"],
-                 ["--EPOCHS", "3", "--RECIPE", "arcface-v1"]):
+    assert (old.head, old.lora_rank, old.lora_targets, old.learning_rate, old.target_frames) == (
+        "arcface",
+        8,
+        ["qkv", "proj"],
+        3e-4,
+        1024,
+    )
+    assert (old.warmup_steps, old.warmup_epochs, old.lr_schedule, old.mixup_prob, old.spec_augment) == (
+        0,
+        1.0,
+        "cosine",
+        0.0,
+        True,
+    )
+    # explicit flags win wherever they stand
+    for argv in (
+        ["--recipe", "arcface-v1", "--epochs", "3"],
+        ["--epochs", "3", "--recipe=arcface-v1"],
+    ):
         cfg = _train_cfg(argv)
         assert cfg.epochs == 3 and cfg.head == "arcface" and cfg.recipe == "arcface-v1"
     # no --recipe: the argv is left alone (the constants in the file hold)
@@ -51,11 +65,39 @@ def test_unknown_recipe_names_the_recipes():
 
 def test_evaluate_side_of_the_published_recipe():
     evaluate = recipes.recipe("asdkit-eat-lora", "evaluate")
-    assert evaluate == {"BACKEND": "knn", "K": 1, "SEPARATE_DOMAIN_BANKS": True, "SMOTE_RATIO": 0.2,
-                        "SMOTE_NEIGHBOURS": 2}
+    assert evaluate == {
+        "BACKEND": "knn",
+        "K": 1,
+        "W": 1.0,  # the published scorer is k-NN alone
+        "SEPARATE_DOMAIN_BANKS": True,
+        "SMOTE_RATIO": 0.2,
+        "SMOTE_NEIGHBOURS": 2,
+    }
     assert recipes.expand_recipe("evaluate", ["--recipe", "asdkit-eat-lora", "--k", "3"]) == [
-        "--backend", "knn", "--k", "1", "--separate_domain_banks", "true", "--smote_ratio", "0.2",
-        "--smote_neighbours", "2", "--recipe", "asdkit-eat-lora", "--k", "3"]
+        "--backend",
+        "knn",
+        "--k",
+        "1",
+        "--w",
+        "1.0",
+        "--separate_domain_banks",
+        "true",
+        "--smote_ratio",
+        "0.2",
+        "--smote_neighbours",
+        "2",
+        "--recipe",
+        "asdkit-eat-lora",
+        "--k",
+        "3",
+    ]
+    # evaluate.py applies it: k-NN alone with a SMOTE target bank; its own k wins
+    import evaluate as evaluate_script
+    from utils import parse_config
+
+    argv = recipes.expand_recipe("evaluate", ["--recipe", "asdkit-eat-lora", "-k", "3"])
+    cfg = parse_config(vars(evaluate_script), argv, aliases={"-k": "K", "--w": "W"})
+    assert (cfg.w, cfg.smote_ratio, cfg.backend, cfg.k) == (1.0, 0.2, "knn", 3)
 
 
 def test_recipe_summary_names_what_differs():

@@ -1,4 +1,5 @@
 """report.py: the self-contained results page, its content and its rendering in a real browser."""
+
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,7 @@ import metrics
 import report
 from dataset import ClipRecord
 
-MACHINES = ["fan", "valve<&>"]   # a name with HTML's special characters must come out escaped
+MACHINES = ["fan", "valve<&>"]  # a name with HTML's special characters must come out escaped
 TITLE = 'deep <script>alert("x")</script> & SVDD'
 
 
@@ -30,9 +31,18 @@ def _records(machine: str) -> list[ClipRecord]:
 
 
 def _train_records(machine: str, count: int = 20) -> list[ClipRecord]:
-    return [ClipRecord(f"/data/{machine}/train/section_00_{'source' if i < 16 else 'target'}_train_normal_{i:04d}.wav",
-                       machine, "00", "source" if i < 16 else "target", "train", "normal", (("speed", str(i % 2)),))
-            for i in range(count)]
+    return [
+        ClipRecord(
+            f"/data/{machine}/train/section_00_{'source' if i < 16 else 'target'}_train_normal_{i:04d}.wav",
+            machine,
+            "00",
+            "source" if i < 16 else "target",
+            "train",
+            "normal",
+            (("speed", str(i % 2)),),
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.fixture()
@@ -44,13 +54,25 @@ def results(tmp_path):
     evaluation = metrics.compute_official(scores, records)
     thresholds = {key: 0.5 + 0.125 * i for i, key in enumerate(metrics.group_by_section(records))}
     for machine in MACHINES:
-        metrics.plot_machine(machine, [r for r in records if r.machine_type == machine], scores, tmp_path, threshold=0.5)
+        metrics.plot_machine(
+            machine, [r for r in records if r.machine_type == machine], scores, tmp_path, threshold=0.5
+        )
     train = [r for m in MACHINES for r in _train_records(m)]
-    embeddings = {"test": {"matrix": rng.normal(size=(len(records), 16)).astype(np.float32),
-                           "records": [r.to_dict() for r in records]},   # the dict form stored in the .pt files
-                  "train": {"matrix": rng.normal(size=(len(train), 16)).astype(np.float32), "records": train}}
-    return {"results_dir": tmp_path, "evaluation": evaluation, "scores": scores, "records": records,
-            "thresholds": thresholds, "embeddings": embeddings}
+    embeddings = {
+        "test": {
+            "matrix": rng.normal(size=(len(records), 16)).astype(np.float32),
+            "records": [r.to_dict() for r in records],
+        },  # the dict form stored in the .pt files
+        "train": {"matrix": rng.normal(size=(len(train), 16)).astype(np.float32), "records": train},
+    }
+    return {
+        "results_dir": tmp_path,
+        "evaluation": evaluation,
+        "scores": scores,
+        "records": records,
+        "thresholds": thresholds,
+        "embeddings": embeddings,
+    }
 
 
 def _write(results, **changes) -> str:
@@ -86,18 +108,19 @@ def test_thresholds_and_flag_counts(results):
         recs = [r for r in results["records"] if r.machine_type == machine]
         flagged = sum(results["scores"][r.path] > threshold for r in recs)
         anomalies = sum(results["scores"][r.path] > threshold for r in recs if r.label == "anomaly")
-        row = re.search(rf"<tr><td>{re.escape(report._esc(machine))}</td><td>{section}</td>(.*?)</tr>",
-                        thresholds_html).group(1)
+        row = re.search(
+            rf"<tr><td>{re.escape(report._esc(machine))}</td><td>{section}</td>(.*?)</tr>", thresholds_html
+        ).group(1)
         assert f"{threshold:.6g}" in row and f">{flagged}<" in row and f"{anomalies} / 12" in row
 
 
 def test_self_contained_and_escaped(results):
     page = _write(results)
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
-    assert not re.search(r"//[a-z0-9]", text, re.I)   # no URL of any scheme, none protocol-relative
+    assert not re.search(r"//[a-z0-9]", text, re.I)  # no URL of any scheme, none protocol-relative
     assert "url(" not in text and "@import" not in text and "<link" not in text
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
-    assert "<script" not in page   # the title's script tag is text, not a tag
+    assert "<script" not in page  # the title's script tag is text, not a tag
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; SVDD" in page
     assert "valve&lt;&amp;&gt;" in page and "valve<&>" not in page
     assert not list(results["results_dir"].glob(".*.tmp"))
@@ -136,7 +159,7 @@ def test_map_points_subsample_training_normals(results):
 
 def test_tsne_caps_perplexity_and_is_seeded():
     rng = np.random.default_rng(1)
-    small = rng.normal(size=(4, 8))        # perplexity 30 would be refused by scikit-learn
+    small = rng.normal(size=(4, 8))  # perplexity 30 would be refused by scikit-learn
     assert report.tsne_coordinates(small).shape == (4, 2)
     clusters = np.concatenate([rng.normal(0, 0.1, (20, 8)), rng.normal(5, 0.1, (20, 8))])
     first, second = report.tsne_coordinates(clusters, seed=3), report.tsne_coordinates(clusters, seed=3)
@@ -165,15 +188,28 @@ def _chromium() -> str:
 def _screenshot(chromium: str, page_path, out_png, profile) -> np.ndarray:
     from PIL import Image
 
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--force-color-profile=srgb", f"--user-data-dir={profile}", f"--screenshot={out_png}",
-                    "--window-size=1200,2000", page_path.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--force-color-profile=srgb",
+            f"--user-data-dir={profile}",
+            f"--screenshot={out_png}",
+            "--window-size=1200,2000",
+            page_path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return np.asarray(Image.open(out_png).convert("RGB")).astype(int)
 
 
 def _pixels_of(image: np.ndarray, hex_colour: str, tolerance: int = 2) -> int:
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
     return int((np.abs(image - rgb).max(axis=2) <= tolerance).sum())
 
 
@@ -181,10 +217,13 @@ def test_page_renders_in_headless_chromium(results, tmp_path_factory):
     chromium = _chromium()
     # a solid colour no plot uses, as the fan ROC image, to see the data: URIs decode and draw
     from PIL import Image
+
     Image.new("RGB", (200, 150), (255, 0, 255)).save(results["results_dir"] / "roc_fan.png")
     page = _write(results, embeddings=None)
     work = tmp_path_factory.mktemp("browser")
-    image = _screenshot(chromium, results["results_dir"] / report.REPORT_NAME, work / "page.png", work / "profile")
+    image = _screenshot(
+        chromium, results["results_dir"] / report.REPORT_NAME, work / "page.png", work / "profile"
+    )
     assert image.shape[:2] == (2000, 1200)
 
     # the same page without the results table: the check below must tell the two apart
@@ -195,7 +234,7 @@ def test_page_renders_in_headless_chromium(results, tmp_path_factory):
     cell_rows = len(re.findall(r"<tr class=\"section\">", _results_table(page)))
     assert cell_rows == 2
     with_cells = _pixels_of(image, report.TABLE_CELL_BACKGROUND)
-    assert with_cells > 2 * 5 * 100 * 10      # 2 section rows x 5 cells, each well over 100 x 10 px
+    assert with_cells > 2 * 5 * 100 * 10  # 2 section rows x 5 cells, each well over 100 x 10 px
     assert _pixels_of(without_table, report.TABLE_CELL_BACKGROUND) < 50
     assert _pixels_of(image, "#ff00ff") >= 200 * 150 * 0.95
-    assert (image < 250).any(axis=2).mean() > 0.02   # not a blank page
+    assert (image < 250).any(axis=2).mean() > 0.02  # not a blank page

@@ -1,5 +1,6 @@
 """train.py's RESUME: an interrupted run continues by itself; other settings or a broken checkpoint
 start afresh and say why; --resume true insists and names what to do."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +11,49 @@ import torch
 import train
 from dataset import LabelIndex
 
-OPTIONS = ["--model_size", "tiny", "--batch_size", "8", "--target_frames", "64", "--num_workers", "0",
-           "--head", "linear", "--learning_rate", "3e-3", "--warmup_epochs", "0", "--lora_rank", "2",
-           "--lora_alpha", "4", "--spec_augment", "false", "--epochs", "2", "--val_fraction", "0.3", "--machine_types", "fan"]
+OPTIONS = [
+    "--model_size",
+    "tiny",
+    "--batch_size",
+    "8",
+    "--target_frames",
+    "64",
+    "--num_workers",
+    "0",
+    "--head",
+    "linear",
+    "--learning_rate",
+    "3e-3",
+    "--warmup_epochs",
+    "0",
+    "--lora_rank",
+    "2",
+    "--lora_alpha",
+    "4",
+    "--spec_augment",
+    "false",
+    "--epochs",
+    "2",
+    "--val_fraction",
+    "0.3",
+    "--machine_types",
+    "fan",
+]
 
 
 def _args(folder: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["--data_dir", str(data_dir), *OPTIONS, "--feature_cache", str(folder.parent / "cache"),
-            "--output", str(folder / "best.pth"), "--last_checkpoint", str(folder / "last.pth"), *extra]
+    return [
+        "--data_dir",
+        str(data_dir),
+        *OPTIONS,
+        "--feature_cache",
+        str(folder.parent / "cache"),
+        "--output",
+        str(folder / "best.pth"),
+        "--last_checkpoint",
+        str(folder / "last.pth"),
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -58,7 +94,9 @@ def test_an_interrupted_run_continues_by_itself(interrupted, tiny_demo_dir, caps
 
 def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys):
     last = interrupted / "last.pth"
-    assert "LEARNING_RATE 0.003 then, 0.001 now" in _why_not(interrupted, tiny_demo_dir, "--learning_rate", "1e-3")
+    assert "LEARNING_RATE 0.003 then, 0.001 now" in _why_not(
+        interrupted, tiny_demo_dir, "--learning_rate", "1e-3"
+    )
     assert "EPOCHS 2 then, 3 now" in _why_not(interrupted, tiny_demo_dir, "--epochs", "3")
     # --resume true only needs the model-defining settings to match: a new learning rate is allowed
     assert _why_not(interrupted, tiny_demo_dir, "--learning_rate", "1e-3", "--resume", "true") == ""
@@ -67,7 +105,7 @@ def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys):
     with pytest.raises(ValueError) as error:
         train.main(_args(interrupted, tiny_demo_dir, "--resume", "true"))
     assert str(last) in str(error.value) and "delete it or pass --resume false" in str(error.value)
-    history = train.main(_args(interrupted, tiny_demo_dir))                          # auto: fresh, says why
+    history = train.main(_args(interrupted, tiny_demo_dir))  # auto: fresh, says why
     assert history["epochs"] == [1, 2]
     assert f"not resuming, starting fresh: {last} cannot be read" in capsys.readouterr().out
     assert torch.load(last, weights_only=True)["epoch"] == 2

@@ -1,4 +1,5 @@
 """The pipeline runner: skipping, rebuilding and stopping, on fake steps that only write files."""
+
 from __future__ import annotations
 
 import sys
@@ -74,8 +75,11 @@ def test_force_reruns_everything(chain):
 
 def test_failing_step_stops_the_run_with_its_message(tmp_path):
     never = tmp_path / "never.txt"
-    failing = [sys.executable, "-c",
-               "import sys; print('loading clips'); sys.exit('bad wav: dev_data/fan/x.wav is empty')"]
+    failing = [
+        sys.executable,
+        "-c",
+        "import sys; print('loading clips'); sys.exit('bad wav: dev_data/fan/x.wav is empty')",
+    ]
     steps = [
         Step("broken", failing, outputs=[tmp_path / "broken.txt"]),
         Step("after", _writer(never), outputs=[never]),
@@ -104,7 +108,8 @@ def test_always_run_steps_are_never_skipped(tmp_path):
 def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
     (tmp_path / "helper.py").write_text("VALUE = 1\n")
     (tmp_path / "step.py").write_text(
-        "import sys\nfrom helper import VALUE\nopen(sys.argv[1], 'w').write(str(VALUE))\n")
+        "import sys\nfrom helper import VALUE\nopen(sys.argv[1], 'w').write(str(VALUE))\n"
+    )
     out = tmp_path / "out.txt"
     steps = [Step("step", [sys.executable, str(tmp_path / "step.py"), str(out)], outputs=[out])]
     assert run_pipeline(steps, tmp_path / "stamps") == ["step"]
@@ -122,7 +127,8 @@ def test_train_step_depends_on_the_model_code():
 
 def test_step_words_reach_the_named_script_only():
     own, overrides = run_all.split_step_overrides(
-        ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"])
+        ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"]
+    )
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
@@ -164,15 +170,19 @@ def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypat
     assert run_all.choose_data_dir(cfg) == (tmp_path / "dev_data", False)
 
 
-@pytest.mark.parametrize("words, message", [
-    (["train.epoch=3"], "unrecognized arguments: --epoch 3"),
-    (["train.epochs=0"], "train.py: error: --epochs must be >= 1, got 0"),
-    (["evaluate.k=0"], "evaluate.py: error: --k must be >= 1, got 0"),
-    (["make_demo_data.seed=1"], "make_demo_data, which this run does not use"),
-    (["--force", "maybe"], "--force: expected true/false"),
-])
-def test_bad_options_stop_the_run_before_any_stamp_is_touched(tiny_demo_dir, tmp_path, no_pipeline, capsys,
-                                                               words, message):
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["train.epoch=3"], "unrecognized arguments: --epoch 3"),
+        (["train.epochs=0"], "train.py: error: --epochs must be >= 1, got 0"),
+        (["evaluate.k=0"], "evaluate.py: error: --k must be >= 1, got 0"),
+        (["make_demo_data.seed=1"], "make_demo_data, which this run does not use"),
+        (["--force", "maybe"], "--force: expected true/false"),
+    ],
+)
+def test_bad_options_stop_the_run_before_any_stamp_is_touched(
+    tiny_demo_dir, tmp_path, no_pipeline, capsys, words, message
+):
     run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
     stamp = run_dir / ".stamps" / "train.json"
     stamp.parent.mkdir(parents=True)
@@ -217,8 +227,12 @@ def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, t
 
     data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
-    steps = {s.name: s for s in run_all.build_steps(cfg, data, tmp_path / "run", False,
-                                                    {name: [] for name in run_all._STEP_NAMES})}
+    steps = {
+        s.name: s
+        for s in run_all.build_steps(
+            cfg, data, tmp_path / "run", False, {name: [] for name in run_all._STEP_NAMES}
+        )
+    }
 
     def signatures():
         return {name: run_all.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
@@ -246,18 +260,24 @@ def _torch_writer(out: Path) -> list[str]:
 
 def test_an_output_that_cannot_be_read_reruns_its_step(tmp_path, capsys):
     model, svdd = tmp_path / "model.pt", tmp_path / "svdd"
-    svdd_writer = [sys.executable, "-c", f"import pathlib; d = pathlib.Path({str(svdd)!r}); d.mkdir(exist_ok=True); "
-                                         f"(d / 'deepsvdd_fan.joblib').write_bytes(b'x' * 100)"]
-    steps = [Step("train", _torch_writer(model), outputs=[model]),
-             Step("svdd", svdd_writer, inputs=[model], outputs=[svdd])]
+    svdd_writer = [
+        sys.executable,
+        "-c",
+        f"import pathlib; d = pathlib.Path({str(svdd)!r}); d.mkdir(exist_ok=True); "
+        f"(d / 'deepsvdd_fan.joblib').write_bytes(b'x' * 100)",
+    ]
+    steps = [
+        Step("train", _torch_writer(model), outputs=[model]),
+        Step("svdd", svdd_writer, inputs=[model], outputs=[svdd]),
+    ]
     stamps = tmp_path / "stamps"
     assert run_pipeline(steps, stamps) == ["train", "svdd"]
     assert run_pipeline(steps, stamps) == []
-    model.write_bytes(model.read_bytes()[:100])                         # truncated by hand or a full disk
+    model.write_bytes(model.read_bytes()[:100])  # truncated by hand or a full disk
     assert run_all.unreadable(model).startswith(f"{model} cannot be read")
     assert run_pipeline(steps, stamps) == ["train", "svdd"]
     joblib = svdd / "deepsvdd_fan.joblib"
-    joblib.write_bytes(joblib.read_bytes()[:10])                        # a format not checked by content
+    joblib.write_bytes(joblib.read_bytes()[:10])  # a format not checked by content
     assert run_pipeline(steps, stamps) == ["svdd"]
     assert "outputs changed since it ran" in capsys.readouterr().out
     joblib.write_bytes(b"")

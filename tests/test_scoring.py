@@ -1,5 +1,6 @@
 """scoring.py: the ensemble's backends (k-NN, k-means, density) and SMOTE against brute force, Mahalanobis
 against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,9 @@ import scoring
 from dataset import ClipRecord
 
 
-def _brute_knn(queries: np.ndarray, bank: np.ndarray, k: int, skip: list[int | None] | None = None) -> np.ndarray:
+def _brute_knn(
+    queries: np.ndarray, bank: np.ndarray, k: int, skip: list[int | None] | None = None
+) -> np.ndarray:
     """Mean cosine distance to the k nearest bank rows, one pair at a time."""
     out = []
     for i, q in enumerate(queries):
@@ -23,7 +26,7 @@ def _brute_knn(queries: np.ndarray, bank: np.ndarray, k: int, skip: list[int | N
 def test_knn_distance_matches_brute_force():
     rng = np.random.default_rng(0)
     bank, queries = rng.normal(size=(40, 16)), rng.normal(size=(7, 16))
-    for k in (1, 3, 40, 100):      # k beyond the bank uses the whole bank
+    for k in (1, 3, 40, 100):  # k beyond the bank uses the whole bank
         ours = scoring.knn_distance(torch.tensor(queries), torch.tensor(bank), k).numpy()
         np.testing.assert_allclose(ours, _brute_knn(queries, bank, k), atol=1e-5)
 
@@ -31,7 +34,7 @@ def test_knn_distance_matches_brute_force():
 def test_knn_leave_one_out_excludes_only_the_clip_itself():
     rng = np.random.default_rng(1)
     bank = rng.normal(size=(12, 8))
-    bank[5] = bank[4] * 2.0                   # an exact (cosine) duplicate of row 4 stays a neighbour
+    bank[5] = bank[4] * 2.0  # an exact (cosine) duplicate of row 4 stays a neighbour
     itself = torch.eye(12, dtype=torch.bool)
     ours = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, itself).numpy()
     np.testing.assert_allclose(ours, _brute_knn(bank, bank, 2, skip=list(range(12))), atol=1e-5)
@@ -39,11 +42,13 @@ def test_knn_leave_one_out_excludes_only_the_clip_itself():
     nearest = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, itself).numpy()
     assert nearest[4] == pytest.approx(0.0, abs=1e-6) and nearest[5] == pytest.approx(0.0, abs=1e-6)
     single = scoring.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([[True]]))
-    assert torch.isinf(single).all()          # nothing left to compare with
+    assert torch.isinf(single).all()  # nothing left to compare with
 
 
 def _split(embeddings: np.ndarray, domains: list, stats: np.ndarray | None = None) -> scoring.Split:
-    records = [ClipRecord(f"/d/fan/train/{i}.wav", "fan", "00", d, "train", "normal") for i, d in enumerate(domains)]
+    records = [
+        ClipRecord(f"/d/fan/train/{i}.wav", "fan", "00", d, "train", "normal") for i, d in enumerate(domains)
+    ]
     stats = np.zeros((len(domains), 3)) if stats is None else stats
     return scoring.Split(embeddings.astype(np.float32), stats.astype(np.float32), ["a", "b", "c"], records)
 
@@ -56,18 +61,19 @@ def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
     normal, clips = _split(train, domains), _split(test, ["source"] * 6)
     src, tgt = train[:25], train[25:]
     for k in (1, 3):
-        scorer = scoring.KnnMahalanobis(k, w=1.0).fit(normal)       # k-NN branch alone
+        scorer = scoring.KnnMahalanobis(k, w=1.0).fit(normal)  # k-NN branch alone
         loo_src = np.minimum(_brute_knn(src, src, k, list(range(25))), _brute_knn(src, tgt, k))
         loo_tgt = np.minimum(_brute_knn(tgt, src, k), _brute_knn(tgt, tgt, k, list(range(5))))
         loo = np.concatenate([loo_src, loo_tgt])
-        z = lambda d: (d - loo.mean()) / loo.std()
+        z = lambda d, loo=loo: (d - loo.mean()) / loo.std()
         np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
         expected = np.minimum(_brute_knn(test, src, k), _brute_knn(test, tgt, k))
         np.testing.assert_allclose(scorer.score(clips), z(expected), atol=1e-4)
     pooled = scoring.KnnMahalanobis(3, w=1.0, separate_domain_banks=False).fit(normal)
     pooled_loo = _brute_knn(train, train, 3, list(range(30)))
-    np.testing.assert_allclose(pooled.score(clips), (_brute_knn(test, train, 3) - pooled_loo.mean()) / pooled_loo.std(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        pooled.score(clips), (_brute_knn(test, train, 3) - pooled_loo.mean()) / pooled_loo.std(), atol=1e-4
+    )
 
 
 def test_ensemble_mixes_both_branches_by_w():
@@ -76,7 +82,9 @@ def test_ensemble_mixes_both_branches_by_w():
     clips = _split(rng.normal(size=(5, 8)), ["source"] * 5, rng.normal(size=(5, 3)) * 3)
     knn = scoring.KnnMahalanobis(2, w=1.0).fit(normal).score(clips)
     maha = scoring.KnnMahalanobis(2, w=0.0).fit(normal).score(clips)
-    np.testing.assert_allclose(scoring.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha)
+    np.testing.assert_allclose(
+        scoring.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -84,9 +92,9 @@ def test_ensemble_mixes_both_branches_by_w():
 
 
 def test_smote_count_follows_imbalanced_learn_float_ratio():
-    assert scoring.smote_count(990, 10, 0.2) == 188        # DCASE 2023: 990 source, 10 target normals
+    assert scoring.smote_count(990, 10, 0.2) == 188  # DCASE 2023: 990 source, 10 target normals
     assert scoring.smote_count(100, 3, 0.25) == 22
-    assert scoring.smote_count(20, 10, 0.2) == 0           # already above the ratio: nothing added
+    assert scoring.smote_count(20, 10, 0.2) == 0  # already above the ratio: nothing added
     assert scoring.smote_count(990, 10, 0.0) == 0
 
 
@@ -99,13 +107,13 @@ def test_smote_rows_are_seeded_and_lie_between_a_row_and_one_of_its_nearest():
     assert rows.shape == (40, 5) and np.array_equal(rows, again) and not np.allclose(rows, other)
     for row, (x, y) in zip(rows, parents):
         distances = [np.linalg.norm(minority[x] - minority[j]) if j != x else np.inf for j in range(8)]
-        assert y in np.argsort(distances)[:2]                           # one of x's 2 nearest others
+        assert y in np.argsort(distances)[:2]  # one of x's 2 nearest others
         step = minority[y] - minority[x]
         u = np.dot(row - minority[x], step) / np.dot(step, step)
         assert 0.0 <= u <= 1.0
-        np.testing.assert_allclose(row, minority[x] + u * step, atol=1e-12)   # on the segment x -> y
-    assert len({tuple(p) for p in parents}) > 5                        # different pairs are drawn
-    assert len(scoring.smote(minority[:1], 10, 2, 0)[0]) == 0          # a single row has no neighbour
+        np.testing.assert_allclose(row, minority[x] + u * step, atol=1e-12)  # on the segment x -> y
+    assert len({tuple(p) for p in parents}) > 5  # different pairs are drawn
+    assert len(scoring.smote(minority[:1], 10, 2, 0)[0]) == 0  # a single row has no neighbour
     assert len(scoring.smote(minority, 0, 2, 0)[0]) == 0
 
 
@@ -140,7 +148,9 @@ def _density_references(query, bank, skip, scorer_bank, neighbours):
 def _kmeans_references(query, bank, skip, scorer_bank, neighbours):
     out = []
     for cluster in scorer_bank.clusters:
-        members = [bank[j][0] / np.linalg.norm(bank[j][0]) for j in cluster.tolist() if skip not in bank[j][1]]
+        members = [
+            bank[j][0] / np.linalg.norm(bank[j][0]) for j in cluster.tolist() if skip not in bank[j][1]
+        ]
         if members:
             out.append(cosine(query, np.sum(members, axis=0)))
     return out
@@ -155,7 +165,9 @@ def _brute_branch(scorer, banks: dict, queries: np.ndarray, k: int, loo: bool, b
     out = []
     for i, query in enumerate(queries):
         best = np.inf
-        for (_, scorer_bank), bank in zip(scorer.banks, [b for _, b in sorted(banks.items(), key=lambda kv: str(kv[0])) if b]):
+        for (_, scorer_bank), bank in zip(
+            scorer.banks, [b for _, b in sorted(banks.items(), key=lambda kv: str(kv[0])) if b]
+        ):
             references = sorted(BRUTE[backend](query, bank, i if loo else None, scorer_bank, 3))[:k]
             if references:
                 best = min(best, np.mean(references))
@@ -171,16 +183,20 @@ def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
     domains = ["source"] * 20 + ["target"] * 4
     test = rng.normal(size=(5, 6))
     normal, clips = _split(train, domains), _split(test, ["source"] * 5)
-    scorer = scoring.KnnMahalanobis(k, 1.0, separate, backend, kmeans_clusters=5, density_neighbours=3,
-                                    smote_ratio=ratio).fit(normal)
+    scorer = scoring.KnnMahalanobis(
+        k, 1.0, separate, backend, kmeans_clusters=5, density_neighbours=3, smote_ratio=ratio
+    ).fit(normal)
     banks = _banks(train.astype(np.float32).astype(np.float64), domains, ratio, separate)
-    assert [len(rows) for rows, _ in scorer.banks] == [len(b) for _, b in sorted(banks.items(), key=lambda kv: str(kv[0]))]
+    assert [len(rows) for rows, _ in scorer.banks] == [
+        len(b) for _, b in sorted(banks.items(), key=lambda kv: str(kv[0]))
+    ]
     loo = _brute_branch(scorer, banks, normal.embeddings, k, True, backend)
     assert np.isfinite(loo).all()
     z = lambda d: (d - loo.mean()) / loo.std()
     np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
-    np.testing.assert_allclose(scorer.score(clips), z(_brute_branch(scorer, banks, clips.embeddings, k, False, backend)),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        scorer.score(clips), z(_brute_branch(scorer, banks, clips.embeddings, k, False, backend)), atol=1e-4
+    )
 
 
 def test_smote_enlarges_only_the_target_bank():
@@ -192,7 +208,7 @@ def test_smote_enlarges_only_the_target_bank():
     assert len(target_rows) == 10 and target_rows[:5].tolist() == list(range(20, 25))
     synthetic, _ = scoring.smote(normal.embeddings[20:], 5, 2, 3)
     np.testing.assert_allclose(target_bank.bank[5:].numpy(), synthetic, rtol=1e-6)
-    assert len(scoring.KnnMahalanobis().fit(normal).banks[1][0]) == 5          # SMOTE_RATIO 0: off
+    assert len(scoring.KnnMahalanobis().fit(normal).banks[1][0]) == 5  # SMOTE_RATIO 0: off
 
 
 def test_kmeans_finds_separated_clusters_and_a_fixed_point():
@@ -200,16 +216,22 @@ def test_kmeans_finds_separated_clusters_and_a_fixed_point():
     directions = np.eye(8)[:3] * 10
     bank = np.concatenate([d + rng.normal(scale=0.5, size=(15, 8)) for d in directions])
     assignment = scoring.spherical_kmeans(torch.tensor(bank), 3, seed=0)
-    assert sorted(len(set(assignment[i:i + 15].tolist())) for i in (0, 15, 30)) == [1, 1, 1]
+    assert sorted(len(set(assignment[i : i + 15].tolist())) for i in (0, 15, 30)) == [1, 1, 1]
     assert len(set(assignment.tolist())) == 3
     fitted = scoring.KMeansBank(torch.tensor(bank), 5, seed=1)
-    centres = [np.sum([bank[j] / np.linalg.norm(bank[j]) for j in rows.tolist()], axis=0) for rows in fitted.clusters]
+    centres = [
+        np.sum([bank[j] / np.linalg.norm(bank[j]) for j in rows.tolist()], axis=0) for rows in fitted.clusters
+    ]
     assert sorted(j for rows in fitted.clusters for j in rows.tolist()) == list(range(45))
     for c, rows in enumerate(fitted.clusters):
-        for j in rows.tolist():                      # a fixed point: every row sits with its most similar centre
+        for j in rows.tolist():  # a fixed point: every row sits with its most similar centre
             assert c == int(np.argmin([cosine(bank[j], centre) for centre in centres]))
-    assert len(scoring.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4   # at most the bank's rows
-    assert torch.equal(scoring.spherical_kmeans(torch.tensor(bank), 5, 2), scoring.spherical_kmeans(torch.tensor(bank), 5, 2))
+    assert (
+        len(scoring.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4
+    )  # at most the bank's rows
+    assert torch.equal(
+        scoring.spherical_kmeans(torch.tensor(bank), 5, 2), scoring.spherical_kmeans(torch.tensor(bank), 5, 2)
+    )
 
 
 def test_ensemble_refuses_bad_settings():
@@ -224,20 +246,44 @@ def test_ensemble_refuses_bad_settings():
 def _write_features(folder, rng) -> None:
     """A fan section 00 of embedding and statistics files in extract_embeddings.py's format, with
     anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
-    fingerprint = {"format": scoring.FEATURES_FORMAT, "data": "d", "model_sha256": "m", "settings": {},
-                   "precision": "fp32", "data_dir": str(folder / "no_data"), "model_path": str(folder / "no.pth")}
+    fingerprint = {
+        "format": scoring.FEATURES_FORMAT,
+        "data": "d",
+        "model_sha256": "m",
+        "settings": {},
+        "precision": "fp32",
+        "data_dir": str(folder / "no_data"),
+        "model_path": str(folder / "no.pth"),
+    }
     centre = rng.normal(size=16) * 3
-    splits = {"train": [("source", "normal")] * 30 + [("target", "normal")] * 4,
-              "test": [(d, label) for d in ("source", "target") for label in ("normal", "anomaly") for _ in range(5)]}
+    splits = {
+        "train": [("source", "normal")] * 30 + [("target", "normal")] * 4,
+        "test": [
+            (d, label) for d in ("source", "target") for label in ("normal", "anomaly") for _ in range(5)
+        ],
+    }
     for split, rows in splits.items():
-        records = [ClipRecord(f"/gone/fan/{split}/section_00_{d}_{split}_{label}_{i:04d}.wav", "fan", "00", d, split,
-                              label).to_dict() for i, (d, label) in enumerate(rows)]
+        records = [
+            ClipRecord(
+                f"/gone/fan/{split}/section_00_{d}_{split}_{label}_{i:04d}.wav", "fan", "00", d, split, label
+            ).to_dict()
+            for i, (d, label) in enumerate(rows)
+        ]
         shift = np.array([[4.0 if label == "anomaly" else 0.0] for _, label in rows])
         embeddings = centre + rng.normal(size=(len(rows), 16)) + shift * rng.normal(size=(len(rows), 16))
         stats = rng.normal(size=(len(rows), 3)) + shift
-        for path, matrix, columns in zip(scoring.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])):
-            torch.save({"matrix": torch.tensor(matrix, dtype=torch.float32), "records": records, "columns": columns,
-                        "fingerprint": {**fingerprint, "split": split}}, path)
+        for path, matrix, columns in zip(
+            scoring.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])
+        ):
+            torch.save(
+                {
+                    "matrix": torch.tensor(matrix, dtype=torch.float32),
+                    "records": records,
+                    "columns": columns,
+                    "fingerprint": {**fingerprint, "split": split},
+                },
+                path,
+            )
 
 
 @pytest.mark.parametrize("backend, ratio", [("knn", 0.2), ("kmeans", 0.0), ("density", 0.2)])
@@ -245,28 +291,52 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path
     import evaluate
 
     _write_features(tmp_path, np.random.default_rng(11))
-    summary = evaluate.main(["--embed_dir", str(tmp_path), "--results_dir", str(tmp_path / "res"), "--backend", backend,
-                             "--smote_ratio", str(ratio), "--kmeans_clusters", "4", "--dcase_year", "2022+",
-                             "--plots", "false"])
+    summary = evaluate.main(
+        [
+            "--embed_dir",
+            str(tmp_path),
+            "--results_dir",
+            str(tmp_path / "res"),
+            "--backend",
+            backend,
+            "--smote_ratio",
+            str(ratio),
+            "--kmeans_clusters",
+            "4",
+            "--dcase_year",
+            "2022+",
+            "--plots",
+            "false",
+        ]
+    )
     assert summary["settings"]["backend"] == backend and summary["settings"]["smote_ratio"] == ratio
     aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
     assert min(aucs) > 0.9, aucs
     # score_clips.py's way: the saved settings give the same scorer, hence the same scores
     features = scoring.load_features(tmp_path)
-    scores, _ = scoring.score_by_group(features.normal, features.test, evaluate.ensemble_factory(summary["settings"]),
-                                       "section")
+    scores, _ = scoring.score_by_group(
+        features.normal, features.test, evaluate.ensemble_factory(summary["settings"]), "section"
+    )
     rows = (tmp_path / "res" / "anomaly_score_fan_section_00_test.csv").read_text().split()
     written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
-    assert all(written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-6) for path, score in scores.items())
+    assert all(
+        written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-6)
+        for path, score in scores.items()
+    )
     with pytest.raises(ValueError, match="lack backend"):
         evaluate.ensemble_factory({"k": 1, "w": 0.5, "separate_domain_banks": True})
 
 
 def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_normals():
     rng = np.random.default_rng(6)
-    records = [ClipRecord(f"/d/{m}/train/{i}.wav", m, "00", "source", "train", "normal")
-               for m in ("fan", "pump") for i in range(5)]
-    normal = scoring.Split(rng.normal(size=(10, 4)).astype(np.float32), np.zeros((10, 1), np.float32), ["x"], records)
+    records = [
+        ClipRecord(f"/d/{m}/train/{i}.wav", m, "00", "source", "train", "normal")
+        for m in ("fan", "pump")
+        for i in range(5)
+    ]
+    normal = scoring.Split(
+        rng.normal(size=(10, 4)).astype(np.float32), np.zeros((10, 1), np.float32), ["x"], records
+    )
     fitted = []
 
     class Mean:
@@ -280,12 +350,20 @@ def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_norma
 
         training_scores = score
 
-    scores, train = scoring.score_by_group(normal, normal, lambda key, split: Mean().fit(split), "machine_type")
+    scores, train = scoring.score_by_group(
+        normal, normal, lambda key, split: Mean().fit(split), "machine_type"
+    )
     assert fitted == [{"fan"}, {"pump"}] and len(scores) == 10
-    assert scores[records[0].path] == pytest.approx(np.linalg.norm(normal.embeddings[0] - normal.embeddings[:5].mean(0)))
+    assert scores[records[0].path] == pytest.approx(
+        np.linalg.norm(normal.embeddings[0] - normal.embeddings[:5].mean(0))
+    )
     assert sorted(train) == [("fan", "00"), ("pump", "00")] and len(train[("fan", "00")]) == 5
-    lonely = scoring.Split(normal.embeddings[:1], normal.stats[:1], ["x"],
-                           [ClipRecord("/d/valve/test/a.wav", "valve", "00", "source", "test", "normal")])
+    lonely = scoring.Split(
+        normal.embeddings[:1],
+        normal.stats[:1],
+        ["x"],
+        [ClipRecord("/d/valve/test/a.wav", "valve", "00", "source", "test", "normal")],
+    )
     with pytest.raises(ValueError, match="valve/00 have no training normals"):
         scoring.score_by_group(normal, lonely, lambda key, split: Mean().fit(split), "section")
 
@@ -317,7 +395,7 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     settings = dict(hidden_neurons=[32, 8], batch_size=50, learning_rate=1e-3, dropout=0.0, seed=0)
     untrained = scoring.DeepSVDDScorer(epochs=0, **settings).fit(normal)
     trained = scoring.DeepSVDDScorer(epochs=20, **settings).fit(normal)
-    assert torch.equal(untrained.detector.c_, trained.detector.c_)          # same start, same centre
+    assert torch.equal(untrained.detector.c_, trained.detector.c_)  # same start, same centre
     before, after = untrained.training_scores(normal).mean(), trained.training_scores(normal).mean()
     print(f"mean training distance: untrained {before:.4g}, trained {after:.4g}")
     assert after < 0.5 * before

@@ -1,5 +1,6 @@
 """Every script's command line: each numeric constant has limits its default meets, the options read
 from a script's source match the running script's, and --help answers without the heavy libraries."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,18 @@ import pytest
 from utils import check_script_arguments, config_constants, limit_violation, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["run_all.py", "make_demo_data.py", "datashape.py", "train.py", "extract_embeddings.py",
-           "train_deepSVDD.py", "evaluate_deepSVDD.py", "evaluate.py", "bench/encoder.py", "bench/scoring.py"]
+SCRIPTS = [
+    "run_all.py",
+    "make_demo_data.py",
+    "datashape.py",
+    "train.py",
+    "extract_embeddings.py",
+    "train_deepSVDD.py",
+    "evaluate_deepSVDD.py",
+    "evaluate.py",
+    "bench/encoder.py",
+    "bench/scoring.py",
+]
 HEAVY = {"torch", "torchaudio", "sklearn", "scipy", "peft", "pyod"}
 
 
@@ -44,25 +55,36 @@ def test_the_source_gives_the_same_options_as_the_running_script(script):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_answers_without_the_heavy_libraries(script):
-    done = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), "--help"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / script), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
-                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "argparse" in imported and not imported & HEAVY, sorted(imported & HEAVY)
     first = next(iter(source_constants(ROOT / script)))
     assert f"--{first.lower()}" in done.stdout and "usage:" in done.stdout
 
 
-@pytest.mark.parametrize("script, argv, message", [
-    ("train.py", ["--epochs", "0"], "train.py: error: --epochs must be >= 1, got 0"),
-    ("train.py", ["--epochs", "-3"], "train.py: error: --epochs must be >= 1, got -3"),
-    ("train.py", ["--resume", "maybe"], "--resume must be one of auto, true, false, got 'maybe'"),
-    ("evaluate.py", ["-k", "0"], "evaluate.py: error: --k must be >= 1, got 0"),
-    ("evaluate.py", ["--k", "-1"], "evaluate.py: error: --k must be >= 1, got -1"),
-    ("evaluate.py", ["--w", "1.5"], "--w must be >= 0 and <= 1, got 1.5"),
-    ("train_deepSVDD.py", ["--hidden_neurons", "64,0"], "--hidden_neurons must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("train.py", ["--epochs", "0"], "train.py: error: --epochs must be >= 1, got 0"),
+        ("train.py", ["--epochs", "-3"], "train.py: error: --epochs must be >= 1, got -3"),
+        ("train.py", ["--resume", "maybe"], "--resume must be one of auto, true, false, got 'maybe'"),
+        ("evaluate.py", ["-k", "0"], "evaluate.py: error: --k must be >= 1, got 0"),
+        ("evaluate.py", ["--k", "-1"], "evaluate.py: error: --k must be >= 1, got -1"),
+        ("evaluate.py", ["--w", "1.5"], "--w must be >= 0 and <= 1, got 1.5"),
+        ("train_deepSVDD.py", ["--hidden_neurons", "64,0"], "--hidden_neurons must be >= 1, got 0"),
+    ],
+)
 def test_a_bad_value_stops_the_script_before_it_starts(script, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _module(script).main(argv)

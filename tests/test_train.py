@@ -1,4 +1,5 @@
 """train.py: tiny LoRA runs on generated and real clips, best/last checkpoints, resume."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,21 +9,50 @@ import torch
 
 import checkpoints as C
 import model as M
-from extract_embeddings import embed_fbanks
 import train
 from dataset import discover_clips
+from extract_embeddings import embed_fbanks
 
 
 def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["--recipe", "arcface-v1", "--data_dir", str(data_dir), "--model_size", "tiny", "--batch_size", "8", "--target_frames", "128",
-            "--num_workers", "0", "--feature_cache", str(tmp_path.parent / "cache"), "--head", "linear",
-            "--learning_rate", "3e-3", "--warmup_epochs", "0", "--lora_rank", "4", "--lora_alpha", "8",
-            "--spec_augment", "false", "--output", str(tmp_path / "best.pth"),
-            "--last_checkpoint", str(tmp_path / "last.pth"), *extra]
+    return [
+        "--recipe",
+        "arcface-v1",
+        "--data_dir",
+        str(data_dir),
+        "--model_size",
+        "tiny",
+        "--batch_size",
+        "8",
+        "--target_frames",
+        "128",
+        "--num_workers",
+        "0",
+        "--feature_cache",
+        str(tmp_path.parent / "cache"),
+        "--head",
+        "linear",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_epochs",
+        "0",
+        "--lora_rank",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--spec_augment",
+        "false",
+        "--output",
+        str(tmp_path / "best.pth"),
+        "--last_checkpoint",
+        str(tmp_path / "last.pth"),
+        *extra,
+    ]
 
 
 def _fbanks(data_dir: Path, count: int = 3) -> list[torch.Tensor]:
     from preprocessing import FeatureCache
+
     cache = FeatureCache(None)
     return [cache.fbank(r.path) for r in discover_clips(data_dir, splits=("train",))[:count]]
 
@@ -76,8 +106,10 @@ def test_resume_continues_from_the_last_epoch(tmp_path, tiny_demo_dir, monkeypat
     assert resumed["lr"] == pytest.approx(full["lr"])
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-4)
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
-    assert resumed["best"]["trainable_sha256"] == full["best"]["trainable_sha256"] or \
-        resumed["best"]["epoch"] == full["best"]["epoch"]
+    assert (
+        resumed["best"]["trainable_sha256"] == full["best"]["trainable_sha256"]
+        or resumed["best"]["epoch"] == full["best"]["epoch"]
+    )
     with pytest.raises(ValueError, match="other settings"):
         train.main(_args(tmp_path / "split", tiny_demo_dir, *options, "--resume", "true", "--lora_rank", "2"))
     with pytest.raises(FileNotFoundError, match="no last checkpoint"):
@@ -86,15 +118,31 @@ def test_resume_continues_from_the_last_epoch(tmp_path, tiny_demo_dir, monkeypat
 
 def test_real_clips_with_single_clip_classes(tmp_path, samples_dir):
     data_dir = samples_dir / "dcase2023_dev"
-    history = train.main(_args(tmp_path, data_dir, "--epochs", "1", "--val_fraction", "0.5", "--mixup_prob", "1",
-                               "--head", "arcface", "--unfreeze_last_norms", "1"))
+    history = train.main(
+        _args(
+            tmp_path,
+            data_dir,
+            "--epochs",
+            "1",
+            "--val_fraction",
+            "0.5",
+            "--mixup_prob",
+            "1",
+            "--head",
+            "arcface",
+            "--unfreeze_last_norms",
+            "1",
+        )
+    )
     n_train = len(discover_clips(data_dir, splits=("train",)))
     assert history["num_train"] + history["num_val"] == n_train
     # every class keeps a clip for training; single-clip classes are not validated on
     assert history["num_train"] >= history["num_classes"]
     assert (tmp_path / "best.pth").is_file()
     model, _, _ = C.load_tuned(tmp_path / "best.pth")
-    trainable = {n for n, p in model.named_parameters() if "norm" in n and "lora" not in n and p.requires_grad}
+    trainable = {
+        n for n, p in model.named_parameters() if "norm" in n and "lora" not in n and p.requires_grad
+    }
     assert len(trainable) == 4  # norm1/norm2 weight and bias of the last block
 
 
@@ -109,21 +157,41 @@ def test_spec_augment_masks_bands():
 
 # ----------------------------------------------------------------------------- the asdkit-eat-lora recipe
 
+
 def _asdkit_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
     """The default recipe with a tiny random encoder and small overrides for CPU tests."""
-    return ["--data_dir", str(data_dir), "--model_size", "tiny", "--lora_rank", "4", "--warmup_steps", "2",
-            "--epochs", "1", "--num_workers", "0", "--feature_cache", str(tmp_path.parent / "cache"),
-            "--output", str(tmp_path / "best.pth"), "--last_checkpoint", str(tmp_path / "last.pth"), *extra]
+    return [
+        "--data_dir",
+        str(data_dir),
+        "--model_size",
+        "tiny",
+        "--lora_rank",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--feature_cache",
+        str(tmp_path.parent / "cache"),
+        "--output",
+        str(tmp_path / "best.pth"),
+        "--last_checkpoint",
+        str(tmp_path / "last.pth"),
+        *extra,
+    ]
 
 
 def test_variable_length_collate_pads_to_multiples_and_the_longest():
     from dataset import VariableLengthCollate
     from preprocessing import PAD_VALUE
+
     fbanks = [torch.randn(998, 128), torch.randn(1198, 128), torch.randn(64, 128)]
     x, labels, records = VariableLengthCollate(32)([(f, i, f"r{i}") for i, f in enumerate(fbanks)])
     assert x.shape == (3, 1, 1216, 128) and labels.tolist() == [0, 1, 2] and records == ["r0", "r1", "r2"]
     for clip, fbank in zip(x[:, 0], fbanks):
-        assert torch.equal(clip[:len(fbank)], fbank) and (clip[len(fbank):] == PAD_VALUE).all()
+        assert torch.equal(clip[: len(fbank)], fbank) and (clip[len(fbank) :] == PAD_VALUE).all()
     alone, _, _ = VariableLengthCollate(32)([(fbanks[0], 0, "r0")])
     assert alone.shape[2] == 1024  # a 10 s clip on its own: the next multiple of 32
 
@@ -144,6 +212,7 @@ def test_mixup_happens_with_its_probability():
 
 def test_pretext_batch_applies_the_labelled_augmentation():
     from preprocessing import PAD_VALUE
+
     x = torch.randn(16, 1, 64, 128)
     out, labels = train.pretext_batch(x, torch.Generator().manual_seed(3))
     again, same = train.pretext_batch(x, torch.Generator().manual_seed(3))
@@ -158,16 +227,26 @@ def test_pretext_batch_applies_the_labelled_augmentation():
         elif task == "overlay":
             assert torch.allclose(clip, 0.5 * (original + original.roll(32, dims=0)))
         else:  # time_stretch: slower, so the start matches and later frames lag behind
-            assert torch.allclose(clip[0], original[0], atol=0.5) and not torch.allclose(clip, original, atol=0.1)
+            assert torch.allclose(clip[0], original[0], atol=0.5) and not torch.allclose(
+                clip, original, atol=0.1
+            )
     names = train.pretext_label_index().names
     assert [name.split("_", 1)[1] for name in names] == list(train._PRETEXT_TASKS)
 
 
 def test_warmup_in_steps_then_constant_or_cosine():
     from types import SimpleNamespace
+
     layer = torch.nn.Linear(2, 2)
-    cfg = SimpleNamespace(learning_rate=1.0, weight_decay=0.0, epochs=2, warmup_steps=3, warmup_epochs=0.5,
-                          lr_schedule="constant", min_lr_ratio=0.1)
+    cfg = SimpleNamespace(
+        learning_rate=1.0,
+        weight_decay=0.0,
+        epochs=2,
+        warmup_steps=3,
+        warmup_epochs=0.5,
+        lr_schedule="constant",
+        min_lr_ratio=0.1,
+    )
     optimizer, scheduler = train.make_optimizer(layer, cfg, steps_per_epoch=4)  # warm-up 3 + 2 = 5 steps
     rates = []
     for _ in range(8):
@@ -175,7 +254,9 @@ def test_warmup_in_steps_then_constant_or_cosine():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0])
-    optimizer, scheduler = train.make_optimizer(layer, SimpleNamespace(**{**vars(cfg), "lr_schedule": "cosine"}), 4)
+    optimizer, scheduler = train.make_optimizer(
+        layer, SimpleNamespace(**{**vars(cfg), "lr_schedule": "cosine"}), 4
+    )
     for _ in range(7):
         optimizer.step()
         scheduler.step()
@@ -193,7 +274,9 @@ def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, sample
             return out
 
     monkeypatch.setattr(train, "VariableLengthCollate", Recording)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora", "--val_fraction", "0"))
+    history = train.main(
+        _asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora", "--val_fraction", "0")
+    )
     assert history["epochs"] == [1] and history["task"] == "classes"
     assert history["num_classes"] == len({r.class_name for r in discover_clips(data_dir, splits=("train",))})
     assert all(frames % 32 == 0 for _, frames in lengths)
@@ -210,6 +293,7 @@ def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, sample
 def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
     """The real 2020 fan clips as training clips of one machine and ID: a single class."""
     import shutil
+
     train_dir = tmp_path / "one_class" / "fan" / "train"
     train_dir.mkdir(parents=True)
     for i, clip in enumerate(sorted((samples_dir / "dcase2020_dev" / "fan" / "test").glob("*.wav"))):
@@ -219,8 +303,20 @@ def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
 
 def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
     data_dir = _single_class_dir(tmp_path, samples_dir)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--epochs", "2", "--val_fraction", "0.3",
-                                      "--target_frames", "256", "--learning_rate", "1e-3"))
+    history = train.main(
+        _asdkit_args(
+            tmp_path,
+            data_dir,
+            "--epochs",
+            "2",
+            "--val_fraction",
+            "0.3",
+            "--target_frames",
+            "256",
+            "--learning_rate",
+            "1e-3",
+        )
+    )
     assert "one class" in capsys.readouterr().out
     assert history["task"] == "pretext" and history["num_classes"] == len(train._PRETEXT_TASKS) > 1
     assert min(history["train_loss"] + history["val_loss"]) > 0.1  # a task that still has something to learn

@@ -1,21 +1,30 @@
 """Command-line constants and atomic writes shared by every script."""
+
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from utils import (atomic_path, atomic_torch_save, atomic_write_text, check_script_arguments, config_constants,
-                   parse_config, remove_stale_temp_files)
+from utils import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_text,
+    check_script_arguments,
+    config_constants,
+    parse_config,
+    remove_stale_temp_files,
+)
 
 
 @pytest.fixture
 def script_globals(tmp_path):
     """The globals of a small script file, as a script's parse_config(globals()) sees them."""
     source = tmp_path / "script.py"
-    source.write_text(textwrap.dedent('''
+    source.write_text(
+        textwrap.dedent("""
         from preprocessing import SAMPLE_RATE
         EPOCHS = 10              # passes over the data
         LEARNING_RATE = 3e-4
@@ -25,7 +34,8 @@ def script_globals(tmp_path):
         HEAD = "arcface"
         _PRIVATE = 1
         _LIMITS = {"EPOCHS": (1, None), "LEARNING_RATE": (">0", "<1"), "K_GRID": (1, 9), "HEAD": ("arcface", "linear")}
-    '''))
+    """)
+    )
     namespace = {"__file__": str(source)}
     exec(compile(source.read_text(), str(source), "exec"), namespace)
     return namespace
@@ -33,20 +43,52 @@ def script_globals(tmp_path):
 
 def test_only_the_scripts_own_upper_case_constants_become_options(script_globals):
     assert list(config_constants(script_globals)) == [
-        "EPOCHS", "LEARNING_RATE", "EAT_CHECKPOINT", "MIXUP", "K_GRID", "HEAD"]
+        "EPOCHS",
+        "LEARNING_RATE",
+        "EAT_CHECKPOINT",
+        "MIXUP",
+        "K_GRID",
+        "HEAD",
+    ]
 
 
 def test_defaults_and_typed_overrides(script_globals):
     cfg = parse_config(script_globals, [])
     assert (cfg.epochs, cfg.learning_rate, cfg.eat_checkpoint, cfg.mixup, cfg.k_grid, cfg.head) == (
-        10, 3e-4, None, False, [1, 3], "arcface")
-    cfg = parse_config(script_globals, ["--epochs", "5", "--learning_rate", "1e-3", "--eat_checkpoint",
-                                        "/ckpt/EAT-base", "--mixup", "true", "--k_grid", "1,5,9",
-                                        "--head", "linear"])
+        10,
+        3e-4,
+        None,
+        False,
+        [1, 3],
+        "arcface",
+    )
+    cfg = parse_config(
+        script_globals,
+        [
+            "--epochs",
+            "5",
+            "--learning_rate",
+            "1e-3",
+            "--eat_checkpoint",
+            "/ckpt/EAT-base",
+            "--mixup",
+            "true",
+            "--k_grid",
+            "1,5,9",
+            "--head",
+            "linear",
+        ],
+    )
     assert (cfg.epochs, cfg.learning_rate, cfg.eat_checkpoint, cfg.mixup, cfg.k_grid, cfg.head) == (
-        5, 1e-3, "/ckpt/EAT-base", True, [1, 5, 9], "linear")
+        5,
+        1e-3,
+        "/ckpt/EAT-base",
+        True,
+        [1, 5, 9],
+        "linear",
+    )
     assert parse_config(script_globals, ["--eat_checkpoint", "none"]).eat_checkpoint is None
-    assert script_globals["EPOCHS"] == 10          # the module's globals are never changed
+    assert script_globals["EPOCHS"] == 10  # the module's globals are never changed
 
 
 def test_aliases_bad_values_and_unknown_options(script_globals, capsys):
@@ -64,20 +106,31 @@ def test_one_spelling_per_option(script_globals, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, expected", [([], False), (["--mixup"], True), (["--mixup", "true"], True),
-                                            (["--mixup", "false"], False), (["--mixup", "--epochs", "2"], True)])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], False),
+        (["--mixup"], True),
+        (["--mixup", "true"], True),
+        (["--mixup", "false"], False),
+        (["--mixup", "--epochs", "2"], True),
+    ],
+)
 def test_a_boolean_works_bare_and_with_a_value(script_globals, argv, expected):
     assert parse_config(script_globals, argv).mixup is expected
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "script.py: error: --epochs must be >= 1, got 0"),
-    (["--epochs", "-3"], "--epochs must be >= 1, got -3"),
-    (["--learning_rate", "0"], "--learning_rate must be > 0 and < 1, got 0.0"),
-    (["--learning_rate", "1"], "--learning_rate must be > 0 and < 1, got 1.0"),
-    (["--k_grid", "1,10"], "--k_grid must be >= 1 and <= 9, got 10"),
-    (["--head", "cosine"], "--head must be one of arcface, linear, got 'cosine'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "script.py: error: --epochs must be >= 1, got 0"),
+        (["--epochs", "-3"], "--epochs must be >= 1, got -3"),
+        (["--learning_rate", "0"], "--learning_rate must be > 0 and < 1, got 0.0"),
+        (["--learning_rate", "1"], "--learning_rate must be > 0 and < 1, got 1.0"),
+        (["--k_grid", "1,10"], "--k_grid must be >= 1 and <= 9, got 10"),
+        (["--head", "cosine"], "--head must be one of arcface, linear, got 'cosine'"),
+    ],
+)
 def test_values_outside_the_limits_are_rejected_by_name(script_globals, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(script_globals, argv)
@@ -111,6 +164,7 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
             tmp.write_bytes(b"half a mod")
             raise RuntimeError("crash while writing")
     import torch
+
     assert torch.load(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
 
@@ -141,6 +195,11 @@ def test_importing_utils_leaves_torch_unloaded():
     import sys
 
     code = "import sys, utils; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.stdout.strip() == "[]"
