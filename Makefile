@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench clean-runs
+.PHONY: run test bench lint readme clean-runs
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/encoder.py
 	$(PY) bench/scoring.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/vulture
+
+readme: $(VENV)/.installed
+	$(PY) -c "import utils; utils.update_readme('README.md')"
 
 clean-runs:
 	rm -rf runs demo_data cache

@@ -22,7 +22,6 @@ they have a ``domain`` column) and must agree with the names.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import re
@@ -35,10 +34,8 @@ import torch
 from torch.utils.data import Dataset
 
 from preprocessing import FeatureCache, pad_or_crop
-from utils import atomic_write_text
 
 SPLITS = ("train", "test")
-LABELS = ("normal", "anomaly", "unknown")
 NO_ATTRIBUTE = "noAttribute"
 SINGLE_ATTRIBUTE_KEY = "attribute"  # key for a tail that does not split into key_value pairs
 
@@ -329,13 +326,6 @@ class LabelIndex:
     @classmethod
     def from_dict(cls, d: dict) -> LabelIndex:
         return cls(d["names"])
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(json.dumps(self.to_dict(), indent=1), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LabelIndex:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def stratified_split(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -259,8 +260,7 @@ def test_label_index_is_stable_and_saved(tmp_path):
     assert index.names == sorted({r.class_name for r in records}) and len(index) == 6
     assert LabelIndex.from_records(records[::-1]) == index
     assert index.index(records[0]) == index.names.index("fan/section_00/x_A")
-    index.save(tmp_path / "labels.json")
-    loaded = LabelIndex.load(tmp_path / "labels.json")
+    loaded = LabelIndex.from_dict(json.loads(json.dumps(index.to_dict())))  # as saved in the model file
     assert loaded == index and [loaded.index(r) for r in records] == [index.index(r) for r in records]
     stranger = parse_clip_name("d/fan/test/section_00_target_test_normal_0000_x_Z.wav")
     assert index.get(stranger) == -1 and stranger not in index
