@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from eat_checkpoint_support import write_eat_checkpoint, write_hub_snapshot
+import torch
 
 import utils
+from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-HUB_ID = "worstchan/EAT-base_epoch10_pretrain"
+HUB_ID = "worstchan/EAT-base_epoch30_pretrain"
 
 # commands that cannot run in a test, and why (anything else in the README must run below)
 NOT_RUN = {
@@ -71,14 +72,26 @@ def _prepare(workspace: Path, samples_dir: Path) -> dict[str, str]:
     """dev_data/ (the 2023 samples), the checkpoint folder the README names, a hub cache holding the
     id it names, new_clips/; returns the environment for the commands."""
     shutil.copytree(samples_dir / "dcase2023_dev", workspace / "dev_data")
-    # tiny weights, the released position table's length (768 time patches: whole 12 s clips fit)
-    write_eat_checkpoint(workspace / "EAT-base_epoch10_pretrain", max_length=768)
+    # tiny weights, the released position table's length (768 time patches: whole 12 s clips fit);
+    # the .pt as fairseq saves it, its config an omegaconf object
+    from omegaconf import OmegaConf
+
+    hf = write_eat_checkpoint(workspace / "hf_weights", max_length=768)
+    cfg = OmegaConf.create(
+        {"model": {"_name": "data2vec_multi", "embed_dim": 64, "depth": 2, "num_heads": 2}}
+    )
+    torch.save({"cfg": cfg, "model": fairseq_layout(hf)}, workspace / "EAT-base_epoch10_pretrain.pt")
     write_hub_snapshot(workspace / "hub", HUB_ID, max_length=768)
     (workspace / "new_clips").mkdir()
     for i, clip in enumerate(sorted((workspace / "dev_data" / "fan" / "test").glob("*.wav"))):
         shutil.copy(clip, workspace / "new_clips" / f"recording {i}.wav")
     (workspace / ".venv").symlink_to(sys.prefix)  # the environment running the tests
-    return {**os.environ, "HF_HUB_CACHE": str(workspace / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return {
+        **os.environ,
+        "HF_HUB_CACHE": str(workspace / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 def _as_run_here(command: str, workspace: Path) -> str:
@@ -110,9 +123,12 @@ def test_every_readme_command_runs(samples_dir, tmp_path):
         if _reason_not_run(command):
             continue
         shell_command = _as_run_here(command, tmp_path)
-        result = subprocess.run(["bash", "-c", shell_command], cwd=tmp_path, env=env, capture_output=True,
-                                text=True, timeout=600)
-        assert result.returncode == 0, f"README command failed: {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        result = subprocess.run(
+            ["bash", "-c", shell_command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, (
+            f"README command failed: {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
         ran.append(command)
     not_run = [c for c in commands if _reason_not_run(c)]
     assert len(ran) + len(not_run) == len(commands) and len(ran) >= 10
