@@ -30,8 +30,8 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import metrics
 from recipes import expand_recipe, recipe_summary
-from scoring import KnnMahalanobis, expected_sections, load_features, score_by_group
-from utils import config_to_dict, parse_config, print_config
+from scoring import KnnMahalanobis, load_features, score_by_group, write_scorer_results
+from utils import parse_config, print_config
 
 RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
 EMBED_DIR = "."  # folder of normal_/test_ embeddings and stats (.pt)
@@ -98,7 +98,10 @@ def sweep(features, cfg) -> list[list[float]]:
         for w in cfg.sweep_ws:
             scores, _ = ensemble_scores(features, {**vars(cfg), "k": k, "w": w})
             evaluation = metrics.compute_official(
-                scores, features.test.records, year=_year(cfg), data_dir=features.data_dir
+                scores,
+                features.test.records,
+                year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
+                data_dir=features.data_dir,
             )
             grid[-1].append(evaluation.score)
     print(
@@ -109,10 +112,6 @@ def sweep(features, cfg) -> list[list[float]]:
     for k, row in zip(cfg.sweep_ks, grid):
         print(f"{k:<6d}" + "".join(f"{v:>8.4f}" for v in row))
     return grid
-
-
-def _year(cfg) -> str | None:
-    return None if cfg.dcase_year == "auto" else cfg.dcase_year
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,21 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"sweep": sweep(features, cfg), "ks": cfg.sweep_ks, "ws": cfg.sweep_ws}
     scores, train_scores = ensemble_scores(features, vars(cfg))
     title = f"ensemble: {cfg.backend} (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
-    return metrics.write_results(
-        scores,
-        features.test.records,
-        train_scores,
-        cfg.results_dir,
-        scorer="ensemble",
-        settings=config_to_dict(cfg),
-        plots=cfg.plots,
-        report=cfg.report,
-        embeddings=features.embedding_maps(),
-        title=title,
-        expected=expected_sections(features.normal, features.test),
-        year=_year(cfg),
-        data_dir=features.data_dir,
-    )
+    return write_scorer_results(features, scores, train_scores, cfg, "ensemble", title)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,9 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch
 
-import metrics
-from scoring import SVDD_FORMAT, DeepSVDDScorer, expected_sections, load_features, score_by_group
+from scoring import SVDD_FORMAT, DeepSVDDScorer, load_features, score_by_group, write_scorer_results
 from train_deepSVDD import bundle_path
-from utils import config_to_dict, parse_config, print_config
+from utils import parse_config, print_config
 
 EMBED_DIR = "."  # folder of the normal_/test_ embeddings and stats
 SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
@@ -65,21 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         lambda key, normal: load_scorer(bundle_path(cfg.svdd_dir, key[0]), features.fingerprint),
         "machine_type",
     )
-    return metrics.write_results(
-        scores,
-        features.test.records,
-        train_scores,
-        cfg.results_dir,
-        scorer="deepsvdd",
-        settings=config_to_dict(cfg),
-        plots=cfg.plots,
-        report=cfg.report,
-        embeddings=features.embedding_maps(),
-        title="Deep SVDD",
-        expected=expected_sections(features.normal, features.test),
-        year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
-        data_dir=features.data_dir,
-    )
+    return write_scorer_results(features, scores, train_scores, cfg, "deepsvdd", "Deep SVDD")
 
 
 if __name__ == "__main__":

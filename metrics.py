@@ -364,7 +364,8 @@ def table_rows(evaluation: Evaluation) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def _fmt(value) -> str:
+def format_number(value) -> str:
+    """How tables show a value: 4 decimals for floats, "-" for none."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -376,11 +377,14 @@ def format_table(evaluation: Evaluation, title: str = "") -> str:
     """The results as text, laid out like the DCASE baseline's printout, with the rules in the header."""
     header, rows = table_rows(evaluation)
     body = rows[:-1]
-    widths = [max(len(_fmt(x)) for x in [h] + [row[i] for row in body]) for i, h in enumerate(header)]
+    widths = [
+        max(len(format_number(x)) for x in [h] + [row[i] for row in body]) for i, h in enumerate(header)
+    ]
 
     def line(cells) -> str:  # two text columns left-aligned, numbers right-aligned
         return "  ".join(
-            _fmt(c).ljust(w) if i < 2 else _fmt(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            format_number(c).ljust(w) if i < 2 else format_number(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
         )
 
     rule = "-" * len(line(header))
@@ -400,7 +404,7 @@ def format_table(evaluation: Evaluation, title: str = "") -> str:
     if missing:
         out.append(f"missing from the score ({len(missing)}):")
         out += [f"  - {m}" for m in missing]
-    out.append(f"{evaluation.score_label()}: {_fmt(evaluation.score)}")
+    out.append(f"{evaluation.score_label()}: {format_number(evaluation.score)}")
     return "\n".join(s for s in out if s)
 
 
@@ -811,16 +815,20 @@ def format_comparison(rows: Sequence[dict], title: str) -> str:
         k for k in rows[0] if k not in ("machine_type", "scorer", "score", "label")
     ]
     columns.append("score")
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    widths = [max(len(c), *(len(format_number(r.get(c))) for r in rows)) for c in columns]
     line = lambda cells: "  ".join(
         c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
     )
     out = [f"=== {title} ===", line(columns), "-" * len(line(columns))]
-    out += [line([_fmt(r.get(c)) for c in columns]) for r in rows]
+    out += [line([format_number(r.get(c)) for c in columns]) for r in rows]
     out.append(
         "(score: per machine type the mean of its values; on the 'all' rows the scorer's summary score)"
     )
-    out += [f"{r['scorer']}: {r['label']}: {_fmt(r['score'])}" for r in rows if r["machine_type"] == "all"]
+    out += [
+        f"{r['scorer']}: {r['label']}: {format_number(r['score'])}"
+        for r in rows
+        if r["machine_type"] == "all"
+    ]
     return "\n".join(out)
 
 

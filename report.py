@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,11 +56,7 @@ def _esc(value) -> str:
 
 
 def _number(value) -> str:
-    if value is None:
-        return "&ndash;"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return _esc(value)
+    return "&ndash;" if value is None else _esc(metrics.format_number(value))
 
 
 def _png_uri(data: bytes) -> str:

@@ -414,8 +414,12 @@ _RESUME_MUST_MATCH = (
     "pooling",
     "lora_rank",
     "lora_alpha",
+    "lora_targets",
     "unfreeze_last_norms",
+    "projection_dim",
     "head",
+    "sub_clusters",
+    "train_centres",
     "seed",
     "val_fraction",
     "machine_types",
@@ -483,6 +487,9 @@ def resume_state(
     with torch.no_grad():
         for name, tensor in state["trainable_state"].items():
             params[name].copy_(tensor)
+        buffers = dict(model.head.named_buffers())
+        for name, tensor in state.get("head_buffers", {}).items():
+            buffers[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if show:
@@ -499,6 +506,7 @@ def save_last(
         {
             "epoch": epoch,
             "trainable_state": trainable_state(model),
+            "head_buffers": dict(model.head.named_buffers()),  # e.g. SCAdaCos's adaptive scale
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "history": history,

@@ -300,8 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     print(
         f"train: LoRA rank {cfg.lora_rank} on qkv+proj, ArcFace head; recipe: LoRA rank {cfg.recipe_lora_rank} "
-        f"on qkv only, Linear(D->{cfg.projection_dim}) + cross-entropy standing in for the recipe's "
-        "projection head and SCAdaCos loss"
+        f"on qkv only, Linear(D->{cfg.projection_dim}) + SCAdaCos (16 sub-clusters), the recipe's step"
     )
     return rows
 

@@ -83,11 +83,17 @@ def _why_not(folder: Path, data_dir: Path, *extra: str) -> str:
     return why_not
 
 
-def test_an_interrupted_run_continues_by_itself(interrupted, tiny_demo_dir, capsys):
+def test_an_interrupted_run_continues_by_itself(interrupted, tiny_demo_dir, tmp_path, capsys):
     assert _why_not(interrupted, tiny_demo_dir, "--device", "cpu", "--num_workers", "1") == ""
     history = train.main(_args(interrupted, tiny_demo_dir))
     assert history["epochs"] == [1, 2] and len(history["train_loss"]) == 2
     assert f"resumed from {interrupted / 'last.pth'} after epoch 1" in capsys.readouterr().out
+    assert not list(interrupted.glob(".*.tmp"))
+    # the resumed run repeats the uninterrupted one: same schedule, data order and augmentation
+    full = train.main(_args(tmp_path / "full", tiny_demo_dir))
+    assert history["lr"] == pytest.approx(full["lr"])
+    assert history["train_loss"] == pytest.approx(full["train_loss"], rel=1e-4)
+    assert history["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
     # a finished run is not "continued": the same command trains afresh
     assert _why_not(interrupted, tiny_demo_dir) == f"{interrupted / 'last.pth'} has finished its 2 epochs"
 

@@ -10,21 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from utils import check_script_arguments, config_constants, limit_violation, source_constants
+from utils import SCRIPTS, check_script_arguments, config_constants, limit_violation, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = [
-    "run_all.py",
-    "make_demo_data.py",
-    "datashape.py",
-    "train.py",
-    "extract_embeddings.py",
-    "train_deepSVDD.py",
-    "evaluate_deepSVDD.py",
-    "evaluate.py",
-    "bench/encoder.py",
-    "bench/scoring.py",
-]
 HEAVY = {"torch", "torchaudio", "sklearn", "scipy", "peft", "pyod"}
 
 
