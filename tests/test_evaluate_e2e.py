@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,26 @@ def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_pat
     _extract({**pipeline, "data": data.name, "embed": str(tmp_path / "embed")})
     features = scoring.load_features(tmp_path / "embed")
     assert features.data_dir == str(data.resolve()) and len(features.normal) == 2 * 16
+
+
+def test_missing_test_clips_are_named_not_hidden_in_the_score(pipeline, tmp_path, capsys):
+    """One machine type without test/ and another without anomalies: the table names both and the
+    number is not called the official score."""
+    data = tmp_path / "data"
+    shutil.copytree(pipeline["data"], data)
+    shutil.rmtree(data / "pump" / "test")
+    for clip in (data / "fan" / "test").glob("*target_test_anomaly*"):
+        clip.unlink()
+    for clip in (data / "fan" / "test").glob("*source_test_anomaly*"):
+        clip.unlink()
+    p = {**pipeline, "data": str(data), "embed": str(tmp_path / "embed"), "cache": str(tmp_path / "cache")}
+    _extract(p)
+    capsys.readouterr()
+    summary = evaluate.main(
+        ["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res"), "--plots", "false"]
+    )
+    out = capsys.readouterr().out
+    assert summary["official_score"] is None and not summary["complete"]
+    assert summary["missing"] == ["fan section 00: no anomalous test clips", "pump section 00: no test clips"]
+    assert "NOT the official score" in out and "pump section 00: no test clips" in out
+    assert "\nofficial score" not in out
