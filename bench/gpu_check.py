@@ -34,11 +34,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from utils import exit_if_help  # noqa: E402
+
+exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
+
+import torch  # noqa: E402
 
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
 from utils import atomic_write_text, parse_config, resolve_device  # noqa: E402
@@ -64,6 +68,26 @@ DCASE_MACHINES = 7  # estimate: machine types of the DCASE 2023 development set
 DCASE_TRAIN = 1000  # estimate: training clips per machine type
 DCASE_TEST = 200  # estimate: test clips per machine type
 DCASE_EPOCHS = 10  # estimate: training epochs
+# allowed values of the constants above, checked by utils.parse_config
+_LIMITS = {
+    "DEVICE": ("auto", "cpu", "cuda"),
+    "MODEL_SIZE": ("tiny", "base", "large"),
+    "SOURCE_TRAIN": (1, None),
+    "TARGET_TRAIN": (1, None),
+    "TEST_CLIPS": (1, None),
+    "CLIP_SECONDS": (">0", None),
+    "FRAMES": (16, None),
+    "BATCH_SIZES": (1, None),
+    "FBANK_WORKERS": (0, None),
+    "TRAIN_BATCH_SIZE": (1, None),
+    "NUM_WORKERS": (0, None),
+    "TRAIN_EPOCHS": (1, None),
+    "DATASHEET_TFLOPS": (0.0, None),
+    "DCASE_MACHINES": (1, None),
+    "DCASE_TRAIN": (1, None),
+    "DCASE_TEST": (1, None),
+    "DCASE_EPOCHS": (1, None),
+}
 
 _DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense, SXM, by a substring of the card's name
 _SMOKE = {
