@@ -100,7 +100,7 @@ def sweep(features, cfg) -> list[list[float]]:
             evaluation = metrics.compute_official(
                 scores,
                 features.test.records,
-                year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
+                year=cfg.dcase_year,
                 data_dir=features.data_dir,
             )
             grid[-1].append(evaluation.score)

@@ -34,9 +34,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,7 @@ import numpy as np
 import scipy.stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from utils import atomic_path, atomic_write_text
+from utils import atomic_folder, atomic_path, atomic_write_text
 
 MAX_FPR = 0.1  # pAUC range, as in the DCASE task description
 EPSILON = sys.float_info.epsilon  # the evaluator floors every value at this before a harmonic mean
@@ -304,12 +302,12 @@ def compute_official(
     """Measure the test ``records`` (ClipRecords) with their ``scores`` {path: score}.
 
     ``expected``: (machine_type, section) pairs the data holds (e.g. from the training clips); those
-    without test clips are reported missing. ``year`` None detects it (``detect_year``).
+    without test clips are reported missing. ``year`` None or "auto" detects it (``detect_year``).
     """
     missing = [r.path for r in records if r.path not in scores]
     if missing:
         raise KeyError(f"{len(missing)} test clips have no score, e.g. {missing[0]}")
-    if year is None:
+    if year in (None, "auto"):
         year, why = detect_year(records, data_dir)
     elif year not in YEARS:
         raise ValueError(f"DCASE year must be one of {YEARS} or auto, got {year!r}")
@@ -702,30 +700,6 @@ def plot_machine(
 # one call for the evaluators
 
 
-def swap_in_folder(build, final: str | os.PathLike) -> None:
-    """Call ``build(folder)`` on a fresh temporary folder beside ``final``, then put it in ``final``'s
-    place: the results of an earlier run never mix with new ones, and a crash leaves the old ones."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        build(fresh)
-        fresh.chmod(0o777 & ~_umask())
-        old = final.parent / f".{final.name}.{os.getpid()}.old.tmp"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(fresh, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_results(
     scores: Mapping[str, float],
     records: Sequence,
@@ -772,7 +746,7 @@ def write_results(
 
             write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
 
-    swap_in_folder(build, out_dir)
+    atomic_folder(build, out_dir)
     print(f"results written to {out_dir}")
     return summary
 

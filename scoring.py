@@ -294,7 +294,7 @@ def write_scorer_results(
         embeddings=features.embedding_maps(),
         title=title,
         expected=expected_sections(features.normal, features.test),
-        year=None if cfg.dcase_year == "auto" else cfg.dcase_year,
+        year=cfg.dcase_year,
         data_dir=features.data_dir,
     )
 

@@ -335,6 +335,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def atomic_folder(build: Callable[[Path], None], final: str | os.PathLike) -> None:
+    """Call ``build(folder)`` on a fresh temporary folder beside ``final``, then put it in ``final``'s
+    place: an earlier run's files never mix with new ones, and a crash leaves the old folder whole."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        build(fresh)
+        fresh.chmod(0o777 & ~_umask())
+        old = final.parent / f".{final.name}.{os.getpid()}.old.tmp"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(fresh, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``.*.tmp`` files atomic_path left under ``folder`` when a process was killed
     mid-write; call it only when no other process writes there. Returns what it removed."""
