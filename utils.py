@@ -356,11 +356,18 @@ def atomic_folder(build: Callable[[Path], None], final: str | os.PathLike) -> No
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``.*.tmp`` files atomic_path left under ``folder`` when a process was killed
-    mid-write; call it only when no other process writes there. Returns what it removed."""
-    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()] if Path(folder).is_dir() else []
+    """Delete the ``.*.tmp`` files of atomic_path and folders of atomic_folder left under ``folder``
+    when a process was killed mid-write; call it only when no other process writes there. Returns
+    what it removed."""
+    import shutil
+
+    stale = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
+    stale = [p for p in stale if not any(parent in stale for parent in p.parents)]  # a folder goes whole
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale
 
 

@@ -185,8 +185,11 @@ def test_stale_temp_files_are_removed(tmp_path):
     kept = [tmp_path / "model.pth", tmp_path / "notes.tmp", tmp_path / ".hidden"]
     for path in stale + kept:
         path.write_text("x")
-    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
-    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    half_swapped = tmp_path / ".ensemble.k2j4.tmp"  # a results folder atomic_folder was building
+    (half_swapped / "sub").mkdir(parents=True)
+    (half_swapped / "sub" / ".roc.png.q1.tmp").write_text("x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale + [half_swapped])
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale + [half_swapped])
     assert remove_stale_temp_files(tmp_path / "absent") == []
 
 
