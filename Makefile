@@ -29,7 +29,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/vulture
 
 readme: $(VENV)/.installed
-	$(PY) -c "import utils; utils.update_readme('README.md')"
+	$(PY) -c "import asd.docs; asd.docs.update_readme('README.md')"
 
 clean-runs:
 	rm -rf runs demo_data cache

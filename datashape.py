@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asd.cli import parse_config
 from dataset import (
     SPLITS as DCASE_SPLITS,
 )
@@ -41,7 +42,6 @@ from dataset import (
 )
 from model import EATConfig
 from preprocessing import NUM_MEL_BINS, SAMPLE_RATE, AudioError, check_wav_header, num_frames
-from utils import parse_config
 
 DATA_DIR = "dev_data"  # folder with <machine_type>/{train,test}/*.wav
 MACHINE_TYPES = []  # machine types to check (empty: all)
@@ -49,7 +49,7 @@ SPLITS = ["train", "test"]  # splits every machine type must have
 DECODE = True  # read every clip's samples to find silent or NaN clips (False: headers only)
 TARGET_FRAMES = 1024  # model input length in frames (EAT: 1024)
 PROGRESS = True  # progress bar while reading clips
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"TARGET_FRAMES": (16, None)}
 
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 import inspect
 import sys
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-import metrics
-from recipes import expand_recipe, recipe_summary
-from scoring import KnnMahalanobis, load_features, score_by_group, write_scorer_results
-from utils import parse_config, print_config
+from asd import metrics
+from asd.cli import parse_config, print_config
+from asd.recipes import expand_recipe, recipe_summary
+from asd.scoring import KnnMahalanobis, load_features, score_by_group, write_scorer_results
 
 RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
 EMBED_DIR = "."  # folder of normal_/test_ embeddings and stats (.pt)
@@ -53,7 +53,7 @@ SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]  # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
     "K": (1, None),

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import torch
 
-from scoring import SVDD_FORMAT, DeepSVDDScorer, load_features, score_by_group, write_scorer_results
+from asd.cli import parse_config, print_config
+from asd.scoring import SVDD_FORMAT, DeepSVDDScorer, load_features, score_by_group, write_scorer_results
 from train_deepSVDD import bundle_path
-from utils import parse_config, print_config
 
 EMBED_DIR = "."  # folder of the normal_/test_ embeddings and stats
 SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
@@ -28,7 +28,7 @@ RESULTS_DIR = "results/deepsvdd"  # official CSVs, summary, plots
 DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
 
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scoring import (
+from asd.cli import parse_config, print_config
+from asd.files import atomic_torch_save
+from asd.runtime import autocast, resolve_device
+from asd.scoring import (
     FEATURES_FORMAT,
     data_fingerprint,
     feature_paths,
@@ -34,7 +37,6 @@ from scoring import (
     read_feature_file,
     split_records,
 )
-from utils import atomic_torch_save, autocast, parse_config, print_config, resolve_device
 
 DATA_DIR = "dev_data"  # DCASE folder: <machine>/{train,test}/*.wav
 MODEL_PATH = (
@@ -50,7 +52,7 @@ POOLING = None  # None = as trained | cls | mean
 TARGET_FRAMES = None  # fbank frames per window; None = as trained
 FEATURE_CACHE = "cache/features"  # on-disk fbank/statistics cache folder; none = off
 REBUILD = False  # rebuild even when the files are up to date
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SPLITS": ("train", "test"),
     "EMBED_BATCH_SIZE": (1, None),
@@ -302,7 +304,7 @@ _TUNED: dict = {}
 
 def tuned_model(model_path, device: torch.device):
     """load_tuned, once per process (both splits share it)."""
-    from checkpoints import load_tuned
+    from asd.checkpoints import load_tuned
 
     key = (str(Path(model_path).resolve()), str(device))
     if key not in _TUNED:

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -29,7 +29,8 @@ import soundfile as sf
 from scipy.signal import oaconvolve
 from tqdm import tqdm
 
-from utils import atomic_path, atomic_write_text, parse_config
+from asd.cli import parse_config
+from asd.files import atomic_path, atomic_write_text
 
 OUT_DIR = "demo_data"  # where the tree is written
 SEED = 0  # same seed, same bytes
@@ -45,7 +46,7 @@ MAX_STRENGTH = 1.0  # strongest anomaly
 TARGET_SPEED_SHIFT = 1.12  # target domain runs this much faster than the source
 CLIP_RMS = 0.05  # loudness of every written clip (before gain jitter)
 PROGRESS = True  # show a progress bar
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SEED": (0, None),
     "CLIP_SECONDS": (">0", None),

@@ -26,7 +26,8 @@ import torch
 import torchaudio
 from torchaudio.compliance import kaldi
 
-from utils import atomic_path, atomic_torch_save, resolve_device
+from asd.files import atomic_path, atomic_torch_save
+from asd.runtime import resolve_device
 
 SAMPLE_RATE = 16000  # EAT was pre-trained on 16 kHz audio
 NUM_MEL_BINS = 128  # mel bins of the kaldi fbank

@@ -25,13 +25,14 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from checkpoints import resolve_checkpoint
-from metrics import comparison_rows, format_comparison, write_comparison
-from utils import atomic_write_text, check_script_arguments, parse_config, remove_stale_temp_files
+from asd.checkpoints import resolve_checkpoint
+from asd.cli import check_script_arguments, parse_config
+from asd.files import atomic_write_text, remove_stale_temp_files
+from asd.metrics import comparison_rows, format_comparison, write_comparison
 
 DATA_DIR = None  # DCASE data (<machine>/{train,test}/*.wav); None = dev_data/ if present, else the demo
 DEMO_DIR = "demo_data"  # where the synthetic demo data set is generated
@@ -50,7 +51,7 @@ DEMO_SVDD_USE_STATS = (
 )
 DEMO_BATCH_SIZE = 8  # demo training clips per step
 DEMO_NUM_WORKERS = 0  # demo DataLoader workers (0: the tiny data set loads fastest in-process)
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "MODEL_SIZE": ("tiny", "base", "large"),
     "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
@@ -149,8 +150,10 @@ def local_sources(script: Path) -> list[Path]:
                 if isinstance(node, ast.ImportFrom) and node.module
                 else []
             )
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
             for name in names:
-                module = path.parent / f"{name.split('.')[0]}.py"
+                module = SCRIPT_DIR.joinpath(*name.split(".")).with_suffix(".py")
                 if module.is_file():
                     pending.append(module.resolve())
     return sorted(found)

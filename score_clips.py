@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -23,13 +23,15 @@ import numpy as np
 
 import evaluate
 import evaluate_deepSVDD
-import metrics
+from asd import metrics
+from asd.cli import parse_config
+from asd.files import atomic_write_text
+from asd.runtime import resolve_device
+from asd.scoring import Split, file_sha256, load_features, score_by_group
 from dataset import ClipRecord
 from extract_embeddings import embed_records, stats_records, tuned_model
 from preprocessing import STAT_NAMES, FeatureCache
-from scoring import Split, file_sha256, load_features, score_by_group
 from train_deepSVDD import bundle_path
-from utils import atomic_write_text, parse_config, resolve_device
 
 RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
@@ -38,7 +40,7 @@ SCORER = "ensemble"  # ensemble (k-NN + Mahalanobis) | deepsvdd
 OUTPUT = "clip_scores.csv"  # CSV written: file,score,decision
 CLIPS = []  # the .wav files to score (positional arguments)
 DEVICE = "auto"  # auto | cpu | cuda (for embedding the clips)
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
 
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -32,7 +32,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from checkpoints import build_encoder, save_tuned, tensors_checksum
+from asd.checkpoints import build_encoder, save_tuned, tensors_checksum
+from asd.cli import config_to_dict, parse_config, print_config
+from asd.files import atomic_torch_save
+from asd.recipes import expand_recipe, recipe_summary
+from asd.runtime import autocast, resolve_device, seed_everything, tune_cpu_allocator
 from dataset import (
     ClipDataset,
     FixedLengthCollate,
@@ -43,17 +47,6 @@ from dataset import (
 )
 from model import ASDModel, add_lora, count_parameters, make_head, trainable_state
 from preprocessing import PAD_VALUE, FeatureCache
-from recipes import expand_recipe, recipe_summary
-from utils import (
-    atomic_torch_save,
-    autocast,
-    config_to_dict,
-    parse_config,
-    print_config,
-    resolve_device,
-    seed_everything,
-    tune_cpu_allocator,
-)
 
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
 DATA_DIR = "dev_data"  # DCASE folder: <machine>/train/*.wav (test clips are never read)
@@ -103,7 +96,7 @@ FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in
 OUTPUT = "best_encoder_model.pth"  # best model (LoRA + head + label index + settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
 RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "RECIPE": ("asdkit-eat-lora", "arcface-v1"),
     "EPOCHS": (1, None),

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from utils import exit_if_help
+from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from tqdm import tqdm
 
-from scoring import DeepSVDDScorer, load_features, row_groups
-from utils import atomic_torch_save, config_to_dict, parse_config, print_config
+from asd.cli import config_to_dict, parse_config, print_config
+from asd.files import atomic_torch_save
+from asd.scoring import DeepSVDDScorer, load_features, row_groups
 
 EMBED_DIR = "."  # folder of normal_embeddings.pt / normal_stats.pt
 SVDD_DIR = "svdd_models_per_type"  # one model file per machine type
@@ -34,7 +35,7 @@ DROPOUT = 0.0  # dropout between the MLP layers
 WEIGHT_DECAY = 1e-6  # pyod's l2_regularizer (Adam weight decay)
 SEED = 0  # network initialisation and shuffling seed
 THREADS = 1  # torch CPU threads while fitting: the network is small, more threads only add overhead
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "HIDDEN_NEURONS": (1, None),
     "SVDD_EPOCHS": (0, None),

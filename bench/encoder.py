@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import autocast, exit_if_help, parse_config, resolve_device, tune_cpu_allocator  # noqa: E402
+from asd.cli import exit_if_help, parse_config, tune_cpu_allocator  # noqa: E402
+from asd.runtime import autocast, resolve_device
 
 exit_if_help(globals())  # --help from this file's source, before the heavy imports
 
@@ -46,7 +47,9 @@ DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
 AMP = True  # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
 THREADS = 0  # torch CPU threads; 0 = torch's default
 TRAIN = True  # also measure LoRA training steps
-TUNE_ALLOCATOR = True  # CPU: utils.tune_cpu_allocator() (no page faults on big activations), as train.py does
+TUNE_ALLOCATOR = (
+    True  # CPU: asd.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
+)
 LORA_RANK = 8  # LoRA rank for the training measurement
 RECIPE = True  # also measure the published recipe's training step (mode "recipe")
 RECIPE_LORA_RANK = 64  # recipe: LoRA rank, on blocks.*.attn.qkv only
@@ -55,7 +58,7 @@ RECIPE_FRAMES = 1216  # recipe: frames per clip (12.16 s)
 PROJECTION_DIM = 256  # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
 
 _HEAD_CLASSES = 64  # classes of the training modes' heads
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "BATCH_SIZE": (1, None),
     "FRAMES": (16, None),
@@ -171,7 +174,7 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
 
 def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     """One (size, mode) measurement in its own process; puts a result dict on ``queue``."""
-    from checkpoints import build_encoder
+    from asd.checkpoints import build_encoder
 
     device = resolve_device(cfg_dict["device"])
     if cfg_dict["threads"]:

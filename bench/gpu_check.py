@@ -38,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from utils import exit_if_help  # noqa: E402
+from asd.cli import exit_if_help  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import torch  # noqa: E402
 
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
-from utils import atomic_write_text, parse_config, resolve_device  # noqa: E402
+from asd.cli import parse_config, resolve_device  # noqa: E402
+from asd.files import atomic_write_text
 
 OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here
 WORK_DIR = ""  # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
@@ -68,7 +69,7 @@ DCASE_MACHINES = 7  # estimate: machine types of the DCASE 2023 development set
 DCASE_TRAIN = 1000  # estimate: training clips per machine type
 DCASE_TEST = 200  # estimate: test clips per machine type
 DCASE_EPOCHS = 10  # estimate: training epochs
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "DEVICE": ("auto", "cpu", "cuda"),
     "MODEL_SIZE": ("tiny", "base", "large"),
@@ -288,10 +289,10 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     on a first pass (fbanks computed and written to the cache) and a second (read from it)."""
     from torch.utils.data import DataLoader
 
-    from checkpoints import build_encoder
+    from asd.checkpoints import build_encoder
+    from asd.runtime import tune_cpu_allocator
     from dataset import ClipDataset, FixedLengthCollate
     from preprocessing import FeatureCache
-    from utils import tune_cpu_allocator
 
     bench_cfg = vars(parse_config(vars(encoder_bench), ["--device", cfg.device]))
     if device.type == "cpu":

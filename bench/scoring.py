@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import exit_if_help, parse_config, print_config  # noqa: E402
+from asd.cli import exit_if_help, parse_config, print_config  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import preprocessing  # noqa: E402
-from scoring import knn_distance  # noqa: E402
+from asd.scoring import knn_distance  # noqa: E402
 
 N_TEST = 2000  # test embeddings
 N_NORMAL = 10000  # normal (memory bank) embeddings
@@ -36,7 +36,7 @@ STATS_CLIPS = 20  # clips timed for the statistics
 CLIP_SECONDS = 10.0  # clip length for the statistics
 THREADS = 0  # torch threads; 0 = torch's default
 SEED = 0  # seed of the random embeddings and clips
-# allowed values of the constants above, checked by utils.parse_config
+# allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "N_TEST": (1, None),
     "N_NORMAL": (1, None),

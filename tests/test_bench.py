@@ -14,9 +14,10 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import checkpoints as C  # noqa: E402
+
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
 import gpu_check  # noqa: E402
-from utils import parse_config  # noqa: E402
+from asd.cli import parse_config  # noqa: E402
 
 
 def test_forward_flops_matches_torch_flop_counter():

@@ -9,11 +9,12 @@ import pickle
 import sys
 import zipfile
 
+import checkpoints as C
 import pytest
 import torch
 
-import checkpoints as C
 import model as M
+from asd.scoring import file_sha256
 from dataset import LabelIndex
 from eat_checkpoint_support import (
     COMMIT,
@@ -23,7 +24,6 @@ from eat_checkpoint_support import (
     write_hub_snapshot,
 )
 from extract_embeddings import embed_fbanks
-from scoring import file_sha256
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:

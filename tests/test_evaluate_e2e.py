@@ -331,7 +331,7 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
 
 
 def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):
-    import scoring
+    from asd import scoring
 
     data = Path(pipeline["data"])
     monkeypatch.chdir(data.parent)

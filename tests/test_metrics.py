@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-import metrics
+from asd import metrics
 from dataset import ClipRecord
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "official_evaluator_fixture"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import utils
+from asd import docs
 from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +53,8 @@ def readme_commands() -> list[str]:
 
 
 def test_constants_tables_are_current():
-    generated = utils.constants_markdown(ROOT)
-    block = README.split(utils.README_BEGIN, 1)[1].split(utils.README_END, 1)[0]
+    generated = docs.constants_markdown(ROOT)
+    block = README.split(docs.README_BEGIN, 1)[1].split(docs.README_END, 1)[0]
     assert block.strip() == generated.strip(), "README's constants tables are stale: run `make readme`"
 
 

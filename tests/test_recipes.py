@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import recipes
 import train
-from utils import config_constants, parse_config
+from asd import recipes
+from asd.cli import config_constants, parse_config
 
 
 def _train_cfg(argv: list[str]):
@@ -93,7 +93,7 @@ def test_evaluate_side_of_the_published_recipe():
     ]
     # evaluate.py applies it: k-NN alone with a SMOTE target bank; its own k wins
     import evaluate as evaluate_script
-    from utils import parse_config
+    from asd.cli import parse_config
 
     argv = recipes.expand_recipe("evaluate", ["--recipe", "asdkit-eat-lora", "-k", "3"])
     cfg = parse_config(vars(evaluate_script), argv, aliases={"-k": "K", "--w": "W"})

@@ -11,8 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-import metrics
-import report
+from asd import metrics, report
 from dataset import ClipRecord
 
 MACHINES = ["fan", "valve<&>"]  # a name with HTML's special characters must come out escaped

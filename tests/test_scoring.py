@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-import scoring
+from asd import scoring
 from dataset import ClipRecord
 
 

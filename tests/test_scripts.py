@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import SCRIPTS, check_script_arguments, config_constants, limit_violation, source_constants
+from asd.cli import check_script_arguments, config_constants, limit_violation, source_constants
+from asd.docs import SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchaudio", "sklearn", "scipy", "peft", "pyod"}

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import (
-    atomic_path,
-    atomic_torch_save,
-    atomic_write_text,
-    check_script_arguments,
-    config_constants,
-    parse_config,
-    remove_stale_temp_files,
-)
+from asd.cli import check_script_arguments, config_constants, parse_config
+from asd.files import atomic_path, atomic_torch_save, atomic_write_text, remove_stale_temp_files
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from utils import atomic_folder, atomic_path, atomic_write_text
+from asd.files import atomic_folder, atomic_path, atomic_write_text
 
 MAX_FPR = 0.1  # pAUC range, as in the DCASE task description
 EPSILON = sys.float_info.epsilon  # the evaluator floors every value at this before a harmonic mean
@@ -742,7 +742,7 @@ def write_results(
                     machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds))
                 )
         if report:
-            from report import write_report  # report.py imports this module
+            from asd.report import write_report  # report.py imports this module
 
             write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
 

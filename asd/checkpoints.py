@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from asd.files import atomic_torch_save
 from model import (
     ASDModel,
     EATConfig,
@@ -36,7 +37,6 @@ from model import (
     sincos_position_table,
     trainable_state,
 )
-from utils import atomic_torch_save
 
 TUNED_FORMAT = "eat-lora-asd/tuned-v1"
 HF_PREFIX = "model."

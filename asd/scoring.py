@@ -279,8 +279,8 @@ def write_scorer_results(
 ) -> dict:
     """metrics.write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR) over
     ``features``: official CSVs, tables, plots and report; returns the summary."""
-    import metrics
-    from utils import config_to_dict
+    from asd import metrics
+    from asd.cli import config_to_dict
 
     return metrics.write_results(
         scores,
@@ -642,7 +642,7 @@ class DeepSVDDScorer:
         )
 
     def fit(self, normal: Split) -> DeepSVDDScorer:
-        from utils import seed_everything
+        from asd.runtime import seed_everything
 
         x = self.inputs(normal)
         if len(x) < 2:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-import metrics
+from asd import metrics
+from asd.files import atomic_write_text
 from dataset import ClipRecord
-from utils import atomic_write_text
 
 REPORT_NAME = "report.html"
 TABLE_CELL_BACKGROUND = (

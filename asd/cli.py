@@ -1,4 +1,4 @@
-"""Small helpers every script shares: command-line constants, atomic writes, devices, seeds.
+"""The command-line engine: every script's UPPER_CASE constants become its options.
 
 Command line. Every UPPER_CASE constant a script assigns itself is an option: ``EPOCHS = 10  # passes``
 becomes ``--epochs 10`` with help "passes"; booleans work bare (``--sweep``) or with a value
@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import ctypes
 import functools
 import json
 import os
-import random
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 _CONFIG_TYPES = (bool, int, float, str, type(None), list, tuple)
 
@@ -305,180 +298,3 @@ def print_config(cfg: SimpleNamespace, title: str = "settings") -> None:
     print(f"--- {title} ---")
     for key, value in vars(cfg).items():
         print(f"  {key.upper():<{width}} = {value}")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
-
-    A crash or an exception leaves the old file (if any) intact and removes the partial one; a
-    kill leaves a hidden ``.<name>.<random>.tmp`` that remove_stale_temp_files() clears. The file
-    gets the permissions the umask gives a new file (mkstemp alone would make it 0600).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_folder(build: Callable[[Path], None], final: str | os.PathLike) -> None:
-    """Call ``build(folder)`` on a fresh temporary folder beside ``final``, then put it in ``final``'s
-    place: an earlier run's files never mix with new ones, and a crash leaves the old folder whole."""
-    import shutil
-
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        build(fresh)
-        fresh.chmod(0o777 & ~_umask())
-        old = final.parent / f".{final.name}.{os.getpid()}.old.tmp"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(fresh, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``.*.tmp`` files of atomic_path and folders of atomic_folder left under ``folder``
-    when a process was killed mid-write; call it only when no other process writes there. Returns
-    what it removed."""
-    import shutil
-
-    stale = sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []
-    stale = [p for p in stale if not any(parent in stale for parent in p.parents)]  # a folder goes whole
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return stale
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a half-written file behind."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:1' are taken as given."""
-    import torch
-
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available")
-    return device
-
-
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than float32 on most machines)."""
-    import torch
-
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the glibc heap so large activations are not page-faulted in anew every batch.
-
-    glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh pages and unmaps them on
-    free, so on CPU each forward pass re-faults its big activations: GELU and the bias copies of the
-    linear layers run several times slower. M_MMAP_MAX = 0 plus a high trim threshold keeps the
-    memory in the process (its RSS stays at the peak). Linux/glibc only; returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-# ----------------------------------------------------------------------------- README
-
-SCRIPTS = [  # the project's scripts: README constants tables, tests of every script's options
-    "run_all.py",
-    "make_demo_data.py",
-    "datashape.py",
-    "train.py",
-    "extract_embeddings.py",
-    "train_deepSVDD.py",
-    "evaluate_deepSVDD.py",
-    "evaluate.py",
-    "score_clips.py",
-    "bench/encoder.py",
-    "bench/gpu_check.py",
-    "bench/scoring.py",
-]
-README_BEGIN = "<!-- constants: generated by `make readme` from the scripts' sources; do not edit -->"
-README_END = "<!-- end of generated constants -->"
-
-
-def constants_markdown(root: str | os.PathLike, scripts: Sequence[str] = SCRIPTS) -> str:
-    """One table per script of every constant: name, default, allowed values, meaning (its comment)."""
-
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|")
-
-    out = []
-    for script in scripts:
-        source = _script_source(str(Path(root) / script))
-        limits = source.values.get("_LIMITS", {})
-        out += [f"#### `{script}`", "", "| constant | default | allowed | meaning |", "|---|---|---|---|"]
-        for name, value in source_constants(Path(root) / script).items():
-            allowed = _describe_limit(limits[name]) if name in limits else ""
-            out.append(
-                f"| `{name}` | `{value!r}` | {cell(allowed)} | {cell(source.comments.get(name, ''))} |"
-            )
-        out.append("")
-    return "\n".join(out)
-
-
-def update_readme(readme: str | os.PathLike = "README.md") -> bool:
-    """Rewrite the generated constants block of ``readme``; returns whether it changed."""
-    path = Path(readme)
-    text = path.read_text()
-    head, _, rest = text.partition(README_BEGIN)
-    _, _, tail = rest.partition(README_END)
-    new = f"{head}{README_BEGIN}\n{constants_markdown(path.parent)}{README_END}{tail}"
-    if new != text:
-        atomic_write_text(new, path)
-    return new != text
