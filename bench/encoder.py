@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd.cli import exit_if_help, parse_config, tune_cpu_allocator  # noqa: E402
+from asd.cli import exit_if_help, parse_config  # noqa: E402
+from asd.runtime import tune_cpu_allocator  # noqa: E402
 from asd.runtime import autocast, resolve_device
 
 exit_if_help(globals())  # --help from this file's source, before the heavy imports

@@ -45,7 +45,8 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import torch  # noqa: E402
 
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
-from asd.cli import parse_config, resolve_device  # noqa: E402
+from asd.cli import parse_config  # noqa: E402
+from asd.runtime import resolve_device  # noqa: E402
 from asd.files import atomic_write_text
 
 OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here

@@ -13,8 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import checkpoints as C  # noqa: E402
-
+import asd.checkpoints as C  # noqa: E402
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
 import gpu_check  # noqa: E402
 from asd.cli import parse_config  # noqa: E402

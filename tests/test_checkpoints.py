@@ -9,10 +9,10 @@ import pickle
 import sys
 import zipfile
 
-import checkpoints as C
 import pytest
 import torch
 
+import asd.checkpoints as C
 import model as M
 from asd.scoring import file_sha256
 from dataset import LabelIndex

@@ -272,7 +272,7 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
 
 def test_scorers_do_not_import_the_model():
     code = (
-        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, scoring; "
+        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, asd.scoring; "
         "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

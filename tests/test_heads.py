@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import checkpoints as C
 import pytest
 import torch
 import torch.nn.functional as F
 
+import asd.checkpoints as C
 import model as M
 from extract_embeddings import embed_fbanks
 

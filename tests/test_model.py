@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import checkpoints as C
 import pytest
 import torch
 
+import asd.checkpoints as C
 import model as M
 from extract_embeddings import embed_fbanks
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import checkpoints as C
 import pytest
 import torch
 
+import asd.checkpoints as C
 import model as M
 import train
 from dataset import discover_clips
