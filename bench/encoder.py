@@ -29,8 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asd.cli import exit_if_help, parse_config  # noqa: E402
-from asd.runtime import tune_cpu_allocator  # noqa: E402
-from asd.runtime import autocast, resolve_device
+from asd.runtime import (
+    autocast,
+    resolve_device,
+    tune_cpu_allocator,  # noqa: E402
+)
 
 exit_if_help(globals())  # --help from this file's source, before the heavy imports
 

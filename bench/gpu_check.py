@@ -46,8 +46,8 @@ import torch  # noqa: E402
 
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
 from asd.cli import parse_config  # noqa: E402
-from asd.runtime import resolve_device  # noqa: E402
 from asd.files import atomic_write_text
+from asd.runtime import resolve_device  # noqa: E402
 
 OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here
 WORK_DIR = ""  # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
