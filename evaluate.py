@@ -1,6 +1,6 @@
 """Scorer B: a nearest-reference distance on embeddings + Mahalanobis distance on signal statistics.
 
-For each machine type and section (scoring.KnnMahalanobis):
+For each machine type and section (asd/backends.py, KnnMahalanobis):
   embedding branch  the mean distance to the K nearest references, with separate source and target
                     memory banks (the smaller distance is taken: target has few clips); BACKEND:
                       knn      references = the training normals, cosine distance;
@@ -21,17 +21,19 @@ Reads only the embedding files of extract_embeddings.py.
 
 from __future__ import annotations
 
-import inspect
 import sys
 
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import metrics
+from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
+from asd.embedding_files import load_features
+from asd.evaluation import compute_official
 from asd.recipes import expand_recipe, recipe_summary
-from asd.scoring import KnnMahalanobis, load_features, score_by_group, write_scorer_results
+from asd.results import write_scorer_results
+from asd.scoring import score_by_group
 
 RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
 EMBED_DIR = "."  # folder of normal_/test_ embeddings and stats (.pt)
@@ -70,20 +72,6 @@ _LIMITS = {
 }
 
 
-def ensemble_factory(settings: dict):
-    """A scoring.score_by_group factory: the ensemble fitted on one section's normals, configured by
-    ``settings`` (this script's constants, lower-case, as in an evaluation's summary.json)."""
-    names = list(inspect.signature(KnnMahalanobis).parameters)
-    missing = [name for name in names if name not in settings]
-    if missing:
-        raise ValueError(
-            f"ensemble settings lack {', '.join(missing)} (an evaluation by an older evaluate.py: rerun it)"
-        )
-    chosen = {name: settings[name] for name in names}
-    KnnMahalanobis(**chosen)  # refuses bad settings before any fitting
-    return lambda key, normal: KnnMahalanobis(**chosen).fit(normal)
-
-
 def ensemble_scores(features, settings: dict):
     """Test scores {path: score} and the training normals' scores per section for one setting."""
     return score_by_group(features.normal, features.test, ensemble_factory(settings), "section")
@@ -97,7 +85,7 @@ def sweep(features, cfg) -> list[list[float]]:
         grid.append([])
         for w in cfg.sweep_ws:
             scores, _ = ensemble_scores(features, {**vars(cfg), "k": k, "w": w})
-            evaluation = metrics.compute_official(
+            evaluation = compute_official(
                 scores,
                 features.test.records,
                 year=cfg.dcase_year,

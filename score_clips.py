@@ -21,17 +21,17 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import numpy as np
 
-import evaluate
-import evaluate_deepSVDD
-from asd import metrics
+from asd.backends import ensemble_factory
 from asd.cli import parse_config
+from asd.embed import embed_records, stats_records, tuned_model
+from asd.embedding_files import Split, file_sha256, load_features
 from asd.files import atomic_write_text
 from asd.runtime import resolve_device
-from asd.scoring import Split, file_sha256, load_features, score_by_group
+from asd.scoring import score_by_group
+from asd.svdd import svdd_factory
+from asd.thresholds import gamma_threshold
 from dataset import ClipRecord
-from extract_embeddings import embed_records, stats_records, tuned_model
 from preprocessing import STAT_NAMES, FeatureCache
-from train_deepSVDD import bundle_path
 
 RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
@@ -53,11 +53,8 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
         )
     settings = json.loads(summary_path.read_text())["settings"]
     if scorer == "ensemble":
-        return evaluate.ensemble_factory(settings), "section"
-    svdd_dir = run / "svdd_models_per_type"
-    return (
-        lambda key, normal: evaluate_deepSVDD.load_scorer(bundle_path(svdd_dir, key[0]), fingerprint)
-    ), "machine_type"
+        return ensemble_factory(settings), "section"
+    return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type"
 
 
 def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
         if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
     ]
     scores, train_scores = score_by_group(features.normal.rows(wanted), clips, factory, by)
-    threshold = metrics.gamma_threshold(train_scores[(cfg.machine_type, cfg.section)])
+    threshold = gamma_threshold(train_scores[(cfg.machine_type, cfg.section)])
     rows = [(Path(r.path).name, scores[r.path], int(scores[r.path] > threshold)) for r in clips.records]
     atomic_write_text("file,score,decision\n" + "".join(f"{n},{s:.8g},{d}\n" for n, s, d in rows), cfg.output)
     anomalous = sum(d for _, _, d in rows)

@@ -3,7 +3,7 @@
     python train_deepSVDD.py --svdd_epochs 50 --use_stats true
 
 Inputs are standardised on the machine type's training normals; with USE_STATS the signal
-statistics are appended to the embeddings (scoring.DeepSVDDScorer). Each machine type's scaler,
+statistics are appended to the embeddings (asd/svdd.py). Each machine type's scaler,
 network, centre and the fingerprint of the embeddings it was fitted on go to
 SVDD_DIR/deepsvdd_<machine>.pt (tensors and plain data only: read back without unpickling code).
 Reads only the embedding files of extract_embeddings.py.
@@ -11,7 +11,6 @@ Reads only the embedding files of extract_embeddings.py.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -21,8 +20,10 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 from tqdm import tqdm
 
 from asd.cli import config_to_dict, parse_config, print_config
+from asd.embedding_files import load_features
 from asd.files import atomic_torch_save
-from asd.scoring import DeepSVDDScorer, load_features, row_groups
+from asd.scoring import row_groups
+from asd.svdd import DeepSVDDScorer, bundle_path
 
 EMBED_DIR = "."  # folder of normal_embeddings.pt / normal_stats.pt
 SVDD_DIR = "svdd_models_per_type"  # one model file per machine type
@@ -46,10 +47,6 @@ _LIMITS = {
     "SEED": (0, None),
     "THREADS": (1, None),
 }
-
-
-def bundle_path(svdd_dir: str | os.PathLike, machine_type: str) -> Path:
-    return Path(svdd_dir) / f"deepsvdd_{machine_type}.pt"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:

@@ -3,7 +3,7 @@
 The page holds the official results table (per machine type and section AUC (source), AUC
 (target) and pAUC, or AUC and pAUC for 2020-style data; the arithmetic and harmonic means; the
 official score), the decision threshold of every section with how many test clips it flags, each
-machine type's ROC curves and score histogram (the PNGs metrics.plot_machine wrote into the results
+machine type's ROC curves and score histogram (the PNGs asd.plots.plot_machine wrote into the results
 folder), and a 2-D t-SNE map of the embeddings per machine type in three panels coloured by
 domain, attribute and label, so a researcher sees where target clips and anomalies fall.
 
@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from asd import metrics
+from asd.evaluation import RULES, Evaluation, group_by_section
 from asd.files import atomic_write_text
+from asd.metrics import MAX_FPR
+from asd.tables import format_number, table_rows
+from asd.thresholds import DECISION_PERCENTILE
 from dataset import ClipRecord
 
 REPORT_NAME = "report.html"
@@ -56,7 +59,7 @@ def _esc(value) -> str:
 
 
 def _number(value) -> str:
-    return "&ndash;" if value is None else _esc(metrics.format_number(value))
+    return "&ndash;" if value is None else _esc(format_number(value))
 
 
 def _png_uri(data: bytes) -> str:
@@ -76,9 +79,9 @@ def _as_record(record) -> ClipRecord:
 # tables
 
 
-def results_table_html(evaluation: metrics.Evaluation) -> str:
-    """The results table (the rows of metrics.table_rows) as an HTML table; the score row last."""
-    header, rows = metrics.table_rows(evaluation)
+def results_table_html(evaluation: Evaluation) -> str:
+    """The results table (the rows of table_rows) as an HTML table; the score row last."""
+    header, rows = table_rows(evaluation)
     out = ['<table class="results">', "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"]
     for i, row in enumerate(rows):
         kind = "official" if i == len(rows) - 1 else "mean" if str(row[1]).endswith("mean") else "section"
@@ -98,7 +101,7 @@ def thresholds_table_html(
         "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
         "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>",
     ]
-    for (machine, section), recs in metrics.group_by_section(records).items():
+    for (machine, section), recs in group_by_section(records).items():
         threshold = thresholds[(machine, section)]
         flagged = [r for r in recs if scores[r.path] > threshold]
 
@@ -250,7 +253,7 @@ def machine_plots_html(results_dir: Path, machines: Sequence[str]) -> str:
 
 def write_report(
     results_dir: str | Path,
-    evaluation: metrics.Evaluation,
+    evaluation: Evaluation,
     scores: Mapping[str, float],
     records: Sequence,
     thresholds: Mapping[tuple[str, str], float],
@@ -259,11 +262,11 @@ def write_report(
 ) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
-    ``evaluation``: metrics.compute_official(scores, records, ...); ``scores``: test clip path ->
+    ``evaluation``: asd.evaluation.compute_official(scores, records, ...); ``scores``: test clip path ->
     anomaly score; ``records``: the test ClipRecords; ``thresholds``: (machine_type, section) ->
     decision threshold; ``embeddings``: optional {"test": ..., "train": ...}, each a mapping with
     "matrix" [N, D] and "records" (ClipRecords or their to_dict() form); without it the page has no map.
-    The ROC and histogram PNGs are read from ``results_dir`` where metrics.plot_machine wrote them.
+    The ROC and histogram PNGs are read from ``results_dir`` where asd.plots.plot_machine wrote them.
     """
     results_dir = Path(results_dir)
     machines = list(dict.fromkeys(r.machine_type for r in records))
@@ -278,8 +281,8 @@ def write_report(
         if evaluation.labelled
         else '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
         "<h2>Results</h2>",
-        f'<p class="note">{_esc(metrics.RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
-        f"scikit-learn's roc_auc_score(max_fpr={metrics.MAX_FPR}), the McClish-standardised partial AUC "
+        f'<p class="note">{_esc(RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
+        f"scikit-learn's roc_auc_score(max_fpr={MAX_FPR}), the McClish-standardised partial AUC "
         "(chance 0.5), as the official evaluator computes it.</p>",
         results_table_html(evaluation),
     ]
@@ -288,7 +291,7 @@ def write_report(
         parts += [f"<li>{_esc(line)}</li>" for line in missing] + ["</ul>"]
     parts += [
         "<h2>Decision thresholds</h2>",
-        f'<p class="note">Per section, the {metrics.DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
+        f'<p class="note">Per section, the {DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
         "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>",
         thresholds_table_html(scores, records, thresholds),
         "<h2>ROC curves and score histograms</h2>",

@@ -272,7 +272,7 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
 
 def test_scorers_do_not_import_the_model():
     code = (
-        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, asd.scoring; "
+        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, score_clips, asd.results; "
         "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
@@ -331,12 +331,12 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
 
 
 def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):
-    from asd import scoring
+    from asd import embedding_files
 
     data = Path(pipeline["data"])
     monkeypatch.chdir(data.parent)
     _extract({**pipeline, "data": data.name, "embed": str(tmp_path / "embed")})
-    features = scoring.load_features(tmp_path / "embed")
+    features = embedding_files.load_features(tmp_path / "embed")
     assert features.data_dir == str(data.resolve()) and len(features.normal) == 2 * 16
 
 

@@ -11,7 +11,8 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from asd import metrics
+import asd.evaluation as ev
+from asd import comparison, metrics, results, tables, thresholds
 from dataset import ClipRecord
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "official_evaluator_fixture"
@@ -104,7 +105,7 @@ def _assert_rows_match(ours: list[list[str]], theirs: list[list[str]]) -> None:
 def fixture_evaluation():
     if not FIXTURE.is_dir():
         pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
-    return metrics.evaluate_result_dir(FIXTURE / "scores")
+    return results.evaluate_result_dir(FIXTURE / "scores")
 
 
 def test_reproduces_the_official_evaluators_result_csv(fixture_evaluation):
@@ -116,7 +117,7 @@ def test_reproduces_the_official_evaluators_result_csv(fixture_evaluation):
     while theirs and not theirs[-1]:
         theirs.pop()
     assert fixture_evaluation.year == "2022+" and fixture_evaluation.complete
-    _assert_rows_match(metrics.evaluator_rows(fixture_evaluation), theirs)
+    _assert_rows_match(tables.evaluator_rows(fixture_evaluation), theirs)
 
 
 def test_reproduces_the_official_score_summaries(fixture_evaluation):
@@ -144,7 +145,7 @@ def test_reproduces_the_official_score_summaries(fixture_evaluation):
         float(paper["pAUC (source, target)"][2])
     )
     # the printed summary table's overall harmonic means are the paper table's h-means
-    header_row, rows = metrics.table_rows(evaluation)
+    header_row, rows = tables.table_rows(evaluation)
     overall = next(r for r in rows if r[:2] == ["all", "harmonic mean"])
     assert overall[2:] == pytest.approx(
         [
@@ -181,7 +182,7 @@ def _section_case(machine: str = "fan", section: str = "00"):
 
 def test_2022_rules_hand_computed():
     records, scores = _section_case()
-    evaluation = metrics.compute_official(scores, records, year="2022+")
+    evaluation = ev.compute_official(scores, records, year="2022+")
     (row,) = evaluation.sections
     assert row.values["AUC (source)"] == pytest.approx(1.0)  # both anomalies above every source normal
     assert row.values["AUC (target)"] == pytest.approx(0.5)  # .7 beats both target normals, .4 beats none
@@ -193,7 +194,7 @@ def test_2022_rules_hand_computed():
 
 def test_2021_rules_measure_each_domain_on_its_own_clips():
     records, scores = _section_case()
-    evaluation = metrics.compute_official(scores, records, year="2021")
+    evaluation = ev.compute_official(scores, records, year="2021")
     (row,) = evaluation.sections
     # source: .4 above .1 .2 .3; target: .7 above .5 .6 -> everything perfect
     assert row.values == pytest.approx(
@@ -209,16 +210,16 @@ def test_2020_rules_auc_and_pauc_with_arithmetic_means():
     records += [_record(f"anomaly_id_06_{i:08d}", "pump", "06", None, "anomaly") for i in range(2)]
     values = [9.0] + list(range(9)) + [10.0, 8.5] + [0.0, 1.0, 2.0, 3.0]
     scores = {r.path: s for r, s in zip(records, values)}
-    evaluation = metrics.compute_official(scores, records)
+    evaluation = ev.compute_official(scores, records)
     assert evaluation.year == "2020"
     id04, id06 = evaluation.sections
     assert id04.values == pytest.approx({"AUC": 0.95, "pAUC": _mcclish(0.05)})
     assert id06.values == pytest.approx({"AUC": 1.0, "pAUC": 1.0})
     assert evaluation.official_score is None  # no harmonic official score in 2020
     assert evaluation.score == pytest.approx(np.mean([0.95, _mcclish(0.05), 1.0, 1.0]))
-    text = metrics.format_table(evaluation)
+    text = tables.format_table(evaluation)
     assert "AUC (source)" not in text and "DCASE 2020 rules" in text and "official score" not in text
-    header, rows = metrics.table_rows(evaluation)
+    header, rows = tables.table_rows(evaluation)
     pump_mean = next(r for r in rows if r[:2] == ["pump", "arithmetic mean"])
     assert pump_mean[2:] == pytest.approx([0.975, (_mcclish(0.05) + 1) / 2])
 
@@ -226,13 +227,13 @@ def test_2020_rules_auc_and_pauc_with_arithmetic_means():
 def test_year_detection(samples_dir, tmp_path):
     from dataset import discover_clips
 
-    assert metrics.detect_year(discover_clips(samples_dir / "dcase2020_dev"))[0] == "2020"
-    assert metrics.detect_year(discover_clips(samples_dir / "dcase2023_dev"))[0] == "2022+"
+    assert ev.detect_year(discover_clips(samples_dir / "dcase2020_dev"))[0] == "2020"
+    assert ev.detect_year(discover_clips(samples_dir / "dcase2023_dev"))[0] == "2022+"
     several = [_record(f"section_{s}_source_test_normal_0000", "fan", s) for s in ("00", "01", "02")]
-    assert metrics.detect_year(several, tmp_path)[0] == "2021"
+    assert ev.detect_year(several, tmp_path)[0] == "2021"
     (tmp_path / "fan").mkdir()
     (tmp_path / "fan" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
-    assert metrics.detect_year(several, tmp_path)[0] == "2022+"
+    assert ev.detect_year(several, tmp_path)[0] == "2022+"
 
 
 # ----------------------------------------------------------------------------- missing parts
@@ -242,7 +243,7 @@ def test_missing_parts_are_named_and_the_number_is_not_called_official(capsys):
     fan, scores = _section_case("fan", "00")
     valve = [r for r in _section_case("valve", "00")[0] if r.domain == "source"]  # no target normals
     scores.update({r.path: 0.0 for r in valve})
-    evaluation = metrics.compute_official(scores, fan + valve, expected=[("pump", "00")], year="2022+")
+    evaluation = ev.compute_official(scores, fan + valve, expected=[("pump", "00")], year="2022+")
     assert [s.name for s in evaluation.measured] == ["fan section 00"]
     assert not evaluation.complete and evaluation.official_score is None
     assert evaluation.missing_lines() == [
@@ -252,21 +253,21 @@ def test_missing_parts_are_named_and_the_number_is_not_called_official(capsys):
     label = evaluation.score_label()
     assert "NOT the official score" in label and "over 1 of 3 machine type/sections" in label
     assert evaluation.score == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
-    text = metrics.format_table(evaluation)
+    text = tables.format_table(evaluation)
     assert "pump section 00: no test clips" in text and "\nofficial score" not in text
     with pytest.raises(ValueError, match="every section measured"):
-        metrics.evaluator_rows(evaluation)
+        tables.evaluator_rows(evaluation)
 
 
 def test_missing_score_is_an_error_and_reversed_ranking_gives_zero():
     fan, fan_scores = _section_case("fan", "00")
     valve, valve_scores = _section_case("valve", "01")
     valve_scores = {p: -s for p, s in valve_scores.items()}  # reversed ranking: AUC (source) 0
-    evaluation = metrics.compute_official({**fan_scores, **valve_scores}, fan + valve, year="2022+")
+    evaluation = ev.compute_official({**fan_scores, **valve_scores}, fan + valve, year="2022+")
     assert [(s.machine_type, s.section) for s in evaluation.sections] == [("fan", "00"), ("valve", "01")]
     assert evaluation.official_score < 1e-14
     with pytest.raises(KeyError, match="no score"):
-        metrics.compute_official(fan_scores, fan + valve)
+        ev.compute_official(fan_scores, fan + valve)
 
 
 def test_real_dcase_names_give_the_right_table(samples_dir):
@@ -274,13 +275,13 @@ def test_real_dcase_names_give_the_right_table(samples_dir):
 
     records = discover_clips(samples_dir / "dcase2020_dev", splits=("test",))
     scores = {r.path: float(r.label == "anomaly") + 0.01 * i for i, r in enumerate(records)}
-    evaluation = metrics.compute_official(scores, records)
+    evaluation = ev.compute_official(scores, records)
     assert {(s.machine_type, s.section) for s in evaluation.sections} >= {("ToyCar", "04"), ("fan", "06")}
     assert all(s.values == {"AUC": 1.0, "pAUC": 1.0} for s in evaluation.sections)
     # 2023 names: sections without target (or source) normals or without anomalies are named
     records = discover_clips(samples_dir / "dcase2023_dev", splits=("test",))
     scores = {r.path: float(r.label == "anomaly") for r in records}
-    evaluation = metrics.compute_official(scores, records)
+    evaluation = ev.compute_official(scores, records)
     missing = evaluation.missing_lines()
     assert "valve section 00: no source-domain normal test clips" in missing
     assert "bearing section 00: no target-domain normal test clips" in missing
@@ -295,12 +296,12 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     rng = np.random.default_rng(1)
     x = scipy.stats.gamma.rvs(2.0, scale=1.5, size=3000, random_state=rng)
     true = scipy.stats.gamma.ppf(0.9, 2.0, scale=1.5)
-    threshold = metrics.gamma_threshold(x, 0.9)
+    threshold = thresholds.gamma_threshold(x, 0.9)
     assert threshold == pytest.approx(true, rel=0.05)
     assert np.mean(x > threshold) == pytest.approx(0.1, abs=0.02)
-    shifted = metrics.gamma_threshold(x - 10.0, 0.9)
+    shifted = thresholds.gamma_threshold(x - 10.0, 0.9)
     assert shifted == pytest.approx(threshold - 10.0, abs=0.1)
-    assert metrics.gamma_threshold([2.0] * 10) == 2.0
+    assert thresholds.gamma_threshold([2.0] * 10) == 2.0
 
 
 # ----------------------------------------------------------------------------- files
@@ -314,7 +315,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     eval_records = [_record(f"section_03_{i:04d}", "fan", "03", None, "unknown") for i in range(4)]
     scores.update({r.path: float(i) for i, r in enumerate(eval_records)})
     train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("fan", "03"): np.linspace(0.0, 2.0, 50)}
-    summary = metrics.write_results(
+    summary = results.write_results(
         scores, records + eval_records, train, out, scorer="test", plots=True, year="2022+"
     )
 
@@ -323,7 +324,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert [r[0] for r in rows] == [r.file_name for r in records]  # no header, file names
     assert [float(r[1]) for r in rows] == pytest.approx([scores[r.path] for r in records])
     decisions = list(csv.reader(open(out / "decision_result_fan_section_00_test.csv")))
-    threshold = metrics.gamma_threshold(train[("fan", "00")])
+    threshold = thresholds.gamma_threshold(train[("fan", "00")])
     assert [int(d[1]) for d in decisions] == [int(scores[r.path] > threshold) for r in records]
     assert len(list(csv.reader(open(out / "anomaly_score_fan_section_03_test.csv")))) == 4
     # the evaluation-set section is unlabelled: named as missing, the number is not official
@@ -337,7 +338,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
     assert "NOT the official score" in capsys.readouterr().out
     # what was written is read back, from the CSVs alone, as the same evaluation
-    again = metrics.evaluate_result_dir(out, year="2022+")
+    again = results.evaluate_result_dir(out, year="2022+")
     assert again.sections[0].values == summary["sections"][0]["values"]
 
 
@@ -346,7 +347,7 @@ def test_complete_folder_gets_the_evaluator_layout(tmp_path):
     valve, valve_scores = _section_case("valve", "00")
     scores.update(valve_scores)
     train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("valve", "00"): np.linspace(0.0, 0.45, 50)}
-    summary = metrics.write_results(scores, fan + valve, train, tmp_path / "r", scorer="x", plots=False)
+    summary = results.write_results(scores, fan + valve, train, tmp_path / "r", scorer="x", plots=False)
     assert summary["official_score"] == pytest.approx(scipy.stats.hmean([1.0, 0.5, _mcclish(0.05)]))
     rows = list(csv.reader(open(tmp_path / "r" / "evaluator_result.csv")))
     assert rows[0] == ["fan"] and rows[-1][0] == "official score"
@@ -356,16 +357,16 @@ def test_complete_folder_gets_the_evaluator_layout(tmp_path):
 def test_write_results_without_training_scores_names_the_section(tmp_path):
     records, scores = _section_case("fan", "00")
     with pytest.raises(ValueError, match="fan section 00"):
-        metrics.write_results(scores, records, {}, tmp_path, scorer="x", plots=False)
+        results.write_results(scores, records, {}, tmp_path, scorer="x", plots=False)
 
 
 def test_comparison_rows_carry_each_scorers_label():
     records, scores = _section_case("fan", "00")
-    complete = metrics.summary_dict(metrics.compute_official(scores, records), "a")
-    partial = metrics.summary_dict(metrics.compute_official(scores, records, expected=[("pump", "00")]), "b")
-    rows = metrics.comparison_rows({"a": complete, "b": partial})
+    complete = tables.summary_dict(ev.compute_official(scores, records), "a")
+    partial = tables.summary_dict(ev.compute_official(scores, records, expected=[("pump", "00")]), "b")
+    rows = comparison.comparison_rows({"a": complete, "b": partial})
     overall = {r["scorer"]: r for r in rows if r["machine_type"] == "all"}
     assert overall["a"]["label"] == "official score"
     assert "over 1 of 2" in overall["b"]["label"]
-    text = metrics.format_comparison(rows, "x")
+    text = comparison.format_comparison(rows, "x")
     assert "a: official score" in text and "NOT the official score" in text

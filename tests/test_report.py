@@ -11,7 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from asd import metrics, report
+import asd.evaluation as ev
+from asd import plots, report, tables
 from dataset import ClipRecord
 
 MACHINES = ["fan", "valve<&>"]  # a name with HTML's special characters must come out escaped
@@ -50,10 +51,10 @@ def results(tmp_path):
     rng = np.random.default_rng(0)
     records = [r for m in MACHINES for r in _records(m)]
     scores = {r.path: float(rng.normal(1.0 if r.label == "anomaly" else 0.0, 0.6)) for r in records}
-    evaluation = metrics.compute_official(scores, records)
-    thresholds = {key: 0.5 + 0.125 * i for i, key in enumerate(metrics.group_by_section(records))}
+    evaluation = ev.compute_official(scores, records)
+    thresholds = {key: 0.5 + 0.125 * i for i, key in enumerate(ev.group_by_section(records))}
     for machine in MACHINES:
-        metrics.plot_machine(
+        plots.plot_machine(
             machine, [r for r in records if r.machine_type == machine], scores, tmp_path, threshold=0.5
         )
     train = [r for m in MACHINES for r in _train_records(m)]
@@ -88,7 +89,7 @@ def _results_table(page: str) -> str:
 def test_table_holds_every_official_value(results):
     page = _write(results)
     table_html = _results_table(page)
-    header, rows = metrics.table_rows(results["evaluation"])
+    header, rows = tables.table_rows(results["evaluation"])
     assert all(f"<th>{name}</th>" in table_html for name in ["AUC (source)", "AUC (target)", "pAUC"])
     cells = re.findall(r'<td class="num">([^<]*)</td>', table_html)
     expected = [("&ndash;" if v is None else f"{v:.4f}") for row in rows for v in row[2:]]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-from asd import scoring
+from asd import backends, embedding_files, scoring, svdd
 from dataset import ClipRecord
 
 
@@ -27,7 +27,7 @@ def test_knn_distance_matches_brute_force():
     rng = np.random.default_rng(0)
     bank, queries = rng.normal(size=(40, 16)), rng.normal(size=(7, 16))
     for k in (1, 3, 40, 100):  # k beyond the bank uses the whole bank
-        ours = scoring.knn_distance(torch.tensor(queries), torch.tensor(bank), k).numpy()
+        ours = backends.knn_distance(torch.tensor(queries), torch.tensor(bank), k).numpy()
         np.testing.assert_allclose(ours, _brute_knn(queries, bank, k), atol=1e-5)
 
 
@@ -36,21 +36,23 @@ def test_knn_leave_one_out_excludes_only_the_clip_itself():
     bank = rng.normal(size=(12, 8))
     bank[5] = bank[4] * 2.0  # an exact (cosine) duplicate of row 4 stays a neighbour
     itself = torch.eye(12, dtype=torch.bool)
-    ours = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, itself).numpy()
+    ours = backends.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, itself).numpy()
     np.testing.assert_allclose(ours, _brute_knn(bank, bank, 2, skip=list(range(12))), atol=1e-5)
     assert ours[4] == pytest.approx(_brute_knn(bank[4:5], np.delete(bank, 4, axis=0), 2)[0], abs=1e-5)
-    nearest = scoring.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, itself).numpy()
+    nearest = backends.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, itself).numpy()
     assert nearest[4] == pytest.approx(0.0, abs=1e-6) and nearest[5] == pytest.approx(0.0, abs=1e-6)
-    single = scoring.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([[True]]))
+    single = backends.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([[True]]))
     assert torch.isinf(single).all()  # nothing left to compare with
 
 
-def _split(embeddings: np.ndarray, domains: list, stats: np.ndarray | None = None) -> scoring.Split:
+def _split(embeddings: np.ndarray, domains: list, stats: np.ndarray | None = None) -> embedding_files.Split:
     records = [
         ClipRecord(f"/d/fan/train/{i}.wav", "fan", "00", d, "train", "normal") for i, d in enumerate(domains)
     ]
     stats = np.zeros((len(domains), 3)) if stats is None else stats
-    return scoring.Split(embeddings.astype(np.float32), stats.astype(np.float32), ["a", "b", "c"], records)
+    return embedding_files.Split(
+        embeddings.astype(np.float32), stats.astype(np.float32), ["a", "b", "c"], records
+    )
 
 
 def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
@@ -61,7 +63,7 @@ def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
     normal, clips = _split(train, domains), _split(test, ["source"] * 6)
     src, tgt = train[:25], train[25:]
     for k in (1, 3):
-        scorer = scoring.KnnMahalanobis(k, w=1.0).fit(normal)  # k-NN branch alone
+        scorer = backends.KnnMahalanobis(k, w=1.0).fit(normal)  # k-NN branch alone
         loo_src = np.minimum(_brute_knn(src, src, k, list(range(25))), _brute_knn(src, tgt, k))
         loo_tgt = np.minimum(_brute_knn(tgt, src, k), _brute_knn(tgt, tgt, k, list(range(5))))
         loo = np.concatenate([loo_src, loo_tgt])
@@ -69,7 +71,7 @@ def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
         np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
         expected = np.minimum(_brute_knn(test, src, k), _brute_knn(test, tgt, k))
         np.testing.assert_allclose(scorer.score(clips), z(expected), atol=1e-4)
-    pooled = scoring.KnnMahalanobis(3, w=1.0, separate_domain_banks=False).fit(normal)
+    pooled = backends.KnnMahalanobis(3, w=1.0, separate_domain_banks=False).fit(normal)
     pooled_loo = _brute_knn(train, train, 3, list(range(30)))
     np.testing.assert_allclose(
         pooled.score(clips), (_brute_knn(test, train, 3) - pooled_loo.mean()) / pooled_loo.std(), atol=1e-4
@@ -80,10 +82,10 @@ def test_ensemble_mixes_both_branches_by_w():
     rng = np.random.default_rng(5)
     normal = _split(rng.normal(size=(40, 8)), ["source"] * 40, rng.normal(size=(40, 3)))
     clips = _split(rng.normal(size=(5, 8)), ["source"] * 5, rng.normal(size=(5, 3)) * 3)
-    knn = scoring.KnnMahalanobis(2, w=1.0).fit(normal).score(clips)
-    maha = scoring.KnnMahalanobis(2, w=0.0).fit(normal).score(clips)
+    knn = backends.KnnMahalanobis(2, w=1.0).fit(normal).score(clips)
+    maha = backends.KnnMahalanobis(2, w=0.0).fit(normal).score(clips)
     np.testing.assert_allclose(
-        scoring.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha
+        backends.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha
     )
 
 
@@ -92,18 +94,18 @@ def test_ensemble_mixes_both_branches_by_w():
 
 
 def test_smote_count_follows_imbalanced_learn_float_ratio():
-    assert scoring.smote_count(990, 10, 0.2) == 188  # DCASE 2023: 990 source, 10 target normals
-    assert scoring.smote_count(100, 3, 0.25) == 22
-    assert scoring.smote_count(20, 10, 0.2) == 0  # already above the ratio: nothing added
-    assert scoring.smote_count(990, 10, 0.0) == 0
+    assert backends.smote_count(990, 10, 0.2) == 188  # DCASE 2023: 990 source, 10 target normals
+    assert backends.smote_count(100, 3, 0.25) == 22
+    assert backends.smote_count(20, 10, 0.2) == 0  # already above the ratio: nothing added
+    assert backends.smote_count(990, 10, 0.0) == 0
 
 
 def test_smote_rows_are_seeded_and_lie_between_a_row_and_one_of_its_nearest():
     rng = np.random.default_rng(7)
     minority = rng.normal(size=(8, 5))
-    rows, parents = scoring.smote(minority, 40, 2, seed=0)
-    again, _ = scoring.smote(minority, 40, 2, seed=0)
-    other, _ = scoring.smote(minority, 40, 2, seed=1)
+    rows, parents = backends.smote(minority, 40, 2, seed=0)
+    again, _ = backends.smote(minority, 40, 2, seed=0)
+    other, _ = backends.smote(minority, 40, 2, seed=1)
     assert rows.shape == (40, 5) and np.array_equal(rows, again) and not np.allclose(rows, other)
     for row, (x, y) in zip(rows, parents):
         distances = [np.linalg.norm(minority[x] - minority[j]) if j != x else np.inf for j in range(8)]
@@ -113,16 +115,16 @@ def test_smote_rows_are_seeded_and_lie_between_a_row_and_one_of_its_nearest():
         assert 0.0 <= u <= 1.0
         np.testing.assert_allclose(row, minority[x] + u * step, atol=1e-12)  # on the segment x -> y
     assert len({tuple(p) for p in parents}) > 5  # different pairs are drawn
-    assert len(scoring.smote(minority[:1], 10, 2, 0)[0]) == 0  # a single row has no neighbour
-    assert len(scoring.smote(minority, 0, 2, 0)[0]) == 0
+    assert len(backends.smote(minority[:1], 10, 2, 0)[0]) == 0  # a single row has no neighbour
+    assert len(backends.smote(minority, 0, 2, 0)[0]) == 0
 
 
 def _banks(embeddings: np.ndarray, domains: list, ratio: float, separate: bool = True) -> dict:
     """Bank rows as (vector, the normals it comes from): source normals; target normals, then the SMOTE
-    rows of scoring.smote (checked above), as the scorer is meant to build them."""
+    rows of backends.smote (checked above), as the scorer is meant to build them."""
     target = [i for i, d in enumerate(domains) if d == "target"]
     n_new = max(0, round(ratio * domains.count("source")) - len(target))
-    rows, parents = scoring.smote(embeddings[target], n_new, 2, 0)
+    rows, parents = backends.smote(embeddings[target], n_new, 2, 0)
     banks = {"source": [], "target": []}
     for i, (x, d) in enumerate(zip(embeddings, domains)):
         banks[d].append((x, {i}))
@@ -141,7 +143,7 @@ def _density_references(query, bank, skip, scorer_bank, neighbours):
     for r, x in enumerate(usable):
         others = sorted(cosine(x, y) for s, y in enumerate(usable) if s != r)[:neighbours]
         if others:
-            out.append(cosine(query, x) / max(np.mean(others), scoring.MIN_DENSITY))
+            out.append(cosine(query, x) / max(np.mean(others), backends.MIN_DENSITY))
     return out
 
 
@@ -175,7 +177,7 @@ def _brute_branch(scorer, banks: dict, queries: np.ndarray, k: int, loo: bool, b
     return np.array(out)
 
 
-@pytest.mark.parametrize("backend", scoring.BACKENDS)
+@pytest.mark.parametrize("backend", backends.BACKENDS)
 @pytest.mark.parametrize("k, ratio, separate", [(1, 0.0, True), (1, 0.5, True), (2, 0.5, False)])
 def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
     rng = np.random.default_rng(8)
@@ -183,7 +185,7 @@ def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
     domains = ["source"] * 20 + ["target"] * 4
     test = rng.normal(size=(5, 6))
     normal, clips = _split(train, domains), _split(test, ["source"] * 5)
-    scorer = scoring.KnnMahalanobis(
+    scorer = backends.KnnMahalanobis(
         k, 1.0, separate, backend, kmeans_clusters=5, density_neighbours=3, smote_ratio=ratio
     ).fit(normal)
     banks = _banks(train.astype(np.float32).astype(np.float64), domains, ratio, separate)
@@ -202,23 +204,23 @@ def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
 def test_smote_enlarges_only_the_target_bank():
     rng = np.random.default_rng(9)
     normal = _split(rng.normal(size=(25, 6)), ["source"] * 20 + ["target"] * 5)
-    scorer = scoring.KnnMahalanobis(smote_ratio=0.5, seed=3).fit(normal)
+    scorer = backends.KnnMahalanobis(smote_ratio=0.5, seed=3).fit(normal)
     (source_rows, _), (target_rows, target_bank) = scorer.banks
     assert source_rows.tolist() == list(range(20))
     assert len(target_rows) == 10 and target_rows[:5].tolist() == list(range(20, 25))
-    synthetic, _ = scoring.smote(normal.embeddings[20:], 5, 2, 3)
+    synthetic, _ = backends.smote(normal.embeddings[20:], 5, 2, 3)
     np.testing.assert_allclose(target_bank.bank[5:].numpy(), synthetic, rtol=1e-6)
-    assert len(scoring.KnnMahalanobis().fit(normal).banks[1][0]) == 5  # SMOTE_RATIO 0: off
+    assert len(backends.KnnMahalanobis().fit(normal).banks[1][0]) == 5  # SMOTE_RATIO 0: off
 
 
 def test_kmeans_finds_separated_clusters_and_a_fixed_point():
     rng = np.random.default_rng(10)
     directions = np.eye(8)[:3] * 10
     bank = np.concatenate([d + rng.normal(scale=0.5, size=(15, 8)) for d in directions])
-    assignment = scoring.spherical_kmeans(torch.tensor(bank), 3, seed=0)
+    assignment = backends.spherical_kmeans(torch.tensor(bank), 3, seed=0)
     assert sorted(len(set(assignment[i : i + 15].tolist())) for i in (0, 15, 30)) == [1, 1, 1]
     assert len(set(assignment.tolist())) == 3
-    fitted = scoring.KMeansBank(torch.tensor(bank), 5, seed=1)
+    fitted = backends.KMeansBank(torch.tensor(bank), 5, seed=1)
     centres = [
         np.sum([bank[j] / np.linalg.norm(bank[j]) for j in rows.tolist()], axis=0) for rows in fitted.clusters
     ]
@@ -227,27 +229,28 @@ def test_kmeans_finds_separated_clusters_and_a_fixed_point():
         for j in rows.tolist():  # a fixed point: every row sits with its most similar centre
             assert c == int(np.argmin([cosine(bank[j], centre) for centre in centres]))
     assert (
-        len(scoring.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4
+        len(backends.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4
     )  # at most the bank's rows
     assert torch.equal(
-        scoring.spherical_kmeans(torch.tensor(bank), 5, 2), scoring.spherical_kmeans(torch.tensor(bank), 5, 2)
+        backends.spherical_kmeans(torch.tensor(bank), 5, 2),
+        backends.spherical_kmeans(torch.tensor(bank), 5, 2),
     )
 
 
 def test_ensemble_refuses_bad_settings():
     with pytest.raises(ValueError, match="BACKEND must be one of knn, kmeans, density"):
-        scoring.KnnMahalanobis(backend="lof")
+        backends.KnnMahalanobis(backend="lof")
     with pytest.raises(ValueError, match="KMEANS_CLUSTERS must be at least 1"):
-        scoring.KnnMahalanobis(kmeans_clusters=0)
+        backends.KnnMahalanobis(kmeans_clusters=0)
     with pytest.raises(ValueError, match="SMOTE_RATIO"):
-        scoring.KnnMahalanobis(smote_ratio=-0.1)
+        backends.KnnMahalanobis(smote_ratio=-0.1)
 
 
 def _write_features(folder, rng) -> None:
     """A fan section 00 of embedding and statistics files in extract_embeddings.py's format, with
     anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
     fingerprint = {
-        "format": scoring.FEATURES_FORMAT,
+        "format": embedding_files.FEATURES_FORMAT,
         "data": "d",
         "model_sha256": "m",
         "settings": {},
@@ -273,7 +276,7 @@ def _write_features(folder, rng) -> None:
         embeddings = centre + rng.normal(size=(len(rows), 16)) + shift * rng.normal(size=(len(rows), 16))
         stats = rng.normal(size=(len(rows), 3)) + shift
         for path, matrix, columns in zip(
-            scoring.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])
+            embedding_files.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])
         ):
             torch.save(
                 {
@@ -313,9 +316,9 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path
     aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
     assert min(aucs) > 0.9, aucs
     # score_clips.py's way: the saved settings give the same scorer, hence the same scores
-    features = scoring.load_features(tmp_path)
+    features = embedding_files.load_features(tmp_path)
     scores, _ = scoring.score_by_group(
-        features.normal, features.test, evaluate.ensemble_factory(summary["settings"]), "section"
+        features.normal, features.test, backends.ensemble_factory(summary["settings"]), "section"
     )
     rows = (tmp_path / "res" / "anomaly_score_fan_section_00_test.csv").read_text().split()
     written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
@@ -324,7 +327,7 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path
         for path, score in scores.items()
     )
     with pytest.raises(ValueError, match="lack backend"):
-        evaluate.ensemble_factory({"k": 1, "w": 0.5, "separate_domain_banks": True})
+        backends.ensemble_factory({"k": 1, "w": 0.5, "separate_domain_banks": True})
 
 
 def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_normals():
@@ -334,7 +337,7 @@ def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_norma
         for m in ("fan", "pump")
         for i in range(5)
     ]
-    normal = scoring.Split(
+    normal = embedding_files.Split(
         rng.normal(size=(10, 4)).astype(np.float32), np.zeros((10, 1), np.float32), ["x"], records
     )
     fitted = []
@@ -358,7 +361,7 @@ def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_norma
         np.linalg.norm(normal.embeddings[0] - normal.embeddings[:5].mean(0))
     )
     assert sorted(train) == [("fan", "00"), ("pump", "00")] and len(train[("fan", "00")]) == 5
-    lonely = scoring.Split(
+    lonely = embedding_files.Split(
         normal.embeddings[:1],
         normal.stats[:1],
         ["x"],
@@ -373,17 +376,17 @@ def test_mahalanobis_matches_scipy_with_the_same_covariance():
     mixing = rng.normal(size=(5, 5)) * [1, 10, 0.1, 3, 100]
     train = rng.normal(size=(200, 5)) @ mixing + [0, 5, -2, 1, 50]
     test = rng.normal(size=(10, 5)) @ mixing * 1.5
-    maha = scoring.Mahalanobis(train)
+    maha = backends.Mahalanobis(train)
     vi = maha.inverse_covariance()
     expected = [mahalanobis(x, maha.mean, vi) for x in test]
     np.testing.assert_allclose(maha.distance(test), expected, rtol=1e-6)
     # shrinkage keeps a constant column and more columns than rows well defined
     wide = np.concatenate([rng.normal(size=(6, 20)), np.ones((6, 1))], axis=1)
-    assert np.isfinite(scoring.Mahalanobis(wide).distance(wide)).all()
+    assert np.isfinite(backends.Mahalanobis(wide).distance(wide)).all()
 
 
 def test_standardiser_uses_the_training_distribution():
-    z = scoring.standardiser(np.array([1.0, 2.0, 3.0, np.inf]))
+    z = backends.standardiser(np.array([1.0, 2.0, 3.0, np.inf]))
     assert z(np.array([2.0, 5.0])) == pytest.approx([0.0, 3.0 / np.std([1, 2, 3])])
 
 
@@ -393,8 +396,8 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     x = rng.normal(size=(200, 24)) @ rng.normal(size=(24, 24)) + 3.0
     normal = _split(x, ["source"] * 200)
     settings = dict(hidden_neurons=[32, 8], batch_size=50, learning_rate=1e-3, dropout=0.0, seed=0)
-    untrained = scoring.DeepSVDDScorer(epochs=0, **settings).fit(normal)
-    trained = scoring.DeepSVDDScorer(epochs=20, **settings).fit(normal)
+    untrained = svdd.DeepSVDDScorer(epochs=0, **settings).fit(normal)
+    trained = svdd.DeepSVDDScorer(epochs=20, **settings).fit(normal)
     assert torch.equal(untrained.detector.c_, trained.detector.c_)  # same start, same centre
     before, after = untrained.training_scores(normal).mean(), trained.training_scores(normal).mean()
     print(f"mean training distance: untrained {before:.4g}, trained {after:.4g}")
@@ -403,5 +406,5 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     assert trained.score(outliers).mean() > after
     # saved as tensors and plain data, read back with weights_only=True: the same scores
     torch.save(trained.state(), tmp_path / "svdd.pt")
-    loaded = scoring.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
+    loaded = svdd.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
     np.testing.assert_allclose(loaded.score(outliers), trained.score(outliers), rtol=1e-6)

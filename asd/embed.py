@@ -1,0 +1,171 @@
+"""Clip embedding with a tuned encoder: windows, same-length batches, the embeddings and statistics of
+clips, and the tuned model loaded once per process. Used by extract_embeddings.py and score_clips.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asd.runtime import autocast
+
+LONG_CLIPS = ("crop", "windows")
+POOLINGS = (None, "cls", "mean")
+
+
+def embedding_settings(long_clip: str, pooling: str | None, target_frames: int | None, amp: bool) -> dict:
+    """The settings that change embedding values (device-independent except for precision)."""
+    if long_clip not in LONG_CLIPS:
+        raise ValueError(f"LONG_CLIP must be 'crop' or 'windows', got {long_clip!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"POOLING must be none, 'cls' or 'mean', got {pooling!r}")
+    return {"long_clip": long_clip, "pooling": pooling, "target_frames": target_frames, "amp": bool(amp)}
+
+
+def precision(settings: dict, device: torch.device) -> str:
+    """The precision the embeddings are computed in: bf16 under AMP on CUDA, else fp32."""
+    return "bf16" if settings["amp"] and device.type == "cuda" else "fp32"
+
+
+def _windows(
+    fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int, pad_multiple: int
+) -> list[torch.Tensor]:
+    """The model inputs of one clip: its windows, the padded/cropped clip, or (target_frames 0) the whole
+    clip padded to a multiple of ``pad_multiple`` frames, as training fed it."""
+    from preprocessing import pad_or_crop, split_windows
+
+    if target_frames is None:
+        return [fbank[:max_frames]]
+    if target_frames == 0:
+        frames = min(-(-fbank.shape[0] // pad_multiple) * pad_multiple, max_frames)
+        return [pad_or_crop(fbank, frames)]
+    if long_clip == "windows":
+        return list(split_windows(fbank, target_frames))
+    return [pad_or_crop(fbank, target_frames)]
+
+
+def _same_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` pieces of equal length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if not batches or len(batches[-1]) == batch_size or lengths[batches[-1][0]] != lengths[i]:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
+def embed_fbanks(
+    model: torch.nn.Module,
+    fbanks: Sequence[torch.Tensor],
+    target_frames: int | None,
+    long_clip: str = "crop",
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    batch_size: int = 16,
+    pad_multiple: int = 32,
+) -> torch.Tensor:
+    """Utterance embeddings [B, D] (float32, CPU) of full-length fbanks [frames, 128], without grad.
+
+    Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
+    ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
+    ``target_frames`` 0 each clip is embedded whole, padded to a multiple of ``pad_multiple`` frames
+    (the asdkit recipe's input); with None at its own length (up to the encoder's maximum).
+    """
+    from model import base_encoder
+
+    if long_clip not in ("crop", "windows"):
+        raise ValueError(f"long_clip must be 'crop' or 'windows', got {long_clip!r}")
+    device = torch.device(device)
+    cfg = base_encoder(model.encoder).config
+    max_frames = cfg.max_length * cfg.patch_size
+    if target_frames is not None and target_frames > max_frames:
+        raise ValueError(f"target_frames {target_frames} exceeds the encoder's {max_frames} frames")
+    pieces, owners = [], []
+    for clip_index, fbank in enumerate(fbanks):
+        windows = _windows(fbank, target_frames, long_clip, max_frames, pad_multiple)
+        pieces += windows
+        owners += [clip_index] * len(windows)
+    was_training = model.training
+    model.eval()
+    embeddings: torch.Tensor | None = None
+    try:
+        with torch.inference_mode(), autocast(device, amp):
+            for batch in _same_length_batches([p.shape[0] for p in pieces], batch_size):
+                x = torch.stack([pieces[i] for i in batch]).unsqueeze(1).to(device, torch.float32)
+                out = model.embed(x).float().cpu()
+                if embeddings is None:
+                    embeddings = torch.zeros(len(pieces), out.shape[1])
+                embeddings[batch] = out
+    finally:
+        model.train(was_training)
+    owner = torch.tensor(owners, dtype=torch.long)
+    sums = torch.zeros(len(fbanks), embeddings.shape[1]).index_add_(0, owner, embeddings)
+    return sums / torch.bincount(owner, minlength=len(fbanks)).clamp_min(1)[:, None].float()
+
+
+def embed_records(
+    records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
+) -> torch.Tensor:
+    """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP)."""
+    from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
+
+    pooling = settings["pooling"] or model.pooling
+    target_frames = settings["target_frames"]
+    if target_frames is None:
+        target_frames = trained.get("target_frames", DEFAULT_FRAMES)
+    trained_pooling, model.pooling = model.pooling, pooling
+    chunks = []
+    try:
+        for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
+            paths = [r.path for r in records[start : start + batch_size]]
+            # on CUDA the missing fbanks are computed in batches on the GPU
+            fbanks = (
+                cache.fbanks(paths, device, batch_size)
+                if device.type == "cuda"
+                else [cache.fbank(p) for p in paths]
+            )
+            chunks.append(
+                embed_fbanks(
+                    model,
+                    fbanks,
+                    target_frames,
+                    settings["long_clip"],
+                    device,
+                    settings["amp"],
+                    batch_size,
+                    trained.get("pad_multiple", 32),
+                )
+            )
+    finally:
+        model.pooling = trained_pooling
+    return torch.cat(chunks)
+
+
+def stats_records(records: Sequence, cache) -> torch.Tensor:
+    """Statistics vectors [N, len(STAT_NAMES)] of the clips (from the feature cache when present)."""
+    rows = [cache.stats(r.path) for r in tqdm(records, desc="statistics", unit="clip")]
+    return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+
+_TUNED: dict = {}
+
+
+def tuned_model(model_path, device: torch.device):
+    """load_tuned, once per process (both splits share it)."""
+    from asd.checkpoints import load_tuned
+
+    key = (str(Path(model_path).resolve()), str(device))
+    if key not in _TUNED:
+        _TUNED.clear()
+        _TUNED[key] = load_tuned(model_path, device=device)
+    return _TUNED[key]
+
+
+def forget_tuned_model() -> None:
+    """Free the model tuned_model keeps."""
+    _TUNED.clear()

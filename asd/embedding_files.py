@@ -1,0 +1,278 @@
+"""The one owner of the embedding files: the contract between the encoder and the scorers.
+
+extract_embeddings.py writes four files into a run folder (nothing else reads or writes them
+except through this module):
+  normal_embeddings.pt, normal_stats.pt    the training normals
+  test_embeddings.pt,   test_stats.pt      the test clips
+each {"matrix": Tensor[N, F], "records": [ClipRecord dicts], "columns": stat names or None,
+"fingerprint": {...}}. The fingerprint names the data folder and its clips (paths, sizes,
+modification times), the tuned model (path and sha256) and the settings. ``load_features`` reads them and checks that they agree
+(same tuned model, same data folder, same settings, same clips in embeddings and statistics) and
+are current; otherwise it stops naming the command to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asd.files import atomic_torch_save
+from asd.freshness import changes
+from dataset import ClipRecord, discover_clips
+
+FEATURES_FORMAT = "eat-lora-asd/features-v2"
+FEATURE_FILES = {
+    "train": ("normal_embeddings.pt", "normal_stats.pt"),
+    "test": ("test_embeddings.pt", "test_stats.pt"),
+}
+EMBEDDING_FILE_NAMES = FEATURE_FILES["train"] + FEATURE_FILES["test"]  # the four files, in run_all's order
+_CHANGE_NAMES = {  # fingerprint key -> what a change of it means
+    "model_sha256": "another tuned model",
+    "model_path": "another tuned model path",
+    "data": "other data (files added, removed or changed)",
+    "data_dir": "another data folder",
+    "settings": "other embedding settings",
+    "precision": "another precision",
+    "features": "other feature settings",
+}
+
+
+def feature_paths(embed_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(embeddings file, statistics file) of a split ("train" = the normals, or "test")."""
+    if split not in FEATURE_FILES:
+        raise ValueError(f"split must be one of {sorted(FEATURE_FILES)}, got {split!r}")
+    return tuple(Path(embed_dir) / name for name in FEATURE_FILES[split])
+
+
+def split_records(data_dir: str | os.PathLike, split: str) -> list[ClipRecord]:
+    """The clips of a split, sorted by path: the training normals, or every test clip."""
+    records = discover_clips(data_dir, splits=(split,))
+    if split == "train":
+        records = [r for r in records if r.label == "normal"]
+    if not records:
+        raise ValueError(f"{data_dir}: no {'normal training' if split == 'train' else 'test'} clips found")
+    return records
+
+
+def data_fingerprint(records: Sequence[ClipRecord]) -> str:
+    """sha256 over every clip's absolute path, size, modification time and parsed metadata."""
+    digest = hashlib.sha256()
+    for record in records:
+        stat = os.stat(record.path)
+        metadata = {key: value for key, value in record.to_dict().items() if key != "path"}
+        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, metadata]
+        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (the tuned model's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _data_part(split: str, records: Sequence[ClipRecord], data_dir: str | os.PathLike) -> dict:
+    return {
+        "format": FEATURES_FORMAT,
+        "split": split,
+        "data": data_fingerprint(records),
+        "data_dir": str(Path(data_dir).resolve()),
+    }
+
+
+def embedding_fingerprint(
+    split: str, records: Sequence[ClipRecord], data_dir, model_path, settings: dict, precision: str
+) -> dict:
+    """What an embeddings file was built from: the clips, the tuned model, the settings, the precision."""
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first")
+    return {
+        **_data_part(split, records, data_dir),
+        "model_path": str(Path(model_path).resolve()),
+        "model_sha256": file_sha256(model_path),
+        "settings": settings,
+        "precision": precision,
+    }
+
+
+def stats_fingerprint(split: str, records: Sequence[ClipRecord], data_dir) -> dict:
+    """What a statistics file was built from: the clips and the feature settings."""
+    from preprocessing import feature_settings  # lazy: the scorers never need the audio front end
+
+    return {**_data_part(split, records, data_dir), "features": feature_settings()}
+
+
+def stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
+    """Why a saved file cannot be reused for ``fingerprint`` (None when it can)."""
+    if payload is None:
+        return "missing"
+    changed = changes(payload["fingerprint"], fingerprint)
+    if not changed:
+        return None
+    return "built from " + ", ".join(dict.fromkeys(_CHANGE_NAMES.get(key, key) for key in changed))
+
+
+def read_feature_file(path: Path) -> dict | None:
+    """A features file, or None when it is missing or unreadable (never unpickles code)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        print(f"{path}: unreadable ({type(error).__name__}: {error})")
+        return None
+    ok = isinstance(payload, dict) and payload.get("fingerprint", {}).get("format") == FEATURES_FORMAT
+    return payload if ok else None
+
+
+def write_feature_file(
+    path: str | os.PathLike,
+    matrix: torch.Tensor,
+    records: Sequence[ClipRecord],
+    columns: list[str] | None,
+    fingerprint: dict,
+) -> dict:
+    """Write one of the four files atomically; returns its payload."""
+    payload = {
+        "matrix": matrix,
+        "records": [r.to_dict() for r in records],
+        "columns": columns,
+        "fingerprint": fingerprint,
+    }
+    atomic_torch_save(payload, path)
+    return payload
+
+
+def saved_settings(embed_dir: str | os.PathLike) -> dict | None:
+    """The embedding settings recorded in EMBED_DIR/normal_embeddings.pt, if any."""
+    payload = read_feature_file(feature_paths(embed_dir, "train")[0])
+    return None if payload is None else payload["fingerprint"]["settings"]
+
+
+@dataclass
+class Split:
+    """Embeddings, statistics and ClipRecords of the same clips, row for row."""
+
+    embeddings: np.ndarray  # [N, D] float32
+    stats: np.ndarray  # [N, S] float32
+    stat_names: list[str]
+    records: list[ClipRecord]
+
+    def rows(self, rows: Sequence[int]) -> Split:
+        rows = list(rows)
+        return Split(
+            self.embeddings[rows], self.stats[rows], self.stat_names, [self.records[i] for i in rows]
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class Features:
+    """Both splits and what they were built from (tuned model, data folder, settings)."""
+
+    normal: Split
+    test: Split | None
+    fingerprint: dict  # the normal embeddings' fingerprint
+
+    @property
+    def data_dir(self) -> str:
+        return self.fingerprint["data_dir"]
+
+    def embedding_maps(self) -> dict[str, dict]:
+        """{"train"/"test": {"matrix", "records"}}: what report.py maps."""
+        return {
+            name: {"matrix": split.embeddings, "records": split.records}
+            for name, split in (("train", self.normal), ("test", self.test))
+            if split is not None
+        }
+
+
+def extract_command(embed_dir, fingerprint: dict | None) -> str:
+    data = (fingerprint or {}).get("data_dir", "<data folder>")
+    model = (fingerprint or {}).get("model_path", "<best_encoder_model.pth>")
+    return f"python extract_embeddings.py --data_dir {data} --model_path {model} --embed_dir {embed_dir}"
+
+
+def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | None:
+    """Why a split's two files do not go with each other or with the normal embeddings."""
+    fp, st = emb["fingerprint"], stats["fingerprint"]
+    same_paths = [r["path"] for r in emb["records"]] == [r["path"] for r in stats["records"]]
+    if not same_paths or fp["data"] != st["data"]:
+        return f"the {split} embeddings and statistics describe different clips"
+    for key, what in (
+        ("model_sha256", "another tuned model"),
+        ("settings", "other embedding settings"),
+        ("precision", "another precision"),
+        ("data_dir", "another data folder"),
+    ):
+        if fp.get(key) != reference.get(key):
+            return f"the {split} embeddings come from {what} than the normal embeddings"
+    return None
+
+
+def _stale(fingerprint: dict, split: str) -> str | None:
+    """Why the files no longer describe what is on disk (None when they do)."""
+    data_dir, model_path = Path(fingerprint["data_dir"]), Path(fingerprint["model_path"])
+    if data_dir.is_dir():
+        try:
+            if data_fingerprint(split_records(data_dir, split)) != fingerprint["data"]:
+                return (
+                    f"the {split} clips in {data_dir} changed (added, removed or rewritten) since extraction"
+                )
+        except (ValueError, FileNotFoundError) as error:
+            return f"{data_dir}: {error}"
+    if model_path.is_file() and file_sha256(model_path) != fingerprint["model_sha256"]:
+        return f"{model_path} changed (retrained?) since extraction"
+    return None
+
+
+def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train", "test")) -> Features:
+    """Read and check the embedding and statistics files of ``splits`` in ``embed_dir``.
+
+    Raises FileNotFoundError / ValueError naming the file, what is wrong and the command to run.
+    """
+    embed_dir = Path(embed_dir)
+    loaded = {}
+    for split in splits:
+        emb_path, stats_path = feature_paths(embed_dir, split)
+        emb, stats = read_feature_file(emb_path), read_feature_file(stats_path)
+        for path, payload in ((emb_path, emb), (stats_path, stats)):
+            if payload is None:
+                reference = next((p["fingerprint"] for p, _ in loaded.values()), None)
+                raise FileNotFoundError(
+                    f"{path} is missing, unreadable or in an older format: run "
+                    f"{extract_command(embed_dir, reference)}"
+                )
+        loaded[split] = (emb, stats)
+    reference = loaded[splits[0]][0]["fingerprint"]
+    for split, (emb, stats) in loaded.items():
+        problem = _disagreement(split, emb, stats, reference) or _stale(emb["fingerprint"], split)
+        if problem:
+            raise ValueError(f"{embed_dir}: {problem}; run {extract_command(embed_dir, emb['fingerprint'])}")
+
+    def to_split(pair) -> Split:
+        emb, stats = pair
+        return Split(
+            emb["matrix"].float().numpy(),
+            stats["matrix"].float().numpy(),
+            list(stats["columns"]),
+            [ClipRecord.from_dict(d) for d in emb["records"]],
+        )
+
+    return Features(
+        to_split(loaded["train"]) if "train" in loaded else None,
+        to_split(loaded["test"]) if "test" in loaded else None,
+        reference,
+    )

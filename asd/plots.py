@@ -1,0 +1,80 @@
+"""Per machine type: ROC curves per domain and the score histogram (PNG files of a results folder)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from asd.files import atomic_path
+from asd.metrics import MAX_FPR, auc_between
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def _histogram_bins(scores: np.ndarray, count: int = 30) -> tuple[np.ndarray, bool]:
+    """(bins, log scale?): logarithmic bins for positive scores spanning over two decades (a few
+    far outliers would otherwise squeeze every other clip into one bar), else linear ones."""
+    low, high = float(scores.min()), float(scores.max())
+    if low > 0 and high / low > 100:
+        return np.geomspace(low, high * (1 + 1e-9), count + 1), True
+    return np.linspace(low, high + 1e-9, count + 1), False
+
+
+def plot_machine(
+    machine_type: str,
+    records: Sequence,
+    scores: Mapping[str, float],
+    out_dir: str | Path,
+    threshold: float | None = None,
+) -> list[Path]:
+    """ROC curves per domain and normal/anomaly score histograms of one machine type (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    labelled = [r for r in records if r.label in ("normal", "anomaly")]
+    normal = [r for r in labelled if r.label == "normal"]
+    anomaly = [scores[r.path] for r in labelled if r.label == "anomaly"]
+    written = []
+    if normal and anomaly:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for domain in sorted({r.domain for r in normal}, key=str):
+            normal_scores = [scores[r.path] for r in normal if r.domain == domain]
+            y = [0] * len(normal_scores) + [1] * len(anomaly)
+            fpr, tpr, _ = roc_curve(y, normal_scores + anomaly)
+            ax.plot(fpr, tpr, label=f"{domain or 'all'} (AUC {auc_between(normal_scores, anomaly):.3f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.axvline(MAX_FPR, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{machine_type}: ROC")
+        ax.legend(loc="lower right")
+        _save_figure(fig, out_dir / f"roc_{machine_type}.png")
+        plt.close(fig)
+        written.append(out_dir / f"roc_{machine_type}.png")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins, log_scale = _histogram_bins(np.array([scores[r.path] for r in records]))
+    groups = {
+        "normal": [scores[r.path] for r in normal],
+        "anomaly": anomaly,
+        "unlabelled": [scores[r.path] for r in records if r.label not in ("normal", "anomaly")],
+    }
+    for name, values in groups.items():
+        if values:
+            ax.hist(values, bins=bins, alpha=0.5, label=f"{name} ({len(values)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", lw=1, ls="--", label="decision threshold")
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set(xlabel="anomaly score", ylabel="clips", title=f"{machine_type}: test scores")
+    ax.legend()
+    _save_figure(fig, out_dir / f"hist_{machine_type}.png")
+    plt.close(fig)
+    written.append(out_dir / f"hist_{machine_type}.png")
+    return written

@@ -1,0 +1,197 @@
+"""Writing a scorer's results folder: the challenge's CSVs, summary files, plots and report, built aside
+and swapped in whole; and reading an existing results folder back.
+
+Files written into a results folder:
+  anomaly_score_<machine>_section_<ss>_test.csv    "file name,score" (no header)
+  decision_result_<machine>_section_<ss>_test.csv  "file name,0|1"   (no header)
+  evaluator_result.csv   2022+ with full coverage: the official evaluator's result.csv layout
+                         (its "official score ci95" row excepted)
+  summary.csv, summary.json, roc_<machine>.png, hist_<machine>.png, report.html
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asd.evaluation import Evaluation, compute_official, group_by_machine, group_by_section
+from asd.files import atomic_folder, atomic_write_text
+from asd.plots import plot_machine
+from asd.report import write_report
+from asd.tables import csv_cell, csv_text, evaluator_rows, format_table, summary_dict, table_rows
+from asd.thresholds import decide, section_thresholds
+from dataset import parse_clip_name
+
+
+def result_file_names(machine_type: str, section: str) -> tuple[str, str]:
+    """The names the official evaluator looks for."""
+    return (
+        f"anomaly_score_{machine_type}_section_{section}_test.csv",
+        f"decision_result_{machine_type}_section_{section}_test.csv",
+    )
+
+
+def write_result_csvs(
+    scores: Mapping[str, float], decisions: Mapping[str, int], records: Sequence, out_dir: str | Path
+) -> list[Path]:
+    """Write the anomaly-score and decision CSVs of every machine type and section; returns the paths."""
+    out_dir = Path(out_dir)
+    written = []
+    for (machine, section), recs in group_by_section(records).items():
+        score_name, decision_name = result_file_names(machine, section)
+        atomic_write_text(
+            csv_text((r.file_name, f"{scores[r.path]:.8g}") for r in recs), out_dir / score_name
+        )
+        atomic_write_text(csv_text((r.file_name, decisions[r.path]) for r in recs), out_dir / decision_name)
+        written += [out_dir / score_name, out_dir / decision_name]
+    return written
+
+
+def write_summary(
+    evaluation: Evaluation, out_dir: str | Path, scorer: str, settings: Mapping | None = None
+) -> dict:
+    """summary.csv (the printed table), summary.json and, where it applies, evaluator_result.csv."""
+    out_dir = Path(out_dir)
+    header, rows = table_rows(evaluation)
+    atomic_write_text(
+        csv_text(
+            [header]
+            + [
+                [csv_cell(v) if isinstance(v, float) else ("" if v is None else v) for v in row]
+                for row in rows
+            ]
+        ),
+        out_dir / "summary.csv",
+    )
+    summary = summary_dict(evaluation, scorer, settings)
+    atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
+    if (
+        evaluation.year == "2022+"
+        and evaluation.complete
+        and all("F1 score (source)" in s.values for s in evaluation.sections)
+    ):
+        atomic_write_text(csv_text(evaluator_rows(evaluation)), out_dir / "evaluator_result.csv")
+    return summary
+
+
+_RESULT_NAME = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
+
+
+def read_result_dir(results_dir: str | os.PathLike) -> tuple[dict[str, float], dict[str, int], list]:
+    """(scores, decisions, records) of a DCASE result folder whose file names carry the labels
+    (development-set names): what the evaluator needs, read from the CSVs alone."""
+    results_dir = Path(results_dir)
+    scores, decisions, records = {}, {}, []
+    for score_file in sorted(results_dir.glob("anomaly_score_*_section_*_test.csv")):
+        match = _RESULT_NAME.match(score_file.name)
+        decision_file = results_dir / result_file_names(match["machine"], match["section"])[1]
+        if not decision_file.is_file():
+            raise FileNotFoundError(f"{score_file} has no decision file {decision_file.name} beside it")
+        with open(decision_file, newline="") as f:
+            decided = {row[0]: int(row[1]) for row in csv.reader(f) if row}
+        with open(score_file, newline="") as f:
+            for line, row in enumerate(csv.reader(f), start=1):
+                if len(row) != 2:
+                    raise ValueError(f"{score_file}:{line}: expected 'file name,score', got {row}")
+                record = parse_clip_name(Path(match["machine"]) / "test" / row[0], match["machine"], "test")
+                if record.section != match["section"]:
+                    raise ValueError(
+                        f"{score_file}:{line}: {row[0]} is not a section {match['section']} clip"
+                    )
+                if row[0] not in decided:
+                    raise ValueError(f"{decision_file} has no decision for {row[0]}")
+                scores[record.path], decisions[record.path] = float(row[1]), decided[row[0]]
+                records.append(record)
+    if not records:
+        raise FileNotFoundError(f"{results_dir}: no anomaly_score_<machine>_section_<ss>_test.csv files")
+    return scores, decisions, records
+
+
+def evaluate_result_dir(results_dir: str | os.PathLike, year: str | None = None) -> Evaluation:
+    """The evaluation of an existing result folder (labels from the clip names)."""
+    scores, decisions, records = read_result_dir(results_dir)
+    return compute_official(scores, records, year=year, decisions=decisions)
+
+
+def write_results(
+    scores: Mapping[str, float],
+    records: Sequence,
+    train_scores: Mapping[tuple[str, str], Sequence[float]],
+    out_dir: str | Path,
+    scorer: str,
+    settings: Mapping | None = None,
+    plots: bool = True,
+    title: str | None = None,
+    expected: Iterable[tuple[str, str]] = (),
+    year: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    report: bool = False,
+    embeddings: Mapping[str, Mapping] | None = None,
+) -> dict:
+    """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
+
+    ``scores``: test clip path -> anomaly score (higher = more anomalous); ``records``: the test
+    ClipRecords; ``train_scores``: (machine_type, section) -> scores of that section's training
+    normals (for the decision threshold); ``expected``: every (machine_type, section) of the data.
+    ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map).
+    Returns the JSON summary as a dict.
+    """
+    thresholds = section_thresholds(records, train_scores)
+    decisions = decide(scores, records, thresholds)
+    evaluation = compute_official(scores, records, expected or train_scores.keys(), year, decisions, data_dir)
+    if evaluation.labelled:
+        print(format_table(evaluation, title=title or scorer))
+    else:
+        print(f"{scorer}: no labelled test clips; scores and decisions written, metrics skipped")
+    summary: dict = {}
+
+    def build(folder: Path) -> None:
+        write_result_csvs(scores, decisions, records, folder)
+        summary.update(write_summary(evaluation, folder, scorer, settings))
+        if plots:
+            for machine, machine_records in group_by_machine(records).items():
+                machine_thresholds = [t for (m, _), t in thresholds.items() if m == machine]
+                plot_machine(
+                    machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds))
+                )
+        if report:
+            write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
+
+    atomic_folder(build, out_dir)
+    print(f"results written to {out_dir}")
+    return summary
+
+
+def expected_sections(features) -> set[tuple[str, str]]:
+    """Every (machine_type, section) the data holds (training normals and test clips)."""
+    return {(r.machine_type, r.section) for r in features.normal.records + features.test.records}
+
+
+def write_scorer_results(
+    features, scores: dict[str, float], train_scores: dict, cfg, scorer: str, title: str
+) -> dict:
+    """write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR) over the loaded
+    embedding files ``features``: official CSVs, tables, plots and report; returns the summary."""
+    from asd.cli import config_to_dict
+
+    return write_results(
+        scores,
+        features.test.records,
+        train_scores,
+        cfg.results_dir,
+        scorer=scorer,
+        settings=config_to_dict(cfg),
+        plots=cfg.plots,
+        report=cfg.report,
+        embeddings=features.embedding_maps(),
+        title=title,
+        expected=expected_sections(features),
+        year=cfg.dcase_year,
+        data_dir=features.data_dir,
+    )
