@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train
+from asd import resume, training
 from dataset import LabelIndex
 
 OPTIONS = [
@@ -59,7 +60,7 @@ def _args(folder: Path, data_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def interrupted(tmp_path, tiny_demo_dir, monkeypatch) -> Path:
     """A run folder whose training was killed during epoch 2 (last.pth holds epoch 1)."""
-    real_evaluate, calls = train.evaluate, []
+    real_evaluate, calls = training.evaluate, []
 
     def crash_in_epoch_two(*args, **kwargs):
         calls.append(1)
@@ -67,10 +68,10 @@ def interrupted(tmp_path, tiny_demo_dir, monkeypatch) -> Path:
             raise KeyboardInterrupt("simulated kill")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", crash_in_epoch_two)
+    monkeypatch.setattr(training, "evaluate", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train.main(_args(tmp_path / "run", tiny_demo_dir))
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["epoch"] == 1
     return tmp_path / "run"
 
@@ -78,7 +79,7 @@ def interrupted(tmp_path, tiny_demo_dir, monkeypatch) -> Path:
 def _why_not(folder: Path, data_dir: Path, *extra: str) -> str:
     """read_last_checkpoint's reason not to continue, for a run with these options."""
     cfg = train.parse_config(vars(train), _args(folder, data_dir, *extra))
-    state, why_not = train.read_last_checkpoint(cfg, LabelIndex.from_records(train.training_records(cfg)))
+    state, why_not = resume.read_last_checkpoint(cfg, LabelIndex.from_records(training.training_records(cfg)))
     assert (state is None) == bool(why_not)
     return why_not
 

@@ -10,6 +10,7 @@ import torch
 import asd.checkpoints as C
 import model as M
 import train
+from asd import augment, training
 from dataset import discover_clips
 from extract_embeddings import embed_fbanks
 
@@ -114,7 +115,7 @@ def test_real_clips_with_single_clip_classes(tmp_path, samples_dir):
 def test_spec_augment_masks_bands():
     torch.manual_seed(0)
     x = torch.ones(4, 1, 64, 128)
-    masked = train.spec_augment(x, time_mask=10, freq_mask=8, num_masks=2)
+    masked = augment.spec_augment(x, time_mask=10, freq_mask=8, num_masks=2)
     assert masked.shape == x.shape and masked.min() == 0 and masked.max() == 1
     zero_rows = (masked[:, 0] == 0).all(dim=2).sum(dim=1)  # fully masked frames per clip
     assert (zero_rows <= 20).all() and zero_rows.sum() > 0
@@ -166,12 +167,12 @@ def test_mixup_happens_with_its_probability():
 
     def share(prob: float) -> float:
         torch.manual_seed(0)
-        return sum(train.mixup_batch(x, labels, prob, 0.2)[1] is not None for _ in range(2000)) / 2000
+        return sum(augment.mixup_batch(x, labels, prob, 0.2)[1] is not None for _ in range(2000)) / 2000
 
     assert share(0.0) == 0.0 and share(1.0) == 1.0 and abs(share(0.5) - 0.5) < 0.04
     assert share(0.5) == share(0.5)  # seeded: the same batches are mixed
     torch.manual_seed(1)
-    mixed, other, lam = train.mixup_batch(x, labels, 1.0, 0.2)
+    mixed, other, lam = augment.mixup_batch(x, labels, 1.0, 0.2)
     assert torch.allclose(mixed, lam * x + (1 - lam) * x[other], atol=1e-6)
 
 
@@ -179,12 +180,12 @@ def test_pretext_batch_applies_the_labelled_augmentation():
     from preprocessing import PAD_VALUE
 
     x = torch.randn(16, 1, 64, 128)
-    out, labels = train.pretext_batch(x, torch.Generator().manual_seed(3))
-    again, same = train.pretext_batch(x, torch.Generator().manual_seed(3))
+    out, labels = augment.pretext_batch(x, torch.Generator().manual_seed(3))
+    again, same = augment.pretext_batch(x, torch.Generator().manual_seed(3))
     assert torch.equal(out, again) and torch.equal(labels, same)
-    assert set(labels.tolist()) == set(range(len(train._PRETEXT_TASKS)))
+    assert set(labels.tolist()) == set(range(len(augment.PRETEXT_TASKS)))
     for clip, original, label in zip(out[:, 0], x[:, 0], labels.tolist()):
-        task = train._PRETEXT_TASKS[label]
+        task = augment.PRETEXT_TASKS[label]
         if task == "none":
             assert torch.equal(clip, original)
         elif task == "pitch_shift":
@@ -195,8 +196,8 @@ def test_pretext_batch_applies_the_labelled_augmentation():
             assert torch.allclose(clip[0], original[0], atol=0.5) and not torch.allclose(
                 clip, original, atol=0.1
             )
-    names = train.pretext_label_index().names
-    assert [name.split("_", 1)[1] for name in names] == list(train._PRETEXT_TASKS)
+    names = augment.pretext_label_index().names
+    assert [name.split("_", 1)[1] for name in names] == list(augment.PRETEXT_TASKS)
 
 
 def test_warmup_in_steps_then_constant_or_cosine():
@@ -212,14 +213,14 @@ def test_warmup_in_steps_then_constant_or_cosine():
         lr_schedule="constant",
         min_lr_ratio=0.1,
     )
-    optimizer, scheduler = train.make_optimizer(layer, cfg, steps_per_epoch=4)  # warm-up 3 + 2 = 5 steps
+    optimizer, scheduler = training.make_optimizer(layer, cfg, steps_per_epoch=4)  # warm-up 3 + 2 = 5 steps
     rates = []
     for _ in range(8):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0])
-    optimizer, scheduler = train.make_optimizer(
+    optimizer, scheduler = training.make_optimizer(
         layer, SimpleNamespace(**{**vars(cfg), "lr_schedule": "cosine"}), 4
     )
     for _ in range(7):
@@ -232,13 +233,13 @@ def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, sample
     data_dir = samples_dir / "dcase2023_dev"
     lengths = []
 
-    class Recording(train.VariableLengthCollate):
+    class Recording(training.VariableLengthCollate):
         def __call__(self, batch):
             out = super().__call__(batch)
             lengths.extend((r.machine_type, out[0].shape[2]) for r in out[2])
             return out
 
-    monkeypatch.setattr(train, "VariableLengthCollate", Recording)
+    monkeypatch.setattr(training, "VariableLengthCollate", Recording)
     history = train.main(
         _asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora", "--val_fraction", "0")
     )
@@ -283,10 +284,10 @@ def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
         )
     )
     assert "one class" in capsys.readouterr().out
-    assert history["task"] == "pretext" and history["num_classes"] == len(train._PRETEXT_TASKS) > 1
+    assert history["task"] == "pretext" and history["num_classes"] == len(augment.PRETEXT_TASKS) > 1
     assert min(history["train_loss"] + history["val_loss"]) > 0.1  # a task that still has something to learn
     model, labels, _ = C.load_tuned(tmp_path / "best.pth")
-    assert labels == train.pretext_label_index() and model.head.num_classes == len(train._PRETEXT_TASKS)
+    assert labels == augment.pretext_label_index() and model.head.num_classes == len(augment.PRETEXT_TASKS)
 
 
 def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir):

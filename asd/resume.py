@@ -1,0 +1,119 @@
+"""Resuming training: the last-epoch checkpoint (LAST_CHECKPOINT), written every epoch, and whether a
+run may continue it (asd.freshness.changes over the settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asd.cli import config_to_dict
+from asd.files import atomic_torch_save
+from asd.freshness import changes
+from dataset import LabelIndex
+from model import ASDModel, trainable_state
+
+# --resume true: these must match, the rest may change
+RESUME_MUST_MATCH = (
+    "eat_checkpoint",
+    "model_size",
+    "pooling",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
+    "unfreeze_last_norms",
+    "projection_dim",
+    "head",
+    "sub_clusters",
+    "train_centres",
+    "seed",
+    "val_fraction",
+    "machine_types",
+    "data_dir",
+)
+# --resume auto: everything but these must match
+RESUME_MAY_DIFFER = ("device", "num_workers", "resume", "output", "last_checkpoint", "feature_cache")
+
+
+def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str]:
+    """(LAST_CHECKPOINT's state, "") when this run may continue it, else (None, why not).
+
+    RESUME auto continues only an unfinished run whose settings all match except RESUME_MAY_DIFFER
+    (so a changed learning rate or a finished run trains afresh); RESUME true only needs
+    RESUME_MUST_MATCH to match and also "continues" a finished run."""
+    path = Path(cfg.last_checkpoint)
+    if not path.is_file():
+        return None, f"there is no last checkpoint {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved, saved_classes = state["settings"], LabelIndex.from_dict(state["label_index"])
+    except Exception as error:  # truncated, not a checkpoint, or from another program
+        return None, f"{path} cannot be read ({type(error).__name__}: {error})"
+    current = config_to_dict(cfg)
+    keys = RESUME_MUST_MATCH if cfg.resume == "true" else [k for k in current if k not in RESUME_MAY_DIFFER]
+    changed = changes({k: saved.get(k) for k in keys}, {k: current[k] for k in keys})
+    if changed:
+        return None, f"{path} was trained with other settings: " + ", ".join(
+            f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed
+        )
+    if saved_classes != label_index:
+        return None, f"{path} was trained on other classes than {cfg.data_dir} has now"
+    if cfg.resume == "auto" and state["epoch"] >= cfg.epochs:
+        return None, f"{path} has finished its {state['epoch']} epochs"
+    if state["best"] and not Path(cfg.output).is_file():
+        return None, f"the best model {cfg.output} of {path} is missing"
+    return state, ""
+
+
+def resume_state(
+    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool
+) -> dict | None:
+    """Load the LAST_CHECKPOINT this run continues into model/optimizer/scheduler and return it
+    (history, best record, epoch), or None to start fresh, as RESUME says; says why it does not resume."""
+    if cfg.resume == "false":
+        return None
+    state, why_not = read_last_checkpoint(cfg, label_index)
+    if state is None:
+        if cfg.resume == "true":
+            if not Path(cfg.last_checkpoint).exists():
+                raise FileNotFoundError(
+                    f"--resume true, but {why_not}; pass --resume auto or false to start fresh"
+                )
+            raise ValueError(f"--resume true, but {why_not}; delete it or pass --resume false to start fresh")
+        if show and Path(cfg.last_checkpoint).exists():
+            print(f"not resuming, starting fresh: {why_not}")
+        return None
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable_state"].items():
+            params[name].copy_(tensor)
+        buffers = dict(model.head.named_buffers())
+        for name, tensor in state.get("head_buffers", {}).items():
+            buffers[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if show:
+        print(
+            f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']} (--resume false starts fresh)"
+        )
+    return state
+
+
+def save_last(
+    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, epoch: int, history: dict, best: dict
+) -> None:
+    """LAST_CHECKPOINT after ``epoch``: trainable weights, head buffers, optimizer and schedule (atomic)."""
+    atomic_torch_save(
+        {
+            "epoch": epoch,
+            "trainable_state": trainable_state(model),
+            "head_buffers": dict(model.head.named_buffers()),  # e.g. SCAdaCos's adaptive scale
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "best": best,
+            "label_index": label_index.to_dict(),
+            "settings": config_to_dict(cfg),
+        },
+        cfg.last_checkpoint,
+    )
