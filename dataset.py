@@ -26,6 +26,7 @@ they have a ``domain`` column) and must agree with the names.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import re
@@ -34,18 +35,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
 from preprocessing import (
     CHANNELS,
     ENCODER_MAX_FRAMES,
+    FRAME_SHIFT_MS,
+    SAMPLE_RATE,
     AudioError,
     FeatureCache,
     check_clip_channels,
-    clip_shape,
+    num_frames,
     pad_or_crop,
-    too_long_message,
 )
 
 SPLITS = ("train", "test")
@@ -325,6 +328,22 @@ def discover_clips(
         raise ValueError(f"{data_dir}: no .wav clips found in the {list(splits)} folders")
     check_clips([r.path for r in records], channels, max_frames)
     return sorted(records, key=lambda r: r.path)
+
+
+def clip_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(fbank frames at 16 kHz, channels) of a clip, from its header only (no samples are read)."""
+    info = sf.info(str(path))
+    samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate) if info.samplerate else 0
+    return num_frames(samples), info.channels
+
+
+def too_long_message(path: str | os.PathLike, frames: int, max_frames: int = ENCODER_MAX_FRAMES) -> str:
+    """What to say about a clip of ``frames`` fbank frames, longer than the encoder's reach."""
+    return (
+        f"{path}: {frames * FRAME_SHIFT_MS / 1000:.1f} s ({frames} fbank frames) is longer than the "
+        f"encoder's reach ({max_frames} frames, about {max_frames * FRAME_SHIFT_MS / 1000:.0f} s): "
+        "cut it into DCASE-length clips (score_clips.py scores long recordings as windows)"
+    )
 
 
 def check_clips(

@@ -41,6 +41,7 @@ from dataset import (
     machine_type_dirs,
     parse_clip_name,
     read_attribute_tables,
+    too_long_message,
     wav_files,
 )
 from model import EATConfig
@@ -53,7 +54,6 @@ from preprocessing import (
     channels_needed,
     check_wav_header,
     num_frames,
-    too_long_message,
 )
 
 DATA_DIR = "dev_data"  # folder with <machine_type>/{train,test}/*.wav

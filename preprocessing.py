@@ -196,22 +196,6 @@ def load_audio(
     return wav.contiguous()
 
 
-def clip_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(fbank frames at 16 kHz, channels) of a clip, from its header only (no samples are read)."""
-    info = sf.info(str(path))
-    samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate) if info.samplerate else 0
-    return num_frames(samples), info.channels
-
-
-def too_long_message(path: str | os.PathLike, frames: int, max_frames: int = ENCODER_MAX_FRAMES) -> str:
-    """What to say about a clip of ``frames`` fbank frames, longer than the encoder's reach."""
-    return (
-        f"{path}: {frames * FRAME_SHIFT_MS / 1000:.1f} s ({frames} fbank frames) is longer than the "
-        f"encoder's reach ({max_frames} frames, about {max_frames * FRAME_SHIFT_MS / 1000:.0f} s): "
-        "cut it into DCASE-length clips (score_clips.py scores long recordings as windows)"
-    )
-
-
 def channel_record(channels: str = CHANNELS, residual_weight: float = RESIDUAL_WEIGHT) -> dict:
     """The channel settings to record in model and embedding files (the weight only where it acts)."""
     check_channel_mode(channels, residual_weight)
