@@ -13,6 +13,10 @@ Every naming scheme from DCASE 2020 to 2025 is understood:
     section_00_source_train_normal_0000.wav                   2021
     section_00_target_test_anomaly_0000_car_C2_spd_34V_mic_1.wav, ..._0000_noAttribute.wav  2022-2025
     section_00_0000.wav, section_00_test_0000.wav             evaluation sets (label unknown)
+    section_00_source_train_normal_0000_car_B1_spd_2_mic_2_mic_1.wav   2026 (two-channel clips)
+Names without a label (evaluation test sets) give records with label None and, unless the name
+or an attributes CSV says it, domain None; they are allowed only in test/ (training clips are
+named normal). A key may repeat (mic_2_mic_1): attributes are an ordered tuple of pairs.
 Attributes after the clip index are key_value pairs (values may hold dots and dashes: m-n_W,
 ac_0.08); a tail that does not pair up (2021's strength_1_ambient) is kept whole as one value.
 ``<machine>/attributes_XX.csv`` files, when present, fill missing attributes (and the domain, if
@@ -22,6 +26,7 @@ they have a ``domain`` column) and must agree with the names.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import re
@@ -30,10 +35,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from preprocessing import FeatureCache, pad_or_crop
+from preprocessing import (
+    CHANNELS,
+    ENCODER_MAX_FRAMES,
+    FRAME_SHIFT_MS,
+    SAMPLE_RATE,
+    AudioError,
+    FeatureCache,
+    check_clip_channels,
+    num_frames,
+    pad_or_crop,
+)
 
 SPLITS = ("train", "test")
 NO_ATTRIBUTE = "noAttribute"
@@ -63,7 +79,7 @@ class ClipRecord:
     section: str  # "00"; 2020's id_04 gives "04"
     domain: str | None  # "source" | "target" | None (2020, evaluation names)
     split: str  # "train" | "test"
-    label: str  # "normal" | "anomaly" | "unknown"
+    label: str | None  # "normal" | "anomaly" | None (unlabelled evaluation test clips)
     attributes: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -72,7 +88,7 @@ class ClipRecord:
 
     @property
     def is_anomaly(self) -> bool | None:
-        return None if self.label == "unknown" else self.label == "anomaly"
+        return None if self.label in (None, "unknown") else self.label == "anomaly"
 
     @property
     def attribute_string(self) -> str:
@@ -93,6 +109,8 @@ class ClipRecord:
     def from_dict(cls, d: dict) -> ClipRecord:
         fields = dict(d)
         fields["attributes"] = tuple((str(k), str(v)) for k, v in fields.get("attributes", ()))
+        if fields.get("label") == "unknown":  # files written before unlabelled clips had label None
+            fields["label"] = None
         return cls(**fields)
 
 
@@ -131,7 +149,7 @@ def parse_clip_name(
     stem = path.stem
     match = _NAME_2020.match(stem)
     if match:
-        label = match["label"] or ("normal" if split == "train" else "unknown")
+        label = _label(path, match["label"], split)
         return ClipRecord(str(path), machine_type, match["section"], None, split, label, ())
     match = _NAME_2021.match(stem)
     if not match:
@@ -143,12 +161,21 @@ def parse_clip_name(
         raise ClipNameError(
             f"{path}: name says split {match['split']!r} but the file lies in the {split!r} folder"
         )
-    # training data are normal by the task's definition, even where eval names omit the label
-    label = match["label"] or ("normal" if split == "train" else "unknown")
-    if label == "anomaly" and split == "train":
-        raise ClipNameError(f"{path}: an anomalous clip in the train folder (training data must be normal)")
+    label = _label(path, match["label"], split)
     attributes = parse_attribute_tail(match["tail"])
     return ClipRecord(str(path), machine_type, match["section"], match["domain"], split, label, attributes)
+
+
+def _label(path: Path, label: str | None, split: str) -> str | None:
+    """The label a name gives; unlabelled names only in test/, anomalies never in train/."""
+    if label is None and split == "train":
+        raise ClipNameError(
+            f"{path}: a clip without a label in the train folder (unlabelled names such as "
+            "section_00_0000.wav belong to test/; training clips are named ..._normal_...)"
+        )
+    if label == "anomaly" and split == "train":
+        raise ClipNameError(f"{path}: an anomalous clip in the train folder (training data must be normal)")
+    return label
 
 
 # -----------------------------------------------------------------------------
@@ -171,8 +198,18 @@ def _row_key(file_name: str) -> str:
 def read_attribute_csv(path: str | os.PathLike) -> dict[str, AttributeRow]:
     """Rows of one DCASE attributes CSV (file_name, d1p, d1v, d2p, d2v, ...[, domain]), keyed by split/file."""
     path = Path(path)
+    try:
+        return _read_attribute_rows(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the attributes CSV as UTF-8"
+        ) from exc
+
+
+def _read_attribute_rows(path: Path) -> dict[str, AttributeRow]:
     rows: dict[str, AttributeRow] = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "file_name" not in reader.fieldnames:
             raise ValueError(f"{path}: attributes CSV needs a 'file_name' column, has {reader.fieldnames}")
@@ -269,8 +306,14 @@ def discover_clips(
     data_dir: str | os.PathLike,
     splits: Sequence[str] = SPLITS,
     machine_types: Sequence[str] | None = None,
+    channels: str = CHANNELS,
+    max_frames: int | None = ENCODER_MAX_FRAMES,
 ) -> list[ClipRecord]:
-    """Every clip under ``data_dir/<machine_type>/<split>/``, parsed and merged with attributes CSVs, sorted by path."""
+    """Every clip under ``data_dir/<machine_type>/<split>/``, parsed and merged with attributes CSVs, sorted by path.
+
+    The clips' headers are checked before anything is computed (check_clips): a clip with too few
+    channels for ``channels`` or longer than ``max_frames`` fbank frames raises AudioError naming it.
+    """
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise ValueError(f"unknown split(s) {bad}; expected a subset of {SPLITS}")
@@ -283,7 +326,55 @@ def discover_clips(
                 records.append(apply_attribute_row(record, attribute_row_for(rows, path)))
     if not records:
         raise ValueError(f"{data_dir}: no .wav clips found in the {list(splits)} folders")
+    check_clips([r.path for r in records], channels, max_frames)
     return sorted(records, key=lambda r: r.path)
+
+
+def clip_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(fbank frames at 16 kHz, channels) of a clip, from its header only (no samples are read)."""
+    info = sf.info(str(path))
+    samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate) if info.samplerate else 0
+    return num_frames(samples), info.channels
+
+
+def too_long_message(path: str | os.PathLike, frames: int, max_frames: int = ENCODER_MAX_FRAMES) -> str:
+    """What to say about a clip of ``frames`` fbank frames, longer than the encoder's reach."""
+    return (
+        f"{path}: {frames * FRAME_SHIFT_MS / 1000:.1f} s ({frames} fbank frames) is longer than the "
+        f"encoder's reach ({max_frames} frames, about {max_frames * FRAME_SHIFT_MS / 1000:.0f} s): "
+        "cut it into DCASE-length clips (score_clips.py scores long recordings as windows)"
+    )
+
+
+def check_clips(
+    paths: Iterable[str | os.PathLike],
+    channels: str = CHANNELS,
+    max_frames: int | None = ENCODER_MAX_FRAMES,
+    shown: int = 10,
+) -> None:
+    """AudioError naming the clips (up to ``shown``) that have too few channels for ``channels`` or more
+    than ``max_frames`` fbank frames (None: any length), read from their headers only.
+
+    Long clips are refused rather than silently cut to the encoder's reach. A header soundfile
+    cannot read is left to the loader, which names what is wrong with it.
+    """
+    problems = []
+    for path in paths:
+        try:
+            frames, count = clip_shape(path)
+        except Exception:
+            continue
+        try:
+            check_clip_channels(path, count, channels)
+        except AudioError as exc:
+            problems.append(str(exc))
+        if max_frames is not None and frames > max_frames:
+            problems.append(too_long_message(path, frames, max_frames))
+    if problems:
+        more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+        raise AudioError(
+            f"{len(problems)} clip(s) cannot be used:\n  " + "\n  ".join(problems[:shown]) + more
+        )
 
 
 # -----------------------------------------------------------------------------

@@ -3,10 +3,13 @@
     python datashape.py --data_dir dev_data
 
 Prints per machine type and split the clip counts by section, domain and label, the durations,
-sample rates and channels, the attribute values seen and the fbank shape EAT will get. Exits
-non-zero with a list of every problem: file names that follow no DCASE scheme, attributes that
+sample rates and channels, the attribute values seen and the fbank shape EAT will get, and per
+machine type and for the folder which channel modes (CHANNELS: near, far, mix, residual, both) the
+clips support: the modes that use the far microphone need two channels in every clip (DCASE 2026).
+Exits non-zero with a list of every problem: file names that follow no DCASE scheme, attributes that
 disagree with attributes_XX.csv, empty, truncated, corrupt or NaN clips, clips too short for one
-EAT patch, and machine types without train or test clips. What the loader accepts with a warning
+EAT patch or longer than the encoder's reach (the loaders refuse them rather than cut them), clips
+with too few channels for the CHANNELS mode asked for, and machine types without train or test clips. What the loader accepts with a warning
 (all-silent clips, clips at another sample rate, which are resampled) is listed as a WARNING naming
 the clips; warnings alone exit 0.
 """
@@ -38,10 +41,20 @@ from dataset import (
     machine_type_dirs,
     parse_clip_name,
     read_attribute_tables,
+    too_long_message,
     wav_files,
 )
 from model import EATConfig
-from preprocessing import NUM_MEL_BINS, SAMPLE_RATE, AudioError, check_wav_header, num_frames
+from preprocessing import (
+    CHANNEL_MODES,
+    ENCODER_MAX_FRAMES,
+    NUM_MEL_BINS,
+    SAMPLE_RATE,
+    AudioError,
+    channels_needed,
+    check_wav_header,
+    num_frames,
+)
 
 DATA_DIR = "dev_data"  # folder with <machine_type>/{train,test}/*.wav
 MACHINE_TYPES = []  # machine types to check (empty: all)
@@ -49,8 +62,9 @@ SPLITS = ["train", "test"]  # splits every machine type must have
 DECODE = True  # read every clip's samples to find silent or NaN clips (False: headers only)
 TARGET_FRAMES = 1024  # model input length in frames (EAT: 1024)
 PROGRESS = True  # progress bar while reading clips
+CHANNELS = ""  # also require clips fit for this channel mode (near, far, mix, residual, both)
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"TARGET_FRAMES": (16, None)}
+_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
 
 
 @dataclass
@@ -96,6 +110,8 @@ def inspect_audio(path: Path, decode: bool) -> tuple[sf._SoundFileInfo | None, s
             ),
             None,
         )
+    if frames > ENCODER_MAX_FRAMES:
+        return info, too_long_message(path, frames), None
     if not decode:
         return info, None, None
     try:
@@ -146,7 +162,7 @@ def check_split(
         summary.clips += 1
         summary.sections[record.section] += 1
         summary.domains[record.domain or "-"] += 1
-        summary.labels[record.label] += 1
+        summary.labels[record.label or "unlabelled"] += 1
         for key, value in record.attributes:
             summary.attributes[key].add(value)
         if problem is None and info is not None:
@@ -210,6 +226,25 @@ def check_sample_rates(summaries: dict, warnings: list[str], shown: int = 10) ->
         warnings.append(f"most clips are {usual} Hz; they will be resampled to {SAMPLE_RATE} Hz")
 
 
+def channel_modes(channels: Counter) -> list[str]:
+    """The channel modes every clip counted in ``channels`` (channel count -> clips) can be read in."""
+    fewest = min(channels) if channels else 0
+    return [mode for mode in CHANNEL_MODES if fewest >= channels_needed(mode)]
+
+
+def report_channels(machine: str, channels: Counter, wanted: str, problems: list[str]) -> None:
+    """Print which channel modes a machine type's clips support; a problem when ``wanted`` is not one."""
+    if not channels:
+        return
+    modes = channel_modes(channels)
+    print(f"  channels {counts(channels)} -> modes {', '.join(modes)}")
+    if wanted and wanted not in modes:
+        problems.append(
+            f"{machine}: CHANNELS={wanted!r} needs two channels, but {channels[1]} clip(s) are mono "
+            "(use near or mix, which read a mono clip as it is)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(globals(), argv, description=__doc__)
     problems: list[str] = []
@@ -224,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: unknown split(s) {bad_splits}; expected {list(DCASE_SPLITS)}")
         return 1
     summaries = {}
+    folder_channels: Counter = Counter()
     print(f"data folder {cfg.data_dir}: {len(machine_dirs)} machine types")
     for machine_dir in machine_dirs:
         machine = machine_dir.name
@@ -239,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             if summary.clips == 0 and not wav_files(machine_dir / split):
                 problems.append(f"{machine}: no {split} clips in {machine_dir / split}")
             print_summary(machine, split, summary, cfg.target_frames)
+        machine_channels = sum((summaries[machine, split].channels for split in cfg.splits), Counter())
+        report_channels(machine, machine_channels, cfg.channels, problems)
+        folder_channels += machine_channels
+    if folder_channels:
+        print(f"\nchannel modes every clip supports: {', '.join(channel_modes(folder_channels))}")
     check_sample_rates(summaries, warnings)
     if warnings:
         print(f"\n{len(warnings)} warning(s) (usable, but check them):")

@@ -2,6 +2,7 @@
 
     python make_demo_data.py                                  # demo_data/, 10 s clips
     python make_demo_data.py --clip_seconds 4 --source_train 20
+    python make_demo_data.py --year_style 2026 --out_dir demo_data_2026   # two-channel clips
 
 Layout: OUT_DIR/<machine>/{train,test}/section_00_{source|target}_{train|test}_{normal|anomaly}_NNNN_<key>_<value>.wav
 plus OUT_DIR/<machine>/attributes_00.csv. Each machine type has its own sound (fan: blade-pass
@@ -10,6 +11,12 @@ sidebands); the attribute value sets the operating speed and load; the target do
 operating condition (another speed, louder and differently coloured background). Test anomalies are
 bearing whine, rattle, imbalance modulation or an inharmonic frequency shift, at graded strengths
 from barely audible to obvious. Deterministic: the same settings give byte-identical files.
+
+YEAR_STYLE 2026 writes DCASE-2026-style two-channel clips: channel 0 (near the machine) holds
+exactly the samples of the 2023-style clip, channel 1 (far from it) the same machine sound weaker
+(FAR_MACHINE_DB) and a little later, plus an environmental noise the near channel does not hold
+(rumble, a murmur of voices and random clatter; FAR_NOISE_DB); the names carry two microphone
+attributes as 2026's do (..._vel_6_mic_2_mic_1.wav: the key 'mic' repeats).
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ MIN_STRENGTH = 0.15  # weakest anomaly (0..1); strengths grade up to MAX_STRENGT
 MAX_STRENGTH = 1.0  # strongest anomaly
 TARGET_SPEED_SHIFT = 1.12  # target domain runs this much faster than the source
 CLIP_RMS = 0.05  # loudness of every written clip (before gain jitter)
+YEAR_STYLE = "2023"  # "2026": two-channel clips (channel 0 near the machine, channel 1 far) and 2026 names
+FAR_MACHINE_DB = -10.0  # 2026 style: level of the machine on the far channel relative to the near one (dB)
+FAR_NOISE_DB = -3.0  # 2026 style: environmental noise on the far channel relative to the near clip (dB)
 PROGRESS = True  # show a progress bar
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
@@ -59,9 +69,14 @@ _LIMITS = {
     "MAX_STRENGTH": (0.0, 1.0),
     "TARGET_SPEED_SHIFT": (">0", None),
     "CLIP_RMS": (">0", 1.0),
+    "YEAR_STYLE": ("2023", "2026"),
+    "FAR_MACHINE_DB": (-60.0, "<0"),
+    "FAR_NOISE_DB": (-60.0, 20.0),
 }
 
 _MANIFEST = "manifest.json"
+_STYLE_2026 = ("year_style", "far_machine_db", "far_noise_db")  # settings only the 2026 style uses
+_FAR_DELAY_S = 0.004  # the far microphone hears the machine this much later (about 1.4 m further)
 _ANOMALY_KINDS = ("bearing_whine", "rattle", "imbalance", "frequency_shift")
 
 # per machine type: attribute key and values (value -> speed factor, load factor), and its sound
@@ -252,7 +267,8 @@ def clip_plan(cfg) -> list[dict]:
                     grade = (i * 0.6180339887) % 1.0
                     clip["strength"] = cfg.min_strength + (cfg.max_strength - cfg.min_strength) * grade
                 spec = _MACHINES[machine]
-                name = f"section_00_{domain}_{split}_{label}_{i:04d}_{spec['attr']}_{clip['value']}.wav"
+                mics = "_mic_2_mic_1" if cfg.year_style == "2026" else ""
+                name = f"section_00_{domain}_{split}_{label}_{i:04d}_{spec['attr']}_{clip['value']}{mics}.wav"
                 clip["relpath"] = f"{machine}/{split}/{name}"
                 plan.append(clip)
     return plan
@@ -285,23 +301,56 @@ def render_clip(cfg, clip: dict) -> np.ndarray:
     return np.clip(signal / (signal.std() + 1e-12) * gain, -0.99, 0.99)
 
 
+def environmental_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Unit-RMS background of a workshop: rumble, a murmur of voices (noise in a speech band, slowly
+    swelling) and random clatter; nothing of it is in the near channel."""
+    rumble = coloured_noise(rng, n, sr, 1.8, 300.0)
+    swell = np.clip(1.0 + smooth_noise(rng, n, max(2, int(n / sr * 3)), 0.6), 0.1, None)
+    murmur = coloured_noise(rng, n, sr, 0.3, 2500.0) * swell
+    count = max(1, int(rng.uniform(1, 4) * n / sr))
+    times = np.sort(rng.uniform(0, n / sr, count))
+    clatter = impacts(rng, n, sr, times, rng.uniform(0.3, 1.0, count), rng.uniform(400, 1500), 0.02)
+    noise = rumble + 0.7 * murmur / murmur.std() + 0.5 * clatter / (clatter.std() + 1e-12)
+    return noise / (noise.std() + 1e-12)
+
+
+def render_far(cfg, clip: dict, near: np.ndarray) -> np.ndarray:
+    """The far channel of a 2026-style clip: the near clip weaker and delayed, plus environmental noise.
+
+    Its own random stream, so the near channel is exactly the 2023-style clip.
+    """
+    keys = [cfg.seed, sorted(_MACHINES).index(clip["machine"]), clip["index"], 2026]
+    keys += [("train", "test").index(clip["split"]), ("source", "target").index(clip["domain"])]
+    keys += [("normal", "anomaly").index(clip["label"])]
+    rng = np.random.default_rng(np.random.SeedSequence(keys))
+    delay = int(round(_FAR_DELAY_S * cfg.sample_rate))
+    machine = np.concatenate([np.zeros(delay), near[: len(near) - delay]])[: len(near)]
+    noise = environmental_noise(rng, len(near), cfg.sample_rate)
+    far = machine * 10 ** (cfg.far_machine_db / 20) + noise * near.std() * 10 ** (cfg.far_noise_db / 20)
+    return np.clip(far, -0.99, 0.99)
+
+
 def write_wav(wave: np.ndarray, path: Path, sr: int) -> None:
     with atomic_path(path) as tmp:
         sf.write(str(tmp), wave, sr, format="WAV", subtype="PCM_16")
 
 
-def attributes_csv(clips: list[dict]) -> str:
+def attributes_csv(clips: list[dict], year_style: str = "2023") -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file_name", "d1p", "d1v"])
+    mics = year_style == "2026"
+    writer.writerow(["file_name", "d1p", "d1v"] + (["d2p", "d2v", "d3p", "d3v"] if mics else []))
     for clip in clips:
-        writer.writerow([clip["relpath"], _MACHINES[clip["machine"]]["attr"], clip["value"]])
+        row = [clip["relpath"], _MACHINES[clip["machine"]]["attr"], clip["value"]]
+        writer.writerow(row + (["mic", "2", "mic", "1"] if mics else []))
     return out.getvalue()
 
 
 def settings_of(cfg) -> dict:
-    """The settings that decide the files' bytes, as they read back from JSON."""
-    return json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("out_dir", "progress")}))
+    """The settings that decide the files' bytes, as they read back from JSON (the 2026-only ones only
+    in that style, so a 2023-style manifest is what it was before the style existed)."""
+    skip = {"out_dir", "progress"} | (set(_STYLE_2026) if cfg.year_style == "2023" else set())
+    return json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in skip}))
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -347,9 +396,12 @@ def main(argv: list[str] | None = None) -> Path:
     manifest = {"complete": False, "settings": settings, "files": files}
     atomic_write_text(json.dumps(manifest, indent=1), out_dir / _MANIFEST)
     for clip in tqdm(plan, desc="demo clips", disable=not cfg.progress, file=sys.stdout):
-        write_wav(render_clip(cfg, clip), out_dir / clip["relpath"], cfg.sample_rate)
+        wave = render_clip(cfg, clip)
+        if cfg.year_style == "2026":
+            wave = np.stack([wave, render_far(cfg, clip, wave)], axis=1)
+        write_wav(wave, out_dir / clip["relpath"], cfg.sample_rate)
     for rel, clips in csv_files.items():
-        atomic_write_text(attributes_csv(clips), out_dir / rel)
+        atomic_write_text(attributes_csv(clips, cfg.year_style), out_dir / rel)
     manifest["complete"] = True
     atomic_write_text(json.dumps(manifest, indent=1), out_dir / _MANIFEST)
     print(

@@ -44,6 +44,16 @@ STAT_HOP = 512  # hop of the spectral statistics
 ROLLOFF = 0.85  # spectral roll-off: frequency below which this share of the energy lies
 FEATURE_CACHE = "cache/features"  # default on-disk feature cache
 FEATURE_VERSION = 1  # bump when the feature code changes, so old caches are ignored
+# which microphone is heard (DCASE 2026 clips: channel 0 near the machine, channel 1 far from it):
+# near = channel 0 (the official 2026 baseline's), far = channel 1, mix = mean of the channels (the
+# project's behaviour before this setting), residual = near - RESIDUAL_WEIGHT * far on the waveform
+# (LUDO's "Residual View"), both = the two channels, embedded one by one (see channel_views)
+CHANNEL_MODES = ("near", "far", "mix", "residual", "both")
+TWO_CHANNEL_MODES = ("far", "residual", "both")
+CHANNELS = "near"  # default channel mode of the loaders
+RESIDUAL_WEIGHT = 0.5  # weight of the far channel in 'residual' (LUDO's DCASE 2026 system: 0.5)
+LEGACY_CHANNEL_RECORD = {"channels": "mix"}  # what a model/embedding file without a record was made with
+ENCODER_MAX_FRAMES = 12288  # EAT's position table: 768 time patches x 16 frames, about 123 s
 
 _EPS = torch.finfo(torch.float32).eps
 _WINDOW_SIZE = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400 samples
@@ -87,14 +97,81 @@ def check_wav_header(path: str | os.PathLike) -> None:
     raise AudioError(f"{path}: truncated or corrupt WAV file: no audio ('data') chunk found")
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.Tensor:
-    """Read a clip as a 1-D float32 mono tensor at ``target_sr``.
+def _channel_error(path: Path, channels: str, count: int) -> AudioError:
+    return AudioError(
+        f"{path}: CHANNELS={channels!r} needs a second (far-microphone) channel, but the clip has "
+        f"{count} channel; use CHANNELS 'near' or 'mix' for mono data"
+    )
 
-    Channels are averaged; other sample rates are resampled with an AudioWarning. Unreadable,
-    truncated, empty, too short (< one 25 ms frame) and NaN/inf clips raise AudioError; an
-    all-silent clip only warns, because a test clip must still receive a score.
+
+def check_channel_mode(channels: str, residual_weight: float = RESIDUAL_WEIGHT) -> None:
+    """ValueError for an unknown channel mode or a residual weight that is not a finite number."""
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"unknown channel mode {channels!r}; choose one of {CHANNEL_MODES}")
+    if not math.isfinite(float(residual_weight)):
+        raise ValueError(f"residual_weight must be a finite number, got {residual_weight!r}")
+
+
+def check_clip_channels(path: str | os.PathLike, count: int, channels: str) -> None:
+    """AudioError naming the file when a clip of ``count`` channels cannot be read in mode ``channels``."""
+    if count < channels_needed(channels):
+        raise _channel_error(Path(path), channels, count)
+
+
+def channels_needed(channels: str) -> int:
+    """How many channels a clip needs for ``channels``: 2 for far/residual/both, 1 for near/mix."""
+    check_channel_mode(channels)
+    return 2 if channels in TWO_CHANNEL_MODES else 1
+
+
+def channel_views(channels: str) -> tuple[str, ...]:
+    """The single-channel readings a mode embeds: ('near', 'far') for 'both', else (channels,).
+
+    'both' is embedded once per view (one FeatureCache per view) and the two embeddings are then
+    combined (concatenated, or near minus a weight times far) by the embedding side.
+    """
+    check_channel_mode(channels)
+    return ("near", "far") if channels == "both" else (channels,)
+
+
+def select_channels(
+    data: np.ndarray, channels: str, residual_weight: float, path: str | os.PathLike = "<array>"
+) -> np.ndarray:
+    """The samples of mode ``channels`` from soundfile's [samples, channels] array (see CHANNEL_MODES).
+
+    Returns [samples] for one view and [2, samples] for 'both'; 'near' is channel 0 exactly.
+    """
+    check_channel_mode(channels, residual_weight)
+    check_clip_channels(path, data.shape[1], channels)
+    if channels == "near":
+        return data[:, 0]
+    if channels == "far":
+        return data[:, 1]
+    if channels == "mix":  # the project's behaviour before the CHANNELS setting
+        return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if channels == "residual":
+        return data[:, 0] - np.float32(residual_weight) * data[:, 1]
+    return np.ascontiguousarray(data[:, :2].T)  # both
+
+
+def load_audio(
+    path: str | os.PathLike,
+    target_sr: int = SAMPLE_RATE,
+    channels: str = CHANNELS,
+    residual_weight: float = RESIDUAL_WEIGHT,
+) -> torch.Tensor:
+    """Read a clip as a float32 tensor at ``target_sr``: [samples], or [2, samples] for ``channels='both'``.
+
+    ``channels`` picks what is heard (CHANNEL_MODES): 'near' channel 0 (a mono clip is its own
+    channel 0, so a two-channel clip gives exactly the samples of its channel-0 mono copy), 'far'
+    channel 1, 'mix' the mean of all channels, 'residual' near - residual_weight * far, 'both' the two
+    channels. A mode that needs a second channel raises AudioError on a mono clip. Other sample rates
+    are resampled with an AudioWarning. Unreadable, truncated, empty, too short (< one 25 ms frame)
+    and NaN/inf clips raise AudioError; an all-silent clip only warns, because a test clip must still
+    receive a score.
     """
     path = Path(path)
+    check_channel_mode(channels, residual_weight)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     check_wav_header(path)
@@ -106,17 +183,52 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> torch.T
         raise AudioError(f"{path}: empty audio file (0 samples)")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])
+    wav = torch.from_numpy(select_channels(data, channels, residual_weight, path))
     if sr != target_sr:
         warnings.warn(
             f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz", AudioWarning, stacklevel=2
         )
         wav = torchaudio.functional.resample(wav, sr, target_sr)
-    if wav.numel() < _WINDOW_SIZE:
-        raise AudioError(f"{path}: too short ({wav.numel()} samples; at least {_WINDOW_SIZE} are needed)")
+    if wav.shape[-1] < _WINDOW_SIZE:
+        raise AudioError(f"{path}: too short ({wav.shape[-1]} samples; at least {_WINDOW_SIZE} are needed)")
     if not torch.any(wav != 0):
         warnings.warn(f"{path}: clip is all silent (every sample is zero)", AudioWarning, stacklevel=2)
     return wav.contiguous()
+
+
+def channel_record(channels: str = CHANNELS, residual_weight: float = RESIDUAL_WEIGHT) -> dict:
+    """The channel settings to record in model and embedding files (the weight only where it acts)."""
+    check_channel_mode(channels, residual_weight)
+    record: dict = {"channels": channels}
+    if channels == "residual":
+        record["residual_weight"] = float(residual_weight)
+    return record
+
+
+def _describe_channels(record: dict) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in sorted(record.items()))
+
+
+def check_channel_record(recorded: dict | None, expected: dict, source: str | os.PathLike) -> None:
+    """ValueError naming ``source`` when the channel settings it recorded differ from this run's.
+
+    A file without a record predates the CHANNELS setting and was made from the channel mean
+    (LEGACY_CHANNEL_RECORD). Extra keys (e.g. how 'both' combines its embeddings) must match too.
+    """
+    recorded = dict(recorded) if recorded else dict(LEGACY_CHANNEL_RECORD)
+    if recorded == expected:
+        return
+    legacy = (
+        " (it was written before the CHANNELS setting existed and averaged the channels, as 'mix' does;"
+        " on mono data 'near' and 'mix' read the same samples)"
+        if recorded == LEGACY_CHANNEL_RECORD
+        else ""
+    )
+    raise ValueError(
+        f"{source} was made with {_describe_channels(recorded)}{legacy}, but this run reads the clips "
+        f"with {_describe_channels(expected)}: use the same --channels (and --residual_weight) for "
+        f"training, embedding and scoring, or rebuild {source}"
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -330,9 +442,10 @@ def signal_stats(wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE)
 # on-disk cache
 
 
-def feature_settings() -> dict:
-    """Everything that changes the numbers a FeatureCache stores."""
+def feature_settings(channels: str = CHANNELS, residual_weight: float = RESIDUAL_WEIGHT) -> dict:
+    """Everything that changes the numbers a FeatureCache stores (the channel mode included)."""
     return {
+        **channel_record(channels, residual_weight),
         "version": FEATURE_VERSION,
         "sample_rate": SAMPLE_RATE,
         "num_mel_bins": NUM_MEL_BINS,
@@ -353,14 +466,32 @@ class FeatureCache:
     An entry is keyed by a hash of the file's bytes and by the feature settings, so a clip whose
     audio changed (even at the same size and modification time), or changed settings, are
     recomputed, and a copied or moved clip is not. ``hits`` and ``misses`` count lookups.
+    ``channels`` is one single-channel view (near, far, mix, residual; for 'both' use one cache per
+    channel_views('both')), part of the key, so a cache made for one mode is never read for another.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None = FEATURE_CACHE, settings: dict | None = None):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike | None = FEATURE_CACHE,
+        settings: dict | None = None,
+        channels: str = CHANNELS,
+        residual_weight: float = RESIDUAL_WEIGHT,
+    ):
+        check_channel_mode(channels, residual_weight)
+        if channels == "both":
+            raise ValueError(
+                "a FeatureCache reads one channel view; for channels='both' use one cache per "
+                "channel_views('both') (near and far) and combine their embeddings"
+            )
+        self.channels, self.residual_weight = channels, residual_weight
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.settings = settings if settings is not None else feature_settings()
+        self.settings = settings if settings is not None else feature_settings(channels, residual_weight)
         self._settings_json = json.dumps(self.settings, sort_keys=True)
         self.hits = 0
         self.misses = 0
+
+    def _load(self, path: str | os.PathLike) -> torch.Tensor:
+        return load_audio(path, channels=self.channels, residual_weight=self.residual_weight)
 
     def key(self, path: str | os.PathLike, kind: str) -> str:
         content = hashlib.blake2b(Path(path).read_bytes(), digest_size=20).hexdigest()
@@ -394,7 +525,7 @@ class FeatureCache:
         value = self._read(entry, path, lambda e: torch.load(e, weights_only=True))
         if value is None:
             self.misses += 1
-            value = wav_to_fbank(load_audio(path))
+            value = wav_to_fbank(self._load(path))
             if entry is not None:
                 atomic_torch_save(value, entry)
         return value
@@ -412,7 +543,7 @@ class FeatureCache:
         missing = [i for i, v in enumerate(values) if v is None]
         by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for i in missing:
-            wav = load_audio(paths[i])
+            wav = self._load(paths[i])
             by_length.setdefault(wav.numel(), []).append((i, wav))
         for group in by_length.values():
             for start in range(0, len(group), batch_size):
@@ -431,7 +562,7 @@ class FeatureCache:
         value = self._read(entry, path, np.load)
         if value is None:
             self.misses += 1
-            value = signal_stats(load_audio(path))
+            value = signal_stats(self._load(path))
             if entry is not None:
                 with atomic_path(entry) as tmp, open(tmp, "wb") as f:
                     np.save(f, value)

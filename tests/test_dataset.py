@@ -21,14 +21,14 @@ from dataset import (
     parse_clip_name,
     stratified_split,
 )
-from preprocessing import PAD_VALUE, FeatureCache, load_audio, wav_to_fbank
+from preprocessing import PAD_VALUE, AudioError, FeatureCache, load_audio, wav_to_fbank
 
 NAMES = [
     # (file name, split folder) -> section, domain, label, attributes
     ("normal_id_00_00000000.wav", "test", "00", None, "normal", ()),
     ("anomaly_id_04_00000167.wav", "test", "04", None, "anomaly", ()),
     ("normal_id_02_00000001.wav", "train", "02", None, "normal", ()),
-    ("id_05_00000012.wav", "test", "05", None, "unknown", ()),
+    ("id_05_00000012.wav", "test", "05", None, None, ()),
     ("section_00_source_train_normal_0000.wav", "train", "00", "source", "normal", ()),
     ("section_02_target_test_anomaly_0099.wav", "test", "02", "target", "anomaly", ()),
     (
@@ -65,10 +65,23 @@ NAMES = [
         "normal",
         (("attribute", "strength_1_ambient"),),
     ),
-    ("section_00_0000.wav", "test", "00", None, "unknown", ()),
-    ("section_03_test_0017.wav", "test", "03", None, "unknown", ()),
-    ("section_00_source_test_0004.wav", "test", "00", "source", "unknown", ()),
-    ("section_00_0007_noAttribute.wav", "test", "00", None, "unknown", ()),
+    # DCASE 2026: a repeated key (two microphones), short attribute tails, evaluation-set names
+    (
+        "section_00_source_train_normal_0000_car_B1_spd_2_mic_2_mic_1.wav",
+        "train",
+        "00",
+        "source",
+        "normal",
+        (("car", "B1"), ("spd", "2"), ("mic", "2"), ("mic", "1")),
+    ),
+    ("section_00_target_test_anomaly_0049_spd_1.wav", "test", "00", "target", "anomaly", (("spd", "1"),)),
+    ("section_00_source_train_normal_0990_pro_A.wav", "train", "00", "source", "normal", (("pro", "A"),)),
+    ("section_00_target_test_normal_0002_noAttribute.wav", "test", "00", "target", "normal", ()),
+    ("section_00_0199.wav", "test", "00", None, None, ()),
+    ("section_00_0000.wav", "test", "00", None, None, ()),
+    ("section_03_test_0017.wav", "test", "03", None, None, ()),
+    ("section_00_source_test_0004.wav", "test", "00", "source", None, ()),
+    ("section_00_0007_noAttribute.wav", "test", "00", None, None, ()),
 ]
 
 
@@ -84,7 +97,29 @@ def test_parse_every_naming_scheme(name, split, section, domain, label, attribut
         record.attributes,
     ) == ("fan", split, section, domain, label, attributes)
     assert record.file_name == name
-    assert record.is_anomaly == {"normal": False, "anomaly": True, "unknown": None}[label]
+    assert record.is_anomaly == {"normal": False, "anomaly": True, None: None}[label]
+
+
+@pytest.mark.parametrize(
+    "machine",
+    ["ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu"]
+    + ["ToyDrone", "ToothBrush", "SewingMachine", "BlowerDustCollector", "Sander"],
+)
+def test_dcase2026_machine_types_parse(machine):
+    record = parse_clip_name(
+        f"dev/{machine}/train/section_00_source_train_normal_0000_car_B1_spd_2_mic_2_mic_1.wav"
+    )
+    assert record.machine_type == machine and record.attribute_string == "car_B1_spd_2_mic_2_mic_1"
+    assert record.class_name == f"{machine}/section_00/car_B1_spd_2_mic_2_mic_1"
+    unlabelled = parse_clip_name(f"eval/{machine}/test/section_00_0000.wav")
+    assert (unlabelled.label, unlabelled.domain, unlabelled.is_anomaly) == (None, None, None)
+
+
+def test_unlabelled_record_round_trips_and_old_unknown_reads_as_none():
+    record = parse_clip_name("eval/Sander/test/section_00_0007.wav")
+    assert ClipRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    old = {**record.to_dict(), "label": "unknown"}  # embedding files written before label None
+    assert ClipRecord.from_dict(old).label is None
 
 
 def test_record_properties_and_round_trip(tmp_path):
@@ -106,6 +141,9 @@ def test_record_properties_and_round_trip(tmp_path):
         ("d/fan/test/section_00_source_train_normal_0000.wav", "split 'train'"),
         ("d/fan/train/section_00_source_train_anomaly_0000.wav", "train folder"),
         ("d/fan/eval/section_00_0000.wav", "split"),
+        ("d/fan/train/section_00_0000.wav", "without a label"),
+        ("d/fan/train/section_00_source_train_0000.wav", "without a label"),
+        ("d/fan/train/id_00_00000000.wav", "without a label"),
         ("d/fan/train/section_00_source_train_normal_0000.flac", "not a .wav"),
     ],
 )
@@ -206,7 +244,7 @@ def test_attributes_csv_fills_names_without_attributes(tmp_path):
     records = {r.file_name: r for r in discover_clips(root)}
     filled = records["section_00_0000.wav"]
     assert filled.attributes == (("car", "B2"), ("spd", "31V")) and filled.domain == "target"
-    assert filled.label == "unknown"
+    assert filled.label is None
     assert records["section_00_0001.wav"].attributes == () and records["section_00_0001.wav"].domain is None
     assert records["section_00_source_train_normal_0000_car_A1_spd_28V.wav"].attributes == (
         ("car", "A1"),
@@ -309,3 +347,50 @@ def test_clip_dataset_and_fixed_length_collate(tiny_demo_dir, tmp_path):
     assert all(any(torch.equal(c, fbank[s : s + 100]) for s in range(99)) for c in crops)
     unlabelled = ClipDataset(records[:1])
     assert unlabelled[0][1] == -1
+
+
+# -----------------------------------------------------------------------------
+# bad attribute tables and clips the encoder cannot hear whole
+
+
+def test_non_utf8_attributes_csv_names_the_file(tmp_path):
+    root = make_tree(tmp_path, {"train": ["section_00_source_train_normal_0000_car_A1.wav"]})
+    csv_path = root / "ToyCar" / "attributes_00.csv"
+    csv_path.write_bytes("file_name,d1p,d1v\nToyCar/train/x.wav,caf\u00e9,A1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        discover_clips(root)
+    assert str(csv_path) in str(info.value) and not isinstance(info.value, UnicodeDecodeError)
+
+
+def write_silence(path: Path, samples: int, channels: int = 1) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.zeros((samples, channels), dtype=np.int16), 16000, subtype="PCM_16")
+
+
+def test_clips_longer_than_the_encoder_reach_are_refused_before_anything_runs(tmp_path):
+    from preprocessing import ENCODER_MAX_FRAMES, num_frames
+
+    fits = 400 + (ENCODER_MAX_FRAMES - 1) * 160  # exactly ENCODER_MAX_FRAMES fbank frames
+    assert num_frames(fits) == ENCODER_MAX_FRAMES and num_frames(fits + 160) == ENCODER_MAX_FRAMES + 1
+    train = tmp_path / "data" / "fan" / "train"
+    write_silence(train / "section_00_source_train_normal_0000_a_1.wav", fits)
+    assert len(discover_clips(tmp_path / "data")) == 1
+    long_clip = train / "section_00_source_train_normal_0001_a_1.wav"
+    write_silence(long_clip, fits + 160)
+    with pytest.raises(AudioError, match="longer than the encoder's reach") as info:
+        discover_clips(tmp_path / "data")
+    assert str(long_clip) in str(info.value) and "0000" not in str(info.value)
+    assert len(discover_clips(tmp_path / "data", max_frames=None)) == 2  # a caller that windows them
+
+
+def test_two_channel_modes_on_mono_clips_are_refused_at_discovery(tmp_path):
+    clip = tmp_path / "data" / "fan" / "test" / "section_00_0000.wav"
+    write_silence(clip, 16000)
+    for mode in ("near", "mix"):
+        assert len(discover_clips(tmp_path / "data", channels=mode)) == 1
+    for mode in ("far", "residual", "both"):
+        with pytest.raises(AudioError, match="second") as info:
+            discover_clips(tmp_path / "data", channels=mode)
+        assert str(clip) in str(info.value)
+    write_silence(clip, 16000, channels=2)
+    assert len(discover_clips(tmp_path / "data", channels="both")) == 1

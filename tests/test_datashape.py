@@ -127,3 +127,43 @@ def test_frame_count_from_the_header_matches_the_loaded_clip(tmp_path):
             warnings.simplefilter("ignore")
             frames = wav_to_fbank(load_audio(path)).shape[0]
         assert datashape.fbank_frames(samples, sr) == frames
+
+
+def test_channel_counts_and_supported_modes(samples_dir, tmp_path, capsys):
+    _, out = run(capsys, "--data_dir", str(samples_dir / "dcase2023_dev"))
+    assert "channels 1:4 -> modes near, mix" in out  # per machine type: 2 train + 2 test mono clips
+    assert "channel modes every clip supports: near, mix" in out
+    tone = 0.2 * np.sin(np.arange(16000) / 7)
+    stereo = np.stack([tone, 0.5 * tone], axis=1)
+    for split in ("train", "test"):
+        write(tmp_path / "fanEmu" / split / f"section_00_source_{split}_normal_0000_spd_1.wav", stereo)
+        write(tmp_path / "Sander" / split / f"section_00_source_{split}_normal_0000_pro_A.wav", stereo)
+    write(tmp_path / "Sander" / "test" / "section_00_0000.wav", tone)  # one mono clip
+    code, out = run(capsys, "--data_dir", str(tmp_path))
+    assert code == 0, out
+    assert "channels 2:2 -> modes near, far, mix, residual, both" in out
+    assert "channels 1:1 2:2 -> modes near, mix" in out
+    assert "channel modes every clip supports: near, mix" in out
+    assert "labels normal:1 unlabelled:1" in out
+    code, out = run(capsys, "--data_dir", str(tmp_path), "--channels", "residual")
+    lines = _reported(out, "problem(s) found:")
+    assert code == 1 and len(lines) == 1 and "Sander: CHANNELS='residual' needs two channels" in lines[0]
+    code, _ = run(capsys, "--data_dir", str(tmp_path), "--channels", "mix")
+    assert code == 0
+
+
+def test_clips_beyond_the_encoder_reach_and_unlabelled_training_clips_are_problems(tmp_path, capsys):
+    from preprocessing import ENCODER_MAX_FRAMES
+
+    tone = 0.2 * np.sin(np.arange(16000) / 7)
+    long_samples = 400 + ENCODER_MAX_FRAMES * 160  # one frame more than the encoder's reach
+    write(tmp_path / "fan" / "train" / "section_00_source_train_normal_0000_a_1.wav", tone)
+    write(tmp_path / "fan" / "train" / "section_00_0001.wav", tone)
+    write(tmp_path / "fan" / "test" / "section_00_source_test_normal_0000_a_1.wav", np.zeros(long_samples))
+    code, out = run(capsys, "--data_dir", str(tmp_path), "--decode", "false")
+    lines = _reported(out, "problem(s) found:")
+    assert code == 1 and len(lines) == 2, out
+    assert any("section_00_0001.wav" in line and "without a label" in line for line in lines)
+    assert any(
+        "test_normal_0000_a_1.wav" in line and "longer than the encoder's reach" in line for line in lines
+    )

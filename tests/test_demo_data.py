@@ -128,3 +128,30 @@ def test_anomalies_are_detectable_but_not_trivial(tmp_path):
         scores = np.linalg.norm(z[:, None] - ((train - mean) / std)[None], axis=-1).min(1)
         aucs.append(roc_auc_score([r.is_anomaly for r in test], scores))
     assert 0.6 < np.mean(aucs) < 0.99, aucs
+
+
+def test_2026_style_is_two_channel_with_the_machine_weaker_and_the_noise_stronger_far(tmp_path):
+    old = make_demo_data.main(["--out_dir", str(tmp_path / "old"), *SMALL])
+    new = make_demo_data.main(["--out_dir", str(tmp_path / "new"), "--year_style", "2026", *SMALL])
+    again = make_demo_data.main(["--out_dir", str(tmp_path / "again"), "--year_style", "2026", *SMALL])
+    assert digest(new) == digest(again)
+    assert "year_style" not in (old / "manifest.json").read_text()  # the 2023 manifest is as before
+    old_records = discover_clips(old)
+    records = discover_clips(new, channels="both")
+    assert len(records) == len(old_records) == 27
+    gain = 10 ** (make_demo_data.FAR_MACHINE_DB / 20)
+    for before, record in zip(old_records, records):
+        assert record.file_name == before.file_name.replace(".wav", "_mic_2_mic_1.wav")
+        assert record.attributes == (*before.attributes, ("mic", "2"), ("mic", "1"))
+        mono, _ = sf.read(before.path, dtype="int16")
+        pair, _ = sf.read(record.path, dtype="int16")
+        assert pair.shape == (len(mono), 2) and np.array_equal(pair[:, 0], mono)  # channel 0 as before
+        near, far = pair.T.astype(float)
+        lags = range(0, 200)
+        lag = max(lags, key=lambda d: abs(np.dot(far[d:], near[: len(near) - d])))
+        shifted = np.concatenate([np.zeros(lag), near[: len(near) - lag]])
+        machine_gain = np.dot(far, shifted) / np.dot(shifted, shifted)
+        noise = far - machine_gain * shifted
+        assert abs(machine_gain - gain) < 0.1, (record.file_name, machine_gain)  # the machine is weaker
+        assert noise.std() > 1.5 * (machine_gain * shifted).std()  # the environmental noise dominates
+        assert abs(np.corrcoef(noise, near)[0, 1]) < 0.1  # a noise the near channel does not hold

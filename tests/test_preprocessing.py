@@ -113,12 +113,13 @@ def test_pad_or_crop_and_windows():
 # loading audio
 
 
-def test_stereo_is_mixed_to_mono(tmp_path):
+def test_stereo_reads_the_near_channel_by_default_and_mixes_on_request(tmp_path):
     left, right = tone(300, 1, amp=0.5), 0.25 * np.ones(SR)
     path = write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), subtype="FLOAT")
     wav = load_audio(path)
     assert wav.dtype == torch.float32 and wav.ndim == 1
-    assert np.allclose(wav.numpy(), (left + right) / 2, atol=1e-6)
+    assert np.allclose(wav.numpy(), left, atol=1e-7)
+    assert np.allclose(load_audio(path, channels="mix").numpy(), (left + right) / 2, atol=1e-6)
 
 
 def test_other_sample_rate_is_resampled_with_warning(tmp_path):
