@@ -32,7 +32,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 from asd.checkpoints import resolve_checkpoint
 from asd.cli import check_script_arguments, parse_config
 from asd.files import atomic_write_text, remove_stale_temp_files
-from asd.metrics import comparison_rows, format_comparison, write_comparison
+from asd.comparison import comparison_rows, format_comparison, write_comparison
 
 DATA_DIR = None  # DCASE data (<machine>/{train,test}/*.wav); None = dev_data/ if present, else the demo
 DEMO_DIR = "demo_data"  # where the synthetic demo data set is generated
