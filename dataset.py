@@ -46,6 +46,7 @@ from preprocessing import (
     SAMPLE_RATE,
     AudioError,
     FeatureCache,
+    channels_needed,
     check_clip_channels,
     num_frames,
     pad_or_crop,
@@ -358,6 +359,7 @@ def check_clips(
     Long clips are refused rather than silently cut to the encoder's reach. A header soundfile
     cannot read is left to the loader, which names what is wrong with it.
     """
+    channels_needed(channels)  # an unknown mode is an error even before any clip is read
     problems = []
     for path in paths:
         try:

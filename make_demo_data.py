@@ -17,6 +17,11 @@ exactly the samples of the 2023-style clip, channel 1 (far from it) the same mac
 (FAR_MACHINE_DB) and a little later, plus an environmental noise the near channel does not hold
 (rumble, a murmur of voices and random clatter; FAR_NOISE_DB); the names carry two microphone
 attributes as 2026's do (..._vel_6_mic_2_mic_1.wav: the key 'mic' repeats).
+
+EVAL_NAMES writes the test clips as an evaluation set is published: anonymised names
+(section_00_0000.wav ..., shuffled: no label, no domain), with the labels and domains in the official
+evaluator's ground-truth files, OUT_DIR/ground_truth/ground_truth_{data,domain}/ground_truth_<machine>_section_00_test.csv
+(``name,<0|1>``; 1 = anomaly, 1 = target domain). The audio is the same as under the labelled names.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ CLIP_RMS = 0.05  # loudness of every written clip (before gain jitter)
 YEAR_STYLE = "2023"  # "2026": two-channel clips (channel 0 near the machine, channel 1 far) and 2026 names
 FAR_MACHINE_DB = -10.0  # 2026 style: level of the machine on the far channel relative to the near one (dB)
 FAR_NOISE_DB = -3.0  # 2026 style: environmental noise on the far channel relative to the near clip (dB)
+EVAL_NAMES = False  # test clips under anonymised evaluation-set names; labels in OUT_DIR/ground_truth
 PROGRESS = True  # show a progress bar
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
@@ -76,6 +82,7 @@ _LIMITS = {
 
 _MANIFEST = "manifest.json"
 _STYLE_2026 = ("year_style", "far_machine_db", "far_noise_db")  # settings only the 2026 style uses
+_GROUND_TRUTH = "ground_truth"  # folder of the evaluator's ground-truth files (EVAL_NAMES)
 _FAR_DELAY_S = 0.004  # the far microphone hears the machine this much later (about 1.4 m further)
 _ANOMALY_KINDS = ("bearing_whine", "rattle", "imbalance", "frequency_shift")
 
@@ -271,7 +278,34 @@ def clip_plan(cfg) -> list[dict]:
                 name = f"section_00_{domain}_{split}_{label}_{i:04d}_{spec['attr']}_{clip['value']}{mics}.wav"
                 clip["relpath"] = f"{machine}/{split}/{name}"
                 plan.append(clip)
+    if cfg.eval_names:
+        anonymise_test_names(cfg, plan)
     return plan
+
+
+def anonymise_test_names(cfg, plan: list[dict]) -> None:
+    """Give each machine type's test clips the names section_00_0000.wav ... in a seeded random order."""
+    for machine in cfg.machine_types:
+        tests = [clip for clip in plan if clip["machine"] == machine and clip["split"] == "test"]
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, sorted(_MACHINES).index(machine), 99]))
+        for number, clip in enumerate(rng.permutation(len(tests))):
+            tests[clip]["relpath"] = f"{machine}/test/section_00_{number:04d}.wav"
+
+
+def ground_truth_files(plan: list[dict], machines: list[str]) -> dict[str, str]:
+    """The evaluator's ground-truth CSVs of the anonymised test clips: relative path -> text."""
+    files = {}
+    for machine in machines:
+        tests = sorted(
+            (c for c in plan if c["machine"] == machine and c["split"] == "test"), key=lambda c: c["relpath"]
+        )
+        for kind, positive in (
+            ("data", lambda c: c["label"] == "anomaly"),
+            ("domain", lambda c: c["domain"] == "target"),
+        ):
+            rows = "".join(f"{Path(c['relpath']).name},{int(positive(c))}\n" for c in tests)
+            files[f"{_GROUND_TRUTH}/ground_truth_{kind}/ground_truth_{machine}_section_00_test.csv"] = rows
+    return files
 
 
 def render_clip(cfg, clip: dict) -> np.ndarray:
@@ -350,6 +384,7 @@ def settings_of(cfg) -> dict:
     """The settings that decide the files' bytes, as they read back from JSON (the 2026-only ones only
     in that style, so a 2023-style manifest is what it was before the style existed)."""
     skip = {"out_dir", "progress"} | (set(_STYLE_2026) if cfg.year_style == "2023" else set())
+    skip |= set() if cfg.eval_names else {"eval_names"}
     return json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in skip}))
 
 
@@ -391,7 +426,8 @@ def main(argv: list[str] | None = None) -> Path:
         )
     plan = clip_plan(cfg)
     csv_files = {f"{m}/attributes_00.csv": [c for c in plan if c["machine"] == m] for m in cfg.machine_types}
-    files = [c["relpath"] for c in plan] + list(csv_files)
+    truth = ground_truth_files(plan, cfg.machine_types) if cfg.eval_names else {}
+    files = [c["relpath"] for c in plan] + list(csv_files) + list(truth)
     remove_stale_files(out_dir, set(files))
     manifest = {"complete": False, "settings": settings, "files": files}
     atomic_write_text(json.dumps(manifest, indent=1), out_dir / _MANIFEST)
@@ -402,6 +438,8 @@ def main(argv: list[str] | None = None) -> Path:
         write_wav(wave, out_dir / clip["relpath"], cfg.sample_rate)
     for rel, clips in csv_files.items():
         atomic_write_text(attributes_csv(clips, cfg.year_style), out_dir / rel)
+    for rel, text in truth.items():
+        atomic_write_text(text, out_dir / rel)
     manifest["complete"] = True
     atomic_write_text(json.dumps(manifest, indent=1), out_dir / _MANIFEST)
     print(

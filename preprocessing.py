@@ -8,6 +8,16 @@
 EAT's front end: 16 kHz mono, mean removed, kaldi fbank (128 mel bins, 25 ms Hann window, 10 ms
 shift, no dither, no energy), then (fbank - FBANK_MEAN) / (2 * FBANK_STD). FeatureCache keeps the
 fbank and the statistics of every clip on disk so no epoch or script computes them twice.
+
+Channels (DCASE 2026 clips are two-channel: 0 near the machine, 1 far from it). ``channels`` picks
+what the encoder hears: near (channel 0, the default and the official 2026 baseline's; a mono clip
+is its own channel 0, so a two-channel clip gives exactly its channel-0 mono copy's numbers), far
+(channel 1), mix (the mean, this project's behaviour before the setting), residual (near -
+residual_weight * far on the waveform, LUDO's "Residual View"), both (the two channels; the
+embedding side embeds channel_views('both') = near and far one by one and combines the two
+embeddings). far/residual/both on a mono clip are an AudioError naming the file. The mode is part
+of feature_settings (the cache key); channel_record() is what model and embedding files record and
+check_channel_record() refuses a mismatch.
 """
 
 from __future__ import annotations

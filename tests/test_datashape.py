@@ -167,3 +167,18 @@ def test_clips_beyond_the_encoder_reach_and_unlabelled_training_clips_are_proble
     assert any(
         "test_normal_0000_a_1.wav" in line and "longer than the encoder's reach" in line for line in lines
     )
+
+
+def test_dcase2026_folder_of_6_10_and_16_s_two_channel_clips(tmp_path, capsys):
+    for i, seconds in enumerate((6, 10, 16)):
+        tone = 0.2 * np.sin(np.arange(seconds * 16000) / 7)
+        pair = np.stack([tone, 0.3 * tone[::-1]], axis=1)
+        for split in ("train", "test"):
+            name = f"section_00_source_{split}_normal_{i:04d}_car_B1_spd_2_mic_2_mic_1.wav"
+            write(tmp_path / "ToyCarEmu" / split / name, pair)
+    code, out = run(capsys, "--data_dir", str(tmp_path), "--channels", "both")
+    assert code == 0, out
+    assert "duration 10.67 s (min 6.00, max 16.00)" in out and "channels 2:3" in out
+    assert "(clips span 598..1598 frames)" in out  # 6 s .. 16 s at 100 frames per second
+    assert "car = B1 | spd = 2 | mic = 1, 2" in out
+    assert "channel modes every clip supports: near, far, mix, residual, both" in out

@@ -155,3 +155,35 @@ def test_2026_style_is_two_channel_with_the_machine_weaker_and_the_noise_stronge
         assert abs(machine_gain - gain) < 0.1, (record.file_name, machine_gain)  # the machine is weaker
         assert noise.std() > 1.5 * (machine_gain * shifted).std()  # the environmental noise dominates
         assert abs(np.corrcoef(noise, near)[0, 1]) < 0.1  # a noise the near channel does not hold
+
+
+def test_eval_names_anonymise_the_test_clips_and_write_the_evaluator_ground_truth(tmp_path):
+    named = make_demo_data.main(["--out_dir", str(tmp_path / "named"), *SMALL])
+    anonymous = make_demo_data.main(["--out_dir", str(tmp_path / "anon"), "--eval_names", *SMALL])
+    assert "eval_names" not in (named / "manifest.json").read_text()
+    by_bytes = {
+        hashlib.sha256(Path(r.path).read_bytes()).hexdigest(): r
+        for r in discover_clips(named, splits=("test",))
+    }
+    for machine in ("fan", "gearbox", "pump"):
+        tests = discover_clips(anonymous, splits=("test",), machine_types=[machine])
+        assert [r.file_name for r in tests] == [f"section_00_{i:04d}.wav" for i in range(6)]
+        assert all(r.label is None and r.domain is None for r in tests)
+        truth = {}
+        for kind in ("data", "domain"):
+            path = (
+                anonymous
+                / "ground_truth"
+                / f"ground_truth_{kind}"
+                / f"ground_truth_{machine}_section_00_test.csv"
+            )
+            truth[kind] = dict(line.split(",") for line in path.read_text().splitlines())
+        for record in tests:
+            original = by_bytes[hashlib.sha256(Path(record.path).read_bytes()).hexdigest()]  # same audio
+            assert truth["data"][record.file_name] == str(int(original.label == "anomaly"))
+            assert truth["domain"][record.file_name] == str(int(original.domain == "target"))
+        order = [by_bytes[hashlib.sha256(Path(r.path).read_bytes()).hexdigest()].file_name for r in tests]
+        assert order != sorted(order)  # shuffled: the number says nothing about label or domain
+    assert {r.file_name for r in discover_clips(anonymous, splits=("train",))} == {
+        r.file_name for r in discover_clips(named, splits=("train",))
+    }
