@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -148,6 +149,21 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     return x * keep / (1 - rate)
 
 
+def drop_path_rates(start: float, end: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates as EAT's Data2VecMultiModel sets them: np.linspace(start, end, depth)."""
+    return np.linspace(start, end, depth).tolist()
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> list[float]:
+    """Give the blocks of ``encoder`` (plain or LoRA-wrapped) stochastic depth rising linearly from 0 at
+    the first block to ``rate`` at the last, as EAT's fine-tuning does; returns the per-block rates."""
+    blocks = base_encoder(encoder).blocks
+    rates = drop_path_rates(0.0, rate, len(blocks))
+    for block, block_rate in zip(blocks, rates):
+        block.drop_path_rate = block_rate
+    return rates
+
+
 class PatchEmbed(nn.Module):
     """16x16 conv patches over (time, mel), flattened time-major: token = t_patch * F + f_patch."""
 
@@ -233,7 +249,7 @@ class EATEncoder(nn.Module):
         self.extra_tokens = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pre_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
         self.dropout = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth).tolist()
+        rates = drop_path_rates(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth)
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         if cfg.model_variant == "finetune":  # AudioSet classifier of the fine-tuned release; unused here
             self.fc_norm = nn.LayerNorm(cfg.embed_dim)
