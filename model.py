@@ -395,6 +395,10 @@ class Head(nn.Module):
             loss = lam * loss + (1 - lam) * F.cross_entropy(self(emb, mixed_labels).float(), mixed_labels)
         return loss
 
+    def target_loss(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy against class targets [B, N] (one-hot, or mixed per sample by mixup)."""
+        return -(targets * self(emb).float().log_softmax(dim=1)).sum(dim=1).mean()
+
 
 def _cosines(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Cosine similarities [B, rows] in float32, also under bf16 autocast."""
@@ -461,7 +465,7 @@ class ArcFaceHead(Head):
 
 
 class SCAdaCosHead(Head):
-    """Sub-cluster AdaCos (Wilkinghoff, IJCNN 2021): C centres per class, adaptive scale s.
+    """Sub-cluster AdaCos (Wilkinghoff, IJCNN 2021): C centres per class, a fixed or adaptive scale s.
 
     With x the normalised embedding, w_jk the normalised k-th centre of class j (N classes) and
     cos_jk = <x, w_jk>:
@@ -469,13 +473,15 @@ class SCAdaCosHead(Head):
         P_j  = sum_k p_jk                                          class probability
         loss = -mean_i sum_j y_ij log P_ij                         y: one-hot, or mixup's lam/(1-lam) mix
     forward() returns log P [B, N] (so F.cross_entropy(log P, labels) is the loss with one-hot y).
-    Before each training batch's loss, without gradient (AdaCos's dynamic scale, over sub-clusters):
+    ``dynamic`` True: before each training batch's loss, without gradient (AdaCos's dynamic scale, over
+    sub-clusters):
         B_avg     = mean_i sum_{(j,k): y_ij = 0} exp(s cos_ijk)   non-target sub-clusters only
         theta_med = median of arccos(cos_ijk) over the target sub-clusters (y_ij > 0) of the batch
         s        <- log(B_avg) / cos(min(pi/4, theta_med))
-    Initial s = sqrt(2) * log(N*C - 1) (``scale`` None), or the saved s when a tuned model is
-    reloaded. Centres start from a fixed-seed normal draw, so frozen ones (``train_centres`` False)
-    are rebuilt identically on load.
+    ``dynamic`` False (ASDKit's recipe): s stays at its initial value. Initial s = sqrt(2) * log(N*C - 1)
+    (``scale`` None), or the saved s when a tuned model is reloaded. Centres start from a fixed-seed
+    draw, so frozen ones (``train_centres`` False) are rebuilt identically on load: ``centre_init``
+    "normal" (standard normal) or "xavier" (ASDKit: xavier_uniform_ of its (D, N*C) layout, seed 0).
     """
 
     def __init__(
@@ -486,14 +492,15 @@ class SCAdaCosHead(Head):
         scale: float | None = None,
         train_centres: bool = True,
         projection_dim: int = 0,
+        dynamic: bool = True,
+        centre_init: str = "normal",
     ):
         super().__init__(embed_dim, projection_dim)
         if sub_clusters < 1:
             raise ValueError(f"sub_clusters must be at least 1, got {sub_clusters}")
         self.num_classes, self.sub_clusters, self.train_centres = num_classes, sub_clusters, train_centres
-        centres = torch.randn(
-            num_classes * sub_clusters, self.dim, generator=torch.Generator().manual_seed(0)
-        )
+        self.dynamic, self.centre_init = dynamic, centre_init
+        centres = _initial_centres(num_classes * sub_clusters, self.dim, centre_init)
         self.centres = nn.Parameter(
             centres, requires_grad=train_centres
         )  # row j * C + k: class j, sub-cluster k
@@ -507,6 +514,13 @@ class SCAdaCosHead(Head):
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._log_class_probs(_cosines(emb, self.centres))
+
+    def target_loss(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-mean_i sum_j y_ij log P_ij for class targets y [B, N]; adapts s first when ``dynamic``."""
+        cosine = _cosines(emb, self.centres)
+        if self.training and self.dynamic:
+            self.update_scale(cosine, targets)
+        return -(targets * self._log_class_probs(cosine)).sum(dim=1).mean()
 
     @torch.no_grad()
     def update_scale(self, cosine: torch.Tensor, targets: torch.Tensor) -> None:
@@ -527,10 +541,7 @@ class SCAdaCosHead(Head):
         targets = F.one_hot(labels, self.num_classes).float()
         if mixed_labels is not None:
             targets = lam * targets + (1 - lam) * F.one_hot(mixed_labels, self.num_classes).float()
-        cosine = _cosines(emb, self.centres)
-        if self.training:
-            self.update_scale(cosine, targets)
-        return -(targets * self._log_class_probs(cosine)).sum(dim=1).mean()
+        return self.target_loss(emb, targets)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -540,7 +551,22 @@ class SCAdaCosHead(Head):
             "scale": float(self.scale),
             "train_centres": self.train_centres,
             "projection_dim": self.projection_dim,
+            "dynamic": self.dynamic,
+            "centre_init": self.centre_init,
         }
+
+
+def _initial_centres(rows: int, dim: int, init: str) -> torch.Tensor:
+    """SCAdaCos centres [rows, dim] from a seed-0 generator: "normal" draws, or "xavier" as ASDKit
+    initialises its (dim, rows) weight (xavier_uniform_), transposed to rows."""
+    generator = torch.Generator().manual_seed(0)
+    if init == "normal":
+        return torch.randn(rows, dim, generator=generator)
+    if init == "xavier":
+        layout = torch.empty(dim, rows)
+        nn.init.xavier_uniform_(layout, generator=generator)
+        return layout.T.contiguous()
+    raise ValueError(f"centre_init must be 'normal' or 'xavier', got {init!r}")
 
 
 HEADS = {"linear": LinearHead, "arcface": ArcFaceHead, "scadacos": SCAdaCosHead}
@@ -555,6 +581,8 @@ def make_head(
     sub_clusters: int = 16,
     train_centres: bool = True,
     projection_dim: int = 0,
+    dynamic: bool = True,
+    centre_init: str = "normal",
 ) -> Head:
     """'linear', 'arcface' or 'scadacos' over ``embed_dim``-wide pooled outputs, projected to
     ``projection_dim`` first when it is not 0. ``scale`` None: the head's own default (ArcFace 30,
@@ -564,7 +592,9 @@ def make_head(
     if kind == "arcface":
         return ArcFaceHead(embed_dim, num_classes, 30.0 if scale is None else scale, margin, projection_dim)
     if kind == "scadacos":
-        return SCAdaCosHead(embed_dim, num_classes, sub_clusters, scale, train_centres, projection_dim)
+        return SCAdaCosHead(
+            embed_dim, num_classes, sub_clusters, scale, train_centres, projection_dim, dynamic, centre_init
+        )
     raise ValueError(f"unknown head {kind!r}; choose one of {sorted(HEADS)}")
 
 

@@ -10,15 +10,14 @@ import torch
 
 import train
 from asd import resume, training
-from dataset import LabelIndex
 
 OPTIONS = [
     "--model_size",
     "tiny",
     "--batch_size",
     "8",
-    "--target_frames",
-    "64",
+    "--clip_seconds",
+    "0.64",
     "--num_workers",
     "0",
     "--head",
@@ -79,7 +78,9 @@ def interrupted(tmp_path, tiny_demo_dir, monkeypatch) -> Path:
 def _why_not(folder: Path, data_dir: Path, *extra: str) -> str:
     """read_last_checkpoint's reason not to continue, for a run with these options."""
     cfg = train.parse_config(vars(train), _args(folder, data_dir, *extra))
-    state, why_not = resume.read_last_checkpoint(cfg, LabelIndex.from_records(training.training_records(cfg)))
+    state, why_not = resume.read_last_checkpoint(
+        cfg, training.class_index(cfg, training.training_records(cfg))
+    )
     assert (state is None) == bool(why_not)
     return why_not
 
