@@ -79,3 +79,13 @@ def waves_to_input(waves: torch.Tensor, pad_multiple: int = 32) -> torch.Tensor:
     fbank = normalise_fbank(batch_log_mel(waves.float()))
     frames = -(-fbank.shape[1] // pad_multiple) * pad_multiple
     return F.pad(fbank, (0, 0, 0, frames - fbank.shape[1]), value=PAD_VALUE)[:, None]
+
+
+def extraction_input(
+    waves: Sequence[torch.Tensor], seconds: float, pad_multiple: int = 32, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """What a model trained on fixed-length clips gets in extraction (ASDKit: shuffle off): each waveform
+    from its start, tiled or cut to ``seconds``, then EAT's fbank padded to ``pad_multiple`` frames
+    -> [B, 1, T, 128] on ``device``. ``seconds`` is the tuned model's settings["clip_seconds_resolved"]."""
+    length = clip_samples(seconds)
+    return waves_to_input(torch.stack([crop_or_tile(w, length) for w in waves]).to(device), pad_multiple)

@@ -20,7 +20,14 @@ import train
 from asd import training
 from asd.augment import mixup_samples
 from asd.cli import parse_config
-from asd.clips import clip_samples, crop_or_tile, resolve_clip_seconds, seconds_for_year, waves_to_input
+from asd.clips import (
+    clip_samples,
+    crop_or_tile,
+    extraction_input,
+    resolve_clip_seconds,
+    seconds_for_year,
+    waves_to_input,
+)
 from asd.labels import ClassIndex, class_name
 from dataset import parse_clip_name
 
@@ -248,3 +255,14 @@ def test_recipe_model_has_drop_path_lora_defaults_and_xavier_centres():
     )
     assert cfg.grad_clip == 0 and not model.head.dynamic and model.head.centre_init == "xavier"
     assert math.isclose(float(model.head.scale), math.sqrt(2) * math.log(3 * 16 - 1), rel_tol=1e-6)
+
+
+def test_extraction_input_cuts_from_the_start_as_validation_does():
+    waves = [torch.randn(16000 * 3), torch.randn(16000 * 1)]
+    x = extraction_input(waves, 2.0, 32)
+    assert x.shape == (2, 1, 224, 128)  # 2 s: 198 frames padded to 224
+    first = waves_to_input(waves[0][: 2 * 16000][None], 32)
+    tiled = waves_to_input(torch.cat([waves[1], waves[1]])[None], 32)
+    assert torch.equal(x[0], first[0]) and torch.equal(x[1], tiled[0])
+    again, _ = training.fixed_length_input(waves, clip_samples(2.0), "cpu", 32)  # validation's path
+    assert torch.equal(again, x)
