@@ -100,8 +100,11 @@ def test_an_interrupted_run_continues_by_itself(interrupted, tiny_demo_dir, tmp_
     assert _why_not(interrupted, tiny_demo_dir) == f"{interrupted / 'last.pth'} has finished its 2 epochs"
 
 
-def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys):
+def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys, monkeypatch):
     last = interrupted / "last.pth"
+    with monkeypatch.context() as inside:  # the same data folder spelt relative to the working folder
+        inside.chdir(tiny_demo_dir.parent)
+        assert _why_not(interrupted, Path(tiny_demo_dir.name)) == ""
     assert "LEARNING_RATE 0.003 then, 0.001 now" in _why_not(
         interrupted, tiny_demo_dir, "--learning_rate", "1e-3"
     )
