@@ -35,14 +35,14 @@ from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned, tensors_checksum
 from asd.cli import config_to_dict, parse_config, print_config
-from asd.clips import clip_samples, resolve_clip_seconds
+from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
 from asd.history import history_path, write_history
 from asd.labels import class_name
 from asd.recipes import expand_recipe, recipe_summary
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
 from dataset import ClipDataset, LabelIndex, stratified_split
-from model import trainable_state
+from model import base_encoder, trainable_state
 
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
 DATA_DIR = "dev_data"  # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
@@ -240,6 +240,21 @@ def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tupl
     return train_records, val_records
 
 
+def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
+    """(training loader, validation loader or None, fbank cache or None): fbanks of whole clips (through
+    FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
+    cache = None
+    if seconds is None:
+        cache = training.feature_source(cfg, [r.path for r in train_records + val_records], show)
+        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
+    else:
+        train_set, val_set = (
+            training.WaveDataset(part, label_index) for part in (train_records, val_records)
+        )
+    val_loader = training.make_loader(val_set, cfg, False) if val_records else None
+    return training.make_loader(train_set, cfg, True), val_loader, cache
+
+
 def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
     return {
         "train_loss": [],
@@ -271,25 +286,20 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         return save_frozen(cfg, label_index, show)
     train_records, val_records = split_clips(cfg, records, label_index, show)
     seconds, why = resolve_clip_seconds(cfg.clip_seconds, training.data_dirs(cfg), records)
-    if seconds is None:
-        cache = training.feature_source(cfg, [r.path for r in records], show)
-        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
-    else:
-        cache = None
-        train_set, val_set = (
-            training.WaveDataset(part, label_index) for part in (train_records, val_records)
+    task_index = pretext_label_index() if pretext else label_index
+    model = training.build_model(cfg, len(task_index), show).to(device)
+    encoder = base_encoder(model.encoder).config
+    reach = encoder.max_length * encoder.patch_size
+    check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
+    train_loader, val_loader, cache = make_loaders(
+        cfg, label_index, train_records, val_records, seconds, show
+    )
+    if show and seconds is not None:
+        print(
+            f"fixed-length clips: {seconds:g} s ({why}); tiled or cropped at a random offset in "
+            "training, from the start in validation and extraction"
         )
-        if show:
-            print(
-                f"fixed-length clips: {seconds:g} s ({why}); tiled or cropped at a random offset in "
-                "training, from the start in validation and extraction"
-            )
-    train_loader = training.make_loader(train_set, cfg, True)
-    val_loader = training.make_loader(val_set, cfg, False) if val_records else None
-    if pretext:
-        label_index = pretext_label_index()
-
-    model = training.build_model(cfg, len(label_index), show).to(device)
+    label_index = task_index
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     optimizer, scheduler = training.make_optimizer(model, cfg, steps_per_epoch)
     warmup = training.warmup_length(cfg, steps_per_epoch)

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from preprocessing import PAD_VALUE, SAMPLE_RATE, batch_log_mel, normalise_fbank
+from preprocessing import PAD_VALUE, SAMPLE_RATE, batch_log_mel, normalise_fbank, num_frames
 
 YEAR_SECONDS = {"2023": 18.0, "2024": 12.0}  # ASDKit's parse_sec table
 _YEAR_IN_NAME = re.compile(r"(?:dcase|dev|eval|data|task2)[_-]?(20\d\d)|(20\d\d)[_-]?(?:dev|eval|data)", re.I)
@@ -89,3 +89,29 @@ def extraction_input(
     -> [B, 1, T, 128] on ``device``. ``seconds`` is the tuned model's settings["clip_seconds_resolved"]."""
     length = clip_samples(seconds)
     return waves_to_input(torch.stack([crop_or_tile(w, length) for w in waves]).to(device), pad_multiple)
+
+
+def check_encoder_reach(records: Sequence, seconds: float | None, target_frames: int, reach: int) -> None:
+    """Refuse, before any training, clips the encoder cannot take whole: ``reach`` frames (time patches x 16).
+
+    Fixed-length clips (``seconds``) and TARGET_FRAMES are checked as set; whole clips by their length
+    read from each file's header (a long recording is named, not silently cut or failed on later).
+    """
+    if seconds is not None or target_frames:
+        frames = num_frames(clip_samples(seconds)) if seconds is not None else target_frames
+        if frames > reach:
+            setting = f"CLIP_SECONDS {seconds:g}" if seconds is not None else f"TARGET_FRAMES {target_frames}"
+            raise ValueError(f"{setting} gives {frames} frames; the encoder takes at most {reach}")
+        return
+    too_long = []
+    for record in records:
+        info = sf.info(record.path)
+        if num_frames(math.ceil(info.frames * SAMPLE_RATE / info.samplerate)) > reach:
+            too_long.append(f"{record.path} ({info.duration:.1f} s)")
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} training clip(s) are longer than the encoder's reach ({reach} frames, "
+            f"{reach / 100:.1f} s) and cannot be used whole: {', '.join(too_long[:5])}"
+            + (" ..." if len(too_long) > 5 else "")
+            + "; set CLIP_SECONDS (tile/crop every clip to that length) or split the recordings"
+        )

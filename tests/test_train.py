@@ -334,3 +334,26 @@ def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir)
     tuned = embed_fbanks(model, fbanks, 256, amp=False)
     untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
+
+
+def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path / "long" / "fan" / "train"
+    folder.mkdir(parents=True)
+    long_clip = folder / "section_00_source_train_normal_0000_a_1.wav"
+    sf.write(long_clip, np.zeros(16000 * 124, dtype=np.float32), 16000)  # 124 s > 12,288 frames
+    sf.write(folder / "section_00_source_train_normal_0001_a_2.wav", np.zeros(16000, dtype=np.float32), 16000)
+
+    def no_fbanks(*args, **kwargs):
+        raise AssertionError("fbanks computed before the check")
+
+    monkeypatch.setattr(training, "feature_source", no_fbanks)
+    whole = ("--clip_seconds", "whole", "--mixup", "batch_fbank")
+    with pytest.raises(ValueError, match=rf"longer than the encoder's reach.*{long_clip}"):
+        train.main(_asdkit_args(tmp_path, tmp_path / "long", *whole))
+    with pytest.raises(
+        ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
+    ):
+        train.main(_asdkit_args(tmp_path, tmp_path / "long", "--clip_seconds", "130"))
