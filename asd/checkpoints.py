@@ -27,14 +27,13 @@ import torch.nn as nn
 
 from asd.files import atomic_torch_save
 from asd.freshness import changes, file_key, settings_key
+from asd.heads import head_from_settings, head_settings
 from model import (
     ASDModel,
     EATConfig,
     EATEncoder,
     add_lora,
     base_encoder,
-    head_from_settings,
-    head_settings,
     sincos_position_table,
     trainable_state,
 )

@@ -16,10 +16,11 @@ from tqdm import tqdm
 from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
 from asd.checkpoints import build_encoder
 from asd.clips import crop_or_tile, waves_to_input
+from asd.heads import make_head
 from asd.labels import ClassIndex, counted_records
 from asd.runtime import autocast, resolve_device
 from dataset import ClipDataset, FixedLengthCollate, VariableLengthCollate, discover_clips
-from model import ASDModel, add_lora, count_parameters, make_head, set_drop_path
+from model import ASDModel, add_lora, count_parameters, set_drop_path
 from preprocessing import FeatureCache, load_audio
 
 # ----------------------------------------------------------------------------- processes
