@@ -41,7 +41,7 @@ from asd.labels import class_name
 from asd.recipes import expand_recipe, recipe_summary
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
-from dataset import ClipDataset, LabelIndex, stratified_split
+from dataset import LabelIndex
 from model import base_encoder, trainable_state
 
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
@@ -224,54 +224,6 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
     return {"epochs": [], "num_classes": len(label_index), "task": "frozen", "best": {}}
 
 
-def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tuple[list, list]:
-    """(training clips, validation clips): VAL_FRACTION of each class held out."""
-    train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
-    if show:
-        print(
-            f"{len(records)} normal training clips, {len(label_index)} classes: "
-            f"{len(train_records)} to train, {len(val_records)} to validate on"
-        )
-        if not val_records and cfg.checkpoint == "best":
-            print(
-                "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
-                "the best model is chosen by training accuracy"
-            )
-    return train_records, val_records
-
-
-def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
-    """(training loader, validation loader or None, fbank cache or None): fbanks of whole clips (through
-    FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
-    cache = None
-    if seconds is None:
-        cache = training.feature_source(cfg, [r.path for r in train_records + val_records], show)
-        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
-    else:
-        train_set, val_set = (
-            training.WaveDataset(part, label_index) for part in (train_records, val_records)
-        )
-    val_loader = training.make_loader(val_set, cfg, False) if val_records else None
-    return training.make_loader(train_set, cfg, True), val_loader, cache
-
-
-def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
-    return {
-        "train_loss": [],
-        "train_acc": [],
-        "val_loss": [],
-        "val_acc": [],
-        "lr": [],
-        "scale": [],
-        "seconds": [],
-        "epochs": [],
-        "num_classes": len(label_index),
-        "num_train": len(train_records),
-        "num_val": len(val_records),
-        "task": "pretext" if pretext else "classes",
-    }
-
-
 def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     if show:
         print_config(cfg, "train.py settings")
@@ -284,14 +236,14 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         announce_single_class(cfg, records)
     if pretext and cfg.single_class == "frozen":
         return save_frozen(cfg, label_index, show)
-    train_records, val_records = split_clips(cfg, records, label_index, show)
+    train_records, val_records = training.split_clips(cfg, records, label_index, show)
     seconds, why = resolve_clip_seconds(cfg.clip_seconds, training.data_dirs(cfg), records)
     task_index = pretext_label_index() if pretext else label_index
     model = training.build_model(cfg, len(task_index), show).to(device)
     encoder = base_encoder(model.encoder).config
     reach = encoder.max_length * encoder.patch_size
     check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
-    train_loader, val_loader, cache = make_loaders(
+    train_loader, val_loader, cache = training.make_loaders(
         cfg, label_index, train_records, val_records, seconds, show
     )
     if show and seconds is not None:
@@ -308,7 +260,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
             f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
             "the learning rate never reaches LEARNING_RATE"
         )
-    history = new_history(label_index, train_records, val_records, pretext)
+    history = training.new_history(label_index, train_records, val_records, pretext)
     best, start_epoch = {}, 1
     state = resume_state(cfg, model, optimizer, scheduler, label_index, show)
     if state is not None:
@@ -365,7 +317,7 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
     else:
         val_loss, val_acc = train_loss, train_acc
     scale = getattr(loop.model.head, "scale", None)
-    record_epoch(
+    training.record_epoch(
         history,
         train_loss=train_loss,
         train_acc=train_acc,
@@ -399,13 +351,6 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
     if dist.is_initialized():
         dist.barrier()
     return best
-
-
-def record_epoch(history: dict, **values) -> None:
-    """Append one epoch's values to ``history`` (a history resumed from an older run gets missing lists)."""
-    done = len(history["epochs"])
-    for key, value in values.items():
-        history.setdefault(key, [None] * done).append(value)
 
 
 def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: float) -> None:

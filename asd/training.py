@@ -19,7 +19,14 @@ from asd.clips import crop_or_tile, waves_to_input
 from asd.heads import make_head
 from asd.labels import ClassIndex, counted_records
 from asd.runtime import autocast, resolve_device
-from dataset import ClipDataset, FixedLengthCollate, VariableLengthCollate, discover_clips
+from dataset import (
+    ClipDataset,
+    FixedLengthCollate,
+    LabelIndex,
+    VariableLengthCollate,
+    discover_clips,
+    stratified_split,
+)
 from model import ASDModel, add_lora, count_parameters, set_drop_path
 from preprocessing import FeatureCache, load_audio
 
@@ -149,6 +156,59 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
     else:
         loader.generator.manual_seed(seed + epoch)
+
+
+def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tuple[list, list]:
+    """(training clips, validation clips): VAL_FRACTION of each class held out."""
+    train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
+    if show:
+        print(
+            f"{len(records)} normal training clips, {len(label_index)} classes: "
+            f"{len(train_records)} to train, {len(val_records)} to validate on"
+        )
+        if not val_records and cfg.checkpoint == "best":
+            print(
+                "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
+                "the best model is chosen by training accuracy"
+            )
+    return train_records, val_records
+
+
+def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
+    """(training loader, validation loader or None, fbank cache or None): fbanks of whole clips (through
+    FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
+    cache = None
+    if seconds is None:
+        cache = feature_source(cfg, [r.path for r in train_records + val_records], show)
+        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
+    else:
+        train_set, val_set = (WaveDataset(part, label_index) for part in (train_records, val_records))
+    val_loader = make_loader(val_set, cfg, False) if val_records else None
+    return make_loader(train_set, cfg, True), val_loader, cache
+
+
+def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
+    return {
+        "train_loss": [],
+        "train_acc": [],
+        "val_loss": [],
+        "val_acc": [],
+        "lr": [],
+        "scale": [],
+        "seconds": [],
+        "epochs": [],
+        "num_classes": len(label_index),
+        "num_train": len(train_records),
+        "num_val": len(val_records),
+        "task": "pretext" if pretext else "classes",
+    }
+
+
+def record_epoch(history: dict, **values) -> None:
+    """Append one epoch's values to ``history`` (a history resumed from an older run gets missing lists)."""
+    done = len(history["epochs"])
+    for key, value in values.items():
+        history.setdefault(key, [None] * done).append(value)
 
 
 # ----------------------------------------------------------------------------- model and optimisation
