@@ -86,7 +86,7 @@ CHECKPOINT = "last"  # OUTPUT holds the "last" epoch or the "best" validation ep
 SEED = 0  # split, initialisation and augmentation seed
 NUM_WORKERS = 2  # DataLoader worker processes per training process
 DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-AMP = True  # bf16 autocast on CUDA (no effect on CPU)
+AMP = False  # bf16 autocast on CUDA (no effect on CPU); ASDKit trains in float32
 CLIP_SECONDS = "auto"  # waveforms tiled/cropped to this many seconds ("auto": 18 for DCASE 2023, 12 for 2024, else the longest clip) or "whole"
 TARGET_FRAMES = 0  # CLIP_SECONDS whole: fbank frames per clip (padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
 PAD_MULTIPLE = 32  # fixed-length or whole clips: fbanks are zero-padded to a multiple of this many frames

@@ -16,8 +16,8 @@ trainable xavier-initialised centres per class, fixed scale sqrt(2) ln(N - 1)), 
 section, attributes and domain counted over training and labelled test names, every waveform tiled or
 cropped to 18 s (DCASE 2023) / 12 s (2024) at a random offset, per-sample waveform mixup (probability
 0.5, lambda ~ U(0, 1)), AdamW lr 1e-4 with decay 0.01 on every trainable parameter after timm's
-5,000-step linear warm-up from 0, no gradient clipping, 25 epochs of batch 8, no SpecAugment, nothing
-held out, the last epoch kept; train on the development and additional-training folders together
+5,000-step linear warm-up from 0, no gradient clipping, float32 (no bf16 autocast), 25 epochs of batch
+8, no SpecAugment, nothing held out, the last epoch kept; train on the development and additional-training folders together
 (--data_dir dev_data,eval_data). Scoring: cosine k-NN (k = 1) on separate
 source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
 2 neighbours): evaluate.py with W = 1 (the k-NN branch alone; evaluate.py's own default mixes in the
@@ -64,6 +64,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "PAD_MULTIPLE": 32,
             "VAL_FRACTION": 0.0,
             "CHECKPOINT": "last",
+            "AMP": False,
         },
         "evaluate": {
             "BACKEND": "knn",
@@ -108,6 +109,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "CLIP_SECONDS": "whole",
             "VAL_FRACTION": 0.1,
             "CHECKPOINT": "best",
+            "AMP": True,
         },
         "evaluate": {
             "BACKEND": "knn",
