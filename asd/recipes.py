@@ -17,9 +17,9 @@ section, attributes and domain counted over training and labelled test names, ev
 cropped to 18 s (DCASE 2023) / 12 s (2024) at a random offset, per-sample waveform mixup (probability
 0.5, lambda ~ U(0, 1)), AdamW lr 1e-4 with decay 0.01 on every trainable parameter after timm's
 5,000-step linear warm-up from 0, no gradient clipping, float32 (no bf16 autocast), 25 epochs of batch
-8, no SpecAugment, nothing held out, the last epoch kept; train on the development and additional-training folders together
-(--data_dir dev_data,eval_data). Scoring: cosine k-NN (k = 1) on separate
-source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
+8, no SpecAugment, nothing held out, the last epoch kept; train on the development and
+additional-training folders together (--data_dir dev_data,eval_data). Scoring: cosine k-NN (k = 1) on
+separate source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
 2 neighbours): evaluate.py with W = 1 (the k-NN branch alone; evaluate.py's own default mixes in the
 statistics' Mahalanobis branch, W = 0.5, and says so).
 """
