@@ -357,3 +357,28 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
         ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
     ):
         train.main(_asdkit_args(tmp_path, tmp_path / "long", "--clip_seconds", "130"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target_frames", "128"], "TARGET_FRAMES 128 cuts fbanks and CLIP_SECONDS auto cuts waveforms"),
+        (["--clip_seconds", "whole"], "MIXUP sample_wave mixes equal-length waveforms"),
+        (["--head", "arcface"], "the ArcFace margin is not defined"),
+        (["--clip_seconds", "soon"], "CLIP_SECONDS 'soon': must be whole, auto or at least 0.025 seconds"),
+    ],
+)
+def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, message):
+    from asd.cli import parse_config
+    from asd.recipes import RECIPES, expand_recipe
+
+    cfg = parse_config(vars(train), ["--data_dir", "/nonexistent", *argv])
+    with pytest.raises(ValueError, match=message):
+        training.check_settings(cfg)
+    with pytest.raises(ValueError, match=message):  # train.py checks before it looks at the data
+        train.main(["--data_dir", "/nonexistent", *argv])
+    for recipe in RECIPES:  # every recipe's settings go together
+        assert (
+            training.check_settings(parse_config(vars(train), expand_recipe("train", ["--recipe", recipe])))
+            is None
+        )
