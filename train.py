@@ -1,6 +1,6 @@
 """Tune an EAT encoder with LoRA on an auxiliary task: classify each normal training clip's machine
 type, section, attribute values (and domain, LABEL). Writes the model of the last epoch or of the best
-validation epoch (CHECKPOINT; validation on held-out training normals, never test clips) to
+validation epoch (KEEP_EPOCH; validation on held-out training normals, never test clips) to
 best_encoder_model.pth, a resumable last_encoder_model.pth, and the per-epoch history beside the model
 (<OUTPUT stem>_history.csv).
 
@@ -82,7 +82,7 @@ ARCFACE_SCALE = 30.0  # ArcFace logit scale s
 ARCFACE_MARGIN = 0.5  # ArcFace additive angular margin m (radians)
 SINGLE_CLASS = "pretext"  # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
 VAL_FRACTION = 0.0  # share of each class held out for validation (stratified)
-CHECKPOINT = "last"  # OUTPUT holds the "last" epoch or the "best" validation epoch
+KEEP_EPOCH = "last"  # OUTPUT holds the "last" epoch or the "best" validation epoch
 SEED = 0  # split, initialisation and augmentation seed
 NUM_WORKERS = 2  # DataLoader worker processes per training process
 DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
@@ -99,9 +99,7 @@ MIXUP = "sample_wave"  # "sample_wave": each clip's waveform and target mixed wi
 MIXUP_PROB = 0.5  # share of training clips (sample_wave) or batches (batch_fbank) that are mixed (0 = never)
 MIXUP_ALPHA = 0.2  # batch_fbank: Beta(alpha, alpha) mixing weights
 FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
-OUTPUT = (
-    "best_encoder_model.pth"  # the tuned model of CHECKPOINT's epoch (LoRA + head + label index + settings)
-)
+OUTPUT = "best_encoder_model.pth"  # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
 RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -121,7 +119,7 @@ _LIMITS = {
     "CENTRE_INIT": ("xavier", "normal"),
     "LABEL": ("attributes_domain", "attributes"),
     "CLASSES_FROM": ("train_test", "train"),
-    "CHECKPOINT": ("last", "best"),
+    "KEEP_EPOCH": ("last", "best"),
     "MIXUP": ("sample_wave", "batch_fbank"),
     "MIN_LR_RATIO": (0.0, 1.0),
     "WEIGHT_DECAY": (0.0, None),
@@ -247,7 +245,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     )  # fmt: skip
     for epoch in range(start_epoch, cfg.epochs + 1):
         best = fit_epoch(loop, epoch, history, best)
-    if show and best and cfg.checkpoint == "best":
+    if show and best and cfg.keep_epoch == "best":
         print(
             f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}"
         )
@@ -305,11 +303,11 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
             "trainable_sha256": tensors_checksum(trainable_state(loop.model)),
         }
     if show:
-        saved = improved if cfg.checkpoint == "best" else True
+        saved = improved if cfg.keep_epoch == "best" else True
         print(
             f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}"
-            + ("  * best" if improved and cfg.checkpoint == "best" else "")
+            + ("  * best" if improved and cfg.keep_epoch == "best" else "")
             + (", saved" if saved else "")
         )
         if saved:
@@ -326,7 +324,7 @@ def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: floa
     cfg = loop.cfg
     settings = {
         **config_to_dict(cfg),
-        "best_epoch" if cfg.checkpoint == "best" else "epoch": epoch,
+        "best_epoch" if cfg.keep_epoch == "best" else "epoch": epoch,
         "val_acc": val_acc,
         "val_loss": val_loss,
         "clip_seconds_resolved": loop.clip_seconds,

@@ -63,7 +63,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "TARGET_FRAMES": 0,
             "PAD_MULTIPLE": 32,
             "VAL_FRACTION": 0.0,
-            "CHECKPOINT": "last",
+            "KEEP_EPOCH": "last",
             "AMP": False,
         },
         "evaluate": {
@@ -108,7 +108,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "MIXUP": "batch_fbank",
             "CLIP_SECONDS": "whole",
             "VAL_FRACTION": 0.1,
-            "CHECKPOINT": "best",
+            "KEEP_EPOCH": "best",
             "AMP": True,
         },
         "evaluate": {

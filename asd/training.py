@@ -202,7 +202,7 @@ def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tupl
             f"{len(records)} normal training clips, {len(label_index)} classes: "
             f"{len(train_records)} to train, {len(val_records)} to validate on"
         )
-        if not val_records and cfg.checkpoint == "best":
+        if not val_records and cfg.keep_epoch == "best":
             print(
                 "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
                 "the best model is chosen by training accuracy"
