@@ -47,9 +47,7 @@ from model import base_encoder, trainable_state
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
 DATA_DIR = "dev_data"  # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
 MACHINE_TYPES = []  # machine types to train on, comma-separated; empty = all
-EAT_CHECKPOINT = (
-    None  # HF folder (config.json + model.safetensors) or fairseq .pt; None = random init (demo only)
-)
+EAT_CHECKPOINT = None  # HF folder (config.json + weights), fairseq .pt or hub id; None = random init (demo)
 MODEL_SIZE = "base"  # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
 POOLING = "cls"  # utterance embedding: "cls" token or "mean" of the patch tokens
 PROJECTION_DIM = 256  # linear layer after pooling; its output is the embedding used downstream (0 = none)
