@@ -382,3 +382,34 @@ def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, messag
             training.check_settings(parse_config(vars(train), expand_recipe("train", ["--recipe", recipe])))
             is None
         )
+
+
+def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
+    """An older checkpoint's history has no scale or seconds: those cells stay empty for its epochs."""
+    from asd.history import history_path, read_history, write_history
+
+    history = {"train_loss": [2.0], "train_acc": [0.1], "val_loss": [2.1], "val_acc": [0.2], "lr": [1e-5]}
+    history["epochs"] = [1]
+    training.record_epoch(
+        history,
+        train_loss=1.5,
+        train_acc=0.3,
+        val_loss=1.6,
+        val_acc=0.4,
+        lr=2e-5,
+        scale=7.4,
+        seconds=3.0,
+        epochs=2,
+    )
+    path = history_path(tmp_path / "best_encoder_model.pth")
+    assert path == tmp_path / "best_encoder_model_history.csv"
+    write_history(path, history)
+    rows = read_history(path)
+    assert [row["epoch"] for row in rows] == ["1", "2"] and rows[0]["scale"] == rows[0]["seconds"] == ""
+    assert (rows[1]["loss"], rows[1]["val_accuracy"], rows[1]["learning_rate"], rows[1]["scale"]) == (
+        "1.5",
+        "0.4",
+        "2e-05",
+        "7.4",
+    )
+    assert not list(tmp_path.glob(".*.tmp"))
