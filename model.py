@@ -1,4 +1,5 @@
-"""The EAT encoder in plain PyTorch, its LoRA adapters and the auxiliary classification heads.
+"""The EAT encoder in plain PyTorch, its LoRA adapters and the ASD model (encoder + auxiliary head;
+the heads themselves are in asd/heads.py).
 
 EAT (Chen et al., IJCAI 2024, arXiv 2401.03497) is a ViT over 16x16 patches of a 128-bin log-mel
 fbank. Its front end (preprocessing.py): a 16 kHz mono waveform minus its mean; kaldi fbank with
@@ -21,14 +22,26 @@ There is no norm after the last block; the output's token 0 is the utterance (CL
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# the auxiliary heads are part of the model; they live in asd/heads.py and are re-exported here
+from asd.heads import (  # noqa: F401
+    HEADS,
+    ArcFaceHead,
+    Head,
+    LinearHead,
+    SCAdaCosHead,
+    head_from_settings,
+    head_settings,
+    make_head,
+)
 
 LORA_TARGET_MODULES = {
     "qkv": r"attn\.qkv",
@@ -148,6 +161,21 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     return x * keep / (1 - rate)
 
 
+def drop_path_rates(start: float, end: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates as EAT's Data2VecMultiModel sets them: np.linspace(start, end, depth)."""
+    return np.linspace(start, end, depth).tolist()
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> list[float]:
+    """Give the blocks of ``encoder`` (plain or LoRA-wrapped) stochastic depth rising linearly from 0 at
+    the first block to ``rate`` at the last, as EAT's fine-tuning does; returns the per-block rates."""
+    blocks = base_encoder(encoder).blocks
+    rates = drop_path_rates(0.0, rate, len(blocks))
+    for block, block_rate in zip(blocks, rates):
+        block.drop_path_rate = block_rate
+    return rates
+
+
 class PatchEmbed(nn.Module):
     """16x16 conv patches over (time, mel), flattened time-major: token = t_patch * F + f_patch."""
 
@@ -233,7 +261,7 @@ class EATEncoder(nn.Module):
         self.extra_tokens = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pre_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
         self.dropout = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth).tolist()
+        rates = drop_path_rates(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth)
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         if cfg.model_variant == "finetune":  # AudioSet classifier of the fine-tuned release; unused here
             self.fc_norm = nn.LayerNorm(cfg.embed_dim)
@@ -349,219 +377,6 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-# ----------------------------------------------------------------------------- heads
-
-
-class Head(nn.Module):
-    """What every auxiliary head shares: an optional linear projection of the pooled encoder output
-    (``projection_dim`` 0: none) and a batch loss. ASDModel.embed applies the projection, so the
-    projected vector is the embedding used downstream; ``forward(emb, labels)`` takes projected
-    embeddings and returns logits (``labels`` only matter to margin heads)."""
-
-    def __init__(self, embed_dim: int, projection_dim: int = 0):
-        super().__init__()
-        self.projection = nn.Linear(embed_dim, projection_dim) if projection_dim else nn.Identity()
-        self.projection_dim = projection_dim
-        self.dim = projection_dim or embed_dim  # width of the embeddings the head classifies
-
-    def loss(
-        self,
-        emb: torch.Tensor,
-        labels: torch.Tensor,
-        mixed_labels: torch.Tensor | None = None,
-        lam: float = 1.0,
-    ) -> torch.Tensor:
-        """Mean cross-entropy; with mixup lam * CE(labels) + (1 - lam) * CE(mixed_labels), margins per label set."""
-        loss = F.cross_entropy(self(emb, labels).float(), labels)
-        if mixed_labels is not None:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(self(emb, mixed_labels).float(), mixed_labels)
-        return loss
-
-
-def _cosines(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities [B, rows] in float32, also under bf16 autocast."""
-    with torch.autocast(emb.device.type, enabled=False):
-        return F.linear(F.normalize(emb.float(), dim=-1), F.normalize(weight.float(), dim=-1))
-
-
-class LinearHead(Head):
-    """Plain softmax classifier; ``labels`` is accepted for a common interface and ignored."""
-
-    def __init__(self, embed_dim: int, num_classes: int, projection_dim: int = 0):
-        super().__init__(embed_dim, projection_dim)
-        self.fc = nn.Linear(self.dim, num_classes)
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(emb)
-
-    def settings(self) -> dict[str, Any]:
-        return {"kind": "linear", "num_classes": self.fc.out_features, "projection_dim": self.projection_dim}
-
-
-class ArcFaceHead(Head):
-    """Additive angular margin (ArcFace): logits = s * cos(theta + m) for the true class, s * cos(theta) else.
-
-    Without labels (inference, accuracy) it returns s * cos(theta) for every class.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_classes: int,
-        scale: float = 30.0,
-        margin: float = 0.5,
-        projection_dim: int = 0,
-    ):
-        super().__init__(embed_dim, projection_dim)
-        self.weight = nn.Parameter(torch.empty(num_classes, self.dim))
-        nn.init.xavier_uniform_(self.weight)
-        self.scale, self.margin = scale, margin
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cosine = _cosines(emb, self.weight)
-        if labels is None:
-            return self.scale * cosine
-        cosine = cosine.clamp(-1 + 1e-7, 1 - 1e-7)
-        sine = (1 - cosine**2).sqrt()
-        with_margin = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
-        # past theta = pi - m, cos(theta + m) stops decreasing: fall back to a linear penalty
-        threshold = math.cos(math.pi - self.margin)
-        with_margin = torch.where(
-            cosine > threshold, with_margin, cosine - math.sin(math.pi - self.margin) * self.margin
-        )
-        target = F.one_hot(labels, cosine.shape[1]).bool()
-        return self.scale * torch.where(target, with_margin, cosine)
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "kind": "arcface",
-            "num_classes": self.weight.shape[0],
-            "scale": self.scale,
-            "margin": self.margin,
-            "projection_dim": self.projection_dim,
-        }
-
-
-class SCAdaCosHead(Head):
-    """Sub-cluster AdaCos (Wilkinghoff, IJCNN 2021): C centres per class, adaptive scale s.
-
-    With x the normalised embedding, w_jk the normalised k-th centre of class j (N classes) and
-    cos_jk = <x, w_jk>:
-        p_jk = exp(s cos_jk) / sum_{j',k'} exp(s cos_j'k')      softmax over all N*C sub-clusters
-        P_j  = sum_k p_jk                                          class probability
-        loss = -mean_i sum_j y_ij log P_ij                         y: one-hot, or mixup's lam/(1-lam) mix
-    forward() returns log P [B, N] (so F.cross_entropy(log P, labels) is the loss with one-hot y).
-    Before each training batch's loss, without gradient (AdaCos's dynamic scale, over sub-clusters):
-        B_avg     = mean_i sum_{(j,k): y_ij = 0} exp(s cos_ijk)   non-target sub-clusters only
-        theta_med = median of arccos(cos_ijk) over the target sub-clusters (y_ij > 0) of the batch
-        s        <- log(B_avg) / cos(min(pi/4, theta_med))
-    Initial s = sqrt(2) * log(N*C - 1) (``scale`` None), or the saved s when a tuned model is
-    reloaded. Centres start from a fixed-seed normal draw, so frozen ones (``train_centres`` False)
-    are rebuilt identically on load.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_classes: int,
-        sub_clusters: int = 16,
-        scale: float | None = None,
-        train_centres: bool = True,
-        projection_dim: int = 0,
-    ):
-        super().__init__(embed_dim, projection_dim)
-        if sub_clusters < 1:
-            raise ValueError(f"sub_clusters must be at least 1, got {sub_clusters}")
-        self.num_classes, self.sub_clusters, self.train_centres = num_classes, sub_clusters, train_centres
-        centres = torch.randn(
-            num_classes * sub_clusters, self.dim, generator=torch.Generator().manual_seed(0)
-        )
-        self.centres = nn.Parameter(
-            centres, requires_grad=train_centres
-        )  # row j * C + k: class j, sub-cluster k
-        initial = math.sqrt(2) * math.log(max(2, num_classes * sub_clusters - 1))
-        self.register_buffer("scale", torch.tensor(float(initial if scale is None else scale)))
-
-    def _log_class_probs(self, cosine: torch.Tensor) -> torch.Tensor:
-        logits = self.scale * cosine
-        per_class = logits.view(-1, self.num_classes, self.sub_clusters).logsumexp(dim=2)
-        return per_class - logits.logsumexp(dim=1, keepdim=True)
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self._log_class_probs(_cosines(emb, self.centres))
-
-    @torch.no_grad()
-    def update_scale(self, cosine: torch.Tensor, targets: torch.Tensor) -> None:
-        """The AdaCos rule above, from one batch's cosines [B, N*C] and class targets [B, N]."""
-        target = (targets > 0).repeat_interleave(self.sub_clusters, dim=1)
-        non_target = (self.scale * cosine).masked_fill(target, float("-inf"))
-        log_b_avg = non_target.flatten().logsumexp(0) - math.log(cosine.shape[0])
-        theta_med = torch.acos(cosine[target].clamp(-1 + 1e-7, 1 - 1e-7)).median()
-        self.scale.copy_(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
-
-    def loss(
-        self,
-        emb: torch.Tensor,
-        labels: torch.Tensor,
-        mixed_labels: torch.Tensor | None = None,
-        lam: float = 1.0,
-    ) -> torch.Tensor:
-        targets = F.one_hot(labels, self.num_classes).float()
-        if mixed_labels is not None:
-            targets = lam * targets + (1 - lam) * F.one_hot(mixed_labels, self.num_classes).float()
-        cosine = _cosines(emb, self.centres)
-        if self.training:
-            self.update_scale(cosine, targets)
-        return -(targets * self._log_class_probs(cosine)).sum(dim=1).mean()
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "kind": "scadacos",
-            "num_classes": self.num_classes,
-            "sub_clusters": self.sub_clusters,
-            "scale": float(self.scale),
-            "train_centres": self.train_centres,
-            "projection_dim": self.projection_dim,
-        }
-
-
-HEADS = {"linear": LinearHead, "arcface": ArcFaceHead, "scadacos": SCAdaCosHead}
-
-
-def make_head(
-    kind: str,
-    embed_dim: int,
-    num_classes: int,
-    scale: float | None = None,
-    margin: float = 0.5,
-    sub_clusters: int = 16,
-    train_centres: bool = True,
-    projection_dim: int = 0,
-) -> Head:
-    """'linear', 'arcface' or 'scadacos' over ``embed_dim``-wide pooled outputs, projected to
-    ``projection_dim`` first when it is not 0. ``scale`` None: the head's own default (ArcFace 30,
-    SCAdaCos adaptive initial value); arguments a head does not use are ignored."""
-    if kind == "linear":
-        return LinearHead(embed_dim, num_classes, projection_dim)
-    if kind == "arcface":
-        return ArcFaceHead(embed_dim, num_classes, 30.0 if scale is None else scale, margin, projection_dim)
-    if kind == "scadacos":
-        return SCAdaCosHead(embed_dim, num_classes, sub_clusters, scale, train_centres, projection_dim)
-    raise ValueError(f"unknown head {kind!r}; choose one of {sorted(HEADS)}")
-
-
-def head_settings(head: Head) -> dict[str, Any]:
-    """make_head's keyword arguments (without embed_dim) that rebuild ``head``."""
-    if not isinstance(head, Head):
-        raise TypeError(f"unknown head type {type(head).__name__}")
-    return head.settings()
-
-
-def head_from_settings(settings: dict[str, Any], embed_dim: int) -> Head:
-    """The head that head_settings() described, over an encoder of width ``embed_dim``."""
-    return make_head(embed_dim=embed_dim, **settings)
 
 
 # ----------------------------------------------------------------------------- the ASD model

@@ -1,12 +1,15 @@
 """Tune an EAT encoder with LoRA on an auxiliary task: classify each normal training clip's machine
-type, section and attribute values. Writes the best model by validation accuracy (held-out training
-normals, never test clips) to best_encoder_model.pth, and a resumable last_encoder_model.pth.
+type, section, attribute values (and domain, LABEL). Writes the model of the last epoch or of the best
+validation epoch (KEEP_EPOCH; validation on held-out training normals, never test clips) to
+best_encoder_model.pth, a resumable last_encoder_model.pth, and the per-epoch history beside the model
+(<OUTPUT stem>_history.csv).
 
 The defaults are the recipe asdkit-eat-lora (recipes.py; a published result stands behind it). When
 the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
 augmentation each clip got) or no training at all.
 
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
+    python train.py --data_dir dev_data,eval_data ...   # one model over several folders' training clips
     python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from types import SimpleNamespace
 
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -30,18 +35,19 @@ from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned, tensors_checksum
 from asd.cli import config_to_dict, parse_config, print_config
+from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
+from asd.history import history_path, write_history
+from asd.labels import class_name
 from asd.recipes import expand_recipe, recipe_summary
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
-from dataset import ClipDataset, LabelIndex, stratified_split
-from model import trainable_state
+from dataset import LabelIndex
+from model import base_encoder, trainable_state
 
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
-DATA_DIR = "dev_data"  # DCASE folder: <machine>/train/*.wav (test clips are never read)
+DATA_DIR = "dev_data"  # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
 MACHINE_TYPES = []  # machine types to train on, comma-separated; empty = all
-EAT_CHECKPOINT = (
-    None  # HF folder (config.json + model.safetensors) or fairseq .pt; None = random init (demo only)
-)
+EAT_CHECKPOINT = None  # HF folder (config.json + weights), fairseq .pt or hub id; None = random init (demo)
 MODEL_SIZE = "base"  # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
 POOLING = "cls"  # utterance embedding: "cls" token or "mean" of the patch tokens
 PROJECTION_DIM = 256  # linear layer after pooling; its output is the embedding used downstream (0 = none)
@@ -53,35 +59,45 @@ WARMUP_STEPS = 5000  # linear warm-up over this many optimizer steps plus WARMUP
 WARMUP_EPOCHS = 0.0  # further warm-up in epochs (may be fractional), added to WARMUP_STEPS
 LR_SCHEDULE = "constant"  # after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
 MIN_LR_RATIO = 0.01  # the cosine decays to LEARNING_RATE * MIN_LR_RATIO
-WEIGHT_DECAY = 0.01  # AdamW decay on matrices (not on norms and biases)
-GRAD_CLIP = 1.0  # max gradient norm; 0 disables clipping
+WARMUP_RULE = "timm"  # warm-up factor at optimizer step k: k / warm-up ("timm", first step at 0) or (k + 1) / warm-up ("project")
+WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay
+DECAY = "all"  # which trainable parameters decay: "all" or "matrices" (not norms and biases)
+GRAD_CLIP = 0.0  # max gradient norm; 0 disables clipping
 LORA_RANK = 64  # LoRA rank on the LORA_TARGETS layers of every block
-LORA_ALPHA = 128.0  # LoRA scaling numerator (scale = alpha / rank)
-LORA_DROPOUT = 0.1  # dropout on the LoRA branch
+LORA_ALPHA = 8.0  # LoRA scaling numerator (scale = alpha / rank)
+LORA_DROPOUT = 0.0  # dropout on the LoRA branch
+DROP_PATH = 0.1  # stochastic depth of the last block, rising linearly from 0 at the first (0 = none)
 LORA_TARGETS = ["qkv"]  # layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
 UNFREEZE_LAST_NORMS = 0  # also train norm1/norm2 of the last K blocks
 HEAD = "scadacos"  # auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
 SUB_CLUSTERS = 16  # SCAdaCos centres per class
 TRAIN_CENTRES = True  # SCAdaCos centres are trained (False: fixed at their seeded random start)
+SCALE = "fixed"  # SCAdaCos scale: "fixed" at sqrt(2) ln(N - 1), N = classes x SUB_CLUSTERS, or "adaptive" (AdaCos rule every batch)
+CENTRE_INIT = "xavier"  # SCAdaCos centres start as a seeded "xavier" uniform or "normal" draw
+LABEL = "attributes_domain"  # classes: machine, section, attributes and domain ("attributes_domain") or without domain ("attributes")
+CLASSES_FROM = "train_test"  # classes counted over training clips ("train") or also labelled test clip names ("train_test")
 ARCFACE_SCALE = 30.0  # ArcFace logit scale s
 ARCFACE_MARGIN = 0.5  # ArcFace additive angular margin m (radians)
 SINGLE_CLASS = "pretext"  # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
-VAL_FRACTION = 0.1  # share of each class held out for validation (stratified)
+VAL_FRACTION = 0.0  # share of each class held out for validation (stratified)
+KEEP_EPOCH = "last"  # OUTPUT holds the "last" epoch or the "best" validation epoch
 SEED = 0  # split, initialisation and augmentation seed
 NUM_WORKERS = 2  # DataLoader worker processes per training process
 DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-AMP = True  # bf16 autocast on CUDA (no effect on CPU)
-TARGET_FRAMES = 0  # frames per clip (zero-padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
-PAD_MULTIPLE = 32  # TARGET_FRAMES 0: clips are zero-padded to a multiple of this many frames
+AMP = False  # bf16 autocast on CUDA (no effect on CPU); ASDKit trains in float32
+CLIP_SECONDS = "auto"  # waveforms tiled/cropped to this many seconds ("auto": 18 for DCASE 2023, 12 for 2024, else the longest clip) or "whole"
+TARGET_FRAMES = 0  # CLIP_SECONDS whole: fbank frames per clip (padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
+PAD_MULTIPLE = 32  # fixed-length or whole clips: fbanks are zero-padded to a multiple of this many frames
 RANDOM_CROP = True  # TARGET_FRAMES > 0: crop longer training clips at a random offset
 SPEC_AUGMENT = False  # random time and frequency masks on training fbanks
 TIME_MASK = 80  # widest time mask (frames)
 FREQ_MASK = 16  # widest frequency mask (mel bins)
 NUM_MASKS = 2  # masks of each kind per clip
-MIXUP_PROB = 0.5  # share of training batches whose clip pairs and targets are mixed (0 = never)
-MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weights
+MIXUP = "sample_wave"  # "sample_wave": each clip's waveform and target mixed with MIXUP_PROB, lam ~ U(0, 1); "batch_fbank": whole batches' fbanks
+MIXUP_PROB = 0.5  # share of training clips (sample_wave) or batches (batch_fbank) that are mixed (0 = never)
+MIXUP_ALPHA = 0.2  # batch_fbank: Beta(alpha, alpha) mixing weights
 FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
-OUTPUT = "best_encoder_model.pth"  # best model (LoRA + head + label index + settings)
+OUTPUT = "best_encoder_model.pth"  # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
 RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -94,6 +110,15 @@ _LIMITS = {
     "WARMUP_STEPS": (0, None),
     "WARMUP_EPOCHS": (0.0, None),
     "LR_SCHEDULE": ("constant", "cosine"),
+    "WARMUP_RULE": ("timm", "project"),
+    "DECAY": ("all", "matrices"),
+    "DROP_PATH": (0.0, "<1"),
+    "SCALE": ("fixed", "adaptive"),
+    "CENTRE_INIT": ("xavier", "normal"),
+    "LABEL": ("attributes_domain", "attributes"),
+    "CLASSES_FROM": ("train_test", "train"),
+    "KEEP_EPOCH": ("last", "best"),
+    "MIXUP": ("sample_wave", "batch_fbank"),
     "MIN_LR_RATIO": (0.0, 1.0),
     "WEIGHT_DECAY": (0.0, None),
     "GRAD_CLIP": (0.0, None),
@@ -124,16 +149,10 @@ _LIMITS = {
 }
 
 
-def check_settings(cfg) -> None:
-    """What _LIMITS cannot say: a fixed clip length must fill at least one 16-frame patch."""
-    if 0 < cfg.target_frames < 16:
-        raise ValueError(f"TARGET_FRAMES {cfg.target_frames}: must be 0 (whole clips) or at least 16 frames")
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = expand_recipe("train", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__)
-    check_settings(cfg)
+    training.check_settings(cfg)
     rank, world, device = training.setup_processes(cfg.device)
     show = rank == 0
     if device.type == "cpu":
@@ -145,9 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
             dist.destroy_process_group()
 
 
-def announce_single_class(cfg, records: list, label_index: LabelIndex) -> None:
+def announce_single_class(cfg, records: list) -> None:
     print(
-        f"WARNING: all {len(records)} training clips form one class ({label_index.names[0]}): classifying "
+        f"WARNING: all {len(records)} training clips form one class ({class_name(records[0], cfg.label)}): classifying "
         "them teaches the encoder nothing (loss 0 from the first step). "
         + (
             "Training on a pretext task instead: which of " + ", ".join(PRETEXT_TASKS) + " each clip got."
@@ -169,61 +188,34 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
     return {"epochs": [], "num_classes": len(label_index), "task": "frozen", "best": {}}
 
 
-def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tuple[list, list]:
-    """(training clips, validation clips): VAL_FRACTION of each class held out."""
-    train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
-    if show:
-        print(
-            f"{len(records)} normal training clips, {len(label_index)} classes: "
-            f"{len(train_records)} to train, {len(val_records)} to validate on"
-        )
-        if not val_records:
-            print(
-                "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
-                "the best model is chosen by training accuracy"
-            )
-    return train_records, val_records
-
-
-def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
-    return {
-        "train_loss": [],
-        "train_acc": [],
-        "val_loss": [],
-        "val_acc": [],
-        "lr": [],
-        "epochs": [],
-        "num_classes": len(label_index),
-        "num_train": len(train_records),
-        "num_val": len(val_records),
-        "task": "pretext" if pretext else "classes",
-    }
-
-
 def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     if show:
         print_config(cfg, "train.py settings")
         print(recipe_summary(cfg.recipe, "train", vars(cfg)))
     seed_everything(cfg.seed)
     records = training.training_records(cfg)
-    label_index = LabelIndex.from_records(records)
-    pretext = len(label_index) == 1
+    label_index = training.class_index(cfg, records)
+    pretext = len({class_name(r, cfg.label) for r in records}) == 1
     if pretext and show:
-        announce_single_class(cfg, records, label_index)
+        announce_single_class(cfg, records)
     if pretext and cfg.single_class == "frozen":
         return save_frozen(cfg, label_index, show)
-    train_records, val_records = split_clips(cfg, records, label_index, show)
-    cache = training.feature_source(cfg, [r.path for r in records], show)
-    train_loader = training.make_loader(ClipDataset(train_records, label_index, cache), cfg, True)
-    val_loader = (
-        training.make_loader(ClipDataset(val_records, label_index, cache), cfg, False)
-        if val_records
-        else None
+    train_records, val_records = training.split_clips(cfg, records, label_index, show)
+    seconds, why = resolve_clip_seconds(cfg.clip_seconds, training.data_dirs(cfg), records)
+    task_index = pretext_label_index() if pretext else label_index
+    model = training.build_model(cfg, len(task_index), show).to(device)
+    encoder = base_encoder(model.encoder).config
+    reach = encoder.max_length * encoder.patch_size
+    check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
+    train_loader, val_loader, cache = training.make_loaders(
+        cfg, label_index, train_records, val_records, seconds, show
     )
-    if pretext:
-        label_index = pretext_label_index()
-
-    model = training.build_model(cfg, len(label_index), show).to(device)
+    if show and seconds is not None:
+        print(
+            f"fixed-length clips: {seconds:g} s ({why}); tiled or cropped at a random offset in "
+            "training, from the start in validation and extraction"
+        )
+    label_index = task_index
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     optimizer, scheduler = training.make_optimizer(model, cfg, steps_per_epoch)
     warmup = training.warmup_length(cfg, steps_per_epoch)
@@ -232,7 +224,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
             f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
             "the learning rate never reaches LEARNING_RATE"
         )
-    history = new_history(label_index, train_records, val_records, pretext)
+    history = training.new_history(label_index, train_records, val_records, pretext)
     best, start_epoch = {}, 1
     state = resume_state(cfg, model, optimizer, scheduler, label_index, show)
     if state is not None:
@@ -245,14 +237,18 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     loop = SimpleNamespace(
         cfg=cfg, model=model, step_module=step_module, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, val_loader=val_loader, label_index=label_index,
-        device=device, rank=rank, show=show, pretext=pretext,
+        device=device, rank=rank, show=show, pretext=pretext, clip_seconds=seconds,
+        clip_samples=None if seconds is None else clip_samples(seconds),
+        history_csv=history_path(cfg.output),
     )  # fmt: skip
     for epoch in range(start_epoch, cfg.epochs + 1):
         best = fit_epoch(loop, epoch, history, best)
-    if show and best:
+    if show and best and cfg.keep_epoch == "best":
         print(
             f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}"
         )
+    elif show and history["epochs"]:
+        print(f"last epoch {history['epochs'][-1]} -> {cfg.output}")
     history["best"] = best
     history["feature_cache"] = {
         "hits": getattr(cache, "hits", None),
@@ -262,33 +258,40 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
 
 
 def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> dict:
-    """Train one epoch, validate, record it in ``history``, save the best and last models; the new best."""
-    cfg, show = loop.cfg, loop.show
+    """Train one epoch, validate, record it in ``history``, save the models and the history; the best record."""
+    cfg, show, started = loop.cfg, loop.show, time.monotonic()
     # every epoch's shuffling and augmentation depend only on (seed, epoch, rank): resuming repeats them
     seed_everything(cfg.seed + 1000 * epoch + loop.rank)
     training.seed_epoch(loop.train_loader, cfg.seed, epoch)
     lr = loop.optimizer.param_groups[0]["lr"]
+    crops = np.random.default_rng([cfg.seed, epoch, loop.rank])  # fixed-length clips' random offsets
+    clip = None if loop.clip_samples is None else (loop.clip_samples, crops)
     sums = training.train_epoch(
         loop.step_module, loop.train_loader, loop.optimizer, loop.scheduler, cfg, loop.device, epoch, show,
-        loop.pretext,
+        loop.pretext, clip,
     )  # fmt: skip
     loss_sum, correct, count = training.all_sum(list(sums), loop.device)
     train_loss, train_acc = loss_sum / count, correct / count
     if loop.val_loader is not None:
-        sums = training.evaluate(loop.model, loop.val_loader, cfg, loop.device, show, loop.pretext)
+        sums = training.evaluate(
+            loop.model, loop.val_loader, cfg, loop.device, show, loop.pretext, loop.clip_samples
+        )
         loss_sum, correct, count = training.all_sum(list(sums), loop.device)
         val_loss, val_acc = loss_sum / count, correct / count
     else:
         val_loss, val_acc = train_loss, train_acc
-    for key, value in (
-        ("train_loss", train_loss),
-        ("train_acc", train_acc),
-        ("val_loss", val_loss),
-        ("val_acc", val_acc),
-        ("lr", lr),
-        ("epochs", epoch),
-    ):
-        history[key].append(value)
+    scale = getattr(loop.model.head, "scale", None)
+    training.record_epoch(
+        history,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        lr=lr,
+        scale=None if scale is None else float(scale),
+        seconds=time.monotonic() - started,
+        epochs=epoch,
+    )
     improved = training.is_better(val_acc, val_loss, best)
     if improved:
         best = {
@@ -298,18 +301,33 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
             "trainable_sha256": tensors_checksum(trainable_state(loop.model)),
         }
     if show:
+        saved = improved if cfg.keep_epoch == "best" else True
         print(
             f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}"
-            + ("  * best, saved" if improved else "")
+            + ("  * best" if improved and cfg.keep_epoch == "best" else "")
+            + (", saved" if saved else "")
         )
-        if improved:
-            settings = {**config_to_dict(cfg), "best_epoch": epoch, "val_acc": val_acc, "val_loss": val_loss}
-            save_tuned(cfg.output, loop.model, loop.label_index, settings, cfg.eat_checkpoint)
+        if saved:
+            save_model(loop, epoch, val_acc, val_loss)
         save_last(cfg, loop.model, loop.optimizer, loop.scheduler, loop.label_index, epoch, history, best)
+        write_history(loop.history_csv, history)
     if dist.is_initialized():
         dist.barrier()
     return best
+
+
+def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: float) -> None:
+    """OUTPUT: the model after ``epoch``, with the settings extraction needs (the fixed clip length)."""
+    cfg = loop.cfg
+    settings = {
+        **config_to_dict(cfg),
+        "best_epoch" if cfg.keep_epoch == "best" else "epoch": epoch,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "clip_seconds_resolved": loop.clip_seconds,
+    }
+    save_tuned(cfg.output, loop.model, loop.label_index, settings, cfg.eat_checkpoint)
 
 
 if __name__ == "__main__":

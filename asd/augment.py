@@ -62,3 +62,35 @@ def pretext_batch(
 def pretext_label_index() -> LabelIndex:
     """Class names of the pretext task, sorted in PRETEXT_TASKS order (so index = task index)."""
     return LabelIndex(f"pretext/{i}_{name}" for i, name in enumerate(PRETEXT_TASKS))
+
+
+def mixup_samples(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    prob: float,
+    generator: torch.Generator | None = None,
+    draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ASDKit's per-sample mixup of a batch (waveforms [B, samples] and class targets [B, N]).
+
+    Draws, in this order: lam = rand(B), perm = randperm(B), u = rand(B) (``generator``, else the global
+    RNG; or the stored ``draws`` (lam, perm, u), replayed). Sample b is mixed when u_b < ``prob``:
+    lam_b * v_b + (1 - lam_b) * v_perm[b] for both tensors (a sample may draw itself as partner);
+    the others pass unchanged (ASDKit: dec * mixed + (1 - dec) * v).
+    """
+    batch = x.shape[0]
+    if draws is None:
+        lam = torch.rand(batch, generator=generator)
+        perm = torch.randperm(batch, generator=generator)
+        uniform = torch.rand(batch, generator=generator)
+    else:
+        lam, perm, uniform = (torch.as_tensor(d) for d in draws)
+    dec = (uniform < prob).float()
+
+    def mix(v: torch.Tensor) -> torch.Tensor:
+        shape = (batch,) + (1,) * (v.dim() - 1)
+        weight, mixed_in = lam.to(v).view(shape), dec.to(v).view(shape)
+        mixed = weight * v + (1 - weight) * v[perm.to(v.device)]
+        return mixed_in * mixed + (1 - mixed_in) * v
+
+    return mix(x), mix(targets)

@@ -26,14 +26,14 @@ import torch
 import torch.nn as nn
 
 from asd.files import atomic_torch_save
+from asd.freshness import changes, file_key, settings_key
+from asd.heads import head_from_settings, head_settings
 from model import (
     ASDModel,
     EATConfig,
     EATEncoder,
     add_lora,
     base_encoder,
-    head_from_settings,
-    head_settings,
     sincos_position_table,
     trainable_state,
 )
@@ -404,19 +404,18 @@ def load_state_strict(encoder: EATEncoder, state: dict[str, torch.Tensor], sourc
 
 
 def backbone_fingerprint(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """Cheap identity of a local backbone checkpoint: config hash + weights file name, size and mtime."""
+    """Identity of a local backbone checkpoint: content keys (asd.freshness) of its config and weights
+    file, and the weights file's name and size."""
     path = Path(checkpoint)
     weights = _weights_file(path) if path.is_dir() else path
-    # the config's content, not its formatting
-    config_text = (
-        json.dumps(json.loads((path / "config.json").read_text()), sort_keys=True) if path.is_dir() else ""
-    )
-    stat = weights.stat()
+    config = (
+        json.loads((path / "config.json").read_text()) if path.is_dir() else None
+    )  # content, not formatting
     return {
-        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "config_key": settings_key(config),
+        "weights_key": file_key(weights),
         "weights_file": weights.name,
-        "size": stat.st_size,
-        "mtime": stat.st_mtime,
+        "size": weights.stat().st_size,
     }
 
 
@@ -537,14 +536,13 @@ def _rebuild_backbone(backbone: dict[str, Any], path: Path, override: str | os.P
             f"pass its new location as backbone_checkpoint ({error})"
         ) from error
     now, saved = backbone_fingerprint(resolved.path), backbone.get("fingerprint") or {}
-    for key in ("config_sha256", "weights_file", "size"):
-        if key in saved and now[key] != saved[key]:
-            raise ValueError(
-                f"{path} was tuned on a different EAT checkpoint than {checkpoint} "
-                f"({key}: saved {saved[key]!r}, now {now[key]!r})"
-            )
-    if saved.get("mtime") not in (None, now["mtime"]):
-        print(f"note: {checkpoint} was modified after {path} was tuned on it (same size and config)")
+    shared = [key for key in ("config_key", "weights_key", "weights_file", "size") if key in saved]
+    changed = changes({k: saved[k] for k in shared}, {k: now[k] for k in shared})
+    if changed:
+        raise ValueError(
+            f"{path} was tuned on a different EAT checkpoint than {checkpoint} "
+            f"({', '.join(f'{k}: saved {saved[k]!r}, now {now[k]!r}' for k in changed)})"
+        )
     return build_encoder(checkpoint)
 
 

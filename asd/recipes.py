@@ -6,15 +6,20 @@
 expand_recipe() puts a recipe's flags in front of the user's own; argparse keeps the last value of a
 flag, so anything given on the command line overrides the recipe.
 
-asdkit-eat-lora: ASDKit's "dis_eat_scac_trainable", re-evaluated over 4 seeds: official score
-63.98 +- 0.70 (DCASE2023 dev), 72.04 +- 0.77 (2023 eval), 59.93 +- 0.37 (2024 dev), 61.47 +- 0.73
-(2024 eval). EAT-base (epoch-10 pretrained checkpoint: pass it as --eat_checkpoint), LoRA rank 64 on
-qkv, CLS token projected to 256, sub-cluster AdaCos (16 trainable centres per class), mixup on half
-the batches, AdamW lr 1e-4 after a 5,000-step linear warm-up, 25 epochs of batch 8, no SpecAugment,
-every clip at its own length padded to a multiple of 32 frames. Values the source does not state
-keep this project's choices (LoRA alpha / rank = 2, dropout 0.1, weight decay 0.01, gradient clip
-1.0, mixup alpha 0.2, a constant rate after the warm-up). Scoring: cosine k-NN (k = 1) on separate
-source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
+asdkit-eat-lora: ASDKit's "dis_eat_scac_trainable" (TakuyaFujimura/dcase-asd-toolkit at ed27d82; the
+settings as ../shared/asdkit_fixture/README.md lists them with their ASDKit file and line),
+re-evaluated over 4 seeds: official score 63.98 +- 0.70 (DCASE2023 dev), 72.04 +- 0.77 (2023 eval),
+59.93 +- 0.37 (2024 dev), 61.47 +- 0.73 (2024 eval). Training: EAT-base (epoch-10 pretrained
+checkpoint: pass it as --eat_checkpoint), LoRA rank 64 on qkv with peft's defaults alpha 8 and dropout
+0, drop path 0.1 rising linearly over the blocks, CLS token projected to 256, sub-cluster AdaCos (16
+trainable xavier-initialised centres per class, fixed scale sqrt(2) ln(N - 1)), classes machine,
+section, attributes and domain counted over training and labelled test names, every waveform tiled or
+cropped to 18 s (DCASE 2023) / 12 s (2024) at a random offset, per-sample waveform mixup (probability
+0.5, lambda ~ U(0, 1)), AdamW lr 1e-4 with decay 0.01 on every trainable parameter after timm's
+5,000-step linear warm-up from 0, no gradient clipping, float32 (no bf16 autocast), 25 epochs of batch
+8, no SpecAugment, nothing held out, the last epoch kept; train on the development and
+additional-training folders together (--data_dir dev_data,eval_data). Scoring: cosine k-NN (k = 1) on
+separate source and target banks, the smaller distance taken, the target bank grown by SMOTE (ratio 0.2,
 2 neighbours): evaluate.py with W = 1 (the k-NN branch alone; evaluate.py's own default mixes in the
 statistics' Mahalanobis branch, W = 0.5, and says so).
 """
@@ -32,19 +37,34 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "HEAD": "scadacos",
             "SUB_CLUSTERS": 16,
             "TRAIN_CENTRES": True,
+            "SCALE": "fixed",
+            "CENTRE_INIT": "xavier",
+            "LABEL": "attributes_domain",
+            "CLASSES_FROM": "train_test",
             "LORA_RANK": 64,
-            "LORA_ALPHA": 128.0,
+            "LORA_ALPHA": 8.0,
+            "LORA_DROPOUT": 0.0,
             "LORA_TARGETS": ["qkv"],
+            "DROP_PATH": 0.1,
             "EPOCHS": 25,
             "BATCH_SIZE": 8,
             "LEARNING_RATE": 1e-4,
             "WARMUP_STEPS": 5000,
             "WARMUP_EPOCHS": 0.0,
+            "WARMUP_RULE": "timm",
             "LR_SCHEDULE": "constant",
+            "WEIGHT_DECAY": 0.01,
+            "DECAY": "all",
+            "GRAD_CLIP": 0.0,
+            "MIXUP": "sample_wave",
             "MIXUP_PROB": 0.5,
             "SPEC_AUGMENT": False,
+            "CLIP_SECONDS": "auto",
             "TARGET_FRAMES": 0,
             "PAD_MULTIPLE": 32,
+            "VAL_FRACTION": 0.0,
+            "KEEP_EPOCH": "last",
+            "AMP": False,
         },
         "evaluate": {
             "BACKEND": "knn",
@@ -74,6 +94,22 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "MIXUP_PROB": 0.0,
             "SPEC_AUGMENT": True,
             "TARGET_FRAMES": 1024,
+            # this project's choices before the asdkit-eat-lora recipe followed ASDKit item by item
+            "LORA_DROPOUT": 0.1,
+            "DROP_PATH": 0.0,
+            "SCALE": "adaptive",
+            "CENTRE_INIT": "normal",
+            "LABEL": "attributes",
+            "CLASSES_FROM": "train",
+            "WARMUP_RULE": "project",
+            "WEIGHT_DECAY": 0.01,
+            "DECAY": "matrices",
+            "GRAD_CLIP": 1.0,
+            "MIXUP": "batch_fbank",
+            "CLIP_SECONDS": "whole",
+            "VAL_FRACTION": 0.1,
+            "KEEP_EPOCH": "best",
+            "AMP": True,
         },
         "evaluate": {
             "BACKEND": "knn",

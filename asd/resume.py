@@ -35,6 +35,14 @@ RESUME_MUST_MATCH = (
 RESUME_MAY_DIFFER = ("device", "num_workers", "resume", "output", "last_checkpoint", "feature_cache")
 
 
+def _comparable(key: str, value):
+    """Settings as compared: data folders by their resolved paths (a relative and an absolute spelling of
+    the same folders match)."""
+    if key == "data_dir" and isinstance(value, str):
+        return [str(Path(part.strip()).resolve()) for part in value.split(",") if part.strip()]
+    return value
+
+
 def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str]:
     """(LAST_CHECKPOINT's state, "") when this run may continue it, else (None, why not).
 
@@ -51,7 +59,9 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
         return None, f"{path} cannot be read ({type(error).__name__}: {error})"
     current = config_to_dict(cfg)
     keys = RESUME_MUST_MATCH if cfg.resume == "true" else [k for k in current if k not in RESUME_MAY_DIFFER]
-    changed = changes({k: saved.get(k) for k in keys}, {k: current[k] for k in keys})
+    changed = changes(
+        {k: _comparable(k, saved.get(k)) for k in keys}, {k: _comparable(k, current[k]) for k in keys}
+    )
     if changed:
         return None, f"{path} was trained with other settings: " + ", ".join(
             f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed

@@ -13,12 +13,58 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from asd.augment import mixup_batch, pretext_batch, spec_augment
+from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
 from asd.checkpoints import build_encoder
+from asd.clips import crop_or_tile, waves_to_input
+from asd.heads import make_head
+from asd.labels import ClassIndex, counted_records
 from asd.runtime import autocast, resolve_device
-from dataset import ClipDataset, FixedLengthCollate, VariableLengthCollate, discover_clips
-from model import ASDModel, add_lora, count_parameters, make_head
-from preprocessing import FeatureCache
+from dataset import (
+    ClipDataset,
+    FixedLengthCollate,
+    LabelIndex,
+    VariableLengthCollate,
+    discover_clips,
+    stratified_split,
+)
+from model import ASDModel, add_lora, count_parameters, set_drop_path
+from preprocessing import FeatureCache, load_audio
+
+# ----------------------------------------------------------------------------- settings
+
+
+def check_settings(cfg) -> None:
+    """What train.py's _LIMITS cannot say: clip lengths, and which settings go together (ValueError
+    naming them). run_all can call it on train.py's parsed settings before touching any stamp."""
+    if 0 < cfg.target_frames < 16:
+        raise ValueError(f"TARGET_FRAMES {cfg.target_frames}: must be 0 (whole clips) or at least 16 frames")
+    fixed = cfg.clip_seconds != "whole"
+    if fixed and cfg.clip_seconds != "auto":
+        try:
+            seconds = float(cfg.clip_seconds)
+        except ValueError:
+            seconds = 0.0
+        if not seconds >= 0.025:
+            raise ValueError(
+                f"CLIP_SECONDS {cfg.clip_seconds!r}: must be whole, auto or at least 0.025 seconds"
+            )
+    if fixed and cfg.target_frames:
+        raise ValueError(
+            f"TARGET_FRAMES {cfg.target_frames} cuts fbanks and CLIP_SECONDS {cfg.clip_seconds} cuts waveforms: "
+            "set TARGET_FRAMES 0 or CLIP_SECONDS whole"
+        )
+    if cfg.mixup == "sample_wave" and cfg.mixup_prob > 0:
+        if not fixed:
+            raise ValueError(
+                "MIXUP sample_wave mixes equal-length waveforms: set CLIP_SECONDS (auto or seconds), "
+                "MIXUP batch_fbank or MIXUP_PROB 0"
+            )
+        if cfg.head == "arcface":
+            raise ValueError(
+                "MIXUP sample_wave trains on mixed class targets, for which the ArcFace margin is not "
+                "defined: use HEAD scadacos or linear, MIXUP batch_fbank or MIXUP_PROB 0"
+            )
+
 
 # ----------------------------------------------------------------------------- processes
 
@@ -65,17 +111,67 @@ def feature_source(cfg, paths: list[str], show: bool) -> FeatureCache | MemoryFe
     return FeatureCache(cfg.feature_cache) if cfg.feature_cache else MemoryFeatures(paths, show)
 
 
+def data_dirs(cfg) -> list[str]:
+    """The folders DATA_DIR names (comma-separated)."""
+    folders = [part.strip() for part in str(cfg.data_dir).split(",") if part.strip()]
+    if not folders:
+        raise ValueError("DATA_DIR names no folder")
+    return folders
+
+
+def _records(cfg, splits: tuple[str, ...]) -> list:
+    machine_types = cfg.machine_types or None
+    return [r for folder in data_dirs(cfg) for r in discover_clips(folder, splits, machine_types)]
+
+
 def training_records(cfg) -> list:
-    """The normal training clips of DATA_DIR (MACHINE_TYPES only, when given)."""
-    records = discover_clips(cfg.data_dir, splits=("train",), machine_types=cfg.machine_types or None)
-    normal = [r for r in records if r.split == "train" and r.label == "normal"]
+    """The normal training clips of every DATA_DIR folder (MACHINE_TYPES only, when given)."""
+    normal = [r for r in _records(cfg, ("train",)) if r.split == "train" and r.label == "normal"]
     if not normal:
         raise ValueError(f"{cfg.data_dir}: no normal training clips found")
     return normal
 
 
-def make_loader(dataset: ClipDataset, cfg, train: bool) -> DataLoader:
-    """Batches of fbanks: whole clips padded to PAD_MULTIPLE (TARGET_FRAMES 0) or TARGET_FRAMES each."""
+def test_records(cfg) -> list:
+    """The test clips of every DATA_DIR folder (read for their class names only, never their audio)."""
+    return [r for r in _records(cfg, ("train", "test")) if r.split == "test"]
+
+
+def class_index(cfg, records: list) -> ClassIndex:
+    """The classes of the task (LABEL), counted over the training ``records`` or also the labelled
+    test names (CLASSES_FROM)."""
+    tests = test_records(cfg) if cfg.classes_from == "train_test" else []
+    return ClassIndex.from_records(counted_records(records, tests, cfg.classes_from), cfg.label)
+
+
+class WaveDataset(torch.utils.data.Dataset):
+    """(whole waveform, class index, record) per clip; train_epoch crops or tiles them to one length."""
+
+    def __init__(self, records: list, label_index):
+        self.records, self.label_index = list(records), label_index
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        return load_audio(record.path), self.label_index.get(record), record
+
+
+def wave_batch(batch: list) -> tuple[list, torch.Tensor, list]:
+    """Collate of WaveDataset items: (waveforms of their own lengths, labels, records)."""
+    return [w for w, _, _ in batch], torch.tensor([label for _, label, _ in batch]), [r for _, _, r in batch]
+
+
+def make_loader(dataset: ClipDataset | WaveDataset, cfg, train: bool) -> DataLoader:
+    """Batches of fbanks (whole clips padded to PAD_MULTIPLE, TARGET_FRAMES 0, or TARGET_FRAMES each), or
+    of whole waveforms (a WaveDataset: fixed-length clips)."""
+    if isinstance(dataset, WaveDataset):
+        collate = wave_batch
+    elif cfg.target_frames == 0:
+        collate = VariableLengthCollate(cfg.pad_multiple)
+    else:
+        collate = FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop)
     sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if dist.is_initialized() else None
     return DataLoader(
         dataset,
@@ -85,9 +181,7 @@ def make_loader(dataset: ClipDataset, cfg, train: bool) -> DataLoader:
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
         pin_memory=torch.cuda.is_available(),
-        collate_fn=VariableLengthCollate(cfg.pad_multiple)
-        if cfg.target_frames == 0
-        else FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop),
+        collate_fn=collate,
         generator=torch.Generator() if train and sampler is None else None,  # reseeded every epoch
     )
 
@@ -98,6 +192,59 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
     else:
         loader.generator.manual_seed(seed + epoch)
+
+
+def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tuple[list, list]:
+    """(training clips, validation clips): VAL_FRACTION of each class held out."""
+    train_records, val_records = stratified_split(records, cfg.val_fraction, cfg.seed)
+    if show:
+        print(
+            f"{len(records)} normal training clips, {len(label_index)} classes: "
+            f"{len(train_records)} to train, {len(val_records)} to validate on"
+        )
+        if not val_records and cfg.keep_epoch == "best":
+            print(
+                "WARNING: no validation clips (VAL_FRACTION 0 or single-clip classes): "
+                "the best model is chosen by training accuracy"
+            )
+    return train_records, val_records
+
+
+def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
+    """(training loader, validation loader or None, fbank cache or None): fbanks of whole clips (through
+    FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
+    cache = None
+    if seconds is None:
+        cache = feature_source(cfg, [r.path for r in train_records + val_records], show)
+        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
+    else:
+        train_set, val_set = (WaveDataset(part, label_index) for part in (train_records, val_records))
+    val_loader = make_loader(val_set, cfg, False) if val_records else None
+    return make_loader(train_set, cfg, True), val_loader, cache
+
+
+def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
+    return {
+        "train_loss": [],
+        "train_acc": [],
+        "val_loss": [],
+        "val_acc": [],
+        "lr": [],
+        "scale": [],
+        "seconds": [],
+        "epochs": [],
+        "num_classes": len(label_index),
+        "num_train": len(train_records),
+        "num_val": len(val_records),
+        "task": "pretext" if pretext else "classes",
+    }
+
+
+def record_epoch(history: dict, **values) -> None:
+    """Append one epoch's values to ``history`` (a history resumed from an older run gets missing lists)."""
+    done = len(history["epochs"])
+    for key, value in values.items():
+        history.setdefault(key, [None] * done).append(value)
 
 
 # ----------------------------------------------------------------------------- model and optimisation
@@ -116,9 +263,15 @@ class TrainStep(nn.Module):
         labels: torch.Tensor,
         mixed_labels: torch.Tensor | None = None,
         lam: float = 1.0,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits): against ``targets`` [B, N] when given (per-sample mixup), else the labels."""
         emb = self.model.embed(x)
-        return self.model.head.loss(emb, labels, mixed_labels, lam), self.model.head(emb).detach()
+        head = self.model.head
+        loss = (
+            head.loss(emb, labels, mixed_labels, lam) if targets is None else head.target_loss(emb, targets)
+        )
+        return loss, head(emb).detach()
 
 
 def build_model(cfg, num_classes: int, show: bool) -> ASDModel:
@@ -136,7 +289,11 @@ def build_model(cfg, num_classes: int, show: bool) -> ASDModel:
         cfg.sub_clusters,
         cfg.train_centres,
         cfg.projection_dim,
+        cfg.scale == "adaptive",
+        cfg.centre_init,
     )
+    if cfg.drop_path > 0:
+        set_drop_path(wrapped, cfg.drop_path)
     model = ASDModel(wrapped, head, cfg.pooling)
     if show:
         trainable, total = count_parameters(model)
@@ -153,19 +310,25 @@ def warmup_length(cfg, steps_per_epoch: int) -> int:
 
 
 def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
-    """AdamW (decay on matrices only) and its LambdaLR: linear warm-up, then constant or cosine."""
+    """AdamW (decay on matrices only, DECAY "matrices", or on every trainable parameter, "all") and its
+    LambdaLR: linear warm-up, (step + 1) / warm-up (WARMUP_RULE "project") or step / warm-up ("timm",
+    as timm's scheduler stepped with the optimizer step: the first step runs at 0), then constant or cosine."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    if cfg.decay == "all":
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+    first = 0 if cfg.warmup_rule == "timm" else 1
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = warmup_length(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + first) / warmup
         if cfg.lr_schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -177,13 +340,28 @@ def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
 # ----------------------------------------------------------------------------- one epoch
 
 
+def fixed_length_input(
+    waves: list, samples: int, device, pad_multiple: int, rng=None, mixup_prob: float = 0.0, labels=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed-length clips to EAT's input: each waveform cropped or tiled to ``samples`` (offset from
+    ``rng``, else from the start), ASDKit's per-sample waveform mixup with ``mixup_prob`` (one-hot
+    ``labels`` [B, N] mixed alike), then the fbank padded to ``pad_multiple`` frames
+    -> (x [B, 1, T, 128], mixed targets or None)."""
+    batch = torch.stack([crop_or_tile(w, samples, rng) for w in waves]).to(device, non_blocking=True)
+    targets = None
+    if mixup_prob > 0:
+        batch, targets = mixup_samples(batch, labels.float(), mixup_prob)
+    return waves_to_input(batch, pad_multiple), targets
+
+
 def _augment(x: torch.Tensor, labels: torch.Tensor, cfg, pretext: bool):
     """(clips, labels, mixup partner labels or None, lambda) of one training batch."""
     if pretext:
         x, labels = pretext_batch(x)
     if cfg.spec_augment:
         x = spec_augment(x, cfg.time_mask, cfg.freq_mask, cfg.num_masks)
-    x, mixed_labels, lam = mixup_batch(x, labels, 0.0 if pretext else cfg.mixup_prob, cfg.mixup_alpha)
+    prob = 0.0 if pretext or cfg.mixup != "batch_fbank" else cfg.mixup_prob
+    x, mixed_labels, lam = mixup_batch(x, labels, prob, cfg.mixup_alpha)
     return x, labels, mixed_labels, lam
 
 
@@ -205,17 +383,24 @@ def train_epoch(
     epoch: int,
     show: bool,
     pretext: bool = False,
+    clip: tuple[int, object] | None = None,
 ) -> tuple[float, float, float]:
     """(summed loss, correct, clips) of one pass; the optimizer steps every GRAD_ACCUM batches.
 
     ``pretext``: the labels are which PRETEXT_TASKS augmentation each clip got (no mixup then).
+    ``clip``: (samples, numpy Generator) when the loader gives whole waveforms (fixed-length clips).
     """
+    classes = _module(step_module).model.head.settings()["num_classes"]
     step_module.train()
     loss_sum = correct = count = 0.0
     batches = tqdm(loader, desc=f"epoch {epoch} train", disable=not show, leave=False)
     for i, (x, labels, _) in enumerate(batches):
-        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        x, labels, mixed_labels, lam = _augment(x, labels, cfg, pretext)
+        labels, targets = labels.to(device, non_blocking=True), None
+        if clip is not None:
+            wave_mixup = cfg.mixup_prob if cfg.mixup == "sample_wave" and not pretext else 0.0
+            onehot = nn.functional.one_hot(labels, classes)
+            x, targets = fixed_length_input(x, clip[0], device, cfg.pad_multiple, clip[1], wave_mixup, onehot)
+        x, labels, mixed_labels, lam = _augment(x.to(device, non_blocking=True), labels, cfg, pretext)
         update = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         no_sync = (
             step_module.no_sync
@@ -224,7 +409,7 @@ def train_epoch(
         )
         with no_sync():
             with autocast(device, cfg.amp):
-                loss, plain = step_module(x, labels, mixed_labels, lam)
+                loss, plain = step_module(x, labels, mixed_labels, lam, targets)
             (loss / cfg.grad_accum).backward()
         if update:
             _optimizer_step(step_module, optimizer, scheduler, cfg.grad_clip)
@@ -235,15 +420,27 @@ def train_epoch(
     return loss_sum, correct, count
 
 
+def _module(step_module: nn.Module) -> nn.Module:
+    return step_module.module if isinstance(step_module, nn.parallel.DistributedDataParallel) else step_module
+
+
 @torch.no_grad()
 def evaluate(
-    model: ASDModel, loader: DataLoader, cfg, device, show: bool, pretext: bool = False
+    model: ASDModel,
+    loader: DataLoader,
+    cfg,
+    device,
+    show: bool,
+    pretext: bool = False,
+    clip_samples: int | None = None,
 ) -> tuple[float, float, float]:
     """(summed loss, correct, clips) on held-out clips, without augmentation (``pretext``: the same
-    seeded pretext augmentations every epoch)."""
+    seeded pretext augmentations every epoch; ``clip_samples``: whole waveforms cut from the start)."""
     model.eval()
     loss_sum = correct = count = 0.0
     for i, (x, labels, _) in enumerate(tqdm(loader, desc="validation", disable=not show, leave=False)):
+        if clip_samples is not None:
+            x, _ = fixed_length_input(x, clip_samples, device, cfg.pad_multiple)
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if pretext:
             x, labels = pretext_batch(x, torch.Generator().manual_seed(cfg.seed + i))

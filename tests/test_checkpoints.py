@@ -14,6 +14,7 @@ import torch
 
 import asd.checkpoints as C
 import model as M
+from asd import freshness
 from asd.scoring import file_sha256
 from dataset import LabelIndex
 from eat_checkpoint_support import (
@@ -477,6 +478,18 @@ def test_load_tuned_checks_the_backbone(tmp_path):
     (checkpoint / "config.json").write_text(json.dumps({**config, "num_classes": 11}))
     with pytest.raises(ValueError, match="different EAT checkpoint"):
         C.load_tuned(path)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    # weights edited in place, same size and modification time -> still refused (content key)
+    weights = checkpoint / "model.safetensors"
+    stat, data = weights.stat(), bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    freshness._memo.clear()  # a later process: the helper hashes a file once per (size, mtime, inode) in one
+    with pytest.raises(ValueError, match="different EAT checkpoint.*weights_key"):
+        C.load_tuned(path)
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
     # moved -> named, and an override path works
     moved = tmp_path / "moved"
     (checkpoint / "config.json").write_text(json.dumps(config))

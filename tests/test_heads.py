@@ -94,6 +94,20 @@ def test_head_settings_rebuild_the_head(kind):
     assert isinstance(M.head_from_settings(old_file_settings, 32).projection, torch.nn.Identity)
 
 
+def test_scadacos_fixed_scale_and_xavier_centres_survive_a_reload():
+    head = M.make_head("scadacos", 32, 5, sub_clusters=4, dynamic=False, centre_init="xavier")
+    rebuilt = M.head_from_settings(M.head_settings(head), 32)
+    assert not rebuilt.dynamic and torch.equal(rebuilt.centres, head.centres)  # frozen centres rebuild alike
+    bound = math.sqrt(6 / (32 + 5 * 4))  # xavier uniform over the (D, N * C) layout
+    assert head.centres.abs().max() <= bound and head.centres.abs().max() > 0.9 * bound
+    rebuilt.train()
+    before = float(rebuilt.scale)
+    rebuilt.target_loss(torch.randn(6, 32), torch.eye(5)[torch.tensor([0, 1, 2, 3, 4, 0])])
+    assert float(rebuilt.scale) == before
+    older = {"kind": "scadacos", "num_classes": 5, "sub_clusters": 4, "scale": 3.0, "train_centres": True}
+    assert M.head_from_settings(older, 32).dynamic  # files saved before the setting: adaptive, as trained
+
+
 def test_projection_gives_the_downstream_embedding(tmp_path):
     encoder = C.build_encoder(None, "tiny")
     model = M.ASDModel(

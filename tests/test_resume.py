@@ -10,15 +10,14 @@ import torch
 
 import train
 from asd import resume, training
-from dataset import LabelIndex
 
 OPTIONS = [
     "--model_size",
     "tiny",
     "--batch_size",
     "8",
-    "--target_frames",
-    "64",
+    "--clip_seconds",
+    "0.64",
     "--num_workers",
     "0",
     "--head",
@@ -79,7 +78,9 @@ def interrupted(tmp_path, tiny_demo_dir, monkeypatch) -> Path:
 def _why_not(folder: Path, data_dir: Path, *extra: str) -> str:
     """read_last_checkpoint's reason not to continue, for a run with these options."""
     cfg = train.parse_config(vars(train), _args(folder, data_dir, *extra))
-    state, why_not = resume.read_last_checkpoint(cfg, LabelIndex.from_records(training.training_records(cfg)))
+    state, why_not = resume.read_last_checkpoint(
+        cfg, training.class_index(cfg, training.training_records(cfg))
+    )
     assert (state is None) == bool(why_not)
     return why_not
 
@@ -99,8 +100,11 @@ def test_an_interrupted_run_continues_by_itself(interrupted, tiny_demo_dir, tmp_
     assert _why_not(interrupted, tiny_demo_dir) == f"{interrupted / 'last.pth'} has finished its 2 epochs"
 
 
-def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys):
+def test_what_stops_a_resume(interrupted, tiny_demo_dir, capsys, monkeypatch):
     last = interrupted / "last.pth"
+    with monkeypatch.context() as inside:  # the same data folder spelt relative to the working folder
+        inside.chdir(tiny_demo_dir.parent)
+        assert _why_not(interrupted, Path(tiny_demo_dir.name)) == ""
     assert "LEARNING_RATE 0.003 then, 0.001 now" in _why_not(
         interrupted, tiny_demo_dir, "--learning_rate", "1e-3"
     )

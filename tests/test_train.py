@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_spec_augment_masks_bands():
 # ----------------------------------------------------------------------------- the asdkit-eat-lora recipe
 
 
-def _asdkit_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+def _asdkit_args(tmp_path: Path, data_dir: Path | str, *extra: str) -> list[str]:
     """The default recipe with a tiny random encoder and small overrides for CPU tests."""
     return [
         "--data_dir",
@@ -212,6 +213,8 @@ def test_warmup_in_steps_then_constant_or_cosine():
         warmup_epochs=0.5,
         lr_schedule="constant",
         min_lr_ratio=0.1,
+        decay="matrices",
+        warmup_rule="project",
     )
     optimizer, scheduler = training.make_optimizer(layer, cfg, steps_per_epoch=4)  # warm-up 3 + 2 = 5 steps
     rates = []
@@ -229,31 +232,61 @@ def test_warmup_in_steps_then_constant_or_cosine():
     assert 0.1 <= optimizer.param_groups[0]["lr"] < 0.5
 
 
-def test_asdkit_recipe_trains_on_real_clips_at_their_own_length(tmp_path, samples_dir, monkeypatch):
+def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, monkeypatch):
+    """The recipe on real DCASE 2023 clips: 18 s waveforms (1824 frames), classes with the domain counted
+    over train and test names, the last epoch written with its history."""
     data_dir = samples_dir / "dcase2023_dev"
-    lengths = []
+    lengths, mixed = [], []
+    real_input, real_mixup = training.fixed_length_input, training.mixup_samples
 
-    class Recording(training.VariableLengthCollate):
-        def __call__(self, batch):
-            out = super().__call__(batch)
-            lengths.extend((r.machine_type, out[0].shape[2]) for r in out[2])
-            return out
+    def recording_input(waves, samples, *args, **kwargs):
+        x, targets = real_input(waves, samples, *args, **kwargs)
+        lengths.append((samples, x.shape[2]))
+        return x, targets
 
-    monkeypatch.setattr(training, "VariableLengthCollate", Recording)
-    history = train.main(
-        _asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora", "--val_fraction", "0")
-    )
-    assert history["epochs"] == [1] and history["task"] == "classes"
-    assert history["num_classes"] == len({r.class_name for r in discover_clips(data_dir, splits=("train",))})
-    assert all(frames % 32 == 0 for _, frames in lengths)
-    assert {frames for machine, frames in lengths if machine == "ToyCar"} <= {1216}  # 12 s clips, never cut
-    assert 1216 in {frames for _, frames in lengths}
+    def recording_mixup(x, targets, prob, *args, **kwargs):
+        out = real_mixup(x, targets, prob, *args, **kwargs)
+        mixed.append((prob, (out[1] != targets).any(dim=1)))
+        return out
+
+    monkeypatch.setattr(training, "fixed_length_input", recording_input)
+    monkeypatch.setattr(training, "mixup_samples", recording_mixup)
+    history = train.main(_asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora"))
+    assert history["epochs"] == [1] and history["task"] == "classes" and history["num_val"] == 0
+    assert set(lengths) == {(18 * 16000, 1824)}
+    assert {prob for prob, _ in mixed} == {0.5} and torch.cat([m for _, m in mixed]).any()
+    records = discover_clips(data_dir)
+    names = {
+        f"{r.machine_type}---{int(r.section)}---{r.attribute_string}---{int(r.domain == 'target')}"
+        for r in records
+    }
+    assert history["num_classes"] == len(names) > len({r.class_name for r in records if r.split == "train"})
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
-    assert isinstance(model.head, M.SCAdaCosHead) and model.head.sub_clusters == 16 and model.embed_dim == 256
-    assert model.encoder.asd_lora_settings["targets"] == ["qkv"] and settings["target_frames"] == 0
-    assert C.tensors_checksum(M.trainable_state(model)) == history["best"]["trainable_sha256"]
-    fbanks = _fbanks(data_dir, 2)
-    assert embed_fbanks(model, fbanks, 1024, amp=False).shape == (2, 256)
+    assert set(labels.names) == names and settings["epoch"] == 1 and settings["clip_seconds_resolved"] == 18.0
+    head = model.head
+    assert isinstance(head, M.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
+    assert not head.dynamic and float(head.scale) == pytest.approx(
+        math.sqrt(2) * math.log(16 * len(names) - 1)
+    )
+    lora = model.encoder.asd_lora_settings
+    assert (lora["targets"], lora["alpha"], lora["dropout"]) == (["qkv"], 8.0, 0.0)
+    rows = (tmp_path / "best_history.csv").read_text().splitlines()
+    assert (
+        rows[0] == "epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,scale,seconds" and len(rows) == 2
+    )
+    assert rows[1].split(",")[0] == "1" and float(rows[1].split(",")[6]) == pytest.approx(float(head.scale))
+
+
+def test_two_data_folders_train_one_model(tmp_path, samples_dir, tiny_demo_dir):
+    """DATA_DIR a,b: the training clips of both folders, one class index over both."""
+    real = samples_dir / "dcase2023_dev"
+    history = train.main(
+        _asdkit_args(tmp_path, f"{real},{tiny_demo_dir}", "--clip_seconds", "1", "--batch_size", "16")
+    )
+    both = discover_clips(real, splits=("train",)) + discover_clips(tiny_demo_dir, splits=("train",))
+    assert history["num_train"] == len(both)
+    _, labels, _ = C.load_tuned(tmp_path / "best.pth")
+    assert {name.split("---")[0] for name in labels.names} == {r.machine_type for r in both}
 
 
 def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
@@ -277,8 +310,8 @@ def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
             "2",
             "--val_fraction",
             "0.3",
-            "--target_frames",
-            "256",
+            "--clip_seconds",
+            "2.56",
             "--learning_rate",
             "1e-3",
         )
@@ -301,3 +334,82 @@ def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir)
     tuned = embed_fbanks(model, fbanks, 256, amp=False)
     untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
+
+
+def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path / "long" / "fan" / "train"
+    folder.mkdir(parents=True)
+    long_clip = folder / "section_00_source_train_normal_0000_a_1.wav"
+    sf.write(long_clip, np.zeros(16000 * 124, dtype=np.float32), 16000)  # 124 s > 12,288 frames
+    sf.write(folder / "section_00_source_train_normal_0001_a_2.wav", np.zeros(16000, dtype=np.float32), 16000)
+
+    def no_fbanks(*args, **kwargs):
+        raise AssertionError("fbanks computed before the check")
+
+    monkeypatch.setattr(training, "feature_source", no_fbanks)
+    whole = ("--clip_seconds", "whole", "--mixup", "batch_fbank")
+    with pytest.raises(ValueError, match=rf"longer than the encoder's reach.*{long_clip}"):
+        train.main(_asdkit_args(tmp_path, tmp_path / "long", *whole))
+    with pytest.raises(
+        ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
+    ):
+        train.main(_asdkit_args(tmp_path, tmp_path / "long", "--clip_seconds", "130"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target_frames", "128"], "TARGET_FRAMES 128 cuts fbanks and CLIP_SECONDS auto cuts waveforms"),
+        (["--clip_seconds", "whole"], "MIXUP sample_wave mixes equal-length waveforms"),
+        (["--head", "arcface"], "the ArcFace margin is not defined"),
+        (["--clip_seconds", "soon"], "CLIP_SECONDS 'soon': must be whole, auto or at least 0.025 seconds"),
+    ],
+)
+def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, message):
+    from asd.cli import parse_config
+    from asd.recipes import RECIPES, expand_recipe
+
+    cfg = parse_config(vars(train), ["--data_dir", "/nonexistent", *argv])
+    with pytest.raises(ValueError, match=message):
+        training.check_settings(cfg)
+    with pytest.raises(ValueError, match=message):  # train.py checks before it looks at the data
+        train.main(["--data_dir", "/nonexistent", *argv])
+    for recipe in RECIPES:  # every recipe's settings go together
+        assert (
+            training.check_settings(parse_config(vars(train), expand_recipe("train", ["--recipe", recipe])))
+            is None
+        )
+
+
+def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
+    """An older checkpoint's history has no scale or seconds: those cells stay empty for its epochs."""
+    from asd.history import history_path, read_history, write_history
+
+    history = {"train_loss": [2.0], "train_acc": [0.1], "val_loss": [2.1], "val_acc": [0.2], "lr": [1e-5]}
+    history["epochs"] = [1]
+    training.record_epoch(
+        history,
+        train_loss=1.5,
+        train_acc=0.3,
+        val_loss=1.6,
+        val_acc=0.4,
+        lr=2e-5,
+        scale=7.4,
+        seconds=3.0,
+        epochs=2,
+    )
+    path = history_path(tmp_path / "best_encoder_model.pth")
+    assert path == tmp_path / "best_encoder_model_history.csv"
+    write_history(path, history)
+    rows = read_history(path)
+    assert [row["epoch"] for row in rows] == ["1", "2"] and rows[0]["scale"] == rows[0]["seconds"] == ""
+    assert (rows[1]["loss"], rows[1]["val_accuracy"], rows[1]["learning_rate"], rows[1]["scale"]) == (
+        "1.5",
+        "0.4",
+        "2e-05",
+        "7.4",
+    )
+    assert not list(tmp_path.glob(".*.tmp"))
