@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +34,6 @@ from tqdm import tqdm
 from asd.checkpoints import build_encoder, save_tuned, tensors_checksum
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.files import atomic_torch_save
-from asd.recipes import expand_recipe, recipe_summary
 from asd.runtime import autocast, resolve_device, seed_everything, tune_cpu_allocator
 from dataset import (
     ClipDataset,
@@ -528,7 +526,6 @@ def check_settings(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = expand_recipe("train", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__)
     check_settings(cfg)
     rank, world, device = setup_processes(cfg.device)
@@ -562,7 +559,6 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
 def run(cfg, rank: int, world: int, device: torch.device, show: bool) -> dict:
     if show:
         print_config(cfg, "train.py settings")
-        print(recipe_summary(cfg.recipe, "train", vars(cfg)))
     seed_everything(cfg.seed)
     records = training_records(cfg)
     label_index = LabelIndex.from_records(records)

@@ -55,7 +55,7 @@ TUNE_ALLOCATOR = (
     True  # CPU: asd.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
 )
 LORA_RANK = 8  # LoRA rank for the training measurement
-RECIPE = True  # also measure the published recipe's training step (mode "recipe")
+MEASURE_RECIPE = True  # also measure the published recipe's training step (mode "recipe")
 RECIPE_LORA_RANK = 64  # recipe: LoRA rank, on blocks.*.attn.qkv only
 RECIPE_BATCH_SIZE = 8  # recipe: clips per training step
 RECIPE_FRAMES = 1216  # recipe: frames per clip (12.16 s)
@@ -253,7 +253,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def run_modes(cfg) -> list[str]:
-    return ["forward"] + (["train"] if cfg.train else []) + (["recipe"] if cfg.recipe else [])
+    return ["forward"] + (["train"] if cfg.train else []) + (["recipe"] if cfg.measure_recipe else [])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "bench"))
 
 from asd.cli import exit_if_help  # noqa: E402
 
@@ -341,7 +341,7 @@ def run_logged(argv: list[str], log: Path) -> float:
     """Run a command with its output in ``log``; seconds; a failure raises with the log's tail."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=_ROOT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
@@ -369,7 +369,7 @@ def torchrun(nproc: int, args: list[str]) -> list[str]:
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        str(ROOT / "train.py"),
+        str(_ROOT / "train.py"),
         *args,
     ]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import run_all
-from run_all import Step, StepFailed, run_pipeline
+from asd import pipeline
+from asd.pipeline import Step, StepFailed, run_pipeline
 
 
 def _writer(out: Path, text: str = "x", inputs: list[Path] | None = None) -> list[str]:
@@ -53,8 +54,8 @@ def test_missing_output_is_rebuilt_and_later_steps_follow_changed_inputs(chain):
     second.unlink()
     assert run_pipeline(steps, stamps) == ["second"]
     first.unlink()
-    # 'first' is rebuilt; its new mtime is a changed input for 'second', which reruns too.
-    assert run_pipeline(steps, stamps) == ["first", "second"]
+    # 'first' is rebuilt with the same content: 'second' (keyed by content, not mtime) stays up to date
+    assert run_pipeline(steps, stamps) == ["first"]
 
 
 def test_changed_input_or_command_reruns(chain):
@@ -120,24 +121,26 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 
 def test_train_step_depends_on_the_model_code():
-    sources = {p.name for p in run_all.local_sources(run_all.SCRIPT_DIR / "train.py")}
+    sources = {p.name for p in pipeline.local_sources(pipeline.PROJECT_DIR / "train.py")}
     assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
     assert "evaluate.py" not in sources
 
 
 def test_step_words_reach_the_named_script_only():
-    own, overrides = run_all.split_step_overrides(
+    own, overrides = pipeline.split_step_overrides(
         ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"]
     )
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
     with pytest.raises(SystemExit, match="unknown script 'trian'"):
-        run_all.split_step_overrides(["trian.epochs=3"])
+        pipeline.split_step_overrides(["trian.epochs=3"])
 
 
 def test_split_accepts_script_names():
-    _, overrides = run_all.split_step_overrides(["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"])
+    _, overrides = pipeline.split_step_overrides(
+        ["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"]
+    )
     assert overrides["make_demo_data"] == ["--seed", "1", "--clip_seconds", "2"]
 
 
@@ -149,7 +152,7 @@ def test_split_accepts_script_names():
 def no_pipeline(monkeypatch):
     """run_all.main with run_pipeline replaced by a recorder (no step runs)."""
     calls = []
-    monkeypatch.setattr(run_all, "run_pipeline", lambda *args, **kwargs: calls.append(args) or [])
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: calls.append(args) or [])
     return calls
 
 
@@ -163,11 +166,11 @@ def test_a_data_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, no_pipel
 def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = run_all.parse_config(vars(run_all), [])
-    assert run_all.choose_data_dir(cfg) == (Path("demo_data"), True)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "demo_data"], True)
     (tmp_path / "dev_data").mkdir()
-    assert run_all.choose_data_dir(cfg) == (Path("dev_data"), False)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "dev_data"], False)
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tmp_path / "dev_data")])
-    assert run_all.choose_data_dir(cfg) == (tmp_path / "dev_data", False)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "dev_data"], False)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +186,7 @@ def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypat
 def test_bad_options_stop_the_run_before_any_stamp_is_touched(
     tiny_demo_dir, tmp_path, no_pipeline, capsys, words, message
 ):
-    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     stamp = run_dir / ".stamps" / "train.json"
     stamp.parent.mkdir(parents=True)
     stamp.write_text("{}")
@@ -195,16 +198,16 @@ def test_bad_options_stop_the_run_before_any_stamp_is_touched(
 
 def test_run_folders_are_keyed_by_the_full_path(tmp_path, monkeypatch):
     one, other = tmp_path / "a" / "dev_data", tmp_path / "b" / "dev_data"
-    folder = run_all.run_folder("runs", one)
+    folder = pipeline.run_folder("runs", one)
     assert folder.parent == Path("runs") and folder.name.startswith("dev_data-") and len(folder.name) == 17
-    assert run_all.run_folder("runs", other) != folder
+    assert pipeline.run_folder("runs", other) != folder
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    assert run_all.run_folder("runs", Path("dev_data")) == folder
+    assert pipeline.run_folder("runs", Path("dev_data")) == folder
 
 
 def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path, monkeypatch):
-    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     (run_dir / "results").mkdir(parents=True)
     old_table, temp = run_dir / "results" / "comparison.csv", run_dir / ".best_encoder_model.pth.x1y2.tmp"
     old_table.write_text("old results\n")
@@ -213,7 +216,7 @@ def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path,
     def failing(*args, **kwargs):
         raise StepFailed("step 'train' failed")
 
-    monkeypatch.setattr(run_all, "run_pipeline", failing)
+    monkeypatch.setattr(pipeline, "run_pipeline", failing)
     assert run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs")]) == 1
     assert not old_table.exists() and not temp.exists()
 
@@ -229,13 +232,13 @@ def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, t
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
     steps = {
         s.name: s
-        for s in run_all.build_steps(
-            cfg, data, tmp_path / "run", False, {name: [] for name in run_all._STEP_NAMES}
+        for s in pipeline.build_steps(
+            cfg, [data], tmp_path / "run", False, {n: [] for n in pipeline.STEP_NAMES}
         )
     }
 
     def signatures():
-        return {name: run_all.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
+        return {name: pipeline.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
 
     before = signatures()
     (data / "notes.txt").write_text("recorded on a Tuesday")
@@ -274,16 +277,16 @@ def test_an_output_that_cannot_be_read_reruns_its_step(tmp_path, capsys):
     assert run_pipeline(steps, stamps) == ["train", "svdd"]
     assert run_pipeline(steps, stamps) == []
     model.write_bytes(model.read_bytes()[:100])  # truncated by hand or a full disk
-    assert run_all.unreadable(model).startswith(f"{model} cannot be read")
-    assert run_pipeline(steps, stamps) == ["train", "svdd"]
+    assert pipeline.unreadable(model).startswith(f"{model} cannot be read")
+    assert run_pipeline(steps, stamps) == ["train"]  # rewritten as it was: svdd's input is unchanged
     joblib = svdd / "deepsvdd_fan.joblib"
     joblib.write_bytes(joblib.read_bytes()[:10])  # a format not checked by content
     assert run_pipeline(steps, stamps) == ["svdd"]
     assert "outputs changed since it ran" in capsys.readouterr().out
     joblib.write_bytes(b"")
-    assert run_all.unreadable(svdd) == f"{joblib} is empty"
+    assert pipeline.unreadable(svdd) == f"{joblib} is empty"
     (tmp_path / "bad.json").write_text('{"cut')
-    assert "cannot be read" in run_all.unreadable(tmp_path / "bad.json")
+    assert "cannot be read" in pipeline.unreadable(tmp_path / "bad.json")
 
 
 def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
