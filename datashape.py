@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from asd.cli import parse_config
+from asd.cli import parse_config, print_config
 from dataset import (
     SPLITS as DCASE_SPLITS,
 )
@@ -212,6 +212,7 @@ def check_sample_rates(summaries: dict, warnings: list[str], shown: int = 10) ->
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     problems: list[str] = []
     warnings: list[str] = []
     try:

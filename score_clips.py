@@ -24,7 +24,7 @@ import numpy as np
 import evaluate
 import evaluate_deepSVDD
 from asd import metrics
-from asd.cli import parse_config
+from asd.cli import parse_config, print_config
 from asd.files import atomic_write_text
 from asd.runtime import resolve_device
 from asd.scoring import Split, file_sha256, load_features, score_by_group
@@ -76,6 +76,7 @@ def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"clips": "CLIPS"})
+    print_config(cfg)
     run = Path(cfg.run)
     if not cfg.run or not run.is_dir():
         raise FileNotFoundError(f"run folder {cfg.run!r} not found (give --run runs/<data>-<hash>)")

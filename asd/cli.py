@@ -185,11 +185,16 @@ def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setti
 
 @functools.cache
 def _script_source(source_file: str) -> SimpleNamespace:
+    """read_source() of a script file, read once per process."""
+    return read_source(Path(source_file).read_text(), source_file)
+
+
+def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
     """What a script's source says about its settings (the UPPER_CASE names it assigns itself at top
     level, with their help and literal values), its docstring, ``_LIMITS``, the ``aliases=`` of its
-    ``parse_config`` call, and what is wrong with its settings (``problems``)."""
+    ``parse_config`` call, and what is wrong with its settings (``problems``); ``source_file`` places
+    it (the modules it takes settings over from are looked for beside it)."""
     path = Path(source_file)
-    source = path.read_text()
     tree = ast.parse(source)
     comments, alone = _comment_lines(source)
     imports = _imported_modules(tree)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd.cli import exit_if_help, parse_config  # noqa: E402
+from asd.cli import exit_if_help, parse_config, print_config  # noqa: E402
 from asd.runtime import (
     autocast,
     resolve_device,
@@ -39,27 +39,44 @@ exit_if_help(globals())  # --help from this file's source, before the heavy impo
 
 import torch  # noqa: E402
 
-SIZES = ["base", "tiny"]  # encoder presets to measure
-BATCH_SIZE = 8  # clips per forward / training step
-FRAMES = 1024  # frames per clip (10.24 s at 100 frames/s)
-FORWARD_ITERS = 3  # timed forward batches per size (after WARMUP_ITERS)
-TRAIN_ITERS = 2  # timed LoRA training steps per size (after WARMUP_ITERS)
-WARMUP_ITERS = 1  # untimed batches first (allocator, kernels, caches)
-MATMUL_SIZE = 0  # square matmul side for the peak rate; 0 = 2048 on CPU, 8192 on CUDA
-MATMUL_REPEATS = 5  # timed matmuls; the best one counts
-DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-AMP = True  # bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
-THREADS = 0  # torch CPU threads; 0 = torch's default
-TRAIN = True  # also measure LoRA training steps
-TUNE_ALLOCATOR = (
-    True  # CPU: asd.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
-)
-LORA_RANK = 8  # LoRA rank for the training measurement
-MEASURE_RECIPE = True  # also measure the published recipe's training step (mode "recipe")
-RECIPE_LORA_RANK = 64  # recipe: LoRA rank, on blocks.*.attn.qkv only
-RECIPE_BATCH_SIZE = 8  # recipe: clips per training step
-RECIPE_FRAMES = 1216  # recipe: frames per clip (12.16 s)
-PROJECTION_DIM = 256  # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
+# encoder presets to measure
+SIZES = ["base", "tiny"]
+# clips per forward / training step
+BATCH_SIZE = 8
+# frames per clip (10.24 s at 100 frames/s)
+FRAMES = 1024
+# timed forward batches per size (after WARMUP_ITERS)
+FORWARD_ITERS = 3
+# timed LoRA training steps per size (after WARMUP_ITERS)
+TRAIN_ITERS = 2
+# untimed batches first (allocator, kernels, caches)
+WARMUP_ITERS = 1
+# square matmul side for the peak rate; 0 = 2048 on CPU, 8192 on CUDA
+MATMUL_SIZE = 0
+# timed matmuls; the best one counts
+MATMUL_REPEATS = 5
+# "auto" (CUDA when present), "cpu", "cuda"
+DEVICE = "auto"
+# bf16 autocast on CUDA (matmul rate then measured in bf16); no effect on CPU
+AMP = True
+# torch CPU threads; 0 = torch's default
+THREADS = 0
+# also measure LoRA training steps
+TRAIN = True
+# CPU: asd.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
+TUNE_ALLOCATOR = True
+# LoRA rank for the training measurement
+LORA_RANK = 8
+# also measure the published recipe's training step (mode "recipe")
+MEASURE_RECIPE = True
+# recipe: LoRA rank, on blocks.*.attn.qkv only
+RECIPE_LORA_RANK = 64
+# recipe: clips per training step
+RECIPE_BATCH_SIZE = 8
+# recipe: frames per clip (12.16 s)
+RECIPE_FRAMES = 1216
+# recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
+PROJECTION_DIM = 256
 
 _HEAD_CLASSES = 64  # classes of the training modes' heads
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -258,6 +275,7 @@ def run_modes(cfg) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -45,31 +45,52 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import torch  # noqa: E402
 
 import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
-from asd.cli import parse_config  # noqa: E402
+from asd.cli import parse_config, print_config  # noqa: E402
 from asd.files import atomic_write_text
 from asd.runtime import resolve_device  # noqa: E402
 
-OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here
-WORK_DIR = ""  # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
-CPU_SMOKE = False  # CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
-DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-MODEL_SIZE = "base"  # random-init encoder size (speed only; no checkpoint needed)
-SOURCE_TRAIN = 60  # synthetic source-domain training normals per machine type (3 types)
-TARGET_TRAIN = 10  # synthetic target-domain training normals per machine type
-TEST_CLIPS = 10  # synthetic test normals and as many anomalies, per domain and machine type
-CLIP_SECONDS = 10.0  # synthetic clip length (DCASE 2023: 10 s)
-FRAMES = 1024  # fbank frames per clip fed to the encoder
-BATCH_SIZES = [8, 16, 32]  # encoder forward / LoRA training batch sizes measured
-FBANK_WORKERS = [4, 12]  # CPU DataLoader worker counts measured for the fbank
-TRAIN_BATCH_SIZE = 16  # batch of the DataLoader-fed training, train.py and extraction
-NUM_WORKERS = 8  # DataLoader workers while training (idle share, train.py)
-TRAIN_EPOCHS = 1  # epochs of the torchrun train.py run
-DDP_CHECK = True  # also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
-DATASHEET_TFLOPS = 0.0  # dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
-DCASE_MACHINES = 7  # estimate: machine types of the DCASE 2023 development set
-DCASE_TRAIN = 1000  # estimate: training clips per machine type
-DCASE_TEST = 200  # estimate: test clips per machine type
-DCASE_EPOCHS = 10  # estimate: training epochs
+# gpu_check.txt (tables) and gpu_check.json (numbers) go here
+OUT_DIR = "runs/gpu_check"
+# synthetic data, caches, trained files and logs; "" = OUT_DIR/work
+WORK_DIR = ""
+# CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
+CPU_SMOKE = False
+# "auto" (CUDA when present), "cpu", "cuda"
+DEVICE = "auto"
+# random-init encoder size (speed only; no checkpoint needed)
+MODEL_SIZE = "base"
+# synthetic source-domain training normals per machine type (3 types)
+SOURCE_TRAIN = 60
+# synthetic target-domain training normals per machine type
+TARGET_TRAIN = 10
+# synthetic test normals and as many anomalies, per domain and machine type
+TEST_CLIPS = 10
+# synthetic clip length (DCASE 2023: 10 s)
+CLIP_SECONDS = 10.0
+# fbank frames per clip fed to the encoder
+FRAMES = 1024
+# encoder forward / LoRA training batch sizes measured
+BATCH_SIZES = [8, 16, 32]
+# CPU DataLoader worker counts measured for the fbank
+FBANK_WORKERS = [4, 12]
+# batch of the DataLoader-fed training, train.py and extraction
+TRAIN_BATCH_SIZE = 16
+# DataLoader workers while training (idle share, train.py)
+NUM_WORKERS = 8
+# epochs of the torchrun train.py run
+TRAIN_EPOCHS = 1
+# also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
+DDP_CHECK = True
+# dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
+DATASHEET_TFLOPS = 0.0
+# estimate: machine types of the DCASE 2023 development set
+DCASE_MACHINES = 7
+# estimate: training clips per machine type
+DCASE_TRAIN = 1000
+# estimate: test clips per machine type
+DCASE_TEST = 200
+# estimate: training epochs
+DCASE_EPOCHS = 10
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "DEVICE": ("auto", "cpu", "cuda"),
@@ -535,6 +556,7 @@ def estimate(cfg, counts: dict, idle: dict, encoder: dict, steps: dict) -> tuple
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     if cfg.cpu_smoke:
         for key, value in _SMOKE.items():
             setattr(cfg, key, value)
