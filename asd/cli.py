@@ -102,7 +102,12 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     if isinstance(default, (list, tuple)):
         item_parser = _parser_for(default[0]) if default else _parse_optional
         return lambda text: [item_parser(part) for part in text.split(",") if part.strip()]
-    return str
+    return _parse_text
+
+
+def _parse_text(text: str) -> str | None:
+    """Text options: "none" (any case) is None, the one spelling of "off" for every setting."""
+    return None if text.strip().lower() == "none" else text
 
 
 def _literal(node: ast.AST | None) -> Any:
@@ -440,7 +445,10 @@ def _settings(
         name = key.removeprefix(_POSITIONAL)
         args[name] = list(args[name] or []) + args.pop(key)
     for name, limit in limits.items():
-        problem = limit_violation(args[name.lower()], limit)
+        value = args[name.lower()]
+        problem = limit_violation(value, limit)
+        if value is None and constants.get(name) is not None and not _is_range(limit) and None not in limit:
+            problem = f"must be {_describe_limit(limit)}, got none"  # "none" turns off only what may be off
         if problem:
             parser.error(f"--{name.lower()} {problem}")
     given = _given(parser, argv)

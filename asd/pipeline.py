@@ -313,14 +313,20 @@ def _flag(value: Any) -> str:
     return str(value)
 
 
-def _set_options(pairs: dict[str, Any]) -> list[str]:
-    """``--name value`` for each value that is set (not None, not "")."""
-    return [
-        word
-        for name, value in pairs.items()
-        if value not in (None, "")
-        for word in (f"--{name}", _flag(value))
-    ]
+def _user_set(cfg: Any, names: Sequence[str]) -> list[str]:
+    """``--name value`` for each of run_all's settings the user set: given on run_all's command line
+    (even as "none"), or edited at its top away from its "not set" value (None or "")."""
+    sources = getattr(cfg, "sources", {})
+    words = []
+    for name in names:
+        value = getattr(cfg, name)
+        if value not in (None, "") or sources.get(name, "").startswith(("command line", "run_all.py")):
+            words += [f"--{name}", "none" if value is None else _flag(value)]
+    return words
+
+
+def _options(pairs: dict[str, Any]) -> list[str]:
+    return [word for name, value in pairs.items() for word in (f"--{name}", _flag(value))]
 
 
 def _script(scripts_dir: Path, name: str) -> list[str]:
@@ -354,15 +360,13 @@ def build_steps(
         if demo
         else {}
     )
-    recipe = _set_options({"recipe": cfg.recipe})
-    data_options = _set_options({"channels": cfg.channels, "residual_weight": cfg.residual_weight})
+    recipe = _user_set(cfg, ["recipe"])
+    data_options = _user_set(cfg, ["channels", "residual_weight"])
     train_args = (
         ["--data_dir", ",".join(map(str, data_dirs))]
-        + _set_options(
-            {"device": cfg.device, "eat_checkpoint": cfg.eat_checkpoint, "model_size": cfg.model_size}
-        )
         + ["--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
-        + _set_options(demo_train)
+        + _options(demo_train)
+        + _user_set(cfg, ["device", "eat_checkpoint", "model_size"])
         + recipe
         + data_options
     )
@@ -411,18 +415,18 @@ def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, sc
     embeddings = [out / name for name in EMBEDDING_FILES]
     svdd_dir, results = out / "svdd_models_per_type", out / "results"
     embed = ["--embed_dir", str(out)]
-    truth = _set_options({"ground_truth": cfg.ground_truth})
+    truth = _user_set(cfg, ["ground_truth"])
     data = [_clips(data_dir, "train"), _clips(data_dir, "test"), Files(data_dir, "*/attributes*.csv")]
     name = lambda step: _named(step, data_dir, data_dirs)  # noqa: E731
     svdd_args = ["--use_stats", _flag(cfg.demo_svdd_use_stats)] if demo else []
-    recipe = _set_options({"recipe": cfg.recipe})
-    data_options = _set_options({"channels": cfg.channels, "residual_weight": cfg.residual_weight})
+    recipe = _user_set(cfg, ["recipe"])
+    data_options = _user_set(cfg, ["channels", "residual_weight"])
     return [
         Step(
             name("extract_embeddings"),
             script("extract_embeddings")
             + ["--data_dir", str(data_dir)]
-            + _set_options({"device": cfg.device})
+            + _user_set(cfg, ["device"])
             + ["--model_path", str(model)]
             + embed
             + data_options

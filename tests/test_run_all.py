@@ -294,3 +294,196 @@ def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
     steps = [Step("evaluate", [sys.executable, "-c", f"open({str(out)!r}, 'w').write('{{')"], outputs=[out])]
     with pytest.raises(StepFailed, match="summary.json cannot be read"):
         run_pipeline(steps, tmp_path / "stamps")
+
+
+# -----------------------------------------------------------------------------
+# a step gets only what the user set (issue 16); runs that never wedge (issue 19)
+
+
+def _plan(argv: list[str], overrides: list[str] = ()) -> list:
+    cfg = run_all.parse_config(vars(run_all), argv)
+    return run_all.plan(cfg, pipeline.split_step_overrides(list(overrides))[1])
+
+
+def _commands(steps) -> dict[str, list[str]]:
+    return {step.name: step.command[2:] for step in steps}
+
+
+def test_steps_get_only_what_the_user_set(tiny_demo_dir, tmp_path):
+    [(_, steps)] = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)])
+    for name, words in _commands(steps).items():
+        assert not {"--eat_checkpoint", "--device", "--model_size", "--recipe", "--seed"} & set(words), name
+    [(_, steps)] = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path), "--device", "cpu"])
+    commands = _commands(steps)
+    assert commands["train"][commands["train"].index("--device") + 1] == "cpu"
+    assert "--device" in commands["extract_embeddings"] and "--device" not in commands["evaluate"]
+
+
+def _edit_constant(path: Path, name: str, value: str) -> None:
+    """Set a constant at the top of a script as a user would, whatever its layout."""
+    import ast
+
+    text = path.read_text()
+    node = next(
+        n
+        for n in ast.parse(text).body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == name
+    )
+    lines = text.splitlines(keepends=True)
+    lines[node.lineno - 1 : node.end_lineno] = [f"{name} = {value}\n"]
+    path.write_text("".join(lines))
+
+
+def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny_demo_dir, tmp_path):
+    import shutil
+
+    from eat_checkpoint_support import write_eat_checkpoint
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
+    )
+    checkpoint = tmp_path / "my_eat"
+    write_eat_checkpoint(checkpoint)
+    _edit_constant(scripts / "train.py", "EAT_CHECKPOINT", repr(str(checkpoint)))
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    overrides = pipeline.split_step_overrides([])[1]
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    settings = pipeline.check_steps(steps, overrides)
+    assert settings["train"].eat_checkpoint == str(checkpoint)
+    assert settings["train"].sources["eat_checkpoint"] == "top of train.py"
+    pipeline.add_checkpoint_input(steps, settings)
+    train = next(step for step in steps if step.name == "train")
+    assert checkpoint.resolve() in train.inputs and "--eat_checkpoint" not in train.command
+    # given to run_all, it wins over the file's constant
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir), "--eat_checkpoint", "none"])
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    assert pipeline.check_steps(steps, overrides)["train"].eat_checkpoint is None
+
+
+def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(tiny_demo_dir, tmp_path):
+    import os
+    import shutil
+
+    data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
+    steps = pipeline.build_steps(cfg, [data], tmp_path / "run", False, pipeline.split_step_overrides([])[1])
+    signature = lambda name: pipeline.step_signature(next(s for s in steps if s.name == name))  # noqa: E731
+    before = {name: signature(name) for name in ("train", "extract_embeddings")}
+    clip = next((data / "fan" / "test").glob("*.wav"))
+    stat = clip.stat()
+    content = bytearray(clip.read_bytes())
+    content[-1] ^= 0xFF  # one sample's byte: same size
+    clip.write_bytes(bytes(content))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+    assert signature("train") == before["train"]  # a test clip: training does not read it
+    assert signature("extract_embeddings") != before["extract_embeddings"]
+
+
+def test_a_rejected_value_never_discards_a_finished_step(tmp_path):
+    model = tmp_path / "model.txt"
+    good = Step("train", _writer(model, "finished model"), outputs=[model])
+    stamps = tmp_path / "stamps"
+    assert run_pipeline([good], stamps) == ["train"]
+    rejected = Step(
+        "train",
+        [sys.executable, "-c", "import sys; sys.exit('train.py: error: TARGET_FRAMES 8')"],
+        outputs=[model],
+    )
+    with pytest.raises(StepFailed, match="TARGET_FRAMES 8"):
+        run_pipeline([rejected], stamps)
+    assert run_pipeline([good], stamps) == []  # the finished model is kept, not retrained
+    assert model.read_text() == "finished model"
+
+
+def test_a_relative_and_an_absolute_data_folder_are_one_run(tiny_demo_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_demo_dir.parent)
+    relative = _plan(["--data_dir", tiny_demo_dir.name, "--runs_dir", "runs"])
+    monkeypatch.chdir(tmp_path)
+    absolute = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tiny_demo_dir.parent / "runs")])
+    assert relative[0][0] == absolute[0][0]
+    assert _commands(relative[0][1]) == _commands(absolute[0][1])
+
+
+def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_dir, tmp_path, no_pipeline):
+    import os
+    import subprocess
+
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
+    code = (
+        "import sys, time; from pathlib import Path; from asd.pipeline import run_folder_lock\n"
+        f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=pipeline.PROJECT_DIR, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match=f"in use by run_all.py pid {holder.pid} "):
+            run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs")])
+        assert not no_pipeline
+    finally:
+        holder.kill()
+        holder.wait()
+    with pipeline.run_folder_lock(run_dir):  # free again once its holder is gone
+        assert f"pid {os.getpid()} " in (run_dir / ".lock").read_text()
+
+
+def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(tiny_demo_dir, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_demo_dir, tmp_path / "eval_data")
+    [(run_dir, steps)] = _plan(
+        ["--data_dir", f"{tiny_demo_dir},{other}", "--runs_dir", str(tmp_path / "runs")]
+    )
+    assert run_dir == pipeline.run_folder(tmp_path / "runs", [tiny_demo_dir, other])
+    assert run_dir.name.startswith("demo_data+eval_data-")
+    commands = _commands(steps)
+    assert commands["train"][commands["train"].index("--data_dir") + 1] == f"{tiny_demo_dir},{other}"
+    for folder in (tiny_demo_dir, other):
+        words = commands[f"extract_embeddings[{folder.name}]"]
+        assert words[words.index("--data_dir") + 1] == str(folder)
+        assert words[words.index("--embed_dir") + 1] == str(run_dir / folder.name)
+        evaluate = commands[f"evaluate[{folder.name}]"]
+        assert evaluate[evaluate.index("--results_dir") + 1] == str(
+            run_dir / folder.name / "results" / "ensemble"
+        )
+
+
+def test_channels_and_ground_truth_pass_only_when_set(tiny_demo_dir, tmp_path):
+    overrides = pipeline.split_step_overrides([])[1]
+    argv = ["--data_dir", str(tiny_demo_dir), "--channels", "far", "--residual_weight", "0.5"]
+    cfg = run_all.parse_config(vars(run_all), argv + ["--ground_truth", str(tmp_path)])
+    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    for name in ("train", "extract_embeddings"):
+        assert commands[name][-4:] == ["--channels", "far", "--residual_weight", "0.5"]
+    for name in ("evaluate", "evaluate_deepSVDD"):
+        assert commands[name][-2:] == ["--ground_truth", str(tmp_path)]
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    assert not any({"--channels", "--residual_weight", "--ground_truth"} & set(w) for w in commands.values())
+
+
+def test_seeds_run_in_their_own_folders_and_are_summed_up_as_mean_and_std(tiny_demo_dir, tmp_path):
+    import statistics
+
+    runs = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path), "--seeds", "0,3"])
+    assert [run_dir.name.rsplit("-", 1)[1] for run_dir, _ in runs] == ["seed0", "seed3"]
+    for (_, steps), seed in zip(runs, ("0", "3")):
+        commands = _commands(steps)
+        for name in ("train", "train_deepSVDD", "evaluate"):
+            assert commands[name][commands[name].index("--seed") + 1] == seed, name
+    tables = [
+        [{"machine_type": "fan", "scorer": "Deep SVDD", "AUC (source)": auc, "score": score, "label": "x"}]
+        for auc, score in ((0.6, 0.5), (0.8, 0.7), (0.7, 0.9))
+    ]
+    [row] = pipeline.mean_std_rows(tables)
+    assert row["AUC (source)"] == pytest.approx((0.7, statistics.stdev([0.6, 0.8, 0.7])))
+    assert row["score"] == pytest.approx((0.7, statistics.stdev([0.5, 0.7, 0.9])))
+    text = pipeline.format_mean_std([row], "seeds 0,1,2")
+    assert "mean +- standard deviation over 3 seeds" in text and "70.00 +- 10.00" in text

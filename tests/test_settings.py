@@ -113,7 +113,7 @@ def test_a_setting_shared_by_scripts_is_written_once_in_its_library(tmp_path):
     assert (
         read_source(path.read_text(), path).comments["FEATURE_CACHE"] == 'on-disk cache folder; "none" = off'
     )
-    assert check_script_arguments(path, ["--feature_cache", "none"]).feature_cache == "none"
+    assert check_script_arguments(path, ["--feature_cache", "none"]).feature_cache is None  # "none" is off
 
 
 def test_precedence_file_recipe_run_all_flag(capsys, monkeypatch):
