@@ -128,3 +128,35 @@ def test_precedence_file_recipe_run_all_flag(capsys, monkeypatch):
     assert parse_config(vars(train), ["--epochs", "2"]).sources["epochs"].startswith("command line")
     print_config(cfg)
     assert "precedence, lowest first: constant at the top of the file < recipe" in capsys.readouterr().out
+
+
+def test_feature_cache_is_written_once_and_off_is_none():
+    """The rule for a setting several scripts share: its value and help live in the library module that
+    uses it (preprocessing.py); each script takes it over with FEATURE_CACHE = preprocessing.FEATURE_CACHE."""
+    import ast
+
+    written = []
+    for path in [*SCRIPTS, "preprocessing.py", "dataset.py", "model.py"]:
+        for node in ast.parse((ROOT / path).read_text()).body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "FEATURE_CACHE" for t in node.targets)
+                and not isinstance(node.value, ast.Attribute)
+            ):
+                written.append(path)
+    assert written == ["preprocessing.py"], f"FEATURE_CACHE is written in {written}; write it once"
+    for script in ("train.py", "extract_embeddings.py"):
+        source = read_source((ROOT / script).read_text(), ROOT / script)
+        assert source.settings["FEATURE_CACHE"].where.startswith("preprocessing.py:"), script
+        assert '"none"' in source.comments["FEATURE_CACHE"] or "none" in source.comments["FEATURE_CACHE"]
+        assert check_script_arguments(ROOT / script, ["--feature_cache", "none"]).feature_cache is None
+
+
+@pytest.mark.parametrize(
+    "script", [s for s in SCRIPTS if "RECIPE" in read_source((ROOT / s).read_text(), ROOT / s).values]
+)
+def test_a_script_starts_from_its_own_defaults(script):
+    """A script's top holds its own defaults; a recipe (asd/recipes.py) holds only what it sets."""
+    assert read_source((ROOT / script).read_text(), ROOT / script).values["RECIPE"] == "", (
+        f'{script}: RECIPE at its top should be "" (no recipe); its constants are the script\'s defaults'
+    )
