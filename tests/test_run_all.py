@@ -487,3 +487,16 @@ def test_seeds_run_in_their_own_folders_and_are_summed_up_as_mean_and_std(tiny_d
     assert row["score"] == pytest.approx((0.7, statistics.stdev([0.5, 0.7, 0.9])))
     text = pipeline.format_mean_std([row], "seeds 0,1,2")
     assert "mean +- standard deviation over 3 seeds" in text and "70.00 +- 10.00" in text
+
+
+def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypatch):
+    script = tmp_path / "step.py"
+    script.write_text(
+        "from asd.cli import parse_config, print_config\n"
+        "# passes\nEPOCHS = 10\n# learning rate\nLEARNING_RATE = 0.1\n"
+        "print_config(parse_config(globals()))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(pipeline.PROJECT_DIR))
+    pipeline.run_step(Step("step", [sys.executable, str(script), "--epochs", "3"]))
+    out = capfd.readouterr().out
+    assert "EPOCHS        = 3  [run_all.py]" in out and "LEARNING_RATE = 0.1  [top of step.py]" in out
