@@ -29,7 +29,7 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import pipeline
+from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.files import remove_stale_temp_files
 from asd.metrics import comparison_rows, format_comparison, write_comparison
@@ -168,17 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report_seeds(seeds: list[int], runs: list, tables: list[dict[str, list[dict]]]) -> None:
+def report_seeds(seed_list: list[int], runs: list, tables: list[dict[str, list[dict]]]) -> None:
     """Per data folder: mean +- standard deviation over the seeds' comparison tables, printed and
     written beside the first seed's run folder (<run folder>-seeds.csv)."""
     base = runs[0][0].with_name(runs[0][0].name.rsplit("-seed", 1)[0])
     for index, results in enumerate(tables[0]):
-        rows = pipeline.mean_std_rows([list(table.values())[index] for table in tables])
+        rows = seeds.mean_std_rows([list(table.values())[index] for table in tables])
         suffix = "" if len(tables[0]) == 1 else f"-{Path(results).parent.name}"
         path = base.with_name(f"{base.name}{suffix}-seeds.csv")
-        pipeline.write_mean_std(rows, path)
+        seeds.write_mean_std(rows, path)
         print(
-            "\n" + pipeline.format_mean_std(rows, f"seeds {','.join(map(str, seeds))}") + f"\ntable: {path}"
+            "\n" + seeds.format_mean_std(rows, f"seeds {','.join(map(str, seed_list))}") + f"\ntable: {path}"
         )
 
 

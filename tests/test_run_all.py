@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import run_all
-from asd import pipeline
+from asd import pipeline, seeds
 from asd.pipeline import Step, StepFailed, run_pipeline
 
 
@@ -482,11 +482,17 @@ def test_seeds_run_in_their_own_folders_and_are_summed_up_as_mean_and_std(tiny_d
         [{"machine_type": "fan", "scorer": "Deep SVDD", "AUC (source)": auc, "score": score, "label": "x"}]
         for auc, score in ((0.6, 0.5), (0.8, 0.7), (0.7, 0.9))
     ]
-    [row] = pipeline.mean_std_rows(tables)
+    [row] = seeds.mean_std_rows(tables)
     assert row["AUC (source)"] == pytest.approx((0.7, statistics.stdev([0.6, 0.8, 0.7])))
     assert row["score"] == pytest.approx((0.7, statistics.stdev([0.5, 0.7, 0.9])))
-    text = pipeline.format_mean_std([row], "seeds 0,1,2")
+    text = seeds.format_mean_std([row], "seeds 0,1,2")
     assert "mean +- standard deviation over 3 seeds" in text and "70.00 +- 10.00" in text
+    # run_all's report: one CSV beside the seeds' run folders
+    runs = [(tmp_path / f"demo_data-1234abcd-seed{s}", []) for s in (0, 1, 2)]
+    run_all.report_seeds([0, 1, 2], runs, [{"results": table} for table in tables])
+    written = (tmp_path / "demo_data-1234abcd-seeds.csv").read_text().splitlines()
+    assert written[0].startswith("machine_type,scorer,seeds,AUC (source)_mean,AUC (source)_std")
+    assert written[1].startswith("fan,Deep SVDD,3,0.700000,0.100000")
 
 
 def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypatch):
