@@ -399,13 +399,23 @@ def build_steps(
     return steps
 
 
+def _label(data_dir: Path, data_dirs: Sequence[Path]) -> str:
+    """A data folder's name among the run's folders (numbered when two share a name)."""
+    names = [d.name for d in data_dirs]
+    return (
+        data_dir.name
+        if names.count(data_dir.name) == 1
+        else f"{data_dirs.index(data_dir) + 1}-{data_dir.name}"
+    )
+
+
 def _named(step: str, data_dir: Path, data_dirs: Sequence[Path]) -> str:
-    return step if len(data_dirs) == 1 else f"{step}[{data_dir.name}]"
+    return step if len(data_dirs) == 1 else f"{step}[{_label(data_dir, data_dirs)}]"
 
 
 def folder_dir(run_dir: Path, data_dir: Path, data_dirs: Sequence[Path]) -> Path:
     """Where a data folder's embeddings and results go: the run folder itself for a single folder."""
-    return run_dir if len(data_dirs) == 1 else run_dir / data_dir.name
+    return run_dir if len(data_dirs) == 1 else run_dir / _label(data_dir, data_dirs)
 
 
 def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script) -> list[Step]:
