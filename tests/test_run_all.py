@@ -506,3 +506,22 @@ def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypat
     pipeline.run_step(Step("step", [sys.executable, str(script), "--epochs", "3"]))
     out = capfd.readouterr().out
     assert "EPOCHS        = 3  [run_all.py]" in out and "LEARNING_RATE = 0.1  [top of step.py]" in out
+
+
+def test_a_step_constant_that_is_not_a_literal_stops_run_all_naming_it(tiny_demo_dir, tmp_path):
+    import shutil
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
+    )
+    _edit_constant(scripts / "train.py", "EPOCHS", "5 * 5")
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    overrides = pipeline.split_step_overrides([])[1]
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    with pytest.raises(
+        SystemExit, match=r"train\.py: constant EPOCHS \(train\.py:\d+\) is not a literal: EPOCHS = 5 \* 5"
+    ):
+        pipeline.check_steps(steps, overrides)
