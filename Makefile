@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench lint readme clean-runs
+.PHONY: run test test-end-to-end bench lint docs clean-runs
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ run: $(VENV)/.installed
 	$(PY) run_all.py $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not end_to_end" $(ARGS)
+
+# every command of README.md and docs/ run as written, and the GPU check's CPU dry run (slow; CI runs it)
+test-end-to-end: $(VENV)/.installed
+	$(PY) -m pytest -q -m end_to_end $(ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) bench/encoder.py
@@ -28,8 +32,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/vulture
 
-readme: $(VENV)/.installed
-	$(PY) -c "import asd.docs; asd.docs.update_readme('README.md')"
+docs: $(VENV)/.installed
+	$(PY) -c "import asd.docs; asd.docs.update_docs('.')"
 
 clean-runs:
 	rm -rf runs demo_data cache

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from asd.cli import parse_config
+from asd.cli import parse_config, print_config
 from dataset import (
     SPLITS as DCASE_SPLITS,
 )
@@ -247,6 +247,7 @@ def report_channels(machine: str, channels: Counter, wanted: str, problems: list
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     problems: list[str] = []
     warnings: list[str] = []
     try:

@@ -21,8 +21,6 @@ Reads only the embedding files of extract_embeddings.py.
 
 from __future__ import annotations
 
-import sys
-
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
@@ -31,7 +29,6 @@ from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
 from asd.embedding_files import load_features
 from asd.evaluation import compute_official
-from asd.recipes import expand_recipe, recipe_summary
 from asd.results import write_scorer_results
 from asd.scoring import score_by_group
 
@@ -103,11 +100,8 @@ def sweep(features, cfg) -> list[list[float]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = expand_recipe("evaluate", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
     print_config(cfg)
-    if cfg.recipe:
-        print(recipe_summary(cfg.recipe, "evaluate", vars(cfg)))
     ensemble_factory(vars(cfg))  # checks the settings before the files are read
     if cfg.w in (0.0, 1.0) and not cfg.sweep:
         print(f"note: W={cfg.w} uses only the {cfg.backend if cfg.w == 1.0 else 'Mahalanobis'} branch")

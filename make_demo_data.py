@@ -41,7 +41,7 @@ import soundfile as sf
 from scipy.signal import oaconvolve
 from tqdm import tqdm
 
-from asd.cli import parse_config
+from asd.cli import parse_config, print_config
 from asd.files import atomic_path, atomic_write_text
 
 OUT_DIR = "demo_data"  # where the tree is written
@@ -415,6 +415,7 @@ def remove_stale_files(out_dir: Path, keep: set[str]) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     out_dir = Path(cfg.out_dir)
     settings = settings_of(cfg)
     if tree_is_complete(out_dir, settings):

@@ -22,7 +22,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import numpy as np
 
 from asd.backends import ensemble_factory
-from asd.cli import parse_config
+from asd.cli import parse_config, print_config
 from asd.embed import embed_records, stats_records, tuned_model
 from asd.embedding_files import Split, file_sha256, load_features
 from asd.files import atomic_write_text
@@ -73,6 +73,7 @@ def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"clips": "CLIPS"})
+    print_config(cfg)
     run = Path(cfg.run)
     if not cfg.run or not run.is_dir():
         raise FileNotFoundError(f"run folder {cfg.run!r} not found (give --run runs/<data>-<hash>)")

@@ -18,7 +18,6 @@ augmentation each clip got) or no training at all.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from types import SimpleNamespace
 
@@ -38,7 +37,6 @@ from asd.cli import config_to_dict, parse_config, print_config
 from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
 from asd.history import history_path, write_history
 from asd.labels import class_name
-from asd.recipes import expand_recipe, recipe_summary
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
 from dataset import LabelIndex
@@ -150,7 +148,6 @@ _LIMITS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = expand_recipe("train", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__)
     training.check_settings(cfg)
     rank, world, device = training.setup_processes(cfg.device)
@@ -191,7 +188,6 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
 def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     if show:
         print_config(cfg, "train.py settings")
-        print(recipe_summary(cfg.recipe, "train", vars(cfg)))
     seed_everything(cfg.seed)
     records = training.training_records(cfg)
     label_index = training.class_index(cfg, records)

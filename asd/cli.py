@@ -1,35 +1,68 @@
-"""The command-line engine: every script's UPPER_CASE constants become its options.
+"""The command-line engine: every UPPER_CASE constant at the top of a script becomes its option.
 
-Command line. Every UPPER_CASE constant a script assigns itself is an option: ``EPOCHS = 10  # passes``
-becomes ``--epochs 10`` with help "passes"; booleans work bare (``--sweep``) or with a value
-(``--sweep false``); lists take commas; ``none`` means None. A script may declare, right after its
-constants, ``_LIMITS = {"EPOCHS": (1, None), "LEARNING_RATE": (">0", None), "HEAD": ("arcface", "linear")}``:
-a number's (low, high) bounds are inclusive, ``">x"``/``"<x"`` make one exclusive, None leaves a side
-open; a text constant's tuple lists its allowed values. ``parse_config`` rejects a value outside its
-limits in argparse's style (``train.py: error: --epochs must be >= 1, got 0``).
+Settings. Every UPPER_CASE name a script assigns itself at top level (not starting with ``_``) is a
+setting and an option: ``EPOCHS = 10`` becomes ``--epochs 10``. Its help is the comment block directly
+above it (or a trailing comment on a one-line statement). Its value must be a literal (a number, text,
+a boolean, None or a list of those), so that ``--help`` and run_all can read it without running the
+script; anything else is an error naming the constant and the file. A setting shared by several
+scripts is written once, in the library module that uses it, and a script takes it over with
+``FEATURE_CACHE = preprocessing.FEATURE_CACHE`` (value and help are read from that module).
+
+Precedence, lowest first (print_config shows where each value came from)::
+
+    constant at the top of the file < recipe < value given to run_all.py < command-line flag
+
+A script with a ``RECIPE`` constant gets the values its recipe sets for it (asd/recipes.py, keyed by
+the script's name), whether RECIPE is set at the top of the file or by ``--recipe``. run_all.py marks
+its steps' options with the environment variable ``ASD_OPTIONS_GIVEN_TO``.
+
+Command line: booleans work bare (``--sweep``) or with a value (``--sweep false``); lists take commas;
+``none`` means None. A script may declare, right after its constants, ``_LIMITS = {"EPOCHS": (1, None),
+"LEARNING_RATE": (">0", None), "HEAD": ("arcface", "linear")}``: a number's (low, high) bounds are
+inclusive, ``">x"``/``"<x"`` make one exclusive, None leaves a side open; a text constant's tuple lists
+its allowed values. A value outside its limits is rejected in argparse's style (``train.py: error:
+--epochs must be >= 1, got 0``).
 
 ``--help`` answers without importing torch & co: each script calls ``exit_if_help(globals())``
-before its heavy imports. That builds the same parser from the script's *source* (``ast``: the
-constants' literal values, their trailing comments, ``_LIMITS`` and the ``aliases=`` of its
-``parse_config`` call), prints the help and exits; on any other command line it does nothing.
-``check_script_arguments`` uses the same source parser so run_all can validate a step's options
-before running anything. This module itself imports torch only inside the functions that need it.
+before its heavy imports, which builds the same parser from the script's *source* (``ast`` and
+``tokenize``). ``check_script_arguments`` uses that source parser too, so run_all can validate a step's
+options (and know its effective settings) before running anything. This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import functools
+import io
 import json
 import os
 import sys
+import tokenize
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-_CONFIG_TYPES = (bool, int, float, str, type(None), list, tuple)
+from asd.recipes import recipe as recipe_values
+
+GIVEN_TO_ENV = "ASD_OPTIONS_GIVEN_TO"  # run_all.py sets it to "run_all.py" for its steps
+PRECEDENCE = "constant at the top of the file < recipe < value given to run_all.py < command-line flag"
+_OPTION_TYPES = (bool, int, float, str, type(None), list, tuple)
+_NOT_LITERAL = object()
+_UNSET = object()
+
+
+class Settings(SimpleNamespace):
+    """A parsed configuration: lower-case attributes (what ``vars()`` gives and checkpoints save), and
+    where each value came from (``sources``, kept out of ``vars()``)."""
+
+    __slots__ = ("_sources",)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return getattr(self, "_sources", {})
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -69,10 +102,12 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
     if isinstance(default, (list, tuple)):
         item_parser = _parser_for(default[0]) if default else _parse_optional
         return lambda text: [item_parser(part) for part in text.split(",") if part.strip()]
-    return str
+    return _parse_text
 
 
-_NOT_LITERAL = object()
+def _parse_text(text: str) -> str | None:
+    """Text options: "none" (any case) is None, the one spelling of "off" for every setting."""
+    return None if text.strip().lower() == "none" else text
 
 
 def _literal(node: ast.AST | None) -> Any:
@@ -83,55 +118,178 @@ def _literal(node: ast.AST | None) -> Any:
         return _NOT_LITERAL
 
 
+# ----------------------------------------------------------------------------- reading a script's source
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    name: str
+    value: Any  # _NOT_LITERAL when the source does not give a literal
+    help: str
+    where: str  # file:line of the assignment (of the library's, for a taken-over setting)
+    text: str  # the value as written
+
+
+def _comment_lines(source: str) -> tuple[dict[int, str], set[int]]:
+    """{line: comment text} of every comment, and the lines that hold nothing but a comment."""
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    alone = {number for number in comments if lines[number - 1].lstrip().startswith("#")}
+    return comments, alone
+
+
+def _help_of(node: ast.stmt, comments: dict[int, str], alone: set[int]) -> str:
+    """The comment block directly above a statement (no blank line between), else the trailing
+    comment of a one-line statement, else ""."""
+    above, line = [], node.lineno - 1
+    while line in alone:
+        above.insert(0, comments[line])
+        line -= 1
+    if any(above):
+        return " ".join(text for text in above if text)
+    if node.lineno == node.end_lineno and node.lineno in comments and node.lineno not in alone:
+        return comments[node.lineno]
+    return ""
+
+
+def _imported_modules(tree: ast.Module) -> dict[str, str]:
+    """{local name: dotted module} of a module's imports (``import x``, ``from asd import y``)."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                names[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return names
+
+
+def _module_file(script: Path, dotted: str) -> Path | None:
+    """The project file of a dotted module name, looked for beside the script and up to two folders up."""
+    relative = Path(*dotted.split(".")).with_suffix(".py")
+    for folder in [script.parent, *script.parent.parents][:3]:
+        if (folder / relative).is_file():
+            return folder / relative
+    return None
+
+
+def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setting | None:
+    """The library setting ``module.NAME`` names, when ``node`` is such a reference to a project module."""
+    if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+        return None
+    module = _module_file(script, imports.get(node.value.id, node.value.id))
+    if module is None:
+        return None
+    return _script_source(str(module)).settings.get(node.attr)
+
+
 @functools.cache
 def _script_source(source_file: str) -> SimpleNamespace:
-    """What a script's source says about its options: the names it assigns itself at top level
-    with their trailing comments and literal values, its docstring, and the ``aliases=`` of its
-    ``parse_config`` call. Constants a script imports are left out."""
-    source = Path(source_file).read_text()
-    lines = source.splitlines()
+    """read_source() of a script file, read once per process."""
+    return read_source(Path(source_file).read_text(), source_file)
+
+
+def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
+    """What a script's source says about its settings (the UPPER_CASE names it assigns itself at top
+    level, with their help and literal values), its docstring, ``_LIMITS``, the ``aliases=`` of its
+    ``parse_config`` call, and what is wrong with its settings (``problems``); ``source_file`` places
+    it (the modules it takes settings over from are looked for beside it)."""
+    path = Path(source_file)
     tree = ast.parse(source)
-    comments: dict[str, str] = {}
-    values: dict[str, Any] = {}
+    comments, alone = _comment_lines(source)
+    imports = _imported_modules(tree)
+    settings: dict[str, _Setting] = {}
+    private: dict[str, Any] = {}
     for node in tree.body:
         targets = (
             node.targets
             if isinstance(node, ast.Assign)
             else ([node.target] if isinstance(node, ast.AnnAssign) else [])
         )
-        line = lines[node.end_lineno - 1]
-        comment = line.split("#", 1)[1].strip() if "#" in line else ""
-        for target in (t for t in targets if isinstance(t, ast.Name)):
-            comments[target.id] = comment
-            values[target.id] = _literal(node.value)
+        for name in (t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()):
+            if name.startswith("_"):
+                private[name] = _literal(node.value)
+                continue
+            text = ast.get_source_segment(source, node.value) or ""
+            setting = _Setting(
+                name,
+                _literal(node.value),
+                _help_of(node, comments, alone),
+                f"{path.name}:{node.lineno}",
+                text,
+            )
+            library = _taken_over(node.value, path, imports)
+            if library is not None:
+                setting = dataclasses.replace(library, name=name, help=setting.help or library.help)
+            settings[name] = setting
     aliases = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
             aliases = next((_literal(k.value) for k in node.keywords if k.arg == "aliases"), aliases)
+    limits = private.get("_LIMITS", {})
     return SimpleNamespace(
-        comments=comments, values=values, doc=ast.get_docstring(tree, clean=False), aliases=aliases
+        settings=settings,
+        values={name: s.value for name, s in settings.items()},
+        comments={name: s.help for name, s in settings.items()},
+        limits=limits if isinstance(limits, dict) else {},
+        problems=[_problem(path, s) for s in settings.values() if _problem(path, s)],
+        doc=ast.get_docstring(tree, clean=False),
+        aliases=aliases,
     )
 
 
-def _is_constant(name: str, value: Any) -> bool:
-    return name.isupper() and not name.startswith("_") and isinstance(value, _CONFIG_TYPES)
+def _problem(path: Path, setting: _Setting) -> str | None:
+    """Why a setting cannot be an option (not a literal, or not a number, text, boolean, None or list)."""
+    if setting.value is _NOT_LITERAL:
+        return (
+            f"{path}: constant {setting.name} ({setting.where}) is not a literal: {setting.name} = "
+            f"{setting.text}. A setting is written as a plain value (a number, text, True/False, None or a "
+            f"list of those) so that --help and run_all.py can read it without running the script; write "
+            f"the value itself, or start the name with _ if it is not a setting"
+        )
+    if not isinstance(setting.value, _OPTION_TYPES):
+        return (
+            f"{path}: constant {setting.name} ({setting.where}) is a {type(setting.value).__name__}; a "
+            f"setting is a number, text, True/False, None or a list (start the name with _ if it is not one)"
+        )
+    return None
+
+
+def check_settings_source(source_file: str | os.PathLike) -> None:
+    """Stop with a message naming the file and the constant when a setting is not a literal."""
+    problems = _script_source(str(source_file)).problems
+    if problems:
+        raise SystemExit("error: " + "\n       ".join(problems))
 
 
 def config_constants(module_globals: dict[str, Any]) -> dict[str, Any]:
     """The UPPER_CASE constants a script defines itself, in the order they are defined."""
     source_file = module_globals.get("__file__")
-    own_names = _script_source(source_file).comments if source_file else None
+    own_names = _script_source(source_file).settings if source_file else None
     return {
         name: value
         for name, value in module_globals.items()
-        if _is_constant(name, value) and (own_names is None or name in own_names)
+        if name.isupper()
+        and not name.startswith("_")
+        and isinstance(value, _OPTION_TYPES)
+        and (own_names is None or name in own_names)
     }
 
 
 def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
     """config_constants() of a script read from its source, without running it."""
     values = _script_source(str(source_file)).values
-    return {name: value for name, value in values.items() if _is_constant(name, value)}
+    return {name: value for name, value in values.items() if isinstance(value, _OPTION_TYPES)}
+
+
+def constant_help(source_file: str | os.PathLike) -> dict[str, str]:
+    """{constant: help text} of a script, as its --help shows it ("" where it has none)."""
+    return dict(_script_source(str(source_file)).comments)
 
 
 # ----------------------------------------------------------------------------- limits
@@ -228,18 +386,86 @@ def _build_parser(
     return parser
 
 
-def _parse(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, limits: dict[str, tuple]
-) -> SimpleNamespace:
-    args = vars(parser.parse_args(list(argv) if argv is not None else None))
+def _named_recipe(argv: Sequence[str], default: str) -> str:
+    """The recipe of the last --recipe NAME / --recipe=NAME in ``argv``, else ``default``."""
+    name = default
+    for i, arg in enumerate(argv):
+        flag, has_value, value = arg.partition("=")
+        if flag == "--recipe" and (has_value or i + 1 < len(argv)):
+            name = value if has_value else argv[i + 1]
+    return name
+
+
+def _apply_recipe(
+    parser: argparse.ArgumentParser, constants: dict, argv: Sequence[str], script: str
+) -> tuple:
+    """Make the recipe named by RECIPE (the file's or --recipe's) the defaults; (name, its values)."""
+    if not isinstance(constants.get("RECIPE"), str):
+        return "", {}
+    name = _named_recipe(argv, constants["RECIPE"])
+    if not name:
+        return "", {}
+    try:
+        values = recipe_values(name, script)
+    except ValueError as error:
+        parser.error(f"--recipe: {error}")
+    unknown = sorted(set(values) - set(constants))
+    if unknown:
+        parser.error(f"recipe {name} sets {', '.join(unknown)}, which are not constants of this script")
+    parser.set_defaults(**{key.lower(): value for key, value in values.items()})
+    return name, values
+
+
+def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations ``argv`` sets explicitly (parsed again with every default a sentinel)."""
+    saved = {action.dest: action.default for action in parser._actions if action.dest != "help"}
+    parser.set_defaults(**dict.fromkeys(saved, _UNSET))
+    try:
+        parsed = vars(parser.parse_args(list(argv)))
+    finally:
+        parser.set_defaults(**saved)
+    return {key.removeprefix(_POSITIONAL) for key, value in parsed.items() if value is not _UNSET}
+
+
+def _settings(
+    prog: str | None,
+    description: str | None,
+    constants: dict[str, Any],
+    source: SimpleNamespace | None,
+    limits: dict[str, tuple],
+    aliases: dict[str, str],
+    argv: Sequence[str],
+) -> Settings:
+    """Parse ``argv`` over the constants and the recipe, check the limits, record each value's source."""
+    parser = _build_parser(prog, description, constants, source.comments if source else {}, limits, aliases)
+    script = Path(prog or "").stem
+    recipe, from_recipe = _apply_recipe(parser, constants, argv, script)
+    args = vars(parser.parse_args(list(argv)))
     for key in [k for k in args if k.startswith(_POSITIONAL)]:
         name = key.removeprefix(_POSITIONAL)
         args[name] = list(args[name] or []) + args.pop(key)
     for name, limit in limits.items():
-        problem = limit_violation(args[name.lower()], limit)
+        value = args[name.lower()]
+        problem = limit_violation(value, limit)
+        if value is None and constants.get(name) is not None and not _is_range(limit) and None not in limit:
+            problem = f"must be {_describe_limit(limit)}, got none"  # "none" turns off only what may be off
         if problem:
             parser.error(f"--{name.lower()} {problem}")
-    return SimpleNamespace(**args)
+    given = _given(parser, argv)
+    flag_source = os.environ.get(GIVEN_TO_ENV) or "command line"
+    sources = {}
+    for name in constants:
+        key = name.lower()
+        origin = source.settings[name].where.split(":")[0] if source and name in source.settings else prog
+        if key in given:
+            sources[key] = flag_source + (
+                f" (recipe {recipe}: {from_recipe[name]!r})" if name in from_recipe else ""
+            )
+        else:
+            sources[key] = f"recipe {recipe}" if name in from_recipe else f"top of {origin}"
+    settings = Settings(**args)
+    settings._sources = sources
+    return settings
 
 
 def parse_config(
@@ -247,38 +473,39 @@ def parse_config(
     argv: Sequence[str] | None = None,
     description: str | None = None,
     aliases: dict[str, str] | None = None,
-) -> SimpleNamespace:
+) -> Settings:
     """Turn a script's UPPER_CASE constants into command-line options and parse ``argv``.
 
-    ``EPOCHS = 10`` becomes ``--epochs 10``; ``aliases`` maps extra flags such as ``-k`` onto a
-    constant name, and a bare word (``{"clips": "CLIPS"}``) makes the positional arguments extend
-    that list constant; values outside the script's ``_LIMITS`` are rejected. Returns a namespace with
-    lower-case attribute names and leaves the module's globals untouched, so tests can call
-    ``main([...])`` repeatedly.
+    ``EPOCHS = 10`` becomes ``--epochs 10``; the recipe RECIPE names (the file's or --recipe's) sets
+    its values over the constants, and flags win over both. ``aliases`` maps extra flags such as ``-k``
+    onto a constant name, and a bare word (``{"clips": "CLIPS"}``) makes the positional arguments extend
+    that list constant; values outside the script's ``_LIMITS`` are rejected, and so is a constant that
+    is not a literal. Returns lower-case attributes and leaves the module's globals untouched, so tests
+    can call ``main([...])`` repeatedly.
     """
     source_file = module_globals.get("__file__")
-    comments = _script_source(source_file).comments if source_file else {}
-    limits = module_globals.get("_LIMITS", {})
-    parser = _build_parser(
+    if source_file:
+        check_settings_source(source_file)
+    return _settings(
         Path(source_file).name if source_file else None,
         description,
         config_constants(module_globals),
-        comments,
-        limits,
+        _script_source(source_file) if source_file else None,
+        module_globals.get("_LIMITS", {}),
         aliases or {},
+        sys.argv[1:] if argv is None else argv,
     )
-    return _parse(parser, argv, limits)
 
 
-def check_script_arguments(script: str | os.PathLike, argv: Sequence[str]) -> SimpleNamespace:
-    """Parse ``argv`` as ``script`` would, from its source, without importing it (argparse's
-    error and exit when an option is unknown or out of range)."""
+def check_script_arguments(script: str | os.PathLike, argv: Sequence[str]) -> Settings:
+    """Parse ``argv`` as ``script`` would, from its source, without importing it: its effective
+    settings, or argparse's error and exit when an option is unknown or out of range (and an error
+    naming the constant when a setting is not a literal)."""
+    check_settings_source(script)
     source = _script_source(str(script))
-    limits = source.values.get("_LIMITS", {})
-    parser = _build_parser(
-        Path(script).name, source.doc, source_constants(script), source.comments, limits, source.aliases
+    return _settings(
+        Path(script).name, source.doc, source_constants(script), source, source.limits, source.aliases, argv
     )
-    return _parse(parser, argv, limits)
 
 
 def exit_if_help(module_globals: dict[str, Any]) -> None:
@@ -294,7 +521,10 @@ def config_to_dict(cfg: SimpleNamespace) -> dict[str, Any]:
 
 
 def print_config(cfg: SimpleNamespace, title: str = "settings") -> None:
+    """Every setting with where its value came from, under the precedence rule."""
     width = max((len(k) for k in vars(cfg)), default=0)
-    print(f"--- {title} ---")
+    sources = getattr(cfg, "sources", {})
+    print(f"--- {title} (precedence, lowest first: {PRECEDENCE}) ---")
     for key, value in vars(cfg).items():
-        print(f"  {key.upper():<{width}} = {value}")
+        origin = f"  [{sources[key]}]" if key in sources else ""
+        print(f"  {key.upper():<{width}} = {value}{origin}")

@@ -3,7 +3,8 @@
 Every "is this output still current?" check of the project (run stamps, embedding files, the tuned
 model, the feature cache, resumes, the demo tree) records keys made here and compares them with
 ``changes``. A file's key is a hash of its bytes, so an in-place edit that keeps size and mtime is
-still seen; within one process a file is hashed once per (size, mtime, inode).
+still seen; within one process a file is hashed once per (size, mtime, ctime, inode): any write
+or utime changes the ctime, so the memo never hides an edit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def file_key(path: str | os.PathLike) -> str:
     """blake2b of the file's bytes (hex); FileNotFoundError naming the file when it is missing."""
     path = Path(path)
     stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     if memo_key not in _memo:
         digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
         with open(path, "rb") as handle:

@@ -1,10 +1,12 @@
 """Named recipes: the script constants of a published or earlier configuration, set in one go.
 
-    python train.py --recipe asdkit-eat-lora            # train.py's constants already equal this one
+    python train.py --recipe asdkit-eat-lora            # or RECIPE = "asdkit-eat-lora" at the top of train.py
     python train.py --recipe arcface-v1 --epochs 5      # this project's first recipe; explicit flags win
 
-expand_recipe() puts a recipe's flags in front of the user's own; argparse keeps the last value of a
-flag, so anything given on the command line overrides the recipe.
+RECIPES[name][script] holds only what the recipe sets for that script (keyed by the script's name:
+"train", "evaluate", ...). asd.cli.parse_config applies it to any script with a RECIPE constant, under
+the one precedence rule: constant at the top of the file < recipe < value given to run_all.py <
+command-line flag.
 
 asdkit-eat-lora: ASDKit's "dis_eat_scac_trainable" (TakuyaFujimura/dcase-asd-toolkit at ed27d82; the
 settings as ../shared/asdkit_fixture/README.md lists them with their ASDKit file and line),
@@ -26,7 +28,6 @@ statistics' Mahalanobis branch, W = 0.5, and says so).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -127,51 +128,3 @@ def recipe(name: str, script: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; the recipes are {', '.join(sorted(RECIPES))}")
     return RECIPES[name].get(script, {})
-
-
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(item) for item in value)
-    return "none" if value is None else str(value)
-
-
-def requested_recipe(argv: Sequence[str]) -> str | None:
-    """The recipe named by the last --recipe NAME / --recipe=NAME in ``argv`` (None when none is)."""
-    name = None
-    for i, arg in enumerate(argv):
-        flag, has_value, value = arg.partition("=")
-        if flag == "--recipe":
-            if not has_value:
-                if i + 1 >= len(argv):
-                    raise ValueError("--recipe needs a name: " + ", ".join(sorted(RECIPES)))
-                value = argv[i + 1]
-            name = value
-    return name
-
-
-def expand_recipe(script: str, argv: Sequence[str]) -> list[str]:
-    """``argv`` with the flags of the recipe it names (--recipe) inserted before the user's own flags."""
-    argv = list(argv)
-    name = requested_recipe(argv)
-    if name is None:
-        return argv
-    flags = [
-        part
-        for key, value in recipe(name, script).items()
-        for part in (f"--{key.lower()}", _flag_value(value))
-    ]
-    return flags + argv
-
-
-def recipe_summary(name: str, script: str, settings: dict[str, Any]) -> str:
-    """One line: the recipe's values for ``script`` and those of ``settings`` (lower-case keys) that differ."""
-    values = recipe(name, script)
-    differ = [
-        f"{key}={settings[key.lower()]!r} (recipe {value!r})"
-        for key, value in values.items()
-        if key.lower() in settings and settings[key.lower()] != value
-    ]
-    shown = ", ".join(f"{key}={value!r}" for key, value in values.items())
-    return f"recipe {name}: {shown}" + (f"\n  set otherwise here: {', '.join(differ)}" if differ else "")

@@ -25,8 +25,6 @@ per-clip rates carry over; fixed costs (process start, model load) are reported 
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
 import subprocess
@@ -34,9 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+_ROOT = Path(__file__).resolve().parents[1]
+_ENCODER_BENCH = _ROOT / "bench" / "encoder.py"  # its settings are the encoder measurements'
+sys.path.insert(0, str(_ROOT))
 
 from asd.cli import exit_if_help  # noqa: E402
 
@@ -44,32 +42,53 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch  # noqa: E402
 
-import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
-from asd.cli import parse_config  # noqa: E402
+from asd import benchmark  # noqa: E402
+from asd.cli import check_script_arguments, parse_config, print_config  # noqa: E402
 from asd.files import atomic_write_text
 from asd.runtime import resolve_device  # noqa: E402
 
-OUT_DIR = "runs/gpu_check"  # gpu_check.txt (tables) and gpu_check.json (numbers) go here
-WORK_DIR = ""  # synthetic data, caches, trained files and logs; "" = OUT_DIR/work
-CPU_SMOKE = False  # CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
-DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-MODEL_SIZE = "base"  # random-init encoder size (speed only; no checkpoint needed)
-SOURCE_TRAIN = 60  # synthetic source-domain training normals per machine type (3 types)
-TARGET_TRAIN = 10  # synthetic target-domain training normals per machine type
-TEST_CLIPS = 10  # synthetic test normals and as many anomalies, per domain and machine type
-CLIP_SECONDS = 10.0  # synthetic clip length (DCASE 2023: 10 s)
-FRAMES = 1024  # fbank frames per clip fed to the encoder
-BATCH_SIZES = [8, 16, 32]  # encoder forward / LoRA training batch sizes measured
-FBANK_WORKERS = [4, 12]  # CPU DataLoader worker counts measured for the fbank
-TRAIN_BATCH_SIZE = 16  # batch of the DataLoader-fed training, train.py and extraction
-NUM_WORKERS = 8  # DataLoader workers while training (idle share, train.py)
-TRAIN_EPOCHS = 1  # epochs of the torchrun train.py run
-DDP_CHECK = True  # also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
-DATASHEET_TFLOPS = 0.0  # dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
-DCASE_MACHINES = 7  # estimate: machine types of the DCASE 2023 development set
-DCASE_TRAIN = 1000  # estimate: training clips per machine type
-DCASE_TEST = 200  # estimate: test clips per machine type
-DCASE_EPOCHS = 10  # estimate: training epochs
+# gpu_check.txt (tables) and gpu_check.json (numbers) go here
+OUT_DIR = "runs/gpu_check"
+# synthetic data, caches, trained files and logs; "" = OUT_DIR/work
+WORK_DIR = ""
+# CPU dry run with tiny sizes (tiny encoder, 2 s clips, few clips): checks the script
+CPU_SMOKE = False
+# "auto" (CUDA when present), "cpu", "cuda"
+DEVICE = "auto"
+# random-init encoder size (speed only; no checkpoint needed)
+MODEL_SIZE = "base"
+# synthetic source-domain training normals per machine type (3 types)
+SOURCE_TRAIN = 60
+# synthetic target-domain training normals per machine type
+TARGET_TRAIN = 10
+# synthetic test normals and as many anomalies, per domain and machine type
+TEST_CLIPS = 10
+# synthetic clip length (DCASE 2023: 10 s)
+CLIP_SECONDS = 10.0
+# fbank frames per clip fed to the encoder
+FRAMES = 1024
+# encoder forward / LoRA training batch sizes measured
+BATCH_SIZES = [8, 16, 32]
+# CPU DataLoader worker counts measured for the fbank
+FBANK_WORKERS = [4, 12]
+# batch of the DataLoader-fed training, train.py and extraction
+TRAIN_BATCH_SIZE = 16
+# DataLoader workers while training (idle share, train.py)
+NUM_WORKERS = 8
+# epochs of the torchrun train.py run
+TRAIN_EPOCHS = 1
+# also a 2-process CPU torchrun of train.py (tiny encoder): the DDP wrapper
+DDP_CHECK = True
+# dense bf16 peak in TFLOP/s; 0 = by the card's name (H100/H200 SXM: 989)
+DATASHEET_TFLOPS = 0.0
+# estimate: machine types of the DCASE 2023 development set
+DCASE_MACHINES = 7
+# estimate: training clips per machine type
+DCASE_TRAIN = 1000
+# estimate: test clips per machine type
+DCASE_TEST = 200
+# estimate: training epochs
+DCASE_EPOCHS = 10
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "DEVICE": ("auto", "cpu", "cuda"),
@@ -91,7 +110,6 @@ _LIMITS = {
     "DCASE_EPOCHS": (1, None),
 }
 
-_DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense, SXM, by a substring of the card's name
 _SMOKE = {
     "device": "cpu",
     "model_size": "tiny",
@@ -119,35 +137,6 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def synchronize(device: torch.device) -> None:
-    encoder_bench.synchronize(device)
-
-
-def datasheet_flops(device: torch.device, override_tflops: float) -> float | None:
-    """The card's dense bf16 peak in FLOP/s, or None when unknown (CPU, other cards)."""
-    if override_tflops:
-        return override_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((t * 1e12 for key, t in _DATASHEET_BF16_TFLOPS.items() if key in name), None)
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    """A plain text table; floats with 3 significant decimals."""
-    cells = [
-        [f"{v:.3f}" if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in row]
-        for row in rows
-    ]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        for row in cells
-    ]
-    return "\n".join(lines)
-
-
 class Report:
     """Sections of text and a dict of numbers, written out after every section (a crash keeps the rest)."""
 
@@ -172,11 +161,12 @@ class Report:
 
 
 def make_data(cfg, data_dir: Path) -> float:
-    import make_demo_data
-
+    """Seconds make_demo_data.py takes (run as a script: scripts do not import scripts)."""
     _, seconds = timed(
-        lambda: make_demo_data.main(
+        lambda: subprocess.run(
             [
+                sys.executable,
+                str(_ROOT / "make_demo_data.py"),
                 "--out_dir",
                 str(data_dir),
                 "--clip_seconds",
@@ -191,7 +181,9 @@ def make_data(cfg, data_dir: Path) -> float:
                 str(cfg.test_clips),
                 "--progress",
                 "false",
-            ]
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     )
     return seconds
@@ -226,12 +218,14 @@ def fbank_throughput(cfg, records: list, device: torch.device) -> tuple[str, dic
         batched=len(records) / fbank_seconds,
         read_and_batched=len(records) / (read_seconds + fbank_seconds),
     )
-    return table(["path", "clips/s"], rows), numbers
+    return benchmark.table(["path", "clips/s"], rows), numbers
 
 
 def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     """bench/encoder.py's isolated measurements at every batch size, and the recipe step."""
-    bench_cfg = vars(parse_config(vars(encoder_bench), ["--device", cfg.device, "--frames", str(cfg.frames)]))
+    bench_cfg = vars(
+        check_script_arguments(_ENCODER_BENCH, ["--device", cfg.device, "--frames", str(cfg.frames)])
+    )
     if cfg.cpu_smoke:
         bench_cfg.update(
             matmul_size=512, forward_iters=1, train_iters=1, recipe_frames=160, recipe_batch_size=2
@@ -239,11 +233,11 @@ def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     rows = []
     for batch in cfg.batch_sizes:
         for mode in ("forward", "train"):
-            rows.append(encoder_bench.run_isolated(cfg.model_size, mode, {**bench_cfg, "batch_size": batch}))
+            rows.append(benchmark.run_isolated(cfg.model_size, mode, {**bench_cfg, "batch_size": batch}))
             print(f"  {mode} batch {batch}: {rows[-1]['clips_per_s']:.1f} clips/s", flush=True)
-    rows.append(encoder_bench.run_isolated(cfg.model_size, "recipe", bench_cfg))
+    rows.append(benchmark.run_isolated(cfg.model_size, "recipe", bench_cfg))
     measured = max(r["matmul_rate"] for r in rows)
-    datasheet = datasheet_flops(device, cfg.datasheet_tflops)
+    datasheet = benchmark.datasheet_flops(benchmark.card_name(device), cfg.datasheet_tflops)
     lines = []
     for r in rows:
         r["mfu"] = r["flop_per_s"] / measured
@@ -264,7 +258,7 @@ def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     text = (
         f"EAT-{cfg.model_size} (random init), {precision}; best matmul rate measured: {measured / 1e12:.1f} "
         f"TFLOP/s; datasheet peak: {'n/a' if datasheet is None else f'{datasheet / 1e12:.0f} TFLOP/s'}\n"
-        + table(
+        + benchmark.table(
             [
                 "mode",
                 "batch",
@@ -295,12 +289,12 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     from dataset import ClipDataset, FixedLengthCollate
     from preprocessing import FeatureCache
 
-    bench_cfg = vars(parse_config(vars(encoder_bench), ["--device", cfg.device]))
+    bench_cfg = vars(check_script_arguments(_ENCODER_BENCH, ["--device", cfg.device]))
     if device.type == "cpu":
         tune_cpu_allocator()  # as train.py does
     torch.manual_seed(0)
     encoder = build_encoder(None, cfg.model_size, verbose=False).to(device)
-    step, classes = encoder_bench.training_step(encoder, "train", bench_cfg, device)
+    step, classes = benchmark.training_step(encoder, "train", bench_cfg, device)
     loader = DataLoader(
         ClipDataset(records, None, FeatureCache(cache_dir)),
         batch_size=cfg.train_batch_size,
@@ -323,14 +317,14 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
                 break
             x = batch[0].to(device, non_blocking=True)
             step(x, torch.randint(0, classes, (x.shape[0],), device=device))
-            synchronize(device)
+            benchmark.synchronize(device)
             waiting += fetched - start
             computing += time.perf_counter() - fetched
             clips += x.shape[0]
         rows.append([name, clips / (waiting + computing), waiting / (waiting + computing)])
         numbers[name] = {"clips_per_s": rows[-1][1], "idle_share": rows[-1][2]}
     text = (
-        table(["pass", "clips/s", "idle share"], rows)
+        benchmark.table(["pass", "clips/s", "idle share"], rows)
         + f"\nbatch {cfg.train_batch_size}, {cfg.num_workers} workers, {cfg.frames} frames, {len(records)} clips; "
         "idle share = time waiting for the next batch / total"
     )
@@ -341,24 +335,12 @@ def run_logged(argv: list[str], log: Path) -> float:
     """Run a command with its output in ``log``; seconds; a failure raises with the log's tail."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=_ROOT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(argv)} failed (exit {result.returncode}); end of {log}:\n{tail}")
     return seconds
-
-
-def run_in_process(module_name: str, argv: list[str], log: Path) -> float:
-    """``module.main(argv)`` of a pipeline script, its output in ``log``; seconds (no process start-up)."""
-    module = importlib.import_module(module_name)
-    start = time.perf_counter()
-    with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            module.main(argv)
-        except Exception as error:
-            raise RuntimeError(f"{module_name}.main failed ({error}); its output is in {log}") from error
-    return time.perf_counter() - start
 
 
 def torchrun(nproc: int, args: list[str]) -> list[str]:
@@ -369,7 +351,7 @@ def torchrun(nproc: int, args: list[str]) -> list[str]:
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        str(ROOT / "train.py"),
+        str(_ROOT / "train.py"),
         *args,
     ]
 
@@ -480,12 +462,13 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     }
     for name, (module_name, *extra) in steps.items():
         argv = ["--embed_dir", str(embed_dir), *extra]
-        seconds[name] = run_in_process(module_name, argv, logs / f"{name}.log")
+        command = [sys.executable, str(_ROOT / f"{module_name}.py"), *argv]
+        seconds[name] = run_logged(command, logs / f"{name}.log")
         rows.append([f"{module_name}.py", f"{clips[name]} clips", seconds[name], clips[name] / seconds[name]])
     text = (
-        table(["step", "work", "seconds", "clips/s"], rows)
-        + "\ntorchrun rows: whole processes (start-up, fbank of every clip, validation, saving); the rest: "
-        f"main() in this process (model load included, imports not); logs in {logs}"
+        benchmark.table(["step", "work", "seconds", "clips/s"], rows)
+        + "\nevery row: a whole process (start-up and imports, model load, fbank of every clip, saving); "
+        f"logs in {logs}"
     )
     return text, {"seconds": seconds, "clips": clips}
 
@@ -526,7 +509,7 @@ def estimate(cfg, counts: dict, idle: dict, encoder: dict, steps: dict) -> tuple
     text = (
         f"DCASE 2023 dev: {cfg.dcase_machines} machine types x ({cfg.dcase_train} train + {cfg.dcase_test} test) "
         f"clips, {cfg.dcase_epochs} epochs, EAT-{cfg.model_size}\n"
-        + table(["stage", "work", "seconds"], parts)
+        + benchmark.table(["stage", "work", "seconds"], parts)
         + f"\ntotal: {total_seconds:.0f} s ({total_seconds / 60:.1f} min); each scorer's and the extraction's "
         "fixed cost (model load, fitting set-up) is scaled with the clips, so those rows err high"
     )
@@ -535,6 +518,7 @@ def estimate(cfg, counts: dict, idle: dict, encoder: dict, steps: dict) -> tuple
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
+    print_config(cfg)
     if cfg.cpu_smoke:
         for key, value in _SMOKE.items():
             setattr(cfg, key, value)

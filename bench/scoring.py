@@ -27,15 +27,24 @@ import torch  # noqa: E402
 import preprocessing  # noqa: E402
 from asd.scoring import knn_distance  # noqa: E402
 
-N_TEST = 2000  # test embeddings
-N_NORMAL = 10000  # normal (memory bank) embeddings
-DIM = 768  # embedding width (EAT-base)
-K = 1  # neighbours
-REPEATS = 5  # timed repetitions (median reported), after one warm-up
-STATS_CLIPS = 20  # clips timed for the statistics
-CLIP_SECONDS = 10.0  # clip length for the statistics
-THREADS = 0  # torch threads; 0 = torch's default
-SEED = 0  # seed of the random embeddings and clips
+# test embeddings
+N_TEST = 2000
+# normal (memory bank) embeddings
+N_NORMAL = 10000
+# embedding width (EAT-base)
+DIM = 768
+# neighbours
+K = 1
+# timed repetitions (median reported), after one warm-up
+REPEATS = 5
+# clips timed for the statistics
+STATS_CLIPS = 20
+# clip length for the statistics
+CLIP_SECONDS = 10.0
+# torch threads; 0 = torch's default
+THREADS = 0
+# seed of the random embeddings and clips
+SEED = 0
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "N_TEST": (1, None),

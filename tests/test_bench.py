@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+import asd.checkpoints as C
+from asd import benchmark
+from asd.cli import check_script_arguments
 
-import asd.checkpoints as C  # noqa: E402
-import encoder as encoder_bench  # noqa: E402  (bench/encoder.py)
-import gpu_check  # noqa: E402
-from asd.cli import parse_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_forward_flops_matches_torch_flop_counter():
@@ -27,20 +24,17 @@ def test_forward_flops_matches_torch_flop_counter():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:  # explicit attention: its matmuls count
         encoder(torch.randn(2, 1, frames, 128), explicit_attention=True)
     counted = counter.get_total_flops()
-    analytic = 2 * encoder_bench.forward_flops(encoder.config, frames)
+    analytic = 2 * benchmark.forward_flops(encoder.config, frames)
     assert abs(analytic - counted) / counted < 0.02
 
 
 def test_recipe_step_trains_lora_on_qkv_only():
-    cfg = vars(
-        parse_config(
-            vars(encoder_bench), ["--device", "cpu", "--recipe_lora_rank", "4", "--projection_dim", "16"]
-        )
-    )
+    argv = ["--device", "cpu", "--recipe_lora_rank", "4", "--projection_dim", "16"]
+    cfg = vars(check_script_arguments(ROOT / "bench" / "encoder.py", argv))
     torch.manual_seed(0)
     encoder = C.build_encoder(None, "tiny", verbose=False)
-    step, classes = encoder_bench.training_step(encoder, "recipe", cfg, torch.device("cpu"))
-    assert classes == encoder_bench._HEAD_CLASSES
+    step, classes = benchmark.training_step(encoder, "recipe", cfg, torch.device("cpu"))
+    assert classes == benchmark.HEAD_CLASSES
     lora = {n: p for n, p in encoder.named_parameters() if "lora_" in n}
     assert lora and all(".attn.qkv." in n for n in lora)
     assert all(p.shape[0] == 4 or p.shape[1] == 4 for p in lora.values())
@@ -52,18 +46,25 @@ def test_recipe_step_trains_lora_on_qkv_only():
     assert any(not torch.equal(before[n], lora[n]) for n in before)
     assert all(torch.equal(p, dict(encoder.named_parameters())[n]) for n, p in frozen.items())
     assert (
-        encoder_bench.mode_shape("recipe", cfg)
-        == (cfg["recipe_batch_size"], cfg["recipe_frames"])
-        == (8, 1216)
+        benchmark.mode_shape("recipe", cfg) == (cfg["recipe_batch_size"], cfg["recipe_frames"]) == (8, 1216)
     )
 
 
-def test_datasheet_peak_only_for_known_cards():
-    assert gpu_check.datasheet_flops(torch.device("cpu"), 0.0) is None
-    assert gpu_check.datasheet_flops(torch.device("cpu"), 500.0) == 500e12
+def test_datasheet_peak_is_known_for_h100_and_h200_only_unless_given():
+    assert benchmark.datasheet_flops("NVIDIA H200", 0.0) == benchmark.datasheet_flops(
+        "NVIDIA H100 80GB HBM3", 0.0
+    )
+    assert benchmark.datasheet_flops("NVIDIA H200", 0.0) == 989e12
+    assert benchmark.datasheet_flops("NVIDIA A100-SXM4-80GB", 0.0) is None
+    assert benchmark.datasheet_flops(benchmark.card_name(torch.device("cpu")), 0.0) is None
+    assert benchmark.datasheet_flops(None, 500.0) == benchmark.datasheet_flops("NVIDIA H200", 500.0) == 500e12
 
 
+@pytest.mark.end_to_end
 def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+
     numbers = gpu_check.main(
         ["--cpu_smoke", "true", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")]
     )

@@ -1,107 +1,82 @@
-"""recipes.py: named recipes expand into flags before the user's own; train.py's defaults are one."""
+"""asd/recipes.py: a recipe sets its values over a script's constants, whether RECIPE is set at the top
+of the file or by --recipe; flags win; every value says where it came from."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import evaluate
 import train
 from asd import recipes
-from asd.cli import config_constants, parse_config
+from asd.cli import check_script_arguments, config_constants, parse_config, print_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train_cfg(argv: list[str]):
-    return parse_config(vars(train), recipes.expand_recipe("train", argv))
-
-
-def test_train_defaults_are_the_named_recipe():
-    constants = config_constants(vars(train))
-    assert train.RECIPE == "asdkit-eat-lora"
-    assert {key: constants[key] for key in recipes.RECIPES[train.RECIPE]["train"]} == recipes.RECIPES[
-        train.RECIPE
-    ]["train"]
-    for name, table in recipes.RECIPES.items():
-        unknown = sorted(set(table["train"]) - set(constants))
-        assert not unknown, f"recipe {name} sets constants train.py does not have: {unknown}"
+def test_every_recipe_sets_only_constants_its_scripts_have():
+    for name, parts in recipes.RECIPES.items():
+        for script, values in parts.items():
+            constants = config_constants(vars({"train": train, "evaluate": evaluate}[script]))
+            unknown = sorted(set(values) - set(constants))
+            assert not unknown, f"recipe {name} sets constants {script}.py does not have: {unknown}"
 
 
 def test_recipe_values_apply_and_explicit_flags_win():
-    old = _train_cfg(["--recipe", "arcface-v1"])
-    assert (old.head, old.lora_rank, old.lora_targets, old.learning_rate, old.target_frames) == (
-        "arcface",
-        8,
-        ["qkv", "proj"],
-        3e-4,
-        1024,
-    )
-    assert (old.warmup_steps, old.warmup_epochs, old.lr_schedule, old.mixup_prob, old.spec_augment) == (
-        0,
-        1.0,
-        "cosine",
-        0.0,
-        True,
-    )
-    # explicit flags win wherever they stand
-    for argv in (
-        ["--recipe", "arcface-v1", "--epochs", "3"],
-        ["--epochs", "3", "--recipe=arcface-v1"],
-    ):
-        cfg = _train_cfg(argv)
+    old = parse_config(vars(train), ["--recipe", "arcface-v1"])
+    expected = recipes.recipe("arcface-v1", "train")
+    assert {key: getattr(old, key.lower()) for key in expected} == expected
+    assert old.head == "arcface" and old.lora_targets == ["qkv", "proj"]
+    for argv in (["--recipe", "arcface-v1", "--epochs", "3"], ["--epochs", "3", "--recipe=arcface-v1"]):
+        cfg = parse_config(vars(train), argv)
         assert cfg.epochs == 3 and cfg.head == "arcface" and cfg.recipe == "arcface-v1"
-    # no --recipe: the argv is left alone (the constants in the file hold)
-    assert recipes.expand_recipe("train", ["--epochs", "2"]) == ["--epochs", "2"]
-    assert _train_cfg([]).head == "scadacos"
-    # a script the recipe says nothing about gets no flags
-    assert recipes.expand_recipe("datashape", ["--recipe", "arcface-v1"]) == ["--recipe", "arcface-v1"]
+        assert cfg.sources["epochs"].startswith("command line (recipe arcface-v1: 10)")
+        assert cfg.sources["head"] == "recipe arcface-v1"
 
 
-def test_unknown_recipe_names_the_recipes():
-    with pytest.raises(ValueError, match="unknown recipe 'nope'.*arcface-v1, asdkit-eat-lora"):
-        recipes.expand_recipe("train", ["--recipe", "nope"])
-    with pytest.raises(ValueError, match="--recipe needs a name"):
-        recipes.expand_recipe("train", ["--recipe"])
-    with pytest.raises(ValueError, match="unknown recipe"):
+def test_recipe_at_the_top_of_the_file_works_like_the_flag(tmp_path):
+    by_flag = parse_config(vars(evaluate), ["--recipe", "arcface-v1"])
+    edited = {**vars(evaluate), "RECIPE": "arcface-v1"}  # what the running script sees after the edit
+    assert parse_config(edited, []) == by_flag and by_flag.w == 0.5
+    # and from the source (--help, run_all): a copy of evaluate.py with RECIPE edited at its top
+    copy = tmp_path / "evaluate.py"
+    copy.write_text(
+        (ROOT / "evaluate.py").read_text().replace('\nRECIPE = ""', '\nRECIPE = "asdkit-eat-lora"', 1)
+    )
+    from_source = check_script_arguments(copy, [])
+    assert from_source.recipe == "asdkit-eat-lora"
+    assert (from_source.w, from_source.smote_ratio) == (1.0, 0.2)
+    assert from_source.sources["smote_ratio"] == "recipe asdkit-eat-lora"
+    assert check_script_arguments(copy, ["--recipe", ""]).smote_ratio == evaluate.SMOTE_RATIO
+
+
+def test_unknown_recipe_names_the_recipes(capsys):
+    with pytest.raises(SystemExit):
         train.main(["--recipe", "nope"])
+    assert "unknown recipe 'nope'; the recipes are arcface-v1, asdkit-eat-lora" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        recipes.recipe("nope", "train")
 
 
 def test_evaluate_side_of_the_published_recipe():
-    evaluate = recipes.recipe("asdkit-eat-lora", "evaluate")
-    assert evaluate == {
-        "BACKEND": "knn",
-        "K": 1,
-        "W": 1.0,  # the published scorer is k-NN alone
-        "SEPARATE_DOMAIN_BANKS": True,
-        "SMOTE_RATIO": 0.2,
-        "SMOTE_NEIGHBOURS": 2,
-    }
-    assert recipes.expand_recipe("evaluate", ["--recipe", "asdkit-eat-lora", "--k", "3"]) == [
-        "--backend",
-        "knn",
-        "--k",
-        "1",
-        "--w",
-        "1.0",
-        "--separate_domain_banks",
-        "true",
-        "--smote_ratio",
-        "0.2",
-        "--smote_neighbours",
-        "2",
-        "--recipe",
-        "asdkit-eat-lora",
-        "--k",
-        "3",
-    ]
-    # evaluate.py applies it: k-NN alone with a SMOTE target bank; its own k wins
-    import evaluate as evaluate_script
-    from asd.cli import parse_config
-
-    argv = recipes.expand_recipe("evaluate", ["--recipe", "asdkit-eat-lora", "-k", "3"])
-    cfg = parse_config(vars(evaluate_script), argv, aliases={"-k": "K", "--w": "W"})
-    assert (cfg.w, cfg.smote_ratio, cfg.backend, cfg.k) == (1.0, 0.2, "knn", 3)
+    cfg = parse_config(
+        vars(evaluate), ["--recipe", "asdkit-eat-lora", "-k", "3"], aliases={"-k": "K", "--w": "W"}
+    )
+    values = recipes.recipe("asdkit-eat-lora", "evaluate")
+    assert (cfg.w, cfg.smote_ratio, cfg.backend, cfg.k) == (
+        values["W"],
+        values["SMOTE_RATIO"],
+        values["BACKEND"],
+        3,
+    )
+    assert cfg.sources["k"].startswith("command line") and cfg.sources["w"] == "recipe asdkit-eat-lora"
 
 
-def test_recipe_summary_names_what_differs():
-    cfg = _train_cfg(["--recipe", "asdkit-eat-lora", "--epochs", "1"])
-    summary = recipes.recipe_summary("asdkit-eat-lora", "train", vars(cfg))
-    assert "HEAD='scadacos'" in summary and "EPOCHS=1 (recipe 25)" in summary
-    assert "set otherwise" not in recipes.recipe_summary("asdkit-eat-lora", "train", vars(_train_cfg([])))
+def test_print_config_names_the_source_of_every_value(capsys, monkeypatch):
+    monkeypatch.setenv("ASD_OPTIONS_GIVEN_TO", "run_all.py")
+    print_config(parse_config(vars(evaluate), ["--recipe", "arcface-v1", "--plots", "false"]))
+    out = capsys.readouterr().out
+    assert "constant at the top of the file < recipe < value given to run_all.py < command-line flag" in out
+    assert "PLOTS" in out and "= False  [run_all.py]" in out
+    assert "= 0.5  [recipe arcface-v1]" in out and "[top of evaluate.py]" in out

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import run_all
-from run_all import Step, StepFailed, run_pipeline
+from asd import pipeline, seeds
+from asd.pipeline import Step, StepFailed, run_pipeline
 
 
 def _writer(out: Path, text: str = "x", inputs: list[Path] | None = None) -> list[str]:
@@ -53,8 +54,8 @@ def test_missing_output_is_rebuilt_and_later_steps_follow_changed_inputs(chain):
     second.unlink()
     assert run_pipeline(steps, stamps) == ["second"]
     first.unlink()
-    # 'first' is rebuilt; its new mtime is a changed input for 'second', which reruns too.
-    assert run_pipeline(steps, stamps) == ["first", "second"]
+    # 'first' is rebuilt with the same content: 'second' (keyed by content, not mtime) stays up to date
+    assert run_pipeline(steps, stamps) == ["first"]
 
 
 def test_changed_input_or_command_reruns(chain):
@@ -120,24 +121,26 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 
 def test_train_step_depends_on_the_model_code():
-    sources = {p.name for p in run_all.local_sources(run_all.SCRIPT_DIR / "train.py")}
+    sources = {p.name for p in pipeline.local_sources(pipeline.PROJECT_DIR / "train.py")}
     assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
     assert "evaluate.py" not in sources
 
 
 def test_step_words_reach_the_named_script_only():
-    own, overrides = run_all.split_step_overrides(
+    own, overrides = pipeline.split_step_overrides(
         ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"]
     )
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
     with pytest.raises(SystemExit, match="unknown script 'trian'"):
-        run_all.split_step_overrides(["trian.epochs=3"])
+        pipeline.split_step_overrides(["trian.epochs=3"])
 
 
 def test_split_accepts_script_names():
-    _, overrides = run_all.split_step_overrides(["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"])
+    _, overrides = pipeline.split_step_overrides(
+        ["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"]
+    )
     assert overrides["make_demo_data"] == ["--seed", "1", "--clip_seconds", "2"]
 
 
@@ -149,7 +152,7 @@ def test_split_accepts_script_names():
 def no_pipeline(monkeypatch):
     """run_all.main with run_pipeline replaced by a recorder (no step runs)."""
     calls = []
-    monkeypatch.setattr(run_all, "run_pipeline", lambda *args, **kwargs: calls.append(args) or [])
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: calls.append(args) or [])
     return calls
 
 
@@ -163,11 +166,11 @@ def test_a_data_dir_that_does_not_exist_is_an_error_naming_it(tmp_path, no_pipel
 def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = run_all.parse_config(vars(run_all), [])
-    assert run_all.choose_data_dir(cfg) == (Path("demo_data"), True)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "demo_data"], True)
     (tmp_path / "dev_data").mkdir()
-    assert run_all.choose_data_dir(cfg) == (Path("dev_data"), False)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "dev_data"], False)
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tmp_path / "dev_data")])
-    assert run_all.choose_data_dir(cfg) == (tmp_path / "dev_data", False)
+    assert run_all.choose_data_dirs(cfg) == ([tmp_path / "dev_data"], False)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +186,7 @@ def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypat
 def test_bad_options_stop_the_run_before_any_stamp_is_touched(
     tiny_demo_dir, tmp_path, no_pipeline, capsys, words, message
 ):
-    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     stamp = run_dir / ".stamps" / "train.json"
     stamp.parent.mkdir(parents=True)
     stamp.write_text("{}")
@@ -195,16 +198,16 @@ def test_bad_options_stop_the_run_before_any_stamp_is_touched(
 
 def test_run_folders_are_keyed_by_the_full_path(tmp_path, monkeypatch):
     one, other = tmp_path / "a" / "dev_data", tmp_path / "b" / "dev_data"
-    folder = run_all.run_folder("runs", one)
+    folder = pipeline.run_folder("runs", one)
     assert folder.parent == Path("runs") and folder.name.startswith("dev_data-") and len(folder.name) == 17
-    assert run_all.run_folder("runs", other) != folder
+    assert pipeline.run_folder("runs", other) != folder
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    assert run_all.run_folder("runs", Path("dev_data")) == folder
+    assert pipeline.run_folder("runs", Path("dev_data")) == folder
 
 
 def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path, monkeypatch):
-    run_dir = run_all.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     (run_dir / "results").mkdir(parents=True)
     old_table, temp = run_dir / "results" / "comparison.csv", run_dir / ".best_encoder_model.pth.x1y2.tmp"
     old_table.write_text("old results\n")
@@ -213,7 +216,7 @@ def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path,
     def failing(*args, **kwargs):
         raise StepFailed("step 'train' failed")
 
-    monkeypatch.setattr(run_all, "run_pipeline", failing)
+    monkeypatch.setattr(pipeline, "run_pipeline", failing)
     assert run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs")]) == 1
     assert not old_table.exists() and not temp.exists()
 
@@ -229,13 +232,13 @@ def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, t
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
     steps = {
         s.name: s
-        for s in run_all.build_steps(
-            cfg, data, tmp_path / "run", False, {name: [] for name in run_all._STEP_NAMES}
+        for s in pipeline.build_steps(
+            cfg, [data], tmp_path / "run", False, {n: [] for n in pipeline.STEP_NAMES}
         )
     }
 
     def signatures():
-        return {name: run_all.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
+        return {name: pipeline.step_signature(steps[name]) for name in ("train", "extract_embeddings")}
 
     before = signatures()
     (data / "notes.txt").write_text("recorded on a Tuesday")
@@ -274,16 +277,16 @@ def test_an_output_that_cannot_be_read_reruns_its_step(tmp_path, capsys):
     assert run_pipeline(steps, stamps) == ["train", "svdd"]
     assert run_pipeline(steps, stamps) == []
     model.write_bytes(model.read_bytes()[:100])  # truncated by hand or a full disk
-    assert run_all.unreadable(model).startswith(f"{model} cannot be read")
-    assert run_pipeline(steps, stamps) == ["train", "svdd"]
+    assert pipeline.unreadable(model).startswith(f"{model} cannot be read")
+    assert run_pipeline(steps, stamps) == ["train"]  # rewritten as it was: svdd's input is unchanged
     joblib = svdd / "deepsvdd_fan.joblib"
     joblib.write_bytes(joblib.read_bytes()[:10])  # a format not checked by content
     assert run_pipeline(steps, stamps) == ["svdd"]
     assert "outputs changed since it ran" in capsys.readouterr().out
     joblib.write_bytes(b"")
-    assert run_all.unreadable(svdd) == f"{joblib} is empty"
+    assert pipeline.unreadable(svdd) == f"{joblib} is empty"
     (tmp_path / "bad.json").write_text('{"cut')
-    assert "cannot be read" in run_all.unreadable(tmp_path / "bad.json")
+    assert "cannot be read" in pipeline.unreadable(tmp_path / "bad.json")
 
 
 def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
@@ -291,3 +294,234 @@ def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
     steps = [Step("evaluate", [sys.executable, "-c", f"open({str(out)!r}, 'w').write('{{')"], outputs=[out])]
     with pytest.raises(StepFailed, match="summary.json cannot be read"):
         run_pipeline(steps, tmp_path / "stamps")
+
+
+# -----------------------------------------------------------------------------
+# a step gets only what the user set (issue 16); runs that never wedge (issue 19)
+
+
+def _plan(argv: list[str], overrides: list[str] = ()) -> list:
+    cfg = run_all.parse_config(vars(run_all), argv)
+    return run_all.plan(cfg, pipeline.split_step_overrides(list(overrides))[1])
+
+
+def _commands(steps) -> dict[str, list[str]]:
+    return {step.name: step.command[2:] for step in steps}
+
+
+def test_steps_get_only_what_the_user_set(tiny_demo_dir, tmp_path):
+    [(_, steps)] = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)])
+    for name, words in _commands(steps).items():
+        assert not {"--eat_checkpoint", "--device", "--model_size", "--recipe", "--seed"} & set(words), name
+    [(_, steps)] = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path), "--device", "cpu"])
+    commands = _commands(steps)
+    assert commands["train"][commands["train"].index("--device") + 1] == "cpu"
+    assert "--device" in commands["extract_embeddings"] and "--device" not in commands["evaluate"]
+
+
+def _edit_constant(path: Path, name: str, value: str) -> None:
+    """Set a constant at the top of a script as a user would, whatever its layout."""
+    import ast
+
+    text = path.read_text()
+    node = next(
+        n
+        for n in ast.parse(text).body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == name
+    )
+    lines = text.splitlines(keepends=True)
+    lines[node.lineno - 1 : node.end_lineno] = [f"{name} = {value}\n"]
+    path.write_text("".join(lines))
+
+
+def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny_demo_dir, tmp_path):
+    import shutil
+
+    from eat_checkpoint_support import write_eat_checkpoint
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
+    )
+    checkpoint = tmp_path / "my_eat"
+    write_eat_checkpoint(checkpoint)
+    _edit_constant(scripts / "train.py", "EAT_CHECKPOINT", repr(str(checkpoint)))
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    overrides = pipeline.split_step_overrides([])[1]
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    settings = pipeline.check_steps(steps, overrides)
+    assert settings["train"].eat_checkpoint == str(checkpoint)
+    assert settings["train"].sources["eat_checkpoint"] == "top of train.py"
+    pipeline.add_checkpoint_input(steps, settings)
+    train = next(step for step in steps if step.name == "train")
+    assert checkpoint.resolve() in train.inputs and "--eat_checkpoint" not in train.command
+    # given to run_all, it wins over the file's constant
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir), "--eat_checkpoint", "none"])
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    assert pipeline.check_steps(steps, overrides)["train"].eat_checkpoint is None
+
+
+def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(tiny_demo_dir, tmp_path):
+    import os
+    import shutil
+
+    data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
+    steps = pipeline.build_steps(cfg, [data], tmp_path / "run", False, pipeline.split_step_overrides([])[1])
+    signature = lambda name: pipeline.step_signature(next(s for s in steps if s.name == name))  # noqa: E731
+    before = {name: signature(name) for name in ("train", "extract_embeddings")}
+    clip = next((data / "fan" / "test").glob("*.wav"))
+    stat = clip.stat()
+    content = bytearray(clip.read_bytes())
+    content[-1] ^= 0xFF  # one sample's byte: same size
+    clip.write_bytes(bytes(content))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+    assert signature("train") == before["train"]  # a test clip: training does not read it
+    assert signature("extract_embeddings") != before["extract_embeddings"]
+
+
+def test_a_rejected_value_never_discards_a_finished_step(tmp_path):
+    model = tmp_path / "model.txt"
+    good = Step("train", _writer(model, "finished model"), outputs=[model])
+    stamps = tmp_path / "stamps"
+    assert run_pipeline([good], stamps) == ["train"]
+    rejected = Step(
+        "train",
+        [sys.executable, "-c", "import sys; sys.exit('train.py: error: TARGET_FRAMES 8')"],
+        outputs=[model],
+    )
+    with pytest.raises(StepFailed, match="TARGET_FRAMES 8"):
+        run_pipeline([rejected], stamps)
+    assert run_pipeline([good], stamps) == []  # the finished model is kept, not retrained
+    assert model.read_text() == "finished model"
+
+
+def test_a_relative_and_an_absolute_data_folder_are_one_run(tiny_demo_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_demo_dir.parent)
+    relative = _plan(["--data_dir", tiny_demo_dir.name, "--runs_dir", "runs"])
+    monkeypatch.chdir(tmp_path)
+    absolute = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tiny_demo_dir.parent / "runs")])
+    assert relative[0][0] == absolute[0][0]
+    assert _commands(relative[0][1]) == _commands(absolute[0][1])
+
+
+def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_dir, tmp_path, no_pipeline):
+    import os
+    import subprocess
+
+    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
+    code = (
+        "import sys, time; from pathlib import Path; from asd.pipeline import run_folder_lock\n"
+        f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=pipeline.PROJECT_DIR, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match=f"in use by run_all.py pid {holder.pid} "):
+            run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path / "runs")])
+        assert not no_pipeline
+    finally:
+        holder.kill()
+        holder.wait()
+    with pipeline.run_folder_lock(run_dir):  # free again once its holder is gone
+        assert f"pid {os.getpid()} " in (run_dir / ".lock").read_text()
+
+
+def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(tiny_demo_dir, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_demo_dir, tmp_path / "eval_data")
+    [(run_dir, steps)] = _plan(
+        ["--data_dir", f"{tiny_demo_dir},{other}", "--runs_dir", str(tmp_path / "runs")]
+    )
+    assert run_dir == pipeline.run_folder(tmp_path / "runs", [tiny_demo_dir, other])
+    assert run_dir.name.startswith("demo_data+eval_data-")
+    commands = _commands(steps)
+    assert commands["train"][commands["train"].index("--data_dir") + 1] == f"{tiny_demo_dir},{other}"
+    for folder in (tiny_demo_dir, other):
+        words = commands[f"extract_embeddings[{folder.name}]"]
+        assert words[words.index("--data_dir") + 1] == str(folder)
+        assert words[words.index("--embed_dir") + 1] == str(run_dir / folder.name)
+        evaluate = commands[f"evaluate[{folder.name}]"]
+        assert evaluate[evaluate.index("--results_dir") + 1] == str(
+            run_dir / folder.name / "results" / "ensemble"
+        )
+
+
+def test_channels_and_ground_truth_pass_only_when_set(tiny_demo_dir, tmp_path):
+    overrides = pipeline.split_step_overrides([])[1]
+    argv = ["--data_dir", str(tiny_demo_dir), "--channels", "far", "--residual_weight", "0.5"]
+    cfg = run_all.parse_config(vars(run_all), argv + ["--ground_truth", str(tmp_path)])
+    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    for name in ("train", "extract_embeddings"):
+        assert commands[name][-4:] == ["--channels", "far", "--residual_weight", "0.5"]
+    for name in ("evaluate", "evaluate_deepSVDD"):
+        assert commands[name][-2:] == ["--ground_truth", str(tmp_path)]
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    assert not any({"--channels", "--residual_weight", "--ground_truth"} & set(w) for w in commands.values())
+
+
+def test_seeds_run_in_their_own_folders_and_are_summed_up_as_mean_and_std(tiny_demo_dir, tmp_path):
+    import statistics
+
+    runs = _plan(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path), "--seeds", "0,3"])
+    assert [run_dir.name.rsplit("-", 1)[1] for run_dir, _ in runs] == ["seed0", "seed3"]
+    for (_, steps), seed in zip(runs, ("0", "3")):
+        commands = _commands(steps)
+        for name in ("train", "train_deepSVDD", "evaluate"):
+            assert commands[name][commands[name].index("--seed") + 1] == seed, name
+    tables = [
+        [{"machine_type": "fan", "scorer": "Deep SVDD", "AUC (source)": auc, "score": score, "label": "x"}]
+        for auc, score in ((0.6, 0.5), (0.8, 0.7), (0.7, 0.9))
+    ]
+    [row] = seeds.mean_std_rows(tables)
+    assert row["AUC (source)"] == pytest.approx((0.7, statistics.stdev([0.6, 0.8, 0.7])))
+    assert row["score"] == pytest.approx((0.7, statistics.stdev([0.5, 0.7, 0.9])))
+    text = seeds.format_mean_std([row], "seeds 0,1,2")
+    assert "mean +- standard deviation over 3 seeds" in text and "70.00 +- 10.00" in text
+    # run_all's report: one CSV beside the seeds' run folders
+    runs = [(tmp_path / f"demo_data-1234abcd-seed{s}", []) for s in (0, 1, 2)]
+    run_all.report_seeds([0, 1, 2], runs, [{"results": table} for table in tables])
+    written = (tmp_path / "demo_data-1234abcd-seeds.csv").read_text().splitlines()
+    assert written[0].startswith("machine_type,scorer,seeds,AUC (source)_mean,AUC (source)_std")
+    assert written[1].startswith("fan,Deep SVDD,3,0.700000,0.100000")
+
+
+def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypatch):
+    script = tmp_path / "step.py"
+    script.write_text(
+        "from asd.cli import parse_config, print_config\n"
+        "# passes\nEPOCHS = 10\n# learning rate\nLEARNING_RATE = 0.1\n"
+        "print_config(parse_config(globals()))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(pipeline.PROJECT_DIR))
+    pipeline.run_step(Step("step", [sys.executable, str(script), "--epochs", "3"]))
+    out = capfd.readouterr().out
+    assert "EPOCHS        = 3  [run_all.py]" in out and "LEARNING_RATE = 0.1  [top of step.py]" in out
+
+
+def test_a_step_constant_that_is_not_a_literal_stops_run_all_naming_it(tiny_demo_dir, tmp_path):
+    import shutil
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
+    )
+    _edit_constant(scripts / "train.py", "EPOCHS", "5 * 5")
+    cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
+    overrides = pipeline.split_step_overrides([])[1]
+    steps = pipeline.build_steps(
+        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+    )
+    with pytest.raises(
+        SystemExit, match=r"train\.py: constant EPOCHS \(train\.py:\d+\) is not a literal: EPOCHS = 5 \* 5"
+    ):
+        pipeline.check_steps(steps, overrides)

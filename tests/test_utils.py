@@ -186,11 +186,12 @@ def test_stale_temp_files_are_removed(tmp_path):
     assert remove_stale_temp_files(tmp_path / "absent") == []
 
 
-def test_importing_utils_leaves_torch_unloaded():
+def test_importing_the_low_level_modules_leaves_torch_unloaded():
     import subprocess
     import sys
 
-    code = "import sys, utils; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    modules = "asd.cli, asd.files, asd.freshness, asd.recipes, asd.docs, asd.pipeline"
+    code = f"import sys, {modules}; print(sorted({{'torch', 'numpy'}} & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -199,3 +200,71 @@ def test_importing_utils_leaves_torch_unloaded():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_none_turns_off_a_text_setting_only_where_off_is_allowed(script_globals, capsys):
+    assert parse_config(script_globals, ["--eat_checkpoint", "None"]).eat_checkpoint is None
+    with pytest.raises(SystemExit):
+        parse_config(script_globals, ["--head", "none"])
+    assert "--head must be one of arcface, linear, got none" in capsys.readouterr().err
+
+
+def test_a_live_writers_temp_file_is_never_removed(tmp_path):
+    import subprocess
+    import sys
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(finished.stdout)
+    live = tmp_path / f".model.pth.{os.getpid()}.k2j4x.tmp"
+    dead = tmp_path / f".model.pth.{dead_pid}.a1b2c.tmp"
+    live_folder = tmp_path / f".ensemble.{os.getpid()}.q9w8.tmp"
+    live_folder.mkdir()
+    for path in (live, dead):
+        path.write_text("half a model")
+    assert remove_stale_temp_files(tmp_path) == [dead]
+    assert live.exists() and live_folder.exists() and not dead.exists()
+    # and atomic_path's own temporary name carries its pid
+    with atomic_path(tmp_path / "out.txt") as tmp:
+        assert tmp.name.startswith(f".out.txt.{os.getpid()}.") and remove_stale_temp_files(tmp_path) == []
+        tmp.write_text("x")
+
+
+def test_a_full_disk_says_so_names_the_file_and_keeps_the_old_one(tmp_path):
+    import torch
+
+    target = tmp_path / "model.pth"
+    atomic_torch_save({"v": 1}, target)
+    with pytest.raises(OSError, match=f"no space left on device while writing {target}"):
+        with atomic_path(target) as tmp, open("/dev/full", "wb") as full:  # writes fail with ENOSPC
+            tmp.write_bytes(b"half")
+            torch.save({"w": torch.ones(1000)}, full)  # torch's own "unexpected pos ..." error
+    with pytest.raises(OSError, match=f"no space left on device while writing {target}"):
+        with atomic_path(target) as tmp, open("/dev/full", "w") as full:
+            full.write("x" * 100_000)
+            full.flush()
+    assert torch.load(target, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_a_full_disk_for_real(tmp_path):
+    """On a 64 KiB tmpfs (needs permission to mount; skipped otherwise)."""
+    import subprocess
+
+    import torch
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        atomic_torch_save({"v": torch.ones(10)}, disk / "model.pth")
+        with pytest.raises(OSError, match=f"no space left on device while writing {disk / 'model.pth'}"):
+            atomic_torch_save({"v": torch.ones(100_000)}, disk / "model.pth")
+        assert torch.equal(torch.load(disk / "model.pth", weights_only=True)["v"], torch.ones(10))
+        assert [p.name for p in disk.iterdir()] == ["model.pth"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

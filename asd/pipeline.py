@@ -1,0 +1,517 @@
+"""run_all.py's machinery: the pipeline's steps, their run stamps, and the lock of a run folder.
+
+A step is a command with the files it reads and the files it must leave behind. It is skipped when a
+stamp under <run folder>/.stamps/ says it succeeded with the same command, code and inputs and its
+outputs are still the ones it wrote; every key is a content key of asd.freshness (an in-place edit
+that keeps a file's size and mtime is seen). A stamp is only ever written after a success and never
+deleted before a rerun: a rejected or failed attempt leaves a finished step's record as it was (its
+outputs' keys tell whether the attempt touched them).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
+from asd.files import atomic_write_text
+from asd.freshness import file_key, files_key, settings_key
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+STEP_NAMES = (
+    "make_demo_data",
+    "datashape",
+    "train",
+    "extract_embeddings",
+    "train_deepSVDD",
+    "evaluate_deepSVDD",
+    "evaluate",
+)  # each step runs the script of its name
+SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
+EMBEDDING_FILES = ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt")
+
+
+class Files(NamedTuple):
+    """The files under ``folder`` that match a glob ``pattern`` (a step input that is only part of a folder)."""
+
+    folder: Path
+    pattern: str
+
+
+@dataclasses.dataclass
+class Step:
+    """One pipeline stage: a command, the files it reads and the files it must leave behind."""
+
+    name: str
+    command: list[str]
+    inputs: list[Path | Files] = dataclasses.field(default_factory=list)
+    outputs: list[Path] = dataclasses.field(default_factory=list)
+    always_run: bool = False  # checks with no outputs (datashape) run every time
+    script: str = ""  # the script whose overrides (``script.constant=value``) it takes; "" = name
+
+    def __post_init__(self) -> None:
+        self.script = self.script or self.name
+
+
+class StepFailed(RuntimeError):
+    """A step exited non-zero; the message carries the step's own last lines of output."""
+
+
+# ----------------------------------------------------------------------------- freshness of a step
+
+
+def _visible(path: Path, folder: Path) -> bool:
+    return path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def _content_key(path: Path | Files) -> list:
+    """A content key of a file, a folder (hidden files left out) or the files a pattern matches."""
+    if isinstance(path, Files):
+        folder, children = path.folder, path.folder.glob(path.pattern)
+    elif not path.exists():
+        return [str(path), None]
+    elif path.is_file():
+        return [str(path), file_key(path)]
+    else:
+        folder, children = path, path.rglob("*")
+    files = sorted(p for p in children if _visible(p, folder))
+    return [str(path), files_key(files, root=folder)]
+
+
+def local_sources(script: Path, roots: Sequence[Path] = (PROJECT_DIR,)) -> list[Path]:
+    """The script and every module of this project it imports, directly or not (so editing model.py
+    reruns training, not only editing train.py); modules are looked for beside the script and in
+    ``roots``."""
+    found: list[Path] = []
+    pending = [script.resolve()]
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.append(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                for root in (path.parent, *roots):
+                    module = root.joinpath(*name.split(".")).with_suffix(".py")
+                    if module.is_file():
+                        pending.append(module.resolve())
+                        break
+    return sorted(found)
+
+
+def step_signature(step: Step) -> str:
+    """A content key of everything that should trigger a rerun: command, code and inputs (the
+    outputs' keys are recorded beside it in the stamp)."""
+    scripts = [Path(part) for part in step.command if part.endswith(".py") and Path(part).is_file()]
+    sources = sorted({source for script in scripts for source in local_sources(script)})
+    return settings_key(
+        {
+            "command": step.command[1:],
+            "code": [[source.name, file_key(source)] for source in sources],
+            "inputs": [_content_key(p) for p in step.inputs],
+        }
+    )
+
+
+def _outputs_key(step: Step) -> list:
+    return [_content_key(p) for p in step.outputs]
+
+
+def unreadable(path: Path) -> str | None:
+    """Why an output cannot be used (missing, empty, cut short), or None. Checked by suffix:
+    .pt/.pth load with torch (weights only), .json parses, a folder's files each pass, any other
+    file must be non-empty. Nothing is unpickled."""
+    if not path.exists():
+        return f"{path} is missing"
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if _visible(p, path))
+        return next(filter(None, map(unreadable, files)), None) if files else f"{path} is empty"
+    if path.stat().st_size == 0:
+        return f"{path} is empty"
+    try:
+        if path.suffix in (".pt", ".pth"):
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=True)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    except Exception as error:
+        return f"{path} cannot be read ({type(error).__name__})"
+    return None
+
+
+def why_stale(step: Step, stamp_dir: Path) -> str | None:
+    """Why ``step`` must run (no stamp, changed command/code/inputs, outputs missing, changed since
+    or unreadable), or None when it is up to date."""
+    if step.always_run:
+        return "runs every time"
+    try:
+        recorded = json.loads((stamp_dir / f"{step.name}.json").read_text())
+    except (OSError, ValueError):
+        return "no record of a successful run"
+    if recorded.get("signature") != step_signature(step):
+        return "its command, code or inputs changed"
+    problem = next(filter(None, map(unreadable, step.outputs)), None)
+    if problem:
+        return problem
+    if recorded.get("outputs") != _outputs_key(step):
+        return "its outputs changed since it ran"
+    return None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_step(step: Step, tail_lines: int = 25) -> None:
+    """Run one step, passing its output through unchanged (progress bars included); raise
+    StepFailed with its last lines if it fails. The step's options are marked as given to run_all.py."""
+    process = subprocess.Popen(
+        step.command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", GIVEN_TO_ENV: "run_all.py"},
+    )
+    assert process.stdout is not None
+    tail: deque[bytes] = deque(maxlen=tail_lines)
+    pending = b""
+    while chunk := process.stdout.read1(65536):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        pending += chunk
+        *complete, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        tail.extend(line for line in complete if line.strip())
+    if pending.strip():
+        tail.append(pending)
+    code = process.wait()
+    if code != 0:
+        shown = "\n".join(f"    {line.decode(errors='replace')}" for line in tail)
+        raise StepFailed(
+            f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
+            f"  its last output:\n{shown}"
+        )
+
+
+def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> list[str]:
+    """Run steps in order, skipping up-to-date ones. Returns the names of the steps that ran."""
+    stamp_dir.mkdir(parents=True, exist_ok=True)
+    ran = []
+    for index, step in enumerate(steps, 1):
+        header = f"[{index}/{len(steps)}] {step.name}"
+        reason = "--force" if force else why_stale(step, stamp_dir)
+        if reason is None:
+            print(f"{header}: up to date, skipped", flush=True)
+            continue
+        print(f"\n{'=' * 78}\n{header} ({reason}): {' '.join(step.command[1:])}\n{'=' * 78}", flush=True)
+        started = time.time()
+        run_step(step)
+        problems = [problem for problem in map(unreadable, step.outputs) if problem]
+        if problems:
+            raise StepFailed(
+                f"step '{step.name}' exited 0 but did not write its outputs: {'; '.join(problems)}"
+            )
+        record = {
+            "signature": step_signature(step),
+            "outputs": _outputs_key(step),
+            "seconds": round(time.time() - started, 1),
+        }
+        atomic_write_text(json.dumps(record), stamp_dir / f"{step.name}.json")
+        ran.append(step.name)
+    return ran
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block; a second holder stops with a message naming the first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SystemExit(
+                f"run_all.py: error: {run_dir} is in use by {holder}; wait for that run to finish "
+                f"(or stop it), then run again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"run_all.py pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- building the steps
+
+
+def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate ``script.constant=value`` words (passed on to that step's script) from run_all's own."""
+    own, overrides = [], {name: [] for name in STEP_NAMES}
+    for word in argv:
+        head, dot, rest = word.partition(".")
+        head = head.removesuffix(".py")
+        if dot and "=" in rest and not word.startswith("-"):
+            if rest.startswith("py."):
+                rest = rest[3:]
+            if head not in overrides:
+                raise SystemExit(
+                    f"run_all.py: error: unknown script {head!r} in {word!r}; "
+                    f"scripts: {', '.join(STEP_NAMES)}"
+                )
+            constant, _, value = rest.partition("=")
+            overrides[head] += [f"--{constant.lower()}", value]
+        else:
+            own.append(word)
+    return own, overrides
+
+
+def run_folder(runs_dir: str | os.PathLike, data_dirs: Path | Sequence[Path]) -> Path:
+    """RUNS_DIR/<folder names>-<8 hex digits of their resolved paths>: readable, two data folders with
+    the same name never share outputs, and a relative and an absolute spelling of one folder do."""
+    folders = [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
+    resolved = [Path(folder).expanduser().resolve() for folder in folders]
+    digest = hashlib.sha1("\n".join(map(str, resolved)).encode()).hexdigest()[:8]
+    return Path(runs_dir) / f"{'+'.join(folder.name for folder in resolved)}-{digest}"
+
+
+def _clips(data_dir: Path, split: str) -> Files:
+    return Files(data_dir, f"*/{split}/*.[wW][aA][vV]")  # as dataset.wav_files: any case of .wav
+
+
+def _flag(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _user_set(cfg: Any, names: Sequence[str]) -> list[str]:
+    """``--name value`` for each of run_all's settings the user set: given on run_all's command line
+    (even as "none"), or edited at its top away from its "not set" value (None or "")."""
+    sources = getattr(cfg, "sources", {})
+    words = []
+    for name in names:
+        value = getattr(cfg, name)
+        if value not in (None, "") or sources.get(name, "").startswith(("command line", "run_all.py")):
+            words += [f"--{name}", "none" if value is None else _flag(value)]
+    return words
+
+
+def _options(pairs: dict[str, Any]) -> list[str]:
+    return [word for name, value in pairs.items() for word in (f"--{name}", _flag(value))]
+
+
+def _script(scripts_dir: Path, name: str) -> list[str]:
+    return [sys.executable, str(scripts_dir / f"{name}.py")]
+
+
+def build_steps(
+    cfg: Any,
+    data_dirs: Sequence[Path],
+    run_dir: Path,
+    demo: bool,
+    overrides: dict[str, list[str]],
+    scripts_dir: Path = PROJECT_DIR,
+) -> list[Step]:
+    """The pipeline's steps with every output under ``run_dir``. A step gets only the values the user
+    set (on run_all's command line or its constants, the demo's values), never run_all's "not set"
+    defaults, so a constant at the top of a step's script holds. With several data folders the
+    encoder trains on all of them and each folder is embedded and scored on its own test clips under
+    ``run_dir/<folder name>/``."""
+    data_dirs = [Path(d) for d in data_dirs]
+    model = run_dir / "best_encoder_model.pth"
+    demo_train = (
+        {
+            "model_size": "tiny",
+            "epochs": cfg.demo_epochs,
+            "learning_rate": cfg.demo_learning_rate,
+            "warmup_steps": cfg.demo_warmup_steps,
+            "batch_size": cfg.demo_batch_size,
+            "num_workers": cfg.demo_num_workers,
+        }
+        if demo
+        else {}
+    )
+    recipe = _user_set(cfg, ["recipe"])
+    data_options = _user_set(cfg, ["channels", "residual_weight"])
+    train_args = (
+        ["--data_dir", ",".join(map(str, data_dirs))]
+        + ["--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
+        + _options(demo_train)
+        + _user_set(cfg, ["device", "eat_checkpoint", "model_size"])
+        + recipe
+        + data_options
+    )
+    script = lambda name: _script(scripts_dir, name)  # noqa: E731
+    steps = []
+    if demo:
+        steps.append(
+            Step(
+                "make_demo_data",
+                script("make_demo_data")
+                + ["--out_dir", str(data_dirs[0]), "--clip_seconds", str(cfg.demo_clip_seconds)]
+                + overrides["make_demo_data"],
+                outputs=[data_dirs[0] / "manifest.json"],
+            )
+        )
+    train_inputs = [_clips(d, "train") for d in data_dirs] + [
+        Files(d, "*/attributes*.csv") for d in data_dirs
+    ]
+    for data_dir in data_dirs:
+        steps.append(
+            Step(
+                _named("datashape", data_dir, data_dirs),
+                script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
+                always_run=True,
+                script="datashape",
+            )
+        )
+    steps.append(Step("train", script("train") + train_args + overrides["train"], train_inputs, [model]))
+    for data_dir in data_dirs:
+        steps += _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script)
+    return steps
+
+
+def _label(data_dir: Path, data_dirs: Sequence[Path]) -> str:
+    """A data folder's name among the run's folders (numbered when two share a name)."""
+    names = [d.name for d in data_dirs]
+    return (
+        data_dir.name
+        if names.count(data_dir.name) == 1
+        else f"{data_dirs.index(data_dir) + 1}-{data_dir.name}"
+    )
+
+
+def _named(step: str, data_dir: Path, data_dirs: Sequence[Path]) -> str:
+    return step if len(data_dirs) == 1 else f"{step}[{_label(data_dir, data_dirs)}]"
+
+
+def folder_dir(run_dir: Path, data_dir: Path, data_dirs: Sequence[Path]) -> Path:
+    """Where a data folder's embeddings and results go: the run folder itself for a single folder."""
+    return run_dir if len(data_dirs) == 1 else run_dir / _label(data_dir, data_dirs)
+
+
+def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script) -> list[Step]:
+    """Embedding, Deep SVDD and the ensemble for one data folder."""
+    out = folder_dir(run_dir, data_dir, data_dirs)
+    embeddings = [out / name for name in EMBEDDING_FILES]
+    svdd_dir, results = out / "svdd_models_per_type", out / "results"
+    embed = ["--embed_dir", str(out)]
+    truth = _user_set(cfg, ["ground_truth"])
+    data = [_clips(data_dir, "train"), _clips(data_dir, "test"), Files(data_dir, "*/attributes*.csv")]
+    name = lambda step: _named(step, data_dir, data_dirs)  # noqa: E731
+    svdd_args = ["--use_stats", _flag(cfg.demo_svdd_use_stats)] if demo else []
+    recipe = _user_set(cfg, ["recipe"])
+    data_options = _user_set(cfg, ["channels", "residual_weight"])
+    return [
+        Step(
+            name("extract_embeddings"),
+            script("extract_embeddings")
+            + ["--data_dir", str(data_dir)]
+            + _user_set(cfg, ["device"])
+            + ["--model_path", str(model)]
+            + embed
+            + data_options
+            + overrides["extract_embeddings"],
+            data + [model],
+            embeddings,
+            script="extract_embeddings",
+        ),
+        Step(
+            name("train_deepSVDD"),
+            script("train_deepSVDD")
+            + embed
+            + ["--svdd_dir", str(svdd_dir)]
+            + svdd_args
+            + overrides["train_deepSVDD"],
+            embeddings[:2],
+            [svdd_dir],
+            script="train_deepSVDD",
+        ),
+        Step(
+            name("evaluate_deepSVDD"),
+            script("evaluate_deepSVDD")
+            + embed
+            + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
+            + truth
+            + overrides["evaluate_deepSVDD"],
+            embeddings + [svdd_dir],
+            [results / "deepsvdd" / "summary.json"],
+            script="evaluate_deepSVDD",
+        ),
+        Step(
+            name("evaluate"),
+            script("evaluate")
+            + embed
+            + ["--results_dir", str(results / "ensemble")]
+            + recipe
+            + truth
+            + overrides["evaluate"],
+            embeddings,
+            [results / "ensemble" / "summary.json"],
+            script="evaluate",
+        ),
+    ]
+
+
+def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str, Settings]:
+    """Every step's effective settings (its script's constants, recipe and options), read from the
+    scripts' sources before anything runs: argparse's error and exit when an option is unknown or
+    out of range, or when an override names a script this run does not use."""
+    unused = [name for name, words in overrides.items() if words and name not in {s.script for s in steps}]
+    if unused:
+        raise SystemExit(
+            f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
+            f"(make_demo_data runs only for the demo)"
+        )
+    return {step.name: check_script_arguments(step.command[1], step.command[2:]) for step in steps}
+
+
+def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> None:
+    """The EAT checkpoint the train step will load (its effective EAT_CHECKPOINT, wherever it was
+    set) becomes one of its inputs, so a changed checkpoint retrains."""
+    from asd.checkpoints import resolve_checkpoint
+
+    for step in steps:
+        checkpoint = getattr(settings.get(step.name), "eat_checkpoint", None)
+        if step.script == "train" and checkpoint:
+            try:
+                step.inputs.append(resolve_checkpoint(checkpoint).path)
+            except (FileNotFoundError, ValueError) as error:
+                raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
+
+
+def seed_overrides(overrides: dict[str, list[str]], seed: int, scripts_dir: Path = PROJECT_DIR) -> dict:
+    """The overrides with ``--seed SEED`` added for every step script that has a SEED constant."""
+    seeded = {name: list(words) for name, words in overrides.items()}
+    for name in STEP_NAMES:
+        if "SEED" in source_constants(scripts_dir / f"{name}.py") and name != "make_demo_data":
+            seeded[name] = ["--seed", str(seed)] + seeded[name]
+    return seeded

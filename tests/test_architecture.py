@@ -1,0 +1,166 @@
+"""The project's shape: no import cycle, no script importing a script, imports only pointing downhill
+(the layers below, top first), no module over 600 lines, metrics.py under 450. Each failure names the
+module and the rule it breaks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from asd.docs import SCRIPTS
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ["model.py", "dataset.py", "preprocessing.py"]  # what the asd/ high-level modules build on
+LOW_LEVEL = [
+    "asd/cli.py",
+    "asd/files.py",
+    "asd/runtime.py",
+    "asd/freshness.py",
+    "asd/recipes.py",
+    "asd/docs.py",
+]
+LAYERS = [  # top first: a module may import its own layer and the layers below it, never one above
+    ("scripts", lambda path: path in SCRIPTS),
+    ("asd high-level", lambda path: path.startswith("asd/") and path not in LOW_LEVEL),
+    ("library", lambda path: path in LIBRARY),
+    ("asd low-level", lambda path: path in LOW_LEVEL),
+]
+MAX_LINES = 600
+MAX_METRICS_LINES = 450
+
+
+def project_modules() -> list[str]:
+    """Every Python file of the project (relative paths), tests and the environment left out."""
+    files = [*ROOT.glob("*.py"), *ROOT.glob("asd/*.py"), *ROOT.glob("bench/*.py")]
+    return sorted(str(p.relative_to(ROOT)) for p in files if p.name != "__init__.py")
+
+
+def _module_file(name: str, importer: str) -> str | None:
+    """The project file a dotted import name means for ``importer`` (bench/ scripts put bench/ on the
+    path), or None for an outside library."""
+    parts = name.split(".")
+    for folder in dict.fromkeys([str(Path(importer).parent), "."]):
+        candidate = Path(folder, *parts).with_suffix(".py")
+        if (ROOT / candidate).is_file() and candidate.name != "__init__.py":
+            return str(candidate)
+    return None
+
+
+def imports_of(module: str) -> set[str]:
+    """The project modules ``module`` imports anywhere in its source (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / module).read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            target = _module_file(name, module)
+            if target and target != module:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module: imports_of(module) for module in project_modules()}
+
+
+def layer_of(module: str) -> int | None:
+    return next((i for i, (_, member) in enumerate(LAYERS) if member(module)), None)
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_every_module_has_a_layer():
+    unplaced = [m for m in project_modules() if layer_of(m) is None]
+    assert not unplaced, (
+        "rule 'every module has a layer' broken by: "
+        + ", ".join(unplaced)
+        + " (add a script to asd/docs.SCRIPTS, a library module to LIBRARY or LOW_LEVEL here)"
+    )
+
+
+def test_no_import_cycle():
+    found = cycles(graph())
+    assert not found, "rule 'no import cycle' broken by: " + "; ".join(" <-> ".join(g) for g in found)
+
+
+def test_no_script_imports_another_script():
+    broken = [
+        f"{module} imports the script {target}"
+        for module, targets in graph().items()
+        if module in SCRIPTS
+        for target in sorted(targets)
+        if target in SCRIPTS
+    ]
+    assert not broken, "rule 'no script imports a script' broken:\n  " + "\n  ".join(broken)
+
+
+def test_imports_only_point_downhill():
+    broken = []
+    for module, targets in graph().items():
+        here = layer_of(module)
+        for target in sorted(targets):
+            there = layer_of(target)
+            if here is not None and there is not None and there < here:
+                broken.append(
+                    f"{module} ({LAYERS[here][0]}) imports {target} ({LAYERS[there][0]}), a layer above"
+                )
+    assert not broken, "rule 'imports point downhill' broken:\n  " + "\n  ".join(broken)
+
+
+def test_no_module_over_600_lines():
+    long = {m: n for m in project_modules() if (n := len((ROOT / m).read_text().splitlines())) > MAX_LINES}
+    assert not long, f"rule 'no module over {MAX_LINES} lines' broken by: " + ", ".join(
+        f"{m} ({n} lines)" for m, n in sorted(long.items())
+    )
+
+
+def test_metrics_holds_only_definitions_in_under_450_lines():
+    lines = len((ROOT / "asd" / "metrics.py").read_text().splitlines())
+    assert lines < MAX_METRICS_LINES, (
+        f"rule 'asd/metrics.py under {MAX_METRICS_LINES} lines' broken: {lines} lines"
+    )
+    assert not imports_of("asd/metrics.py") - set(LOW_LEVEL), (
+        "rule 'metrics.py holds only metric definitions' broken: it imports "
+        + ", ".join(sorted(imports_of("asd/metrics.py") - set(LOW_LEVEL)))
+    )
+
+
+def test_the_checks_see_a_cycle_an_uphill_import_and_a_script_import():
+    edges = {"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}, "d.py": {"a.py"}}
+    assert cycles(edges) == [["a.py", "b.py", "c.py"]]
+    assert _module_file("asd.cli", "run_all.py") == "asd/cli.py"
+    assert _module_file("encoder", "bench/gpu_check.py") == "bench/encoder.py"
+    assert _module_file("torch", "train.py") is None
+    assert layer_of("asd/metrics.py") == 1 and layer_of("asd/cli.py") == 3 and layer_of("train.py") == 0
