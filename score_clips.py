@@ -24,8 +24,9 @@ import numpy as np
 from asd.backends import ensemble_factory
 from asd.cli import parse_config
 from asd.embed import embed_records, stats_records, tuned_model
-from asd.embedding_files import Split, file_sha256, load_features
+from asd.embedding_files import Split, load_features
 from asd.files import atomic_write_text
+from asd.freshness import file_key
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
@@ -60,7 +61,7 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
 def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
     """A scoring.Split of the new clips, embedded exactly like the run's normals."""
     model_path = Path(fingerprint["model_path"])
-    if not model_path.is_file() or file_sha256(model_path) != fingerprint["model_sha256"]:
+    if not model_path.is_file() or file_key(model_path) != fingerprint["model_key"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
     records = [ClipRecord(str(Path(p)), machine_type, section, None, "test", "unknown") for p in paths]
     device = resolve_device(device_name)

@@ -25,6 +25,7 @@ import extract_embeddings  # noqa: E402
 import make_demo_data  # noqa: E402
 import train  # noqa: E402
 import train_deepSVDD  # noqa: E402
+from asd import freshness  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 MACHINES = ["fan", "pump"]
@@ -254,10 +255,15 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
             ["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--results_dir", str(tmp_path / "res")]
         )
 
-    # a changed clip (the data) -> the scorers refuse, extraction rebuilds
+    # a clip edited in place, same size and modification time -> the scorers refuse, extraction rebuilds
     clip = Path(changed["records"][0]["path"])
     stat = clip.stat()
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data = bytearray(clip.read_bytes())
+    data[-2:] = bytes([data[-2] ^ 0x55, data[-1] ^ 0x55])  # the last sample changes
+    clip.write_bytes(bytes(data))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+    freshness._memo.clear()  # each pipeline step is a new process: nothing is remembered between them
     with pytest.raises(ValueError, match="clips in .* changed"):
         evaluate.main(["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res")])
     _extract(p)

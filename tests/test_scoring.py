@@ -251,8 +251,8 @@ def _write_features(folder, rng) -> None:
     anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
     fingerprint = {
         "format": embedding_files.FEATURES_FORMAT,
-        "data": "d",
-        "model_sha256": "m",
+        "clips": "d",
+        "model_key": "m",
         "settings": {},
         "precision": "fp32",
         "data_dir": str(folder / "no_data"),
