@@ -14,21 +14,30 @@ each branch is standardised by its own distribution on the training normals (lea
 embedding branch, so a clip is never its own reference), then  score = W * embedding + (1 - W) * mahalanobis.
 Reads only the embedding files of extract_embeddings.py.
 
+ASDKIT_BACKENDS adds ASDKit's own back ends (asd/asdkit_backends.py: plain k-NN, k-NN + SMOTE, k-means
+16, KnnRescale; per machine type on L2-normalised embeddings): each writes its official CSVs, summary
+and plots into BACKENDS_DIR/<name>/, and their tables are printed side by side and written to
+BACKENDS_DIR/comparison.csv (the recipe asdkit-eat-lora runs all four).
+
     python evaluate.py -k 3 --w 0.7
     python evaluate.py --backend kmeans --smote_ratio 0.2
+    python evaluate.py --asdkit_backends knn,smote_knn,kmeans,rescale
     python evaluate.py --sweep            # score over a grid of K and W (analysis only)
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
+from asd.asdkit_backends import asdkit_factory
 from asd.backends import ensemble_factory
-from asd.cli import parse_config, print_config
+from asd.cli import config_to_dict, parse_config, print_config
+from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.embedding_files import load_features
 from asd.evaluation import compute_official
 from asd.recipes import expand_recipe, recipe_summary
@@ -53,6 +62,8 @@ DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2
 SWEEP = False  # print the score over SWEEP_KS x SWEEP_WS, then stop
 SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]  # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
+ASDKIT_BACKENDS = []  # also score with ASDKit's back ends (knn, smote_knn, kmeans, rescale), one results folder each
+BACKENDS_DIR = ""  # folder of the ASDKIT_BACKENDS results; "" = "backends" beside RESULTS_DIR
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -69,6 +80,7 @@ _LIMITS = {
     "DCASE_YEAR": ("auto", "2020", "2021", "2022+"),
     "SWEEP_KS": (1, None),
     "SWEEP_WS": (0.0, 1.0),
+    "ASDKIT_BACKENDS": ("knn", "smote_knn", "kmeans", "rescale"),
 }
 
 
@@ -102,6 +114,32 @@ def sweep(features, cfg) -> list[list[float]]:
     return grid
 
 
+def asdkit_backend_results(features, cfg) -> dict[str, dict]:
+    """Score with each of ASDKIT_BACKENDS (per machine type, as ASDKit groups), write each one's results
+    folder in BACKENDS_DIR and the side-by-side table (printed and BACKENDS_DIR/comparison.csv)."""
+    folder = Path(cfg.backends_dir) if cfg.backends_dir else Path(cfg.results_dir).parent / "backends"
+    summaries = {}
+    for name in cfg.asdkit_backends:
+        scores, train_scores = score_by_group(
+            features.normal, features.test, asdkit_factory(name), "machine_type"
+        )
+        settings = {**config_to_dict(cfg), "asdkit_backend": name}
+        summaries[name] = write_scorer_results(
+            features,
+            scores,
+            train_scores,
+            cfg,
+            f"asdkit-{name}",
+            f"ASDKit back end: {name}",
+            folder / name,
+            settings,
+        )
+    rows = comparison_rows(summaries)
+    print(format_comparison(rows, "ASDKit back ends side by side"))
+    write_comparison(rows, folder / "comparison.csv")
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = expand_recipe("evaluate", sys.argv[1:] if argv is None else argv)
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
@@ -116,7 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {"sweep": sweep(features, cfg), "ks": cfg.sweep_ks, "ws": cfg.sweep_ws}
     scores, train_scores = ensemble_scores(features, vars(cfg))
     title = f"ensemble: {cfg.backend} (K={cfg.k}) x {cfg.w} + Mahalanobis x {1 - cfg.w:g}"
-    return write_scorer_results(features, scores, train_scores, cfg, "ensemble", title)
+    summary = write_scorer_results(features, scores, train_scores, cfg, "ensemble", title)
+    if cfg.asdkit_backends:
+        summary["asdkit_backends"] = asdkit_backend_results(features, cfg)
+    return summary
 
 
 if __name__ == "__main__":

@@ -174,19 +174,27 @@ def expected_sections(features) -> set[tuple[str, str]]:
 
 
 def write_scorer_results(
-    features, scores: dict[str, float], train_scores: dict, cfg, scorer: str, title: str
+    features,
+    scores: dict[str, float],
+    train_scores: dict,
+    cfg,
+    scorer: str,
+    title: str,
+    out_dir: str | os.PathLike | None = None,
+    settings: Mapping | None = None,
 ) -> dict:
     """write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR) over the loaded
-    embedding files ``features``: official CSVs, tables, plots and report; returns the summary."""
+    embedding files ``features``: official CSVs, tables, plots and report; returns the summary.
+    ``out_dir`` replaces RESULTS_DIR, ``settings`` the script's settings in summary.json."""
     from asd.cli import config_to_dict
 
     return write_results(
         scores,
         features.test.records,
         train_scores,
-        cfg.results_dir,
+        out_dir or cfg.results_dir,
         scorer=scorer,
-        settings=config_to_dict(cfg),
+        settings=config_to_dict(cfg) if settings is None else settings,
         plots=cfg.plots,
         report=cfg.report,
         embeddings=features.embedding_maps(),

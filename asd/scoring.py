@@ -68,3 +68,23 @@ def score_by_group(
             group_clips = clips.rows(clip_groups[key])
             scores.update(zip((r.path for r in group_clips.records), map(float, scorer.score(group_clips))))
     return scores, {key: np.asarray(values) for key, values in train_scores.items()}
+
+
+def out_of_fold_scores(make_scorer: Callable[[], Scorer], normal: Split, folds: int, seed: int) -> np.ndarray:
+    """Each training normal scored by a scorer fitted without it: ``folds`` folds, stratified by domain
+    where the normals have two (shuffled by ``seed``); each fold scored by a fresh scorer fitted on the
+    others."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    domains = np.array([str(r.domain) for r in normal.records])
+    smallest = min(np.unique(domains, return_counts=True)[1])
+    if len(set(domains)) > 1 and smallest >= 2:
+        splits = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed).split(
+            domains, domains
+        )
+    else:
+        splits = KFold(min(folds, len(normal)), shuffle=True, random_state=seed).split(domains)
+    scores = np.empty(len(normal))
+    for fit_rows, held_out in splits:
+        scores[held_out] = make_scorer().fit(normal.rows(fit_rows)).score(normal.rows(held_out))
+    return scores

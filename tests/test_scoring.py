@@ -3,12 +3,15 @@ against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-from asd import backends, embedding_files, scoring, svdd
+from asd import asdkit_backends, backends, embedding_files, scoring, svdd
 from dataset import ClipRecord
 
 
@@ -408,3 +411,45 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     torch.save(trained.state(), tmp_path / "svdd.pt")
     loaded = svdd.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
     np.testing.assert_allclose(loaded.score(outliers), trained.score(outliers), rtol=1e-6)
+
+
+def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, capsys):
+    import evaluate
+
+    _write_features(tmp_path, np.random.default_rng(5))
+    summary = evaluate.main(
+        [
+            "--recipe",
+            "asdkit-eat-lora",
+            "--embed_dir",
+            str(tmp_path),
+            "--results_dir",
+            str(tmp_path / "results" / "ensemble"),
+            "--plots",
+            "false",
+            "--report",
+            "false",
+        ]
+    )
+    names = ["knn", "smote_knn", "kmeans", "rescale"]
+    assert list(summary["asdkit_backends"]) == names
+    features = embedding_files.load_features(tmp_path)
+    for name in names:
+        folder = tmp_path / "results" / "backends" / name
+        assert (folder / "decision_result_fan_section_00_test.csv").is_file()
+        assert json.loads((folder / "summary.json").read_text())["settings"]["asdkit_backend"] == name
+        rows = (folder / "anomaly_score_fan_section_00_test.csv").read_text().split()
+        written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
+        scores, _ = scoring.score_by_group(
+            features.normal, features.test, asdkit_backends.asdkit_factory(name), "machine_type"
+        )
+        assert all(
+            written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-7)
+            for path, score in scores.items()
+        )
+        values = summary["asdkit_backends"][name]["sections"][0]["values"]
+        assert min(values["AUC (source)"], values["AUC (target)"]) > 0.9, (name, values)
+    table = list(csv.DictReader(open(tmp_path / "results" / "backends" / "comparison.csv")))
+    assert [r["scorer"] for r in table if r["machine_type"] == "all"] == names
+    out = capsys.readouterr().out
+    assert "ASDKit back ends side by side" in out and all(f"{n}: official score" in out for n in names)
