@@ -22,6 +22,7 @@ BACKENDS_DIR/comparison.csv (the recipe asdkit-eat-lora runs all four).
     python evaluate.py -k 3 --w 0.7
     python evaluate.py --backend kmeans --smote_ratio 0.2
     python evaluate.py --asdkit_backends knn,smote_knn,kmeans,rescale
+    python evaluate.py --score_results_dir my_submission --ground_truth dcase_ground_truth
     python evaluate.py --sweep            # score over a grid of K and W (analysis only)
 """
 
@@ -40,8 +41,9 @@ from asd.cli import config_to_dict, parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.embedding_files import load_features
 from asd.evaluation import compute_official
+from asd.ground_truth import apply_ground_truth
 from asd.recipes import expand_recipe, recipe_summary
-from asd.results import write_scorer_results
+from asd.results import score_results_folder, write_scorer_results
 from asd.scoring import score_by_group
 
 RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
@@ -64,6 +66,9 @@ SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
 SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]  # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
 ASDKIT_BACKENDS = []  # also score with ASDKit's back ends (knn, smote_knn, kmeans, rescale), one results folder each
 BACKENDS_DIR = ""  # folder of the ASDKIT_BACKENDS results; "" = "backends" beside RESULTS_DIR
+SCORE_RESULTS_DIR = ""  # measure this existing results folder (its CSVs) instead of scoring embeddings
+SCORED_DIR = ""  # where SCORE_RESULTS_DIR's tables go; "" = "<SCORE_RESULTS_DIR>_scored" beside it
+GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -146,10 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
     print_config(cfg)
     if cfg.recipe:
         print(recipe_summary(cfg.recipe, "evaluate", vars(cfg)))
+    if cfg.score_results_dir:
+        source = Path(cfg.score_results_dir)
+        out = Path(cfg.scored_dir) if cfg.scored_dir else source.with_name(source.name + "_scored")
+        return score_results_folder(source, out, cfg.ground_truth, cfg.dcase_year, cfg.plots, cfg.report)
     ensemble_factory(vars(cfg))  # checks the settings before the files are read
     if cfg.w in (0.0, 1.0) and not cfg.sweep:
         print(f"note: W={cfg.w} uses only the {cfg.backend if cfg.w == 1.0 else 'Mahalanobis'} branch")
     features = load_features(cfg.embed_dir)
+    if cfg.ground_truth:  # a clip or row without its partner stops here, before any scoring
+        apply_ground_truth(features.test.records, cfg.ground_truth)
     if cfg.sweep:
         return {"sweep": sweep(features, cfg), "ks": cfg.sweep_ks, "ws": cfg.sweep_ws}
     scores, train_scores = ensemble_scores(features, vars(cfg))

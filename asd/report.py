@@ -93,24 +93,31 @@ def results_table_html(evaluation: Evaluation) -> str:
 
 
 def thresholds_table_html(
-    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]
+    scores: Mapping[str, float],
+    records: Sequence,
+    thresholds: Mapping[tuple[str, str], float],
+    decisions: Mapping[str, int] | None = None,
 ) -> str:
-    """Per section: the decision threshold and how many test clips (normal / anomalous) score above it."""
+    """Per section: the decision threshold and how many test clips (normal / anomalous) are decided
+    anomalous (by ``decisions`` where given, else by scoring above the threshold)."""
     out = [
         '<table class="thresholds">',
         "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
         "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>",
     ]
     for (machine, section), recs in group_by_section(records).items():
-        threshold = thresholds[(machine, section)]
-        flagged = [r for r in recs if scores[r.path] > threshold]
+        threshold = thresholds.get((machine, section))
+        if decisions is not None:
+            flagged = [r for r in recs if decisions[r.path]]
+        else:
+            flagged = [r for r in recs if scores[r.path] > threshold]
 
         def share(label: str, recs: list = recs, flagged: list = flagged) -> str:
             total = sum(r.label == label for r in recs)
             return f"{sum(r.label == label for r in flagged)} / {total}" if total else "&ndash;"
 
         out.append(
-            f'<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class="num">{threshold:.6g}</td>'
+            f'<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class="num">{"&ndash;" if threshold is None else f"{threshold:.6g}"}</td>'
             f'<td class="num">{len(recs)}</td><td class="num">{len(flagged)}</td>'
             f'<td class="num">{share("normal")}</td><td class="num">{share("anomaly")}</td></tr>'
         )
@@ -259,6 +266,7 @@ def write_report(
     thresholds: Mapping[tuple[str, str], float],
     embeddings: Mapping[str, Mapping] | None = None,
     title: str = "anomaly detection results",
+    decisions: Mapping[str, int] | None = None,
 ) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
@@ -279,7 +287,9 @@ def write_report(
         f"<h1>{_esc(title)}</h1>",
         f'<p class="score">{_esc(evaluation.score_label())}: {_number(evaluation.score)}</p>'
         if evaluation.labelled
-        else '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
+        else '<p class="note">The test clips carry no labels (evaluation-set names): no metric can be '
+        "computed without them. The anomaly scores and decisions (the challenge submission) are written; "
+        "give the evaluator's ground truth with --ground_truth DIR once it is out.</p>",
         "<h2>Results</h2>",
         f'<p class="note">{_esc(RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
         f"scikit-learn's roc_auc_score(max_fpr={MAX_FPR}), the McClish-standardised partial AUC "
@@ -292,8 +302,10 @@ def write_report(
     parts += [
         "<h2>Decision thresholds</h2>",
         f'<p class="note">Per section, the {DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
-        "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>",
-        thresholds_table_html(scores, records, thresholds),
+        "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>"
+        if thresholds
+        else '<p class="note">The decisions as the results folder\'s decision_result files give them.</p>',
+        thresholds_table_html(scores, records, thresholds, decisions),
         "<h2>ROC curves and score histograms</h2>",
         machine_plots_html(results_dir, machines),
     ]

@@ -367,3 +367,80 @@ def test_missing_test_clips_are_named_not_hidden_in_the_score(pipeline, tmp_path
     assert summary["missing"] == ["fan section 00: no anomalous test clips", "pump section 00: no test clips"]
     assert "NOT the official score" in out and "pump section 00: no test clips" in out
     assert "\nofficial score" not in out
+
+
+def _anonymise(source: Path, target: Path, truth: Path) -> dict[str, str]:
+    """A copy of a DCASE folder whose test clips carry evaluation-set names (section_00_NNNN.wav, no label,
+    no domain; the attributes tables keep only training rows) and the evaluator's ground-truth files
+    for it. Returns {new name: old name} per machine type (keys 'machine/new')."""
+    shutil.copytree(source, target)
+    renamed = {}
+    for machine_dir in sorted(p for p in target.iterdir() if p.is_dir()):
+        machine = machine_dir.name
+        rows = {"data": [], "domain": []}
+        for i, clip in enumerate(sorted((machine_dir / "test").glob("*.wav"))):
+            new = f"section_00_{i:04d}.wav"
+            clip.rename(clip.with_name(new))
+            renamed[f"{machine}/{new}"] = clip.name
+            rows["data"].append(f"{new},{int('_anomaly_' in clip.name)}")
+            rows["domain"].append(f"{new},{int('_target_' in clip.name)}")
+        for table in machine_dir.glob("attributes*.csv"):
+            lines = table.read_text().splitlines()
+            table.write_text("\n".join(line for line in lines if "/test/" not in line) + "\n")
+        for kind, lines in rows.items():
+            folder = truth / f"ground_truth_{kind}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"ground_truth_{machine}_section_00_test.csv").write_text("\n".join(lines) + "\n")
+    return renamed
+
+
+def test_unlabelled_evaluation_names_are_scored_and_measured_with_the_ground_truth(
+    pipeline, run_folder, tmp_path, capsys
+):
+    run, outputs = run_folder
+    data, truth = tmp_path / "data", tmp_path / "ground_truth"
+    renamed = _anonymise(Path(pipeline["data"]), data, truth)
+    p = {**pipeline, "data": str(data), "embed": str(tmp_path / "embed"), "cache": str(tmp_path / "cache")}
+    _extract(p)
+    capsys.readouterr()
+    ensemble = ["--embed_dir", p["embed"], "-k", "3", "--w", "0.7", "--plots", "false", "--report", "false"]
+    # without labels: the submission is written, no metric is computed, nothing is called a score
+    blind = evaluate.main(ensemble + ["--results_dir", str(tmp_path / "blind")])
+    out = capsys.readouterr().out
+    assert "no metric can be computed without them" in out and "official score" not in out
+    assert blind["score"] is None and blind["official_score"] is None
+    assert blind["score_label"] == "no metric (the test clips carry no labels)"
+    written = sorted(f.name for f in (tmp_path / "blind").glob("*_section_00_test.csv"))
+    assert written == sorted(
+        f"{k}_{m}_section_00_test.csv" for k in ("anomaly_score", "decision_result") for m in MACHINES
+    )
+    # with the ground truth: the same tables as the labelled names give
+    known = evaluate.main(ensemble + ["--results_dir", str(tmp_path / "known"), "--ground_truth", str(truth)])
+    labelled = outputs["ensemble"]
+    assert known["score_label"] == labelled["score_label"] == "official score"
+    for ours, theirs in zip(known["sections"], labelled["sections"]):
+        assert ours["values"] == pytest.approx(theirs["values"], abs=1e-6)
+    scores = {
+        renamed[f"pump/{row[0]}"]: float(row[1])
+        for row in csv.reader(open(tmp_path / "known" / "anomaly_score_pump_section_00_test.csv"))
+    }
+    original = dict(csv.reader(open(run / "results" / "ensemble" / "anomaly_score_pump_section_00_test.csv")))
+    assert all(
+        score == pytest.approx(float(original[name]), rel=1e-3, abs=1e-4) for name, score in scores.items()
+    )
+    # Deep SVDD: the same two ways
+    svdd_dir = tmp_path / "svdd"
+    train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--svdd_epochs", "2"])
+    svdd = ["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--plots", "false", "--report", "false"]
+    assert evaluate_deepSVDD.main(svdd + ["--results_dir", str(tmp_path / "sb")])["score"] is None
+    measured = evaluate_deepSVDD.main(
+        svdd + ["--results_dir", str(tmp_path / "sk"), "--ground_truth", str(truth)]
+    )
+    assert measured["complete"] and measured["official_score"] is not None
+    # a ground-truth row without a clip is an error naming both
+    gt_file = truth / "ground_truth_data" / "ground_truth_fan_section_00_test.csv"
+    gt_file.write_text(gt_file.read_text() + "section_00_9999.wav,1\n")
+    domain_file = truth / "ground_truth_domain" / gt_file.name
+    domain_file.write_text(domain_file.read_text() + "section_00_9999.wav,0\n")
+    with pytest.raises(ValueError, match="lists section_00_9999.wav"):
+        evaluate.main(ensemble + ["--results_dir", str(tmp_path / "bad"), "--ground_truth", str(truth)])
