@@ -9,9 +9,14 @@ For each machine type and section (asd/backends.py, KnnMahalanobis):
                                reference's mean distance to its DENSITY_NEIGHBOURS nearest references;
                     SMOTE_RATIO > 0 enlarges the target bank with SMOTE rows (target/source = ratio);
   stats branch      Mahalanobis distance of the statistics vector under a shrinkage (Ledoit-Wolf)
-                    covariance of the training normals' statistics;
-each branch is standardised by its own distribution on the training normals (leave-one-out for the
-embedding branch, so a clip is never its own reference), then  score = W * embedding + (1 - W) * mahalanobis.
+                    covariance of the training normals' statistics; MAHALANOBIS per_domain fits
+                    source and target apart and takes the smaller distance (the DCASE baseline's
+                    selective Mahalanobis; a domain with fewer than MIN_DOMAIN_STATS normals uses
+                    the pooled fit), pooled fits all normals at once;
+each branch is standardised by its own distribution on the training normals (the embedding branch
+leave-one-out, so a clip is never its own reference), then  score = W * embedding + (1 - W) *
+mahalanobis. The decision thresholds (asd/thresholds.py) come from the training normals' scores out of
+sample: leave-one-out for the embedding branch, over STATS_FOLDS refits for the statistics branch.
 Reads only the embedding files of extract_embeddings.py.
 
 ASDKIT_BACKENDS adds ASDKit's own back ends (asd/asdkit_backends.py: plain k-NN, k-NN + SMOTE, k-means
@@ -59,7 +64,10 @@ DENSITY_NEIGHBOURS = (
 )
 SMOTE_RATIO = 0.0  # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
 SMOTE_NEIGHBOURS = 2  # SMOTE: a new row lies between a target normal and one of its this many nearest
-SEED = 0  # seed of SMOTE and of the k-means seeding
+SEED = 0  # seed of SMOTE, of the k-means seeding and of the STATS_FOLDS split
+MAHALANOBIS = "per_domain"  # statistics: per_domain (source, target apart; smaller distance) | pooled
+MIN_DOMAIN_STATS = 5  # per_domain: a domain with fewer training normals is replaced by the pooled fit
+STATS_FOLDS = 10  # refits scoring the statistics of the thresholds' training normals (0 = in-sample)
 DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 SWEEP = False  # print the score over SWEEP_KS x SWEEP_WS, then stop
 SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
@@ -69,6 +77,7 @@ BACKENDS_DIR = ""  # folder of the ASDKIT_BACKENDS results; "" = "backends" besi
 SCORE_RESULTS_DIR = ""  # measure this existing results folder (its CSVs) instead of scoring embeddings
 SCORED_DIR = ""  # where SCORE_RESULTS_DIR's tables go; "" = "<SCORE_RESULTS_DIR>_scored" beside it
 GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+GAMMA_LOCATION = "zero"  # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -82,10 +91,14 @@ _LIMITS = {
     "SMOTE_RATIO": (0.0, 1.0),
     "SMOTE_NEIGHBOURS": (1, None),
     "SEED": (0, None),
+    "MAHALANOBIS": ("per_domain", "pooled"),
+    "MIN_DOMAIN_STATS": (2, None),
+    "STATS_FOLDS": (0, None),
     "DCASE_YEAR": ("auto", "2020", "2021", "2022+"),
     "SWEEP_KS": (1, None),
     "SWEEP_WS": (0.0, 1.0),
     "ASDKIT_BACKENDS": ("knn", "smote_knn", "kmeans", "rescale"),
+    "GAMMA_LOCATION": ("zero", "free"),
 }
 
 

@@ -26,10 +26,11 @@ SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
 RESULTS_DIR = "results/deepsvdd"  # official CSVs, summary, plots
 DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+GAMMA_LOCATION = "zero"  # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
+_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("zero", "free")}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -26,7 +26,7 @@ from asd.ground_truth import apply_ground_truth
 from asd.plots import plot_machine
 from asd.report import write_report
 from asd.tables import csv_cell, csv_text, evaluator_rows, format_table, summary_dict, table_rows
-from asd.thresholds import decide, section_thresholds
+from asd.thresholds import decide, threshold_table
 from dataset import parse_clip_name
 
 
@@ -55,9 +55,14 @@ def write_result_csvs(
 
 
 def write_summary(
-    evaluation: Evaluation, out_dir: str | Path, scorer: str, settings: Mapping | None = None
+    evaluation: Evaluation,
+    out_dir: str | Path,
+    scorer: str,
+    settings: Mapping | None = None,
+    thresholds: Mapping[tuple, dict] | None = None,
 ) -> dict:
-    """summary.csv (the printed table), summary.json and, where it applies, evaluator_result.csv."""
+    """summary.csv (the printed table), summary.json (with each decision threshold, how it was set and
+    its expected false-alarm rate) and, where it applies, evaluator_result.csv."""
     out_dir = Path(out_dir)
     header, rows = table_rows(evaluation)
     atomic_write_text(
@@ -71,6 +76,10 @@ def write_summary(
         out_dir / "summary.csv",
     )
     summary = summary_dict(evaluation, scorer, settings)
+    summary["decision_thresholds"] = [
+        {"machine_type": key[0], "section": key[1], "domain": key[2] if len(key) > 2 else "all", **info}
+        for key, info in (thresholds or {}).items()
+    ]
     atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
     if (
         evaluation.year == "2022+"
@@ -139,16 +148,18 @@ def write_results(
     data_dir: str | os.PathLike | None = None,
     report: bool = False,
     embeddings: Mapping[str, Mapping] | None = None,
+    gamma_location: str = "zero",
 ) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
     ``scores``: test clip path -> anomaly score (higher = more anomalous); ``records``: the test
     ClipRecords; ``train_scores``: (machine_type, section) -> scores of that section's training
-    normals (for the decision threshold); ``expected``: every (machine_type, section) of the data.
+    normals, out of sample (for the decision thresholds: asd/thresholds.py, per domain where the scores
+    carry domains; ``gamma_location`` of the gamma fit); ``expected``: every (machine_type, section).
     ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map).
     Returns the JSON summary as a dict.
     """
-    thresholds = section_thresholds(records, train_scores)
+    thresholds = threshold_table(records, train_scores, gamma_location)
     decisions = decide(scores, records, thresholds)
     evaluation = compute_official(scores, records, expected or train_scores.keys(), year, decisions, data_dir)
     return _write_folder(
@@ -179,7 +190,7 @@ def _write_folder(
     scores: Mapping[str, float],
     decisions: Mapping[str, int],
     records: Sequence,
-    thresholds: Mapping[tuple[str, str], float],
+    thresholds: Mapping[tuple, dict],
     out_dir: str | Path,
     scorer: str,
     settings: Mapping | None,
@@ -197,10 +208,12 @@ def _write_folder(
 
     def build(folder: Path) -> None:
         write_result_csvs(scores, decisions, records, folder)
-        summary.update(write_summary(evaluation, folder, scorer, settings))
+        summary.update(write_summary(evaluation, folder, scorer, settings, thresholds))
         if plots:
             for machine, machine_records in group_by_machine(records).items():
-                machine_thresholds = [t for (m, _), t in thresholds.items() if m == machine]
+                machine_thresholds = [
+                    t["threshold"] for k, t in thresholds.items() if k[0] == machine and len(k) == 2
+                ]
                 threshold = float(np.mean(machine_thresholds)) if machine_thresholds else None
                 plot_machine(machine, machine_records, scores, folder, threshold=threshold)
         if report:
@@ -267,6 +280,7 @@ def write_scorer_results(
         plots=cfg.plots,
         report=cfg.report,
         embeddings=maps,
+        gamma_location=cfg.gamma_location,
         title=title,
         expected=expected_sections(features),
         year=cfg.dcase_year,

@@ -370,6 +370,57 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     assert thresholds.gamma_threshold([2.0] * 10) == 2.0
 
 
+def test_gamma_threshold_with_location_zero_as_the_issue_defines_it():
+    """location 0: scipy's gamma.fit(scores, floc=0); the free fit pins its location near the smallest
+    score and puts the threshold too low on a skewed sample (issue 19)."""
+    rng = np.random.default_rng(2)
+    x = scipy.stats.gamma.rvs(1.5, scale=0.2, size=40, random_state=rng)
+    info = thresholds.threshold_info(x, 0.9, location="zero")
+    shape, _, scale = scipy.stats.gamma.fit(x, floc=0)
+    assert info["threshold"] == pytest.approx(scipy.stats.gamma.ppf(0.9, shape, scale=scale))
+    assert info["method"] == "gamma, location 0" and info["n_scores"] == 40
+    assert info["empirical_quantile"] == pytest.approx(np.quantile(x, 0.9))
+    assert info["training_share_above"] == pytest.approx(np.mean(x > info["threshold"]))
+    assert info["expected_false_alarm_rate"] == pytest.approx(0.1)
+    # standardised scores (some negative) cannot follow a gamma at 0: the empirical quantile, said so
+    negative = thresholds.threshold_info(x - 0.3, 0.9, location="zero")
+    assert negative["threshold"] == pytest.approx(np.quantile(x - 0.3, 0.9))
+    assert "not all positive" in negative["method"]
+    with pytest.raises(ValueError, match="gamma location"):
+        thresholds.threshold_info(x, location="shifted")
+
+
+def test_domains_with_enough_training_scores_get_their_own_threshold():
+    from asd.scoring import TrainScores
+
+    records = [_record(f"a{i}", "fan", "00", d, "normal") for i, d in enumerate(["source", "target", None])]
+    rng = np.random.default_rng(3)
+    source, target = rng.gamma(3.0, 0.1, 30), rng.gamma(3.0, 0.5, thresholds.MIN_DOMAIN_SCORES)
+    train = TrainScores(
+        {("fan", "00"): np.r_[source, target]},
+        {("fan", "00"): ["source"] * 30 + ["target"] * len(target)},
+    )
+    table = thresholds.threshold_table(records, train)
+    assert table[("fan", "00", "source")]["threshold"] == thresholds.threshold_info(source)["threshold"]
+    assert table[("fan", "00", "target")]["threshold"] == thresholds.threshold_info(target)["threshold"]
+    pooled = table[("fan", "00")]["threshold"]
+    assert pooled == thresholds.threshold_info(np.r_[source, target])["threshold"]
+    # each clip is judged by its domain's threshold; a clip without a domain by the section's
+    scores = {records[0].path: pooled, records[1].path: pooled, records[2].path: pooled}
+    decided = thresholds.decide(scores, records, table)
+    expected = [
+        int(pooled > table[("fan", "00", "source")]["threshold"]),
+        int(pooled > table[("fan", "00", "target")]["threshold"]),
+        0,
+    ]
+    assert [decided[r.path] for r in records] == expected and expected[:2] == [1, 0]
+    # one score short of the minimum: no own threshold for the target domain
+    short = TrainScores(
+        {("fan", "00"): train[("fan", "00")][:-1]}, {("fan", "00"): train.domains[("fan", "00")][:-1]}
+    )
+    assert ("fan", "00", "target") not in thresholds.threshold_table(records, short)
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -390,8 +441,14 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert [r[0] for r in rows] == [r.file_name for r in records]  # no header, file names
     assert [float(r[1]) for r in rows] == pytest.approx([scores[r.path] for r in records])
     decisions = list(csv.reader(open(out / "decision_result_fan_section_00_test.csv")))
-    threshold = thresholds.gamma_threshold(train[("fan", "00")])
+    info = thresholds.threshold_info(train[("fan", "00")])  # a 0 among the scores: empirical quantile
+    assert info["method"].startswith("empirical quantile (scores not all positive")
+    threshold = info["threshold"]
+    assert threshold == np.quantile(train[("fan", "00")], 0.9)
     assert [int(d[1]) for d in decisions] == [int(scores[r.path] > threshold) for r in records]
+    recorded = {(t["section"], t["domain"]): t for t in summary["decision_thresholds"]}
+    assert recorded[("00", "all")]["threshold"] == threshold and recorded[("00", "all")]["n_scores"] == 50
+    assert recorded[("00", "all")]["expected_false_alarm_rate"] == pytest.approx(0.1)
     assert len(list(csv.reader(open(out / "anomaly_score_fan_section_03_test.csv")))) == 4
     # the evaluation-set section is unlabelled: named as missing, the number is not official
     assert summary["official_score"] is None and not summary["complete"]

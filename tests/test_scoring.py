@@ -453,3 +453,67 @@ def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, capsys):
     assert [r["scorer"] for r in table if r["machine_type"] == "all"] == names
     out = capsys.readouterr().out
     assert "ASDKit back ends side by side" in out and all(f"{n}: official score" in out for n in names)
+
+
+def test_selective_mahalanobis_takes_the_nearer_domain_fit():
+    rng = np.random.default_rng(6)
+    stats = np.r_[rng.normal(size=(40, 3)), rng.normal(size=(8, 3)) * 0.5 + 6.0]
+    normal = _split(rng.normal(size=(48, 4)), ["source"] * 40 + ["target"] * 8, stats)
+    clips = _split(rng.normal(size=(3, 4)), [None] * 3, np.array([[0.0] * 3, [6.0] * 3, [3.0] * 3]))
+    per_domain = backends.StatsMahalanobis("per_domain", 5).fit(normal)
+    stats = normal.stats  # as stored: float32
+    source, target = backends.Mahalanobis(stats[:40]), backends.Mahalanobis(stats[40:])
+    np.testing.assert_allclose(
+        per_domain.score(clips), np.minimum(source.distance(clips.stats), target.distance(clips.stats))
+    )
+    pooled = backends.StatsMahalanobis("pooled").fit(normal)
+    np.testing.assert_allclose(pooled.score(clips), backends.Mahalanobis(stats).distance(clips.stats))
+    assert per_domain.score(clips)[1] < pooled.score(clips)[1]  # a target normal looks normal again
+    # too few target normals: the pooled fit takes the target fit's place, and says so
+    few = backends.StatsMahalanobis("per_domain", 10).fit(normal)
+    np.testing.assert_allclose(
+        few.score(clips),
+        np.minimum(source.distance(clips.stats), backends.Mahalanobis(stats).distance(clips.stats)),
+    )
+    assert few.notes == [
+        "8 target normals (< MIN_DOMAIN_STATS 10): the fit over all normals takes the place of its own"
+    ]
+
+
+def test_statistics_branch_scores_training_normals_out_of_fold():
+    """An outlying training normal is not its own reference: out of fold its Mahalanobis distance is
+    far larger than in sample; STATS_FOLDS 0 keeps the earlier in-sample distances."""
+    rng = np.random.default_rng(7)
+    stats = rng.normal(size=(40, 3))
+    stats[0] = [6.0, -6.0, 6.0]
+    normal = _split(rng.normal(size=(40, 4)), ["source"] * 40, stats)
+    common = dict(w=0.0, mahalanobis="pooled")
+    in_sample = backends.KnnMahalanobis(**common, stats_folds=0).fit(normal)
+    np.testing.assert_allclose(in_sample.train_maha, backends.Mahalanobis(stats).distance(stats))
+    held_out = backends.KnnMahalanobis(**common, stats_folds=5).fit(normal)
+    assert held_out.train_maha[0] > 1.5 * in_sample.train_maha[0]
+    with pytest.raises(ValueError, match="STATS_FOLDS"):
+        backends.KnnMahalanobis(stats_folds=1)
+
+
+def test_deep_svdd_thresholds_come_from_held_out_refits(tmp_path):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 12)) + 2.0
+    normal = _split(x, ["source"] * 50 + ["target"] * 10)
+    settings = dict(hidden_neurons=[16, 4], epochs=5, batch_size=20, seed=0)
+    scorer = svdd.DeepSVDDScorer(**settings).fit_out_of_fold(normal, 5)
+    held_out, in_sample = scorer.training_scores(normal), scorer.score(normal)
+    assert held_out.shape == (60,) and not np.allclose(held_out, in_sample)
+    # each fold's rows are scored by a refit without them: fold 0 of the same split, refitted here
+    from sklearn.model_selection import StratifiedKFold
+
+    domains = [r.domain for r in normal.records]
+    fit_rows, test_rows = next(StratifiedKFold(5, shuffle=True, random_state=0).split(domains, domains))
+    refit = svdd.DeepSVDDScorer(**settings).fit(normal.rows(fit_rows))
+    np.testing.assert_allclose(held_out[test_rows], refit.score(normal.rows(test_rows)), rtol=1e-5)
+    torch.save(scorer.state(), tmp_path / "svdd.pt")
+    loaded = svdd.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
+    np.testing.assert_allclose(loaded.training_scores(normal), held_out)
+    np.testing.assert_allclose(
+        loaded.training_scores(normal.rows(range(10))), loaded.score(normal.rows(range(10)))
+    )
