@@ -110,6 +110,9 @@ def ensemble_scores(features, settings: dict):
 def sweep(features, cfg) -> list[list[float]]:
     """Score for every (k, w); prints the grid. Choosing K and W on the test set overfits it:
     use this to understand the data, then fix K and W on development data."""
+    records = features.test.records
+    if cfg.ground_truth:
+        records = apply_ground_truth(records, cfg.ground_truth)
     grid = []
     for k in cfg.sweep_ks:
         grid.append([])
@@ -117,7 +120,7 @@ def sweep(features, cfg) -> list[list[float]]:
             scores, _ = ensemble_scores(features, {**vars(cfg), "k": k, "w": w})
             evaluation = compute_official(
                 scores,
-                features.test.records,
+                records,
                 year=cfg.dcase_year,
                 data_dir=features.data_dir,
             )

@@ -13,7 +13,6 @@ from asd.evaluation import group_by_section
 DECISION_PERCENTILE = 0.9  # decision threshold = this quantile of a gamma fitted to training normals
 GAMMA_LOCATIONS = ("zero", "free")  # zero: location fixed at 0 | free: the earlier 3-parameter fit
 MIN_DOMAIN_SCORES = 10  # a domain gets its own threshold from at least this many training scores
-POOLED = None  # the domain key of a section's threshold over all its training normals
 
 
 def gamma_threshold(
