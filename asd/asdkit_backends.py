@@ -60,14 +60,16 @@ def knn_score(test: np.ndarray, source_bank: np.ndarray, target_bank: np.ndarray
 
 
 def count_new_rows(n_majority: int, n_minority: int, ratio: float = SMOTE_RATIO) -> int:
-    """imbalanced-learn's count for a float sampling_strategy: int(ratio * n_majority - n_minority);
-    ValueError when the minority already exceeds the ratio (imbalanced-learn refuses it too)."""
-    if n_minority / n_majority > ratio:
+    """imbalanced-learn's count for a float sampling_strategy: int(ratio * n_majority - n_minority)
+    (Python float arithmetic, truncated); ValueError when that is not positive (imbalanced-learn
+    refuses it too, and ASDKit's scoring stops there)."""
+    count = int(n_majority * ratio - n_minority)
+    if count <= 0:
         raise ValueError(
-            f"SMOTE: {n_minority} target vs {n_majority} source rows already exceed the ratio {ratio} "
-            "(imbalanced-learn refuses it; ASDKit's scoring stops here too)"
+            f"SMOTE: {n_minority} target vs {n_majority} source rows leave int({ratio} * {n_majority} - "
+            f"{n_minority}) = {count} rows to make; imbalanced-learn needs a positive count (ASDKit stops here)"
         )
-    return int(n_majority * ratio - n_minority)
+    return count
 
 
 def smote_rows(

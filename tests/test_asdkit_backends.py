@@ -70,10 +70,29 @@ def test_smote_count_rule_matches_imbalanced_learn(case):
     data, _ = case
     for (n_major, n_minor), expected in zip(data["in.count_pairs"], data["out.count_new_rows"]):
         if expected < 0:  # imbalanced-learn refused the pair
-            with pytest.raises(ValueError, match="already exceed the ratio"):
+            with pytest.raises(ValueError, match="needs a positive count"):
                 ab.count_new_rows(int(n_major), int(n_minor))
         else:
             assert ab.count_new_rows(int(n_major), int(n_minor)) == expected
+
+
+def test_smote_count_agrees_with_imbalanced_learn_where_truncation_gives_zero():
+    """imbalanced-learn refuses a count that truncates to 0 as well as a negative one."""
+    from imblearn.over_sampling import SMOTE
+
+    rng = np.random.default_rng(0)
+    for n_major, n_minor in [(50, 10), (52, 10), (55, 10), (60, 3), (14, 3)]:
+        x = rng.normal(size=(n_major + n_minor, 4))
+        y = np.r_[np.zeros(n_major, dtype=int), np.ones(n_minor, dtype=int)]
+        try:
+            made = len(
+                SMOTE(sampling_strategy=0.2, k_neighbors=2, random_state=0).fit_resample(x, y)[0]
+            ) - len(x)
+        except ValueError:
+            with pytest.raises(ValueError, match="needs a positive count"):
+                ab.count_new_rows(n_major, n_minor)
+        else:
+            assert ab.count_new_rows(n_major, n_minor) == made
 
 
 def test_kmeans_matches_asdkit(case, units):
