@@ -16,6 +16,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 from asd.cli import parse_config, print_config
 from asd.embedding_files import load_features
+from asd.ground_truth import apply_ground_truth
 from asd.results import write_scorer_results
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
@@ -24,16 +25,20 @@ EMBED_DIR = "."  # folder of the normal_/test_ embeddings and stats
 SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
 RESULTS_DIR = "results/deepsvdd"  # official CSVs, summary, plots
 DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
+GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+GAMMA_LOCATION = "zero"  # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 PLOTS = True  # ROC curves and score histograms (PNG)
 REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+")}
+_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("zero", "free")}
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
     features = load_features(cfg.embed_dir)
+    if cfg.ground_truth:  # a clip or row without its partner stops here, before any scoring
+        apply_ground_truth(features.test.records, cfg.ground_truth)
     scores, train_scores = score_by_group(
         features.normal,
         features.test,

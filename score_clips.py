@@ -5,9 +5,10 @@
 The clips (any file names; other sample rates, stereo and odd lengths are handled as in training)
 are embedded with the run's tuned encoder and embedding settings, scored by the run's scorer against
 that section's normal embeddings and statistics (the ensemble with the settings its evaluation used,
-or the run's Deep SVDD of the machine type), and judged by the same decision threshold the
-evaluator applied. Writes OUTPUT (file,score,decision) and prints a one-line summary. Refuses a run
-whose files do not agree and a machine type or section the run never saw.
+or the run's Deep SVDD of the machine type), and judged by the decision threshold the evaluator
+recorded for the section over all its training normals (summary.json; a new recording's domain is
+unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary. Refuses a run whose
+files do not agree and a machine type or section the run never saw.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import numpy as np
 from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, stats_records, tuned_model
-from asd.embedding_files import Split, file_sha256, load_features
+from asd.embedding_files import Split, load_features
 from asd.files import atomic_write_text
+from asd.freshness import file_key
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
-from asd.thresholds import gamma_threshold
 from dataset import ClipRecord
 from preprocessing import STAT_NAMES, FeatureCache
 
@@ -45,22 +46,34 @@ _LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
 
 
 def scorer_factory(run: Path, scorer: str, fingerprint: dict):
-    """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, and its grouping."""
+    """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, its grouping and the
+    evaluation's summary (its settings and decision thresholds)."""
     summary_path = run / "results" / scorer / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(
             f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)"
         )
-    settings = json.loads(summary_path.read_text())["settings"]
+    summary = json.loads(summary_path.read_text())
     if scorer == "ensemble":
-        return ensemble_factory(settings), "section"
-    return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type"
+        return ensemble_factory(summary["settings"]), "section", summary
+    return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type", summary
+
+
+def section_threshold(summary: dict, machine_type: str, section: str, path: Path) -> float:
+    """The section's decision threshold over all its training normals, as the evaluation recorded it
+    (a new recording's domain is unknown, so no domain threshold applies)."""
+    for entry in summary.get("decision_thresholds", []):
+        if (entry["machine_type"], entry["section"], entry["domain"]) == (machine_type, section, "all"):
+            return float(entry["threshold"])
+    raise ValueError(
+        f"{path} records no decision threshold for {machine_type} section {section}: rerun the evaluation"
+    )
 
 
 def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
     """A scoring.Split of the new clips, embedded exactly like the run's normals."""
     model_path = Path(fingerprint["model_path"])
-    if not model_path.is_file() or file_sha256(model_path) != fingerprint["model_sha256"]:
+    if not model_path.is_file() or file_key(model_path) != fingerprint["model_key"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
     records = [ClipRecord(str(Path(p)), machine_type, section, None, "test", "unknown") for p in paths]
     device = resolve_device(device_name)
@@ -89,15 +102,16 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
             f"the run never saw {cfg.machine_type} section {cfg.section}; it knows "
             + ", ".join(f"{m} section {s}" for m, s in seen)
         )
-    factory, by = scorer_factory(run, cfg.scorer, features.fingerprint)
+    factory, by, summary = scorer_factory(run, cfg.scorer, features.fingerprint)
+    summary_path = run / "results" / cfg.scorer / "summary.json"
+    threshold = section_threshold(summary, cfg.machine_type, cfg.section, summary_path)
     clips = embed_clips(cfg.clips, cfg.machine_type, cfg.section, features.fingerprint, cfg.device)
     wanted = [
         i
         for i, r in enumerate(features.normal.records)
         if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
     ]
-    scores, train_scores = score_by_group(features.normal.rows(wanted), clips, factory, by)
-    threshold = gamma_threshold(train_scores[(cfg.machine_type, cfg.section)])
+    scores, _ = score_by_group(features.normal.rows(wanted), clips, factory, by)
     rows = [(Path(r.path).name, scores[r.path], int(scores[r.path] > threshold)) for r in clips.records]
     atomic_write_text("file,score,decision\n" + "".join(f"{n},{s:.8g},{d}\n" for n, s, d in rows), cfg.output)
     anomalous = sum(d for _, _, d in rows)

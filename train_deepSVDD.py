@@ -35,6 +35,7 @@ LEARNING_RATE = 1e-3  # Adam learning rate of the SVDD network
 DROPOUT = 0.0  # dropout between the MLP layers
 WEIGHT_DECAY = 1e-6  # pyod's l2_regularizer (Adam weight decay)
 SEED = 0  # network initialisation and shuffling seed
+THRESHOLD_FOLDS = 5  # refits whose held-out scores set the decision threshold (0 = in-sample, as before)
 THREADS = 1  # torch CPU threads while fitting: the network is small, more threads only add overhead
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
@@ -45,6 +46,7 @@ _LIMITS = {
     "DROPOUT": (0.0, "<1"),
     "WEIGHT_DECAY": (0.0, None),
     "SEED": (0, None),
+    "THRESHOLD_FOLDS": (0, None),
     "THREADS": (1, None),
 }
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             cfg.weight_decay,
             cfg.seed,
             cfg.threads,
-        ).fit(normal)
+        ).fit_out_of_fold(normal, cfg.threshold_folds)
         train_scores = scorer.training_scores(normal)
         path = bundle_path(cfg.svdd_dir, machine)
         atomic_torch_save(
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         )
         written[machine] = path
         tqdm.write(
-            f"{machine}: {len(rows)} clips x {scorer.inputs(normal).shape[1]} features, training distance "
+            f"{machine}: {len(rows)} clips x {scorer.inputs(normal).shape[1]} features, "
+            f"{'out-of-fold' if cfg.threshold_folds else 'in-sample'} training distance "
             f"mean {train_scores.mean():.4g} (max {train_scores.max():.4g}) -> {path}"
         )
     return written

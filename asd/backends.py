@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from asd.embedding_files import Split
+from asd.scoring import out_of_fold_scores
 
 BACKENDS = ("knn", "kmeans", "density")
 MIN_DENSITY = 1e-6  # duplicated references would have density 0 and divide by it
@@ -189,6 +190,46 @@ class Mahalanobis:
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
 
 
+MAHALANOBIS_FITS = ("per_domain", "pooled")
+
+
+class StatsMahalanobis:
+    """Mahalanobis distance of the statistics vectors.
+
+    per_domain (the DCASE baseline's "selective Mahalanobis"): one Ledoit-Wolf fit per domain, the
+    smaller distance taken; a domain with fewer than ``min_count`` normals gets no fit of its own and
+    the fit over all normals takes its place (``notes`` says so). pooled: one fit over all normals.
+    Data without two domains always gets the one pooled fit.
+    """
+
+    def __init__(self, fit: str = "per_domain", min_count: int = 5):
+        if fit not in MAHALANOBIS_FITS:
+            raise ValueError(f"MAHALANOBIS must be one of {', '.join(MAHALANOBIS_FITS)}, got {fit!r}")
+        if min_count < 2:
+            raise ValueError(f"MIN_DOMAIN_STATS must be at least 2, got {min_count}")
+        self.fit_kind, self.min_count = fit, min_count
+
+    def fit(self, normal: Split) -> StatsMahalanobis:
+        domains = np.array([str(r.domain) for r in normal.records])
+        self.models, self.notes = [], []
+        if self.fit_kind == "per_domain" and {"source", "target"} <= set(domains):
+            for domain in ("source", "target"):
+                count = int(np.sum(domains == domain))
+                if count >= self.min_count:
+                    self.models.append(Mahalanobis(normal.stats[domains == domain]))
+                else:
+                    self.notes.append(
+                        f"{count} {domain} normals (< MIN_DOMAIN_STATS {self.min_count}): "
+                        "the fit over all normals takes the place of its own"
+                    )
+        if len(self.models) < 2:
+            self.models.append(Mahalanobis(normal.stats))
+        return self
+
+    def score(self, clips: Split) -> np.ndarray:
+        return np.min([model.distance(clips.stats) for model in self.models], axis=0)
+
+
 def standardiser(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """z-scores by the (finite) training distribution."""
     finite = train[np.isfinite(train)]
@@ -221,6 +262,9 @@ class KnnMahalanobis:
         smote_ratio: float = 0.0,
         smote_neighbours: int = 2,
         seed: int = 0,
+        mahalanobis: str = "pooled",
+        min_domain_stats: int = 5,
+        stats_folds: int = 0,
     ):
         for name, value in (
             ("K", k),
@@ -237,6 +281,10 @@ class KnnMahalanobis:
         self.k, self.w, self.separate, self.backend = k, w, separate_domain_banks, backend
         self.kmeans_clusters, self.density_neighbours = kmeans_clusters, density_neighbours
         self.smote_ratio, self.smote_neighbours, self.seed = smote_ratio, smote_neighbours, seed
+        StatsMahalanobis(mahalanobis, min_domain_stats)  # refuses bad settings here
+        if stats_folds == 1 or stats_folds < 0:
+            raise ValueError(f"STATS_FOLDS must be 0 (in-sample) or at least 2, got {stats_folds}")
+        self.mahalanobis, self.min_domain_stats, self.stats_folds = mahalanobis, min_domain_stats, stats_folds
 
     def _references(self, normal: Split) -> tuple[np.ndarray, list, np.ndarray]:
         """Bank rows (the normals, then the SMOTE rows), the domain of each, and ``excluded``
@@ -275,16 +323,30 @@ class KnnMahalanobis:
         for key in sorted(set(keys), key=str):
             rows = np.array([i for i, x in enumerate(keys) if x == key])
             self.banks.append((rows, self._bank(torch.from_numpy(references[rows]))))
-        self.mahalanobis = Mahalanobis(normal.stats)
-        self.z_knn = standardiser(self._distance(normal.embeddings, leave_one_out=True))
-        self.z_maha = standardiser(self.mahalanobis.distance(normal.stats))
+        make = lambda: StatsMahalanobis(self.mahalanobis, self.min_domain_stats)  # noqa: E731
+        self.stats_model = make().fit(normal)
+        if normal.records:
+            where = f"{normal.records[0].machine_type} section {normal.records[0].section}"
+            for note in self.stats_model.notes:
+                print(f"{where}: {note}")
+        self.train_knn = self._distance(normal.embeddings, leave_one_out=True)
+        in_sample = self.stats_model.score(normal)
+        # the branch is standardised as before (in sample: it weighs the branches, the ranking is
+        # unchanged), but the training scores that set the threshold are out of sample: each normal
+        # measured by a fit without it, as a test clip is
+        self.train_maha = (
+            out_of_fold_scores(make, normal, self.stats_folds, self.seed) if self.stats_folds else in_sample
+        )
+        self.z_knn, self.z_maha = standardiser(self.train_knn), standardiser(in_sample)
         return self
 
-    def _combine(self, distance: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        return self.w * self.z_knn(distance) + (1 - self.w) * self.z_maha(self.mahalanobis.distance(stats))
+    def _combine(self, distance: np.ndarray, maha: np.ndarray) -> np.ndarray:
+        return self.w * self.z_knn(distance) + (1 - self.w) * self.z_maha(maha)
 
     def score(self, clips: Split) -> np.ndarray:
-        return self._combine(self._distance(clips.embeddings, leave_one_out=False), clips.stats)
+        return self._combine(
+            self._distance(clips.embeddings, leave_one_out=False), self.stats_model.score(clips)
+        )
 
     def training_scores(self, normal: Split) -> np.ndarray:
         """The fitted normals' own scores (``normal`` must be the split given to ``fit``)."""
@@ -292,7 +354,7 @@ class KnnMahalanobis:
             raise ValueError(
                 f"training_scores needs the {len(self.excluded)} fitted normals, got {len(normal)} rows"
             )
-        return self._combine(self._distance(normal.embeddings, leave_one_out=True), normal.stats)
+        return self._combine(self.train_knn, self.train_maha)
 
 
 def ensemble_factory(settings: dict):

@@ -5,16 +5,15 @@ except through this module):
   normal_embeddings.pt, normal_stats.pt    the training normals
   test_embeddings.pt,   test_stats.pt      the test clips
 each {"matrix": Tensor[N, F], "records": [ClipRecord dicts], "columns": stat names or None,
-"fingerprint": {...}}. The fingerprint names the data folder and its clips (paths, sizes,
-modification times), the tuned model (path and sha256) and the settings. ``load_features`` reads them and checks that they agree
+"fingerprint": {...}}. The fingerprint holds content keys (asd/freshness.py) of the clips, of the
+tuned model and of the settings, so a clip or model edited in place (even with the same size and
+modification time) makes the files stale. ``load_features`` reads them and checks that they agree
 (same tuned model, same data folder, same settings, same clips in embeddings and statistics) and
 are current; otherwise it stops naming the command to run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,19 +23,19 @@ import numpy as np
 import torch
 
 from asd.files import atomic_torch_save
-from asd.freshness import changes
+from asd.freshness import changes, file_key, settings_key
 from dataset import ClipRecord, discover_clips
 
-FEATURES_FORMAT = "eat-lora-asd/features-v2"
+FEATURES_FORMAT = "eat-lora-asd/features-v3"
 FEATURE_FILES = {
     "train": ("normal_embeddings.pt", "normal_stats.pt"),
     "test": ("test_embeddings.pt", "test_stats.pt"),
 }
 EMBEDDING_FILE_NAMES = FEATURE_FILES["train"] + FEATURE_FILES["test"]  # the four files, in run_all's order
 _CHANGE_NAMES = {  # fingerprint key -> what a change of it means
-    "model_sha256": "another tuned model",
+    "model_key": "another tuned model",
     "model_path": "another tuned model path",
-    "data": "other data (files added, removed or changed)",
+    "clips": "other data (files added, removed or changed)",
     "data_dir": "another data folder",
     "settings": "other embedding settings",
     "precision": "another precision",
@@ -61,31 +60,20 @@ def split_records(data_dir: str | os.PathLike, split: str) -> list[ClipRecord]:
     return records
 
 
-def data_fingerprint(records: Sequence[ClipRecord]) -> str:
-    """sha256 over every clip's absolute path, size, modification time and parsed metadata."""
-    digest = hashlib.sha256()
+def clips_key(records: Sequence[ClipRecord]) -> str:
+    """Content key of the clips: each clip's resolved path, the key of its bytes and its parsed metadata."""
+    items = []
     for record in records:
-        stat = os.stat(record.path)
         metadata = {key: value for key, value in record.to_dict().items() if key != "path"}
-        item = [str(Path(record.path).resolve()), stat.st_size, stat.st_mtime_ns, metadata]
-        digest.update(json.dumps(item, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (the tuned model's identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        items.append([str(Path(record.path).resolve()), file_key(record.path), metadata])
+    return settings_key(items)
 
 
 def _data_part(split: str, records: Sequence[ClipRecord], data_dir: str | os.PathLike) -> dict:
     return {
         "format": FEATURES_FORMAT,
         "split": split,
-        "data": data_fingerprint(records),
+        "clips": clips_key(records),
         "data_dir": str(Path(data_dir).resolve()),
     }
 
@@ -99,7 +87,7 @@ def embedding_fingerprint(
     return {
         **_data_part(split, records, data_dir),
         "model_path": str(Path(model_path).resolve()),
-        "model_sha256": file_sha256(model_path),
+        "model_key": file_key(model_path),
         "settings": settings,
         "precision": precision,
     }
@@ -209,10 +197,10 @@ def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | 
     """Why a split's two files do not go with each other or with the normal embeddings."""
     fp, st = emb["fingerprint"], stats["fingerprint"]
     same_paths = [r["path"] for r in emb["records"]] == [r["path"] for r in stats["records"]]
-    if not same_paths or fp["data"] != st["data"]:
+    if not same_paths or fp["clips"] != st["clips"]:
         return f"the {split} embeddings and statistics describe different clips"
     for key, what in (
-        ("model_sha256", "another tuned model"),
+        ("model_key", "another tuned model"),
         ("settings", "other embedding settings"),
         ("precision", "another precision"),
         ("data_dir", "another data folder"),
@@ -227,13 +215,13 @@ def _stale(fingerprint: dict, split: str) -> str | None:
     data_dir, model_path = Path(fingerprint["data_dir"]), Path(fingerprint["model_path"])
     if data_dir.is_dir():
         try:
-            if data_fingerprint(split_records(data_dir, split)) != fingerprint["data"]:
+            if clips_key(split_records(data_dir, split)) != fingerprint["clips"]:
                 return (
                     f"the {split} clips in {data_dir} changed (added, removed or rewritten) since extraction"
                 )
         except (ValueError, FileNotFoundError) as error:
             return f"{data_dir}: {error}"
-    if model_path.is_file() and file_sha256(model_path) != fingerprint["model_sha256"]:
+    if model_path.is_file() and file_key(model_path) != fingerprint["model_key"]:
         return f"{model_path} changed (retrained?) since extraction"
     return None
 

@@ -74,6 +74,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "SEPARATE_DOMAIN_BANKS": True,
             "SMOTE_RATIO": 0.2,
             "SMOTE_NEIGHBOURS": 2,
+            "ASDKIT_BACKENDS": ["knn", "smote_knn", "kmeans", "rescale"],  # ASDKit's four, side by side
         },
     },
     "arcface-v1": {

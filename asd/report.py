@@ -26,7 +26,7 @@ from asd.evaluation import RULES, Evaluation, group_by_section
 from asd.files import atomic_write_text
 from asd.metrics import MAX_FPR
 from asd.tables import format_number, table_rows
-from asd.thresholds import DECISION_PERCENTILE
+from asd.thresholds import DECISION_PERCENTILE, MIN_DOMAIN_SCORES
 from dataset import ClipRecord
 
 REPORT_NAME = "report.html"
@@ -93,27 +93,51 @@ def results_table_html(evaluation: Evaluation) -> str:
 
 
 def thresholds_table_html(
-    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]
+    scores: Mapping[str, float],
+    records: Sequence,
+    thresholds: Mapping[tuple, dict],
+    decisions: Mapping[str, int] | None = None,
 ) -> str:
-    """Per section: the decision threshold and how many test clips (normal / anomalous) score above it."""
+    """Per section (and per domain where it has its own): the decision threshold, how it was set, the
+    expected false-alarm rate, and how many test clips (normal / anomalous) are decided anomalous."""
     out = [
         '<table class="thresholds">',
-        "<tr><th>machine_type</th><th>section</th><th>threshold</th><th>test clips</th>"
+        "<tr><th>machine_type</th><th>section</th><th>domain</th><th>threshold</th><th>set by</th>"
+        "<th>expected false alarms</th><th>training normals above</th><th>test clips</th>"
         "<th>flagged anomalous</th><th>normals flagged</th><th>anomalies flagged</th></tr>",
     ]
     for (machine, section), recs in group_by_section(records).items():
-        threshold = thresholds[(machine, section)]
-        flagged = [r for r in recs if scores[r.path] > threshold]
+        keys = [(machine, section)] + [(machine, section, d) for d in ("source", "target")]
+        for key in keys:
+            info = thresholds.get(key)
+            if len(key) == 3 and info is None:
+                continue
+            domain = key[2] if len(key) == 3 else "all"
+            chosen = recs if len(key) == 2 else [r for r in recs if r.domain == key[2]]
+            if decisions is not None:
+                flagged = [r for r in chosen if decisions[r.path]]
+            else:
+                flagged = [r for r in chosen if info is not None and scores[r.path] > info["threshold"]]
 
-        def share(label: str, recs: list = recs, flagged: list = flagged) -> str:
-            total = sum(r.label == label for r in recs)
-            return f"{sum(r.label == label for r in flagged)} / {total}" if total else "&ndash;"
+            def share(label: str, chosen: list = chosen, flagged: list = flagged) -> str:
+                total = sum(r.label == label for r in chosen)
+                return f"{sum(r.label == label for r in flagged)} / {total}" if total else "&ndash;"
 
-        out.append(
-            f'<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td class="num">{threshold:.6g}</td>'
-            f'<td class="num">{len(recs)}</td><td class="num">{len(flagged)}</td>'
-            f'<td class="num">{share("normal")}</td><td class="num">{share("anomaly")}</td></tr>'
-        )
+            if info is None:
+                cells = ["&ndash;", "the results folder's decisions", "&ndash;", "&ndash;"]
+            else:
+                cells = [
+                    f"{info['threshold']:.6g}",
+                    _esc(info["method"]),
+                    f"{info['expected_false_alarm_rate']:.0%}",
+                    f"{info['training_share_above']:.0%} of {info['n_scores']}",
+                ]
+            out.append(
+                f"<tr><td>{_esc(machine)}</td><td>{_esc(section)}</td><td>{_esc(domain)}</td>"
+                + "".join(f'<td class="num">{c}</td>' for c in cells)
+                + f'<td class="num">{len(chosen)}</td><td class="num">{len(flagged)}</td>'
+                f'<td class="num">{share("normal")}</td><td class="num">{share("anomaly")}</td></tr>'
+            )
     out.append("</table>")
     return "\n".join(out)
 
@@ -256,15 +280,16 @@ def write_report(
     evaluation: Evaluation,
     scores: Mapping[str, float],
     records: Sequence,
-    thresholds: Mapping[tuple[str, str], float],
+    thresholds: Mapping[tuple, dict],
     embeddings: Mapping[str, Mapping] | None = None,
     title: str = "anomaly detection results",
+    decisions: Mapping[str, int] | None = None,
 ) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
     ``evaluation``: asd.evaluation.compute_official(scores, records, ...); ``scores``: test clip path ->
-    anomaly score; ``records``: the test ClipRecords; ``thresholds``: (machine_type, section) ->
-    decision threshold; ``embeddings``: optional {"test": ..., "train": ...}, each a mapping with
+    anomaly score; ``records``: the test ClipRecords; ``thresholds``: asd.thresholds.threshold_table
+    (per section and domain: threshold and how it was set); ``embeddings``: optional {"test": ..., "train": ...}, each a mapping with
     "matrix" [N, D] and "records" (ClipRecords or their to_dict() form); without it the page has no map.
     The ROC and histogram PNGs are read from ``results_dir`` where asd.plots.plot_machine wrote them.
     """
@@ -279,7 +304,9 @@ def write_report(
         f"<h1>{_esc(title)}</h1>",
         f'<p class="score">{_esc(evaluation.score_label())}: {_number(evaluation.score)}</p>'
         if evaluation.labelled
-        else '<p class="note">no labelled test clips: scores and decisions only, no metrics.</p>',
+        else '<p class="note">The test clips carry no labels (evaluation-set names): no metric can be '
+        "computed without them. The anomaly scores and decisions (the challenge submission) are written; "
+        "give the evaluator's ground truth with --ground_truth DIR once it is out.</p>",
         "<h2>Results</h2>",
         f'<p class="note">{_esc(RULES[evaluation.year])} [{_esc(evaluation.why)}]. pAUC: '
         f"scikit-learn's roc_auc_score(max_fpr={MAX_FPR}), the McClish-standardised partial AUC "
@@ -291,9 +318,14 @@ def write_report(
         parts += [f"<li>{_esc(line)}</li>" for line in missing] + ["</ul>"]
     parts += [
         "<h2>Decision thresholds</h2>",
-        f'<p class="note">Per section, the {DECISION_PERCENTILE:.0%} quantile of a gamma distribution '
-        "fitted to the training normals' scores; a test clip scoring above it is decided anomalous.</p>",
-        thresholds_table_html(scores, records, thresholds),
+        f'<p class="note">Per section, and per domain where it has at least {MIN_DOMAIN_SCORES} training '
+        f"normals, the {DECISION_PERCENTILE:.0%} quantile of a gamma distribution fitted to the training "
+        "normals' out-of-sample scores (the empirical quantile where no gamma fits); a test clip scoring "
+        "above its threshold is decided anomalous. Expected false alarms: the share of normal clips a "
+        "threshold is meant to flag.</p>"
+        if thresholds
+        else '<p class="note">The decisions as the results folder\'s decision_result files give them.</p>',
+        thresholds_table_html(scores, records, thresholds, decisions),
         "<h2>ROC curves and score histograms</h2>",
         machine_plots_html(results_dir, machines),
     ]

@@ -22,10 +22,11 @@ import numpy as np
 
 from asd.evaluation import Evaluation, compute_official, group_by_machine, group_by_section
 from asd.files import atomic_folder, atomic_write_text
+from asd.ground_truth import apply_ground_truth
 from asd.plots import plot_machine
 from asd.report import write_report
 from asd.tables import csv_cell, csv_text, evaluator_rows, format_table, summary_dict, table_rows
-from asd.thresholds import decide, section_thresholds
+from asd.thresholds import decide, threshold_table
 from dataset import parse_clip_name
 
 
@@ -54,9 +55,14 @@ def write_result_csvs(
 
 
 def write_summary(
-    evaluation: Evaluation, out_dir: str | Path, scorer: str, settings: Mapping | None = None
+    evaluation: Evaluation,
+    out_dir: str | Path,
+    scorer: str,
+    settings: Mapping | None = None,
+    thresholds: Mapping[tuple, dict] | None = None,
 ) -> dict:
-    """summary.csv (the printed table), summary.json and, where it applies, evaluator_result.csv."""
+    """summary.csv (the printed table), summary.json (with each decision threshold, how it was set and
+    its expected false-alarm rate) and, where it applies, evaluator_result.csv."""
     out_dir = Path(out_dir)
     header, rows = table_rows(evaluation)
     atomic_write_text(
@@ -70,6 +76,10 @@ def write_summary(
         out_dir / "summary.csv",
     )
     summary = summary_dict(evaluation, scorer, settings)
+    summary["decision_thresholds"] = [
+        {"machine_type": key[0], "section": key[1], "domain": key[2] if len(key) > 2 else "all", **info}
+        for key, info in (thresholds or {}).items()
+    ]
     atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
     if (
         evaluation.year == "2022+"
@@ -113,10 +123,15 @@ def read_result_dir(results_dir: str | os.PathLike) -> tuple[dict[str, float], d
     return scores, decisions, records
 
 
-def evaluate_result_dir(results_dir: str | os.PathLike, year: str | None = None) -> Evaluation:
-    """The evaluation of an existing result folder (labels from the clip names)."""
+def measure_results_dir(
+    results_dir: str | os.PathLike, year: str | None = None, ground_truth: str | os.PathLike | None = None
+) -> tuple[Evaluation, dict[str, float], dict[str, int], list]:
+    """(evaluation, scores, decisions, records) of an existing result folder, labels from the clip names
+    or, with ``ground_truth``, from the evaluator's ground-truth folder (asd/ground_truth.py)."""
     scores, decisions, records = read_result_dir(results_dir)
-    return compute_official(scores, records, year=year, decisions=decisions)
+    if ground_truth:
+        records = apply_ground_truth(records, ground_truth)
+    return compute_official(scores, records, year=year, decisions=decisions), scores, decisions, records
 
 
 def write_results(
@@ -133,39 +148,100 @@ def write_results(
     data_dir: str | os.PathLike | None = None,
     report: bool = False,
     embeddings: Mapping[str, Mapping] | None = None,
+    gamma_location: str = "zero",
 ) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
     ``scores``: test clip path -> anomaly score (higher = more anomalous); ``records``: the test
     ClipRecords; ``train_scores``: (machine_type, section) -> scores of that section's training
-    normals (for the decision threshold); ``expected``: every (machine_type, section) of the data.
+    normals, out of sample (for the decision thresholds: asd/thresholds.py, per domain where the scores
+    carry domains; ``gamma_location`` of the gamma fit); ``expected``: every (machine_type, section).
     ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map).
     Returns the JSON summary as a dict.
     """
-    thresholds = section_thresholds(records, train_scores)
+    thresholds = threshold_table(records, train_scores, gamma_location)
     decisions = decide(scores, records, thresholds)
     evaluation = compute_official(scores, records, expected or train_scores.keys(), year, decisions, data_dir)
+    return _write_folder(
+        evaluation,
+        scores,
+        decisions,
+        records,
+        thresholds,
+        out_dir,
+        scorer,
+        settings,
+        plots,
+        report,
+        embeddings,
+        title,
+    )
+
+
+NO_LABELS = (
+    "the test clips carry no labels (evaluation-set names): no metric can be computed without them. "
+    "The anomaly_score_* and decision_result_* CSVs (the challenge submission) are written; once the "
+    "evaluator's ground truth is out, give it with --ground_truth DIR"
+)
+
+
+def _write_folder(
+    evaluation: Evaluation,
+    scores: Mapping[str, float],
+    decisions: Mapping[str, int],
+    records: Sequence,
+    thresholds: Mapping[tuple, dict],
+    out_dir: str | Path,
+    scorer: str,
+    settings: Mapping | None,
+    plots: bool,
+    report: bool,
+    embeddings: Mapping[str, Mapping] | None,
+    title: str | None,
+) -> dict:
+    """Print the table and build ``out_dir`` (replaced as a whole): CSVs, summaries, plots, report."""
     if evaluation.labelled:
         print(format_table(evaluation, title=title or scorer))
     else:
-        print(f"{scorer}: no labelled test clips; scores and decisions written, metrics skipped")
+        print(f"{scorer}: {NO_LABELS}")
     summary: dict = {}
 
     def build(folder: Path) -> None:
         write_result_csvs(scores, decisions, records, folder)
-        summary.update(write_summary(evaluation, folder, scorer, settings))
+        summary.update(write_summary(evaluation, folder, scorer, settings, thresholds))
         if plots:
             for machine, machine_records in group_by_machine(records).items():
-                machine_thresholds = [t for (m, _), t in thresholds.items() if m == machine]
-                plot_machine(
-                    machine, machine_records, scores, folder, threshold=float(np.mean(machine_thresholds))
-                )
+                machine_thresholds = [
+                    t["threshold"] for k, t in thresholds.items() if k[0] == machine and len(k) == 2
+                ]
+                threshold = float(np.mean(machine_thresholds)) if machine_thresholds else None
+                plot_machine(machine, machine_records, scores, folder, threshold=threshold)
         if report:
-            write_report(folder, evaluation, scores, records, thresholds, embeddings, title=title or scorer)
+            write_report(
+                folder, evaluation, scores, records, thresholds, embeddings, title or scorer, decisions
+            )
 
     atomic_folder(build, out_dir)
     print(f"results written to {out_dir}")
     return summary
+
+
+def score_results_folder(
+    results_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    ground_truth: str | os.PathLike | None = None,
+    year: str | None = None,
+    plots: bool = True,
+    report: bool = True,
+) -> dict:
+    """Measure an existing results folder (its anomaly_score/decision_result CSVs, decisions as given),
+    labels from the clip names or, with ``ground_truth``, from the evaluator's ground-truth folder;
+    writes the tables, summaries, plots and report into ``out_dir``. Returns the summary."""
+    evaluation, scores, decisions, records = measure_results_dir(results_dir, year, ground_truth)
+    settings = {"results_dir": str(results_dir), "ground_truth": str(ground_truth or "")}
+    return _write_folder(
+        evaluation, scores, decisions, records, {}, out_dir, "submission", settings, plots, report, None, None
+    )
 
 
 def expected_sections(features) -> set[tuple[str, str]]:
@@ -174,22 +250,37 @@ def expected_sections(features) -> set[tuple[str, str]]:
 
 
 def write_scorer_results(
-    features, scores: dict[str, float], train_scores: dict, cfg, scorer: str, title: str
+    features,
+    scores: dict[str, float],
+    train_scores: dict,
+    cfg,
+    scorer: str,
+    title: str,
+    out_dir: str | os.PathLike | None = None,
+    settings: Mapping | None = None,
 ) -> dict:
-    """write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR) over the loaded
-    embedding files ``features``: official CSVs, tables, plots and report; returns the summary."""
+    """write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR, GROUND_TRUTH) over
+    the loaded embedding files ``features``: official CSVs, tables, plots and report; returns the
+    summary. ``out_dir`` replaces RESULTS_DIR, ``settings`` the script's settings in summary.json.
+    With GROUND_TRUTH the test clips' labels and domains come from the evaluator's ground truth."""
     from asd.cli import config_to_dict
 
+    records = features.test.records
+    if cfg.ground_truth:
+        records = apply_ground_truth(records, cfg.ground_truth)
+    maps = features.embedding_maps()
+    maps["test"] = {**maps["test"], "records": records}
     return write_results(
         scores,
-        features.test.records,
+        records,
         train_scores,
-        cfg.results_dir,
+        out_dir or cfg.results_dir,
         scorer=scorer,
-        settings=config_to_dict(cfg),
+        settings=config_to_dict(cfg) if settings is None else settings,
         plots=cfg.plots,
         report=cfg.report,
-        embeddings=features.embedding_maps(),
+        embeddings=maps,
+        gamma_location=cfg.gamma_location,
         title=title,
         expected=expected_sections(features),
         year=cfg.dcase_year,

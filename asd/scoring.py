@@ -19,6 +19,15 @@ from dataset import ClipRecord
 GROUPINGS = ("section", "machine_type")
 
 
+class TrainScores(dict):
+    """{(machine_type, section): out-of-sample scores of its training normals}, with ``domains``
+    {(machine_type, section): the domain of each score}: what the decision thresholds are set from."""
+
+    def __init__(self, scores=(), domains=None):
+        super().__init__(scores)
+        self.domains = dict(domains or {})
+
+
 class Scorer(Protocol):
     def fit(self, normal: Split) -> Scorer: ...
 
@@ -44,7 +53,8 @@ def score_by_group(
     normal: Split, clips: Split, scorer_for: Callable[[tuple[str, ...], Split], Scorer], by: str
 ) -> tuple[dict[str, float], dict[tuple[str, str], np.ndarray]]:
     """Scores of ``clips`` {path: score}, each by the scorer of its group, and the training normals'
-    scores per (machine_type, section) for the decision thresholds.
+    scores (``training_scores``: out of sample) per (machine_type, section), with their domains, for
+    the decision thresholds.
 
     ``scorer_for(key, normals)`` returns a scorer fitted on that group's normals (fits it, or loads
     a saved one).
@@ -58,13 +68,37 @@ def score_by_group(
         )
     scores: dict[str, float] = {}
     train_scores: dict[tuple[str, str], list[float]] = {}
+    domains: dict[tuple[str, str], list] = {}
     clip_groups = row_groups(clips.records, by)
     for key, rows in normal_groups.items():
         group_normal = normal.rows(rows)
         scorer = scorer_for(key, group_normal)
         for record, value in zip(group_normal.records, scorer.training_scores(group_normal)):
             train_scores.setdefault((record.machine_type, record.section), []).append(float(value))
+            domains.setdefault((record.machine_type, record.section), []).append(record.domain)
         if key in clip_groups:
             group_clips = clips.rows(clip_groups[key])
             scores.update(zip((r.path for r in group_clips.records), map(float, scorer.score(group_clips))))
-    return scores, {key: np.asarray(values) for key, values in train_scores.items()}
+    return scores, TrainScores({key: np.asarray(values) for key, values in train_scores.items()}, domains)
+
+
+def out_of_fold_scores(make_scorer: Callable[[], Scorer], normal: Split, folds: int, seed: int) -> np.ndarray:
+    """Each training normal scored by a scorer fitted without it: ``folds`` folds, stratified by domain
+    where the normals have two (shuffled by ``seed``); each fold scored by a fresh scorer fitted on the
+    others."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if folds < 2:
+        raise ValueError(f"out-of-fold scores need at least 2 folds, got {folds}")
+    domains = np.array([str(r.domain) for r in normal.records])
+    smallest = min(np.unique(domains, return_counts=True)[1])
+    if len(set(domains)) > 1 and smallest >= 2:
+        splits = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed).split(
+            domains, domains
+        )
+    else:
+        splits = KFold(min(folds, len(normal)), shuffle=True, random_state=seed).split(domains)
+    scores = np.empty(len(normal))
+    for fit_rows, held_out in splits:
+        scores[held_out] = make_scorer().fit(normal.rows(fit_rows)).score(normal.rows(held_out))
+    return scores

@@ -17,6 +17,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from asd.embedding_files import Split
+from asd.scoring import out_of_fold_scores
 
 SVDD_FORMAT = "eat-lora-asd/deepsvdd-v1"
 
@@ -94,7 +95,21 @@ class DeepSVDDScorer:
         x = (self.inputs(clips) - self.mean) / self.scale
         return np.asarray(self.detector.decision_function(x), dtype=np.float64)
 
+    def fit_out_of_fold(self, normal: Split, folds: int) -> DeepSVDDScorer:
+        """Fit on all ``normal`` rows and keep their out-of-fold scores (``folds`` refits, each scoring
+        the rows it was fitted without) for the decision threshold; ``folds`` 0 keeps none."""
+        self.fit(normal)
+        if folds:
+            settings = dict(self.settings)
+            held_out = out_of_fold_scores(lambda: DeepSVDDScorer(**settings), normal, folds, settings["seed"])
+            self.held_out = {"paths": [r.path for r in normal.records], "scores": held_out}
+        return self
+
     def training_scores(self, normal: Split) -> np.ndarray:
+        """The out-of-fold scores kept by fit_out_of_fold for these very rows; else the in-sample ones."""
+        held_out = getattr(self, "held_out", None)
+        if held_out is not None and held_out["paths"] == [r.path for r in normal.records]:
+            return np.asarray(held_out["scores"], dtype=np.float64)
         return self.score(normal)
 
     def state(self) -> dict:
@@ -107,6 +122,14 @@ class DeepSVDDScorer:
             "scale": torch.from_numpy(self.scale),
             "network": self.detector.model_.state_dict(),
             "centre": self.detector.c_.detach().clone(),
+            **(
+                {
+                    "held_out_paths": list(self.held_out["paths"]),
+                    "held_out_scores": torch.as_tensor(self.held_out["scores"], dtype=torch.float64),
+                }
+                if getattr(self, "held_out", None) is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -128,6 +151,11 @@ class DeepSVDDScorer:
         detector.model_.load_state_dict(state["network"])
         detector.c_ = state["centre"]
         scorer.detector = detector
+        if "held_out_scores" in state:
+            scorer.held_out = {
+                "paths": list(state["held_out_paths"]),
+                "scores": state["held_out_scores"].numpy(),
+            }
         return scorer
 
 

@@ -59,7 +59,8 @@ def table_rows(evaluation: Evaluation) -> tuple[list[str], list[list]]:
             rows += [[machine] + row for row in means(measured)]
     if evaluation.measured:
         rows += [["all"] + row for row in means(evaluation.measured)]
-    rows.append(["all", evaluation.score_label(), evaluation.score] + [None] * (len(columns) - 1))
+    score = evaluation.score if evaluation.labelled else None
+    rows.append(["all", evaluation.score_label(), score] + [None] * (len(columns) - 1))
     return header, rows
 
 

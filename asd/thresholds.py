@@ -11,50 +11,106 @@ import scipy.stats
 from asd.evaluation import group_by_section
 
 DECISION_PERCENTILE = 0.9  # decision threshold = this quantile of a gamma fitted to training normals
+GAMMA_LOCATIONS = ("zero", "free")  # zero: location fixed at 0 | free: the earlier 3-parameter fit
+MIN_DOMAIN_SCORES = 10  # a domain gets its own threshold from at least this many training scores
 
 
-def gamma_threshold(train_scores: Sequence[float], percentile: float = DECISION_PERCENTILE) -> float:
-    """The ``percentile`` quantile of a gamma distribution fitted to the training normals' scores.
+def gamma_threshold(
+    train_scores: Sequence[float], percentile: float = DECISION_PERCENTILE, location: str = "free"
+) -> float:
+    """The decision threshold of ``threshold_info`` alone."""
+    return threshold_info(train_scores, percentile, location)["threshold"]
 
-    A gamma lives on positive numbers but standardised scores can be negative, so the scores are
-    shifted to start just above zero before the (3-parameter) fit and the quantile is shifted
-    back. With too few or constant scores the empirical quantile is used instead.
+
+def threshold_info(
+    train_scores: Sequence[float], percentile: float = DECISION_PERCENTILE, location: str = "zero"
+) -> dict:
+    """The ``percentile`` quantile of a gamma fitted to the training normals' (out-of-sample) scores,
+    with the empirical quantile beside it as a check.
+
+    location "zero": scipy.stats.gamma.fit(scores, floc=0); scores that are not all positive
+    (standardised ones) cannot follow such a gamma, and the empirical quantile is used. location
+    "free" (the earlier fit): the scores are shifted to start just above zero, a 3-parameter gamma
+    is fitted and its quantile shifted back. With fewer than 5 or constant scores the empirical
+    quantile is used. Returns threshold, method, empirical quantile, count, the expected false-alarm
+    rate (1 - percentile) and the share of the training scores above the threshold.
     """
+    if location not in GAMMA_LOCATIONS:
+        raise ValueError(f"gamma location must be one of {GAMMA_LOCATIONS}, got {location!r}")
     scores = np.asarray(train_scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
-        raise ValueError("gamma_threshold needs at least one finite training score")
+        raise ValueError("a decision threshold needs at least one finite training score")
+    empirical = float(np.quantile(scores, percentile))
     spread = float(np.std(scores))
+    threshold, method = float("nan"), f"gamma, location {'0' if location == 'zero' else 'free'}"
     if scores.size < 5 or spread == 0.0:
-        return float(np.quantile(scores, percentile))
-    shift = 1e-3 * spread - float(scores.min()) if scores.min() <= 0 else 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            params = scipy.stats.gamma.fit(scores + shift)
-            threshold = float(scipy.stats.gamma.ppf(percentile, *params)) - shift
-        except Exception:  # scipy's optimiser can fail on odd samples
-            threshold = float("nan")
+        method = "empirical quantile (fewer than 5 or constant scores)"
+    elif location == "zero" and scores.min() <= 0:
+        method = "empirical quantile (scores not all positive: no gamma with location 0 fits them)"
+    else:
+        shift = 1e-3 * spread - float(scores.min()) if location == "free" and scores.min() <= 0 else 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                params = scipy.stats.gamma.fit(
+                    scores + shift, **({"floc": 0.0} if location == "zero" else {})
+                )
+                threshold = float(scipy.stats.gamma.ppf(percentile, *params)) - shift
+            except Exception:  # scipy's optimiser can fail on odd samples
+                pass
+        if not np.isfinite(threshold):
+            method = "empirical quantile (the gamma fit failed)"
     if not np.isfinite(threshold):
-        threshold = float(np.quantile(scores, percentile))
-    return threshold
+        threshold = empirical
+    return {
+        "threshold": threshold,
+        "method": method,
+        "empirical_quantile": empirical,
+        "n_scores": int(scores.size),
+        "expected_false_alarm_rate": 1.0 - percentile,
+        "training_share_above": float(np.mean(scores > threshold)),
+    }
 
 
-def section_thresholds(records: Sequence, train_scores: Mapping[tuple[str, str], Sequence[float]]) -> dict:
-    """Decision threshold per (machine_type, section) of ``records`` from its training normals' scores."""
-    thresholds = {}
+def threshold_table(
+    records: Sequence, train_scores: Mapping[tuple[str, str], Sequence[float]], location: str = "zero"
+) -> dict:
+    """{(machine_type, section): threshold_info over all its training normals} and, where the training
+    scores carry domains (asd.scoring.TrainScores) with at least MIN_DOMAIN_SCORES each,
+    {(machine_type, section, domain): ...}."""
+    table = {}
+    domains = getattr(train_scores, "domains", {})
     for key in group_by_section(records):
         if key not in train_scores or len(train_scores[key]) == 0:
             raise ValueError(
                 f"no training scores for {key[0]} section {key[1]}: "
                 "cannot set the decision threshold (is the section missing from train/?)"
             )
-        thresholds[key] = gamma_threshold(train_scores[key])
-    return thresholds
+        table[key] = threshold_info(train_scores[key], location=location)
+        if key in domains:
+            values, of = (
+                np.asarray(train_scores[key], dtype=np.float64),
+                np.asarray(domains[key], dtype=object),
+            )
+            for domain in ("source", "target"):
+                if np.sum(of == domain) >= MIN_DOMAIN_SCORES:
+                    table[(*key, domain)] = threshold_info(values[of == domain], location=location)
+    return table
+
+
+def threshold_for(record, table: Mapping[tuple, dict]) -> float:
+    """The clip's domain threshold where its domain is known and has one, else its section's."""
+    key = (record.machine_type, record.section)
+    return table.get((*key, record.domain), table[key])["threshold"]
 
 
 def decide(
-    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple[str, str], float]
+    scores: Mapping[str, float], records: Sequence, thresholds: Mapping[tuple, object]
 ) -> dict[str, int]:
-    """{path: 1 if the clip's score is above its section's threshold else 0}."""
-    return {r.path: int(scores[r.path] > thresholds[(r.machine_type, r.section)]) for r in records}
+    """{path: 1 if the clip's score is above its threshold else 0}; ``thresholds`` is a threshold_table
+    or {(machine_type, section): threshold}."""
+    table = {
+        key: value if isinstance(value, dict) else {"threshold": value} for key, value in thresholds.items()
+    }
+    return {r.path: int(scores[r.path] > threshold_for(r, table)) for r in records}

@@ -8,6 +8,7 @@ command to run, and refuse a Deep SVDD fitted on other embeddings.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import extract_embeddings  # noqa: E402
 import make_demo_data  # noqa: E402
 import train  # noqa: E402
 import train_deepSVDD  # noqa: E402
+from asd import freshness  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 MACHINES = ["fan", "pump"]
@@ -254,10 +256,15 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
             ["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--results_dir", str(tmp_path / "res")]
         )
 
-    # a changed clip (the data) -> the scorers refuse, extraction rebuilds
+    # a clip edited in place, same size and modification time -> the scorers refuse, extraction rebuilds
     clip = Path(changed["records"][0]["path"])
     stat = clip.stat()
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data = bytearray(clip.read_bytes())
+    data[-2:] = bytes([data[-2] ^ 0x55, data[-1] ^ 0x55])  # the last sample changes
+    clip.write_bytes(bytes(data))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+    freshness._memo.clear()  # each pipeline step is a new process: nothing is remembered between them
     with pytest.raises(ValueError, match="clips in .* changed"):
         evaluate.main(["--embed_dir", p["embed"], "--results_dir", str(tmp_path / "res")])
     _extract(p)
@@ -313,17 +320,25 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
             *map(str, renamed),
         ]
     )
+    summary = json.loads((results / "summary.json").read_text())
+    (pooled,) = [
+        t["threshold"]
+        for t in summary["decision_thresholds"]
+        if (t["machine_type"], t["section"], t["domain"]) == ("pump", "00", "all")
+    ]
     for (_, score, decision), original in zip(rows, originals):
         # equal up to float32 rounding: a clip's embedding differs in the last bits with its batch's make-up
         assert score == pytest.approx(expected[original.name][0], rel=1e-3, abs=1e-4)
-        assert decision == expected[original.name][1]
+        # a new recording's domain is unknown: judged by the section's threshold over all its normals
+        assert decision == int(score > pooled)
+    printed = capsys.readouterr().out
+    assert f"threshold {pooled:.4g}" in printed and "5 clips of pump section 00" in printed
     lines = out.read_text().splitlines()
     assert (
         lines[0] == "file,score,decision"
         and len(lines) == 6
         and lines[1].startswith("recording 0 from line 3.wav,")
     )
-    assert "5 clips of pump section 00" in capsys.readouterr().out
     with pytest.raises(ValueError, match="never saw valve section 00"):
         score_clips.main(
             ["--run", str(run), "--machine_type", "valve", "--output", str(out), str(renamed[0])]
@@ -361,3 +376,80 @@ def test_missing_test_clips_are_named_not_hidden_in_the_score(pipeline, tmp_path
     assert summary["missing"] == ["fan section 00: no anomalous test clips", "pump section 00: no test clips"]
     assert "NOT the official score" in out and "pump section 00: no test clips" in out
     assert "\nofficial score" not in out
+
+
+def _anonymise(source: Path, target: Path, truth: Path) -> dict[str, str]:
+    """A copy of a DCASE folder whose test clips carry evaluation-set names (section_00_NNNN.wav, no label,
+    no domain; the attributes tables keep only training rows) and the evaluator's ground-truth files
+    for it. Returns {new name: old name} per machine type (keys 'machine/new')."""
+    shutil.copytree(source, target)
+    renamed = {}
+    for machine_dir in sorted(p for p in target.iterdir() if p.is_dir()):
+        machine = machine_dir.name
+        rows = {"data": [], "domain": []}
+        for i, clip in enumerate(sorted((machine_dir / "test").glob("*.wav"))):
+            new = f"section_00_{i:04d}.wav"
+            clip.rename(clip.with_name(new))
+            renamed[f"{machine}/{new}"] = clip.name
+            rows["data"].append(f"{new},{int('_anomaly_' in clip.name)}")
+            rows["domain"].append(f"{new},{int('_target_' in clip.name)}")
+        for table in machine_dir.glob("attributes*.csv"):
+            lines = table.read_text().splitlines()
+            table.write_text("\n".join(line for line in lines if "/test/" not in line) + "\n")
+        for kind, lines in rows.items():
+            folder = truth / f"ground_truth_{kind}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"ground_truth_{machine}_section_00_test.csv").write_text("\n".join(lines) + "\n")
+    return renamed
+
+
+def test_unlabelled_evaluation_names_are_scored_and_measured_with_the_ground_truth(
+    pipeline, run_folder, tmp_path, capsys
+):
+    run, outputs = run_folder
+    data, truth = tmp_path / "data", tmp_path / "ground_truth"
+    renamed = _anonymise(Path(pipeline["data"]), data, truth)
+    p = {**pipeline, "data": str(data), "embed": str(tmp_path / "embed"), "cache": str(tmp_path / "cache")}
+    _extract(p)
+    capsys.readouterr()
+    ensemble = ["--embed_dir", p["embed"], "-k", "3", "--w", "0.7", "--plots", "false", "--report", "false"]
+    # without labels: the submission is written, no metric is computed, nothing is called a score
+    blind = evaluate.main(ensemble + ["--results_dir", str(tmp_path / "blind")])
+    out = capsys.readouterr().out
+    assert "no metric can be computed without them" in out and "official score" not in out
+    assert blind["score"] is None and blind["official_score"] is None
+    assert blind["score_label"] == "no metric (the test clips carry no labels)"
+    written = sorted(f.name for f in (tmp_path / "blind").glob("*_section_00_test.csv"))
+    assert written == sorted(
+        f"{k}_{m}_section_00_test.csv" for k in ("anomaly_score", "decision_result") for m in MACHINES
+    )
+    # with the ground truth: the same tables as the labelled names give
+    known = evaluate.main(ensemble + ["--results_dir", str(tmp_path / "known"), "--ground_truth", str(truth)])
+    labelled = outputs["ensemble"]
+    assert known["score_label"] == labelled["score_label"] == "official score"
+    for ours, theirs in zip(known["sections"], labelled["sections"]):
+        assert ours["values"] == pytest.approx(theirs["values"], abs=1e-6)
+    scores = {
+        renamed[f"pump/{row[0]}"]: float(row[1])
+        for row in csv.reader(open(tmp_path / "known" / "anomaly_score_pump_section_00_test.csv"))
+    }
+    original = dict(csv.reader(open(run / "results" / "ensemble" / "anomaly_score_pump_section_00_test.csv")))
+    assert all(
+        score == pytest.approx(float(original[name]), rel=1e-3, abs=1e-4) for name, score in scores.items()
+    )
+    # Deep SVDD: the same two ways
+    svdd_dir = tmp_path / "svdd"
+    train_deepSVDD.main(["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--svdd_epochs", "2"])
+    svdd = ["--embed_dir", p["embed"], "--svdd_dir", str(svdd_dir), "--plots", "false", "--report", "false"]
+    assert evaluate_deepSVDD.main(svdd + ["--results_dir", str(tmp_path / "sb")])["score"] is None
+    measured = evaluate_deepSVDD.main(
+        svdd + ["--results_dir", str(tmp_path / "sk"), "--ground_truth", str(truth)]
+    )
+    assert measured["complete"] and measured["official_score"] is not None
+    # a ground-truth row without a clip is an error naming both
+    gt_file = truth / "ground_truth_data" / "ground_truth_fan_section_00_test.csv"
+    gt_file.write_text(gt_file.read_text() + "section_00_9999.wav,1\n")
+    domain_file = truth / "ground_truth_domain" / gt_file.name
+    domain_file.write_text(domain_file.read_text() + "section_00_9999.wav,0\n")
+    with pytest.raises(ValueError, match="lists section_00_9999.wav"):
+        evaluate.main(ensemble + ["--results_dir", str(tmp_path / "bad"), "--ground_truth", str(truth)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,23 +102,34 @@ def _assert_rows_match(ours: list[list[str]], theirs: list[list[str]]) -> None:
                 assert float(a) == pytest.approx(expected, abs=1e-6), (our_row, their_row)
 
 
-@pytest.fixture(scope="module")
-def fixture_evaluation():
+@pytest.fixture(scope="module", params=["named clips", "anonymised clips + ground truth"])
+def fixture_evaluation(request):
+    """The fixture's submission measured from its clip names, and (the evaluation-set case) from its
+    anonymised names with the evaluator's ground-truth files."""
     if not FIXTURE.is_dir():
         pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
-    return results.evaluate_result_dir(FIXTURE / "scores")
+    if request.param == "named clips":
+        return results.measure_results_dir(FIXTURE / "scores")[0]
+    return results.measure_results_dir(FIXTURE / "scores_anonymised", ground_truth=FIXTURE / "ground_truth")[
+        0
+    ]
 
 
-def test_reproduces_the_official_evaluators_result_csv(fixture_evaluation):
-    """Every per-machine AUC (all/source/target), pAUC, precision, recall and F1, every mean row and
-    the official score of the evaluator's result.csv, from the score files alone (ci95 row aside)."""
+def _their_result_rows() -> list[list[str]]:
+    """The evaluator's result.csv without its "official score ci95" row and what follows."""
     theirs = _read_fixture_result()
     ci95 = next(i for i, row in enumerate(theirs) if row and row[0] == "official score ci95")
     theirs = theirs[:ci95]
     while theirs and not theirs[-1]:
         theirs.pop()
+    return theirs
+
+
+def test_reproduces_the_official_evaluators_result_csv(fixture_evaluation):
+    """Every per-machine AUC (all/source/target), pAUC, precision, recall and F1, every mean row and
+    the official score of the evaluator's result.csv, from the score files alone (ci95 row aside)."""
     assert fixture_evaluation.year == "2022+" and fixture_evaluation.complete
-    _assert_rows_match(tables.evaluator_rows(fixture_evaluation), theirs)
+    _assert_rows_match(tables.evaluator_rows(fixture_evaluation), _their_result_rows())
 
 
 def test_reproduces_the_official_score_summaries(fixture_evaluation):
@@ -155,6 +167,60 @@ def test_reproduces_the_official_score_summaries(fixture_evaluation):
         ],
         abs=1e-6,
     )
+
+
+def test_evaluate_scores_an_anonymised_submission_with_the_ground_truth(tmp_path, capsys):
+    """evaluate.py --score_results_dir --ground_truth writes what the official evaluator wrote."""
+    import evaluate
+
+    if not FIXTURE.is_dir():
+        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+    out = tmp_path / "scored"
+    args = ["--score_results_dir", str(FIXTURE / "scores_anonymised"), "--scored_dir", str(out)]
+    summary = evaluate.main(args + ["--ground_truth", str(FIXTURE / "ground_truth"), "--plots", "false"])
+    with open(out / "evaluator_result.csv", newline="") as f:
+        _assert_rows_match(list(csv.reader(f)), _their_result_rows())
+    with open(FIXTURE / "evaluator_output" / "official_score.csv", newline="") as f:
+        header, values = list(csv.reader(f))
+    assert summary["official_score"] == pytest.approx(float(values[header.index("official score")]), abs=1e-6)
+    assert "official score" in capsys.readouterr().out and (out / "report.html").is_file()
+    # without the ground truth: the submission is written, no metric is computed or called a score
+    summary = evaluate.main(args + ["--plots", "false", "--report", "false"])
+    assert summary["official_score"] is None and summary["score"] is None
+    assert "no metric can be computed without them" in capsys.readouterr().out
+    assert not (out / "evaluator_result.csv").exists()
+
+
+def test_ground_truth_and_clips_must_match(tmp_path):
+    if not FIXTURE.is_dir():
+        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+    truth = tmp_path / "gt"
+    shutil.copytree(FIXTURE / "ground_truth", truth)
+    scores = tmp_path / "scores"
+    shutil.copytree(FIXTURE / "scores_anonymised", scores)
+    data = truth / "ground_truth_data" / "ground_truth_Scanner_section_00_test.csv"
+    domain = truth / "ground_truth_domain" / data.name
+    lines, domain_lines = data.read_text().splitlines(), domain.read_text().splitlines()
+    # a clip without a row
+    data.write_text("\n".join(lines[1:]) + "\n")
+    domain.write_text("\n".join(domain_lines[1:]) + "\n")
+    first = lines[0].split(",")[0]
+    with pytest.raises(ValueError, match=f"Scanner/test/{first}: no row for {first} in .*{data.name}"):
+        results.measure_results_dir(scores, ground_truth=truth)
+    # a row without a clip
+    data.write_text("\n".join(lines + ["section_00_9999.wav,0"]) + "\n")
+    domain.write_text("\n".join(domain_lines + ["section_00_9999.wav,1"]) + "\n")
+    with pytest.raises(
+        ValueError, match=f"{data.name} lists section_00_9999.wav .* no such Scanner section 00"
+    ):
+        results.measure_results_dir(scores, ground_truth=truth)
+    # the two files disagree, or one has no partner
+    domain.write_text("\n".join(domain_lines) + "\n")
+    with pytest.raises(ValueError, match="list different clips"):
+        results.measure_results_dir(scores, ground_truth=truth)
+    domain.unlink()
+    with pytest.raises(FileNotFoundError, match="has no partner"):
+        results.measure_results_dir(scores, ground_truth=truth)
 
 
 # ----------------------------------------------------------------------------- each year's rules, by hand
@@ -304,6 +370,57 @@ def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     assert thresholds.gamma_threshold([2.0] * 10) == 2.0
 
 
+def test_gamma_threshold_with_location_zero_as_the_issue_defines_it():
+    """location 0: scipy's gamma.fit(scores, floc=0); the free fit pins its location near the smallest
+    score and puts the threshold too low on a skewed sample (issue 19)."""
+    rng = np.random.default_rng(2)
+    x = scipy.stats.gamma.rvs(1.5, scale=0.2, size=40, random_state=rng)
+    info = thresholds.threshold_info(x, 0.9, location="zero")
+    shape, _, scale = scipy.stats.gamma.fit(x, floc=0)
+    assert info["threshold"] == pytest.approx(scipy.stats.gamma.ppf(0.9, shape, scale=scale))
+    assert info["method"] == "gamma, location 0" and info["n_scores"] == 40
+    assert info["empirical_quantile"] == pytest.approx(np.quantile(x, 0.9))
+    assert info["training_share_above"] == pytest.approx(np.mean(x > info["threshold"]))
+    assert info["expected_false_alarm_rate"] == pytest.approx(0.1)
+    # standardised scores (some negative) cannot follow a gamma at 0: the empirical quantile, said so
+    negative = thresholds.threshold_info(x - 0.3, 0.9, location="zero")
+    assert negative["threshold"] == pytest.approx(np.quantile(x - 0.3, 0.9))
+    assert "not all positive" in negative["method"]
+    with pytest.raises(ValueError, match="gamma location"):
+        thresholds.threshold_info(x, location="shifted")
+
+
+def test_domains_with_enough_training_scores_get_their_own_threshold():
+    from asd.scoring import TrainScores
+
+    records = [_record(f"a{i}", "fan", "00", d, "normal") for i, d in enumerate(["source", "target", None])]
+    rng = np.random.default_rng(3)
+    source, target = rng.gamma(3.0, 0.1, 30), rng.gamma(3.0, 0.5, thresholds.MIN_DOMAIN_SCORES)
+    train = TrainScores(
+        {("fan", "00"): np.r_[source, target]},
+        {("fan", "00"): ["source"] * 30 + ["target"] * len(target)},
+    )
+    table = thresholds.threshold_table(records, train)
+    assert table[("fan", "00", "source")]["threshold"] == thresholds.threshold_info(source)["threshold"]
+    assert table[("fan", "00", "target")]["threshold"] == thresholds.threshold_info(target)["threshold"]
+    pooled = table[("fan", "00")]["threshold"]
+    assert pooled == thresholds.threshold_info(np.r_[source, target])["threshold"]
+    # each clip is judged by its domain's threshold; a clip without a domain by the section's
+    scores = {records[0].path: pooled, records[1].path: pooled, records[2].path: pooled}
+    decided = thresholds.decide(scores, records, table)
+    expected = [
+        int(pooled > table[("fan", "00", "source")]["threshold"]),
+        int(pooled > table[("fan", "00", "target")]["threshold"]),
+        0,
+    ]
+    assert [decided[r.path] for r in records] == expected and expected[:2] == [1, 0]
+    # one score short of the minimum: no own threshold for the target domain
+    short = TrainScores(
+        {("fan", "00"): train[("fan", "00")][:-1]}, {("fan", "00"): train.domains[("fan", "00")][:-1]}
+    )
+    assert ("fan", "00", "target") not in thresholds.threshold_table(records, short)
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -324,8 +441,14 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert [r[0] for r in rows] == [r.file_name for r in records]  # no header, file names
     assert [float(r[1]) for r in rows] == pytest.approx([scores[r.path] for r in records])
     decisions = list(csv.reader(open(out / "decision_result_fan_section_00_test.csv")))
-    threshold = thresholds.gamma_threshold(train[("fan", "00")])
+    info = thresholds.threshold_info(train[("fan", "00")])  # a 0 among the scores: empirical quantile
+    assert info["method"].startswith("empirical quantile (scores not all positive")
+    threshold = info["threshold"]
+    assert threshold == np.quantile(train[("fan", "00")], 0.9)
     assert [int(d[1]) for d in decisions] == [int(scores[r.path] > threshold) for r in records]
+    recorded = {(t["section"], t["domain"]): t for t in summary["decision_thresholds"]}
+    assert recorded[("00", "all")]["threshold"] == threshold and recorded[("00", "all")]["n_scores"] == 50
+    assert recorded[("00", "all")]["expected_false_alarm_rate"] == pytest.approx(0.1)
     assert len(list(csv.reader(open(out / "anomaly_score_fan_section_03_test.csv")))) == 4
     # the evaluation-set section is unlabelled: named as missing, the number is not official
     assert summary["official_score"] is None and not summary["complete"]
@@ -338,7 +461,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
     assert "NOT the official score" in capsys.readouterr().out
     # what was written is read back, from the CSVs alone, as the same evaluation
-    again = results.evaluate_result_dir(out, year="2022+")
+    again = results.measure_results_dir(out, year="2022+")[0]
     assert again.sections[0].values == summary["sections"][0]["values"]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import asd.evaluation as ev
+import asd.thresholds as asd_thresholds
 from asd import plots, report, tables
 from dataset import ClipRecord
 
@@ -52,7 +53,10 @@ def results(tmp_path):
     records = [r for m in MACHINES for r in _records(m)]
     scores = {r.path: float(rng.normal(1.0 if r.label == "anomaly" else 0.0, 0.6)) for r in records}
     evaluation = ev.compute_official(scores, records)
-    thresholds = {key: 0.5 + 0.125 * i for i, key in enumerate(ev.group_by_section(records))}
+    thresholds = {
+        key: asd_thresholds.threshold_info(rng.gamma(4.0, 0.1 + 0.03 * i, 40))
+        for i, key in enumerate(ev.group_by_section(records))
+    }
     for machine in MACHINES:
         plots.plot_machine(
             machine, [r for r in records if r.machine_type == machine], scores, tmp_path, threshold=0.5
@@ -104,7 +108,8 @@ def test_table_holds_every_official_value(results):
 def test_thresholds_and_flag_counts(results):
     page = _write(results)
     thresholds_html = re.search(r'<table class="thresholds">.*?</table>', page, re.S).group(0)
-    for (machine, section), threshold in results["thresholds"].items():
+    for (machine, section), info in results["thresholds"].items():
+        threshold = info["threshold"]
         recs = [r for r in results["records"] if r.machine_type == machine]
         flagged = sum(results["scores"][r.path] > threshold for r in recs)
         anomalies = sum(results["scores"][r.path] > threshold for r in recs if r.label == "anomaly")
@@ -112,6 +117,7 @@ def test_thresholds_and_flag_counts(results):
             rf"<tr><td>{re.escape(report._esc(machine))}</td><td>{section}</td>(.*?)</tr>", thresholds_html
         ).group(1)
         assert f"{threshold:.6g}" in row and f">{flagged}<" in row and f"{anomalies} / 12" in row
+        assert "<td>all</td>" in row and info["method"] in row and "10%" in row
 
 
 def test_self_contained_and_escaped(results):

@@ -3,12 +3,15 @@ against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-from asd import backends, embedding_files, scoring, svdd
+from asd import asdkit_backends, backends, embedding_files, scoring, svdd
 from dataset import ClipRecord
 
 
@@ -251,8 +254,8 @@ def _write_features(folder, rng) -> None:
     anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
     fingerprint = {
         "format": embedding_files.FEATURES_FORMAT,
-        "data": "d",
-        "model_sha256": "m",
+        "clips": "d",
+        "model_key": "m",
         "settings": {},
         "precision": "fp32",
         "data_dir": str(folder / "no_data"),
@@ -408,3 +411,109 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     torch.save(trained.state(), tmp_path / "svdd.pt")
     loaded = svdd.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
     np.testing.assert_allclose(loaded.score(outliers), trained.score(outliers), rtol=1e-6)
+
+
+def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, capsys):
+    import evaluate
+
+    _write_features(tmp_path, np.random.default_rng(5))
+    summary = evaluate.main(
+        [
+            "--recipe",
+            "asdkit-eat-lora",
+            "--embed_dir",
+            str(tmp_path),
+            "--results_dir",
+            str(tmp_path / "results" / "ensemble"),
+            "--plots",
+            "false",
+            "--report",
+            "false",
+        ]
+    )
+    names = ["knn", "smote_knn", "kmeans", "rescale"]
+    assert list(summary["asdkit_backends"]) == names
+    features = embedding_files.load_features(tmp_path)
+    for name in names:
+        folder = tmp_path / "results" / "backends" / name
+        assert (folder / "decision_result_fan_section_00_test.csv").is_file()
+        assert json.loads((folder / "summary.json").read_text())["settings"]["asdkit_backend"] == name
+        rows = (folder / "anomaly_score_fan_section_00_test.csv").read_text().split()
+        written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
+        scores, _ = scoring.score_by_group(
+            features.normal, features.test, asdkit_backends.asdkit_factory(name), "machine_type"
+        )
+        assert all(
+            written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-7)
+            for path, score in scores.items()
+        )
+        values = summary["asdkit_backends"][name]["sections"][0]["values"]
+        assert min(values["AUC (source)"], values["AUC (target)"]) > 0.9, (name, values)
+    table = list(csv.DictReader(open(tmp_path / "results" / "backends" / "comparison.csv")))
+    assert [r["scorer"] for r in table if r["machine_type"] == "all"] == names
+    out = capsys.readouterr().out
+    assert "ASDKit back ends side by side" in out and all(f"{n}: official score" in out for n in names)
+
+
+def test_selective_mahalanobis_takes_the_nearer_domain_fit():
+    rng = np.random.default_rng(6)
+    stats = np.r_[rng.normal(size=(40, 3)), rng.normal(size=(8, 3)) * 0.5 + 6.0]
+    normal = _split(rng.normal(size=(48, 4)), ["source"] * 40 + ["target"] * 8, stats)
+    clips = _split(rng.normal(size=(3, 4)), [None] * 3, np.array([[0.0] * 3, [6.0] * 3, [3.0] * 3]))
+    per_domain = backends.StatsMahalanobis("per_domain", 5).fit(normal)
+    stats = normal.stats  # as stored: float32
+    source, target = backends.Mahalanobis(stats[:40]), backends.Mahalanobis(stats[40:])
+    np.testing.assert_allclose(
+        per_domain.score(clips), np.minimum(source.distance(clips.stats), target.distance(clips.stats))
+    )
+    pooled = backends.StatsMahalanobis("pooled").fit(normal)
+    np.testing.assert_allclose(pooled.score(clips), backends.Mahalanobis(stats).distance(clips.stats))
+    assert per_domain.score(clips)[1] < pooled.score(clips)[1]  # a target normal looks normal again
+    # too few target normals: the pooled fit takes the target fit's place, and says so
+    few = backends.StatsMahalanobis("per_domain", 10).fit(normal)
+    np.testing.assert_allclose(
+        few.score(clips),
+        np.minimum(source.distance(clips.stats), backends.Mahalanobis(stats).distance(clips.stats)),
+    )
+    assert few.notes == [
+        "8 target normals (< MIN_DOMAIN_STATS 10): the fit over all normals takes the place of its own"
+    ]
+
+
+def test_statistics_branch_scores_training_normals_out_of_fold():
+    """An outlying training normal is not its own reference: out of fold its Mahalanobis distance is
+    far larger than in sample; STATS_FOLDS 0 keeps the earlier in-sample distances."""
+    rng = np.random.default_rng(7)
+    stats = rng.normal(size=(40, 3))
+    stats[0] = [6.0, -6.0, 6.0]
+    normal = _split(rng.normal(size=(40, 4)), ["source"] * 40, stats)
+    common = dict(w=0.0, mahalanobis="pooled")
+    in_sample = backends.KnnMahalanobis(**common, stats_folds=0).fit(normal)
+    np.testing.assert_allclose(in_sample.train_maha, backends.Mahalanobis(stats).distance(stats))
+    held_out = backends.KnnMahalanobis(**common, stats_folds=5).fit(normal)
+    assert held_out.train_maha[0] > 1.5 * in_sample.train_maha[0]
+    with pytest.raises(ValueError, match="STATS_FOLDS"):
+        backends.KnnMahalanobis(stats_folds=1)
+
+
+def test_deep_svdd_thresholds_come_from_held_out_refits(tmp_path):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 12)) + 2.0
+    normal = _split(x, ["source"] * 50 + ["target"] * 10)
+    settings = dict(hidden_neurons=[16, 4], epochs=5, batch_size=20, seed=0)
+    scorer = svdd.DeepSVDDScorer(**settings).fit_out_of_fold(normal, 5)
+    held_out, in_sample = scorer.training_scores(normal), scorer.score(normal)
+    assert held_out.shape == (60,) and not np.allclose(held_out, in_sample)
+    # each fold's rows are scored by a refit without them: fold 0 of the same split, refitted here
+    from sklearn.model_selection import StratifiedKFold
+
+    domains = [r.domain for r in normal.records]
+    fit_rows, test_rows = next(StratifiedKFold(5, shuffle=True, random_state=0).split(domains, domains))
+    refit = svdd.DeepSVDDScorer(**settings).fit(normal.rows(fit_rows))
+    np.testing.assert_allclose(held_out[test_rows], refit.score(normal.rows(test_rows)), rtol=1e-5)
+    torch.save(scorer.state(), tmp_path / "svdd.pt")
+    loaded = svdd.DeepSVDDScorer.from_state(torch.load(tmp_path / "svdd.pt", weights_only=True))
+    np.testing.assert_allclose(loaded.training_scores(normal), held_out)
+    np.testing.assert_allclose(
+        loaded.training_scores(normal.rows(range(10))), loaded.score(normal.rows(range(10)))
+    )
