@@ -517,3 +517,57 @@ def test_deep_svdd_thresholds_come_from_held_out_refits(tmp_path):
     np.testing.assert_allclose(
         loaded.training_scores(normal.rows(range(10))), loaded.score(normal.rows(range(10)))
     )
+
+
+def test_held_out_normals_are_flagged_at_the_nominal_rate():
+    """Issue 19: 60 training normals with 20 statistics. In-sample Mahalanobis distances of the training
+    normals are too small, so the earlier threshold (in-sample, free gamma) flags far more than 10% of
+    fresh normals; out-of-fold distances and the gamma at 0 / empirical quantile flag about 10%."""
+    from asd import thresholds
+
+    def normals(rng, n, split):
+        records = [
+            ClipRecord(f"/d/fan/{split}/{i}.wav", "fan", "00", "source", split, "normal") for i in range(n)
+        ]
+        return embedding_files.Split(
+            rng.normal(size=(n, 8)).astype(np.float32),
+            rng.normal(size=(n, 20)).astype(np.float32),
+            list("a" * 20),
+            records,
+        )
+
+    def flagged(settings: dict, location: str) -> float:
+        rates = []
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            normal, fresh = normals(rng, 60, "train"), normals(rng, 2000, "test")
+            scores, train = scoring.score_by_group(
+                normal, fresh, lambda key, n: backends.KnnMahalanobis(w=0.0, **settings).fit(n), "section"
+            )
+            decided = thresholds.decide(
+                scores, fresh.records, thresholds.threshold_table(fresh.records, train, location)
+            )
+            rates.append(np.mean(list(decided.values())))
+        return float(np.mean(rates))
+
+    now = flagged({"stats_folds": 10}, "zero")
+    before = flagged({"stats_folds": 0, "mahalanobis": "pooled"}, "free")
+    print(f"fresh normals flagged: {now:.3f} now, {before:.3f} with in-sample scores")
+    assert 0.05 <= now <= 0.13 and before > 0.14
+
+
+def test_deep_svdd_held_out_thresholds_flag_fresh_normals_near_the_nominal_rate():
+    """In-sample Deep SVDD distances of its own training normals are far below a fresh normal's."""
+    from asd import thresholds
+
+    rng = np.random.default_rng(9)
+    mix = rng.normal(size=(24, 24))
+    normal = _split(rng.normal(size=(80, 24)) @ mix, ["source"] * 80)
+    fresh = _split(rng.normal(size=(2000, 24)) @ mix, ["source"] * 2000)
+    settings = dict(hidden_neurons=[32, 8], epochs=30, batch_size=20, seed=0)
+    scorer = svdd.DeepSVDDScorer(**settings).fit_out_of_fold(normal, 5)
+    rates = {}
+    for name, train in (("held out", scorer.training_scores(normal)), ("in sample", scorer.score(normal))):
+        rates[name] = float(np.mean(scorer.score(fresh) > thresholds.threshold_info(train)["threshold"]))
+    print(rates)
+    assert 0.04 <= rates["held out"] <= 0.2 and rates["in sample"] > rates["held out"] + 0.05
