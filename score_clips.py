@@ -7,7 +7,8 @@ are embedded with the run's tuned encoder and embedding settings, scored by the 
 that section's normal embeddings and statistics (the ensemble with the settings its evaluation used,
 or the run's Deep SVDD of the machine type), and judged by the same decision threshold the
 evaluator applied. Writes OUTPUT (file,score,decision) and prints a one-line summary. Refuses a run
-whose files do not agree and a machine type or section the run never saw.
+whose files do not agree and a machine type or section the run never saw, and channel settings
+(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE) other than the run's.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ import numpy as np
 
 from asd.backends import ensemble_factory
 from asd.cli import parse_config
-from asd.embed import embed_records, stats_records, tuned_model
-from asd.embedding_files import Split, file_sha256, load_features
+from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
+from asd.embedding_files import Split, embedding_channels, feature_paths, file_sha256, load_features
 from asd.files import atomic_write_text
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
 from asd.thresholds import gamma_threshold
 from dataset import ClipRecord
-from preprocessing import STAT_NAMES, FeatureCache
+from preprocessing import channel_record, check_channel_record
 
 RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
@@ -40,8 +41,16 @@ SCORER = "ensemble"  # ensemble (k-NN + Mahalanobis) | deepsvdd
 OUTPUT = "clip_scores.csv"  # CSV written: file,score,decision
 CLIPS = []  # the .wav files to score (positional arguments)
 DEVICE = "auto"  # auto | cpu | cuda (for embedding the clips)
+CHANNELS = "near"  # microphone(s) heard, as the run's: near (channel 0) | far | mix | residual | both
+RESIDUAL_WEIGHT = 0.5  # weight of the far channel in residual and in CHANNEL_COMBINE residual, as the run's
+CHANNEL_COMBINE = "concat"  # both: concat | residual combination of the two embeddings, as the run's
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
+_LIMITS = {
+    "SCORER": ("ensemble", "deepsvdd"),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
+}
 
 
 def scorer_factory(run: Path, scorer: str, fingerprint: dict):
@@ -64,11 +73,12 @@ def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: 
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
     records = [ClipRecord(str(Path(p)), machine_type, section, None, "test", "unknown") for p in paths]
     device = resolve_device(device_name)
-    cache = FeatureCache(None)
+    channels = fingerprint["settings"]["channels"]
+    caches = feature_caches(None, channels)
     model, _, trained = tuned_model(model_path, device)
-    embeddings = embed_records(records, model, trained, fingerprint["settings"], device, 16, cache)
-    stats = stats_records(records, cache)
-    return Split(embeddings.numpy().astype(np.float32), stats.numpy(), list(STAT_NAMES), records)
+    embeddings = embed_records(records, model, trained, fingerprint["settings"], device, 16, caches)
+    stats = stats_records(records, caches)
+    return Split(embeddings.numpy().astype(np.float32), stats.numpy(), stat_columns(channels), records)
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
@@ -82,6 +92,12 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     if missing:
         raise FileNotFoundError(f"no such clip file(s): {', '.join(missing)}")
     features = load_features(run, splits=("train",))
+    check_channel_record(
+        embedding_channels(features.fingerprint),
+        channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine),
+        feature_paths(run, "train")[0],
+        "score_clips.py",
+    )
     seen = sorted({(r.machine_type, r.section) for r in features.normal.records})
     if (cfg.machine_type, cfg.section) not in seen:
         raise ValueError(

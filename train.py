@@ -10,6 +10,17 @@ augmentation each clip got) or no training at all.
     python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
+    python train.py --channels both ...             # DCASE 2026: learn from the near and the far microphone
+
+CHANNELS (DCASE 2026 two-channel clips; preprocessing.py describes the modes) picks what the
+encoder hears and is recorded in OUTPUT; extraction and scoring refuse another mode. With 'both'
+each training clip's near and far channel are two training examples of the clip's class (the
+validation split is drawn over clips first, so a clip's two views never straddle it). Why both
+views rather than near only: extraction embeds the far channel through the same encoder, and
+CHANNEL_COMBINE residual subtracts a share of the far embedding from the near one, which is only
+meaningful when the two embeddings live in one space that the tuning shaped for both microphones;
+trained on near alone, the far embeddings would be off the tuned manifold. The cost is twice the
+training steps per epoch. CHANNEL_COMBINE is recorded too but does not change training.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from asd.cli import config_to_dict, parse_config, print_config
 from asd.recipes import expand_recipe, recipe_summary
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
-from dataset import ClipDataset, LabelIndex, stratified_split
+from dataset import LabelIndex, stratified_split
 from model import trainable_state
 
 RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
@@ -80,6 +91,13 @@ FREQ_MASK = 16  # widest frequency mask (mel bins)
 NUM_MASKS = 2  # masks of each kind per clip
 MIXUP_PROB = 0.5  # share of training batches whose clip pairs and targets are mixed (0 = never)
 MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weights
+CHANNELS = "near"  # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
+RESIDUAL_WEIGHT = (
+    0.5  # weight of the far channel in residual (near - w x far) and in CHANNEL_COMBINE residual
+)
+CHANNEL_COMBINE = (
+    "concat"  # both: how extraction combines the two embeddings (concat | residual); recorded only
+)
 FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
 OUTPUT = "best_encoder_model.pth"  # best model (LoRA + head + label index + settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
@@ -121,6 +139,9 @@ _LIMITS = {
     "MIXUP_ALPHA": (">0", None),
     "RESUME": ("auto", "true", "false"),
     "MODEL_SIZE": ("tiny", "base", "large"),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
 }
 
 
@@ -213,10 +234,10 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     if pretext and cfg.single_class == "frozen":
         return save_frozen(cfg, label_index, show)
     train_records, val_records = split_clips(cfg, records, label_index, show)
-    cache = training.feature_source(cfg, [r.path for r in records], show)
-    train_loader = training.make_loader(ClipDataset(train_records, label_index, cache), cfg, True)
+    caches = training.feature_sources(cfg, [r.path for r in records], show)
+    train_loader = training.make_loader(training.clip_dataset(train_records, label_index, caches), cfg, True)
     val_loader = (
-        training.make_loader(ClipDataset(val_records, label_index, cache), cfg, False)
+        training.make_loader(training.clip_dataset(val_records, label_index, caches), cfg, False)
         if val_records
         else None
     )
@@ -255,8 +276,8 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         )
     history["best"] = best
     history["feature_cache"] = {
-        "hits": getattr(cache, "hits", None),
-        "misses": getattr(cache, "misses", None),
+        "hits": sum(getattr(c, "hits", 0) for c in caches) if cfg.feature_cache else None,
+        "misses": sum(getattr(c, "misses", 0) for c in caches) if cfg.feature_cache else None,
     }
     return history
 

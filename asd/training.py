@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from asd.augment import mixup_batch, pretext_batch, spec_augment
@@ -18,7 +18,7 @@ from asd.checkpoints import build_encoder
 from asd.runtime import autocast, resolve_device
 from dataset import ClipDataset, FixedLengthCollate, VariableLengthCollate, discover_clips
 from model import ASDModel, add_lora, count_parameters, make_head
-from preprocessing import FeatureCache
+from preprocessing import FeatureCache, channel_views
 
 # ----------------------------------------------------------------------------- processes
 
@@ -52,29 +52,49 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 class MemoryFeatures:
     """fbanks held in memory (FEATURE_CACHE None): computed once, before the loaders fork."""
 
-    def __init__(self, paths: list[str], show: bool):
-        compute = FeatureCache(None)
+    def __init__(self, paths: list[str], show: bool, channels: str = "near", residual_weight: float = 0.5):
+        compute = FeatureCache(None, channels=channels, residual_weight=residual_weight)
         self.fbanks = {p: compute.fbank(p) for p in tqdm(paths, desc="fbanks", disable=not show)}
 
     def fbank(self, path: str) -> torch.Tensor:
         return self.fbanks[path]
 
 
-def feature_source(cfg, paths: list[str], show: bool) -> FeatureCache | MemoryFeatures:
-    """FEATURE_CACHE's on-disk cache, or every fbank in memory when it is None."""
-    return FeatureCache(cfg.feature_cache) if cfg.feature_cache else MemoryFeatures(paths, show)
+def feature_sources(cfg, paths: list[str], show: bool) -> list[FeatureCache | MemoryFeatures]:
+    """One feature source per channel view of CHANNELS (two for 'both'): FEATURE_CACHE's on-disk
+    cache, or every fbank in memory when it is None."""
+    weight = cfg.residual_weight
+    return [
+        FeatureCache(cfg.feature_cache, channels=view, residual_weight=weight)
+        if cfg.feature_cache
+        else MemoryFeatures(paths, show, view, weight)
+        for view in channel_views(cfg.channels)
+    ]
+
+
+def clip_dataset(records: list, label_index, sources: list) -> Dataset:
+    """The clips heard through every source: with CHANNELS 'both' each clip's near and its far channel
+    are two training examples of the clip's class (see train.py), one per view."""
+    parts = [ClipDataset(records, label_index, source) for source in sources]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def training_records(cfg) -> list:
-    """The normal training clips of DATA_DIR (MACHINE_TYPES only, when given)."""
-    records = discover_clips(cfg.data_dir, splits=("train",), machine_types=cfg.machine_types or None)
+    """The normal training clips of DATA_DIR (MACHINE_TYPES only, when given); a clip with too few
+    channels for CHANNELS is refused naming it before anything is computed."""
+    records = discover_clips(
+        cfg.data_dir,
+        splits=("train",),
+        machine_types=cfg.machine_types or None,
+        channels=cfg.channels,
+    )
     normal = [r for r in records if r.split == "train" and r.label == "normal"]
     if not normal:
         raise ValueError(f"{cfg.data_dir}: no normal training clips found")
     return normal
 
 
-def make_loader(dataset: ClipDataset, cfg, train: bool) -> DataLoader:
+def make_loader(dataset: Dataset, cfg, train: bool) -> DataLoader:
     """Batches of fbanks: whole clips padded to PAD_MULTIPLE (TARGET_FRAMES 0) or TARGET_FRAMES each."""
     sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if dist.is_initialized() else None
     return DataLoader(
