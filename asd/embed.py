@@ -43,7 +43,8 @@ def embedding_settings(
     }
 
 
-def _views(record: dict) -> tuple[tuple[str, ...], float]:
+def record_views(record: dict) -> tuple[tuple[str, ...], float]:
+    """(the channel views a channel record embeds, the residual weight)."""
     from preprocessing import RESIDUAL_WEIGHT, channel_views
 
     return channel_views(record["channels"]), float(record.get("residual_weight", RESIDUAL_WEIGHT))
@@ -53,7 +54,7 @@ def feature_caches(cache_dir, record: dict) -> list:
     """One preprocessing.FeatureCache per channel view of ``record`` (two for 'both')."""
     from preprocessing import FeatureCache
 
-    views, weight = _views(record)
+    views, weight = record_views(record)
     return [FeatureCache(cache_dir, channels=view, residual_weight=weight) for view in views]
 
 
@@ -71,7 +72,7 @@ def stat_columns(record: dict) -> list[str]:
     """Names of the statistics columns: STAT_NAMES, or for 'both' near_* then far_*."""
     from preprocessing import STAT_NAMES
 
-    views, _ = _views(record)
+    views, _ = record_views(record)
     return list(STAT_NAMES) if len(views) == 1 else [f"{v}_{name}" for v in views for name in STAT_NAMES]
 
 
