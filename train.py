@@ -92,12 +92,8 @@ NUM_MASKS = 2  # masks of each kind per clip
 MIXUP_PROB = 0.5  # share of training batches whose clip pairs and targets are mixed (0 = never)
 MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing weights
 CHANNELS = "near"  # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
-RESIDUAL_WEIGHT = (
-    0.5  # weight of the far channel in residual (near - w x far) and in CHANNEL_COMBINE residual
-)
-CHANNEL_COMBINE = (
-    "concat"  # both: how extraction combines the two embeddings (concat | residual); recorded only
-)
+RESIDUAL_WEIGHT = 0.5  # far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
+CHANNEL_COMBINE = "concat"  # both: how extraction combines the embeddings (concat | residual); recorded only
 FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
 OUTPUT = "best_encoder_model.pth"  # best model (LoRA + head + label index + settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
