@@ -248,7 +248,9 @@ def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | 
     same_paths = [r["path"] for r in emb["records"]] == [r["path"] for r in stats["records"]]
     if not same_paths or fp["data"] != st["data"]:
         return f"the {split} embeddings and statistics describe different clips"
-    if st.get("features", {}).get("channels") != views_record(embedding_channels(fp))["channels"]:
+    recorded, features = fp.get("settings", {}).get("channels"), st.get("features") or {}
+    heard = {key: features[key] for key in ("channels", "residual_weight") if key in features}
+    if recorded and heard and heard != views_record(recorded):  # files from before CHANNELS: no record
         return f"the {split} statistics were computed from other channels than its embeddings"
     for key, what in (
         ("model_sha256", "another tuned model"),

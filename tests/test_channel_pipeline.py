@@ -215,6 +215,13 @@ def test_a_mismatch_of_modes_is_refused_naming_files_and_modes(root, tmp_path):
         match=r"normal_embeddings.pt was made with channels='near'.*score_clips.py.*channels='both'",
     ):
         score_clips.main(["--run", str(run), "--machine_type", "fan", "--channels", "both", str(clip)])
+    # statistics of other channels than their embeddings: refused
+    stats_file = run / "normal_stats.pt"
+    payload = torch.load(stats_file, weights_only=True)
+    payload["fingerprint"]["features"]["channels"] = "far"
+    torch.save(payload, stats_file)
+    with pytest.raises(ValueError, match="train statistics were computed from other channels"):
+        evaluate.main(["--embed_dir", str(run), "--results_dir", str(tmp_path / "res"), "--plots", "false"])
     # embedding files that say they were made with 'far' from a model tuned on 'near': the scorers refuse
     for name in embedding_files.EMBEDDING_FILE_NAMES:
         payload = torch.load(run / name, weights_only=True)
