@@ -8,6 +8,10 @@ their names and format): normal_embeddings.pt, normal_stats.pt (the training nor
 test_embeddings.pt, test_stats.pt (the test clips). Each records content keys of the clips, of the
 tuned model and the embedding settings; a file whose record differs from the current one is rebuilt,
 never reused. On CUDA the fbanks are computed in batches on the GPU (preprocessing.FeatureCache.fbanks).
+
+CHANNELS must be the mode the tuned model was trained with (its file records it; a mismatch is an
+error naming both). 'both' embeds the near and the far channel one by one and combines the two
+embeddings as CHANNEL_COMBINE says; its statistics are the near ones followed by the far ones.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from asd.cli import parse_config, print_config
 from asd.embed import (
     embed_records,
     embedding_settings,
+    feature_caches,
     forget_tuned_model,
     precision,
+    stat_columns,
     stats_records,
     tuned_model,
 )
 from asd.embedding_files import (
+    check_model_channels,
     embedding_fingerprint,
     feature_paths,
     read_feature_file,
@@ -51,6 +58,9 @@ AMP = True  # bf16 autocast on CUDA (ignored on CPU)
 LONG_CLIP = "windows"  # crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
 POOLING = None  # None = as trained | cls | mean
 TARGET_FRAMES = None  # fbank frames per window; None = as trained
+CHANNELS = "near"  # microphone(s) heard, as in training: near (channel 0) | far | mix | residual | both
+RESIDUAL_WEIGHT = 0.5  # weight of the far channel in residual (waveform) and in CHANNEL_COMBINE residual
+CHANNEL_COMBINE = "concat"  # both: concat = [near, far] embeddings | residual = near - RESIDUAL_WEIGHT x far
 FEATURE_CACHE = "cache/features"  # on-disk fbank/statistics cache folder; none = off
 REBUILD = False  # rebuild even when the files are up to date
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -60,22 +70,27 @@ _LIMITS = {
     "LONG_CLIP": ("crop", "windows"),
     "POOLING": ("cls", "mean"),
     "TARGET_FRAMES": (0, None),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
 }
 
 
-def build_split(split: str, cfg, settings: dict, device: torch.device, cache) -> tuple[dict, dict]:
+def build_split(split: str, cfg, settings: dict, device: torch.device, caches) -> tuple[dict, dict]:
     """Load the embeddings and statistics of a split, (re)building whichever is missing or stale."""
-    from preprocessing import STAT_NAMES
-
     emb_path, stats_path = feature_paths(cfg.embed_dir, split)
-    records = split_records(cfg.data_dir, split)
+    records = split_records(cfg.data_dir, split, settings["channels"]["channels"])
     emb_fingerprint = embedding_fingerprint(
         split, records, cfg.data_dir, cfg.model_path, settings, precision(settings, device)
     )
     outputs = []
     for path, fingerprint, columns in (
         (emb_path, emb_fingerprint, None),
-        (stats_path, stats_fingerprint(split, records, cfg.data_dir), list(STAT_NAMES)),
+        (
+            stats_path,
+            stats_fingerprint(split, records, cfg.data_dir, settings["channels"]),
+            stat_columns(settings["channels"]),
+        ),
     ):
         payload = None if cfg.rebuild else read_feature_file(path)
         reason = "rebuild requested" if cfg.rebuild else stale_reason(payload, fingerprint)
@@ -85,32 +100,39 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, cache) ->
             print(f"{path}: {reason}; computing {len(records)} {split} clips on {device}")
             if columns is None:
                 model, _, trained = tuned_model(cfg.model_path, device)
-                matrix = embed_records(records, model, trained, settings, device, cfg.embed_batch_size, cache)
+                matrix = embed_records(
+                    records, model, trained, settings, device, cfg.embed_batch_size, caches
+                )
             else:
-                matrix = stats_records(records, cache)
+                matrix = stats_records(records, caches)
             payload = write_feature_file(path, matrix, records, columns, fingerprint)
         outputs.append(payload)
     return outputs[0], outputs[1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
-    from preprocessing import FeatureCache
+    from preprocessing import channel_record
 
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
-    explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp)
+    channels = channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine)
+    explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp, channels)
+    default = channel_record(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE)
     # test clips alone are embedded like the normals already on disk, unless settings were given
     settings = (
         explicit
-        if "train" in cfg.splits or explicit != embedding_settings(LONG_CLIP, POOLING, TARGET_FRAMES, AMP)
+        if "train" in cfg.splits
+        or explicit != embedding_settings(LONG_CLIP, POOLING, TARGET_FRAMES, AMP, default)
         else (saved_settings(cfg.embed_dir) or explicit)
     )
+    check_model_channels(cfg.model_path, settings["channels"], f"extraction into {cfg.embed_dir}")
     device = resolve_device(cfg.device)
-    cache = FeatureCache(None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache)
+    cache_dir = None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache
+    caches = feature_caches(cache_dir, settings["channels"])
     out = {}
     try:
         for split in cfg.splits:
-            out[split] = build_split(split, cfg, settings, device, cache)
+            out[split] = build_split(split, cfg, settings, device, caches)
             embeddings, stats = out[split]
             print(
                 f"{split}: embeddings {tuple(embeddings['matrix'].shape)}, statistics {tuple(stats['matrix'].shape)}"

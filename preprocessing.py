@@ -62,6 +62,10 @@ CHANNEL_MODES = ("near", "far", "mix", "residual", "both")
 TWO_CHANNEL_MODES = ("far", "residual", "both")
 CHANNELS = "near"  # default channel mode of the loaders
 RESIDUAL_WEIGHT = 0.5  # weight of the far channel in 'residual' (LUDO's DCASE 2026 system: 0.5)
+# how 'both' combines its two embeddings: concat = [near, far] (twice the width), residual = near
+# embedding - RESIDUAL_WEIGHT * far embedding (the residual in embedding space)
+CHANNEL_COMBINES = ("concat", "residual")
+CHANNEL_COMBINE = "concat"  # default combination of 'both'
 LEGACY_CHANNEL_RECORD = {"channels": "mix"}  # what a model/embedding file without a record was made with
 ENCODER_MAX_FRAMES = 12288  # EAT's position table: 768 time patches x 16 frames, about 123 s
 
@@ -206,11 +210,21 @@ def load_audio(
     return wav.contiguous()
 
 
-def channel_record(channels: str = CHANNELS, residual_weight: float = RESIDUAL_WEIGHT) -> dict:
-    """The channel settings to record in model and embedding files (the weight only where it acts)."""
+def channel_record(
+    channels: str = CHANNELS, residual_weight: float = RESIDUAL_WEIGHT, combine: str | None = None
+) -> dict:
+    """The channel settings to record in model and embedding files (each setting only where it acts).
+
+    ``combine`` (how 'both' combines its two embeddings, CHANNEL_COMBINES) is recorded for 'both'
+    only, when given; the weight where it acts (channels 'residual', or 'both' combined by 'residual').
+    """
     check_channel_mode(channels, residual_weight)
     record: dict = {"channels": channels}
-    if channels == "residual":
+    if channels == "both" and combine is not None:
+        if combine not in CHANNEL_COMBINES:
+            raise ValueError(f"unknown channel combination {combine!r}; choose one of {CHANNEL_COMBINES}")
+        record["combine"] = combine
+    if channels == "residual" or record.get("combine") == "residual":
         record["residual_weight"] = float(residual_weight)
     return record
 
@@ -219,8 +233,11 @@ def _describe_channels(record: dict) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in sorted(record.items()))
 
 
-def check_channel_record(recorded: dict | None, expected: dict, source: str | os.PathLike) -> None:
-    """ValueError naming ``source`` when the channel settings it recorded differ from this run's.
+def check_channel_record(
+    recorded: dict | None, expected: dict, source: str | os.PathLike, reader: str = "this run"
+) -> None:
+    """ValueError naming ``source`` and ``reader`` when the channel settings ``source`` recorded
+    differ from the ones ``reader`` uses (``expected``).
 
     A file without a record predates the CHANNELS setting and was made from the channel mean
     (LEGACY_CHANNEL_RECORD). Extra keys (e.g. how 'both' combines its embeddings) must match too.
@@ -235,9 +252,9 @@ def check_channel_record(recorded: dict | None, expected: dict, source: str | os
         else ""
     )
     raise ValueError(
-        f"{source} was made with {_describe_channels(recorded)}{legacy}, but this run reads the clips "
-        f"with {_describe_channels(expected)}: use the same --channels (and --residual_weight) for "
-        f"training, embedding and scoring, or rebuild {source}"
+        f"{source} was made with {_describe_channels(recorded)}{legacy}, but {reader} reads the clips "
+        f"with {_describe_channels(expected)}: use the same --channels (and --residual_weight, "
+        f"--channel_combine) for training, embedding and scoring, or rebuild {source}"
     )
 
 

@@ -7,13 +7,22 @@ are embedded with the run's tuned encoder and embedding settings, scored by the 
 that section's normal embeddings and statistics (the ensemble with the settings its evaluation used,
 or the run's Deep SVDD of the machine type), and judged by the decision threshold the evaluator
 recorded for the section over all its training normals (summary.json; a new recording's domain is
-unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary. Refuses a run whose
-files do not agree and a machine type or section the run never saw.
+unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary.
+
+Long recordings (longer than LONG_SECONDS; by default the encoder's reach, about 123 s) are scored
+as consecutive windows of WINDOW_SECONDS every HOP_SECONDS, each window like a clip of its samples,
+read from disk EMBED_BATCH_SIZE windows at a time (memory stays bounded for an hour or a day). Their
+windows go to WINDOW_OUTPUT (file,window,start_s,end_s,score,decision), a timeline plot of each to
+TIMELINE_DIR/<name>_timeline.png, and their row in OUTPUT holds the AGGREGATE (max: the worst
+window) of the window scores, judged by the same threshold. Refuses a run
+whose files do not agree and a machine type or section the run never saw, and channel settings
+(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE) other than the run's.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -21,18 +30,29 @@ from asd.cli import exit_if_help
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import numpy as np
+import soundfile as sf
 
 from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
-from asd.embed import embed_records, stats_records, tuned_model
-from asd.embedding_files import Split, load_features
+from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
+from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
 from asd.files import atomic_write_text
 from asd.freshness import file_key
+from asd.long_clips import (
+    aggregate,
+    csv_text,
+    embed_windows,
+    is_long,
+    plot_timeline,
+    timeline_path,
+    window_spans,
+    write_window_table,
+)
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
 from dataset import ClipRecord
-from preprocessing import STAT_NAMES, FeatureCache
+from preprocessing import channel_record, check_channel_record
 
 RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
@@ -41,8 +61,28 @@ SCORER = "ensemble"  # ensemble (k-NN + Mahalanobis) | deepsvdd
 OUTPUT = "clip_scores.csv"  # CSV written: file,score,decision
 CLIPS = []  # the .wav files to score (positional arguments)
 DEVICE = "auto"  # auto | cpu | cuda (for embedding the clips)
+CHANNELS = "near"  # microphone(s) heard, as the run's: near (channel 0) | far | mix | residual | both
+RESIDUAL_WEIGHT = 0.5  # weight of the far channel in residual and in CHANNEL_COMBINE residual, as the run's
+CHANNEL_COMBINE = "concat"  # both: concat | residual combination of the two embeddings, as the run's
+LONG_SECONDS = 0.0  # clips longer than this (s) are scored as windows; 0 = the encoder's reach (about 123 s)
+WINDOW_SECONDS = 10.0  # window length of long recordings (s)
+HOP_SECONDS = 5.0  # a window starts every this many seconds (the last one ends at the recording's end)
+AGGREGATE = "max"  # a long recording's score from its windows' scores: max (worst window) | mean
+EMBED_BATCH_SIZE = 16  # clips or windows embedded at once (bounds the memory of long recordings)
+WINDOW_OUTPUT = "window_scores.csv"  # per-window table of the long recordings
+TIMELINE_DIR = "."  # where each long recording's timeline plot (<name>_timeline.png) goes
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"SCORER": ("ensemble", "deepsvdd")}
+_LIMITS = {
+    "SCORER": ("ensemble", "deepsvdd"),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
+    "LONG_SECONDS": (0.0, None),
+    "WINDOW_SECONDS": (">0", None),
+    "HOP_SECONDS": (">0", None),
+    "AGGREGATE": ("max", "mean"),
+    "EMBED_BATCH_SIZE": (1, None),
+}
 
 
 def scorer_factory(run: Path, scorer: str, fingerprint: dict):
@@ -70,18 +110,62 @@ def section_threshold(summary: dict, machine_type: str, section: str, path: Path
     )
 
 
-def embed_clips(paths: list[str], machine_type: str, section: str, fingerprint: dict, device_name: str):
-    """A scoring.Split of the new clips, embedded exactly like the run's normals."""
+def run_model(fingerprint: dict, device):
+    """The run's tuned model (checked to be the one its embeddings came from)."""
     model_path = Path(fingerprint["model_path"])
     if not model_path.is_file() or file_key(model_path) != fingerprint["model_key"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
-    records = [ClipRecord(str(Path(p)), machine_type, section, None, "test", "unknown") for p in paths]
-    device = resolve_device(device_name)
-    cache = FeatureCache(None)
-    model, _, trained = tuned_model(model_path, device)
-    embeddings = embed_records(records, model, trained, fingerprint["settings"], device, 16, cache)
-    stats = stats_records(records, cache)
-    return Split(embeddings.numpy().astype(np.float32), stats.numpy(), list(STAT_NAMES), records)
+    return tuned_model(model_path, device)
+
+
+def embed_clips(cfg, fingerprint: dict) -> tuple[Split, dict[str, list[tuple[float, float]]]]:
+    """A scoring.Split of the new clips, embedded exactly like the run's normals (long recordings as
+    windows ``<path>#<i>``), and each long recording's window times in seconds."""
+    settings, device = fingerprint["settings"], resolve_device(cfg.device)
+    model, _, trained = run_model(fingerprint, device)
+    record = ClipRecord("", cfg.machine_type, cfg.section, None, "test", None)
+    columns = stat_columns(settings["channels"])
+    short = [replace(record, path=str(Path(p))) for p in cfg.clips if not is_long(p, cfg.long_seconds)]
+    parts, times = [], {}
+    if short:
+        caches = feature_caches(None, settings["channels"])
+        embeddings = embed_records(short, model, trained, settings, device, cfg.embed_batch_size, caches)
+        stats = stats_records(short, caches)
+        parts.append(Split(embeddings.numpy().astype(np.float32), stats.numpy(), columns, short))
+    for path in (str(Path(p)) for p in cfg.clips if is_long(p, cfg.long_seconds)):
+        info = sf.info(path)
+        spans = window_spans(info.frames, info.samplerate, cfg.window_seconds, cfg.hop_seconds)
+        times[path] = [(a / info.samplerate, b / info.samplerate) for a, b in spans]
+        parts.append(
+            embed_windows(
+                path, record, spans, model, trained, settings, device, cfg.embed_batch_size, columns
+            )
+        )
+    return join_splits(parts), times
+
+
+def join_splits(parts: list[Split]) -> Split:
+    return Split(
+        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([p.stats for p in parts]),
+        parts[0].stat_names,
+        [r for p in parts for r in p.records],
+    )
+
+
+def long_rows(cfg, scores: dict, times: dict, threshold: float) -> tuple[list, list]:
+    """(one OUTPUT row per long recording, every window's row), and a timeline plot of each."""
+    rows, window_rows = [], []
+    for path, spans in times.items():
+        values = [scores[f"{path}#{i}"] for i in range(len(spans))]
+        name = Path(path).name
+        window_rows += [
+            (name, i, a, b, v, int(v > threshold)) for i, ((a, b), v) in enumerate(zip(spans, values))
+        ]
+        score = aggregate(values, cfg.aggregate)
+        rows.append((name, score, int(score > threshold)))
+        plot_timeline(timeline_path(cfg.timeline_dir, path), name, spans, values, threshold)
+    return rows, window_rows
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
@@ -96,6 +180,12 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     if missing:
         raise FileNotFoundError(f"no such clip file(s): {', '.join(missing)}")
     features = load_features(run, splits=("train",))
+    check_channel_record(
+        embedding_channels(features.fingerprint),
+        channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine),
+        feature_paths(run, "train")[0],
+        "score_clips.py",
+    )
     seen = sorted({(r.machine_type, r.section) for r in features.normal.records})
     if (cfg.machine_type, cfg.section) not in seen:
         raise ValueError(
@@ -105,15 +195,31 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     factory, by, summary = scorer_factory(run, cfg.scorer, features.fingerprint)
     summary_path = run / "results" / cfg.scorer / "summary.json"
     threshold = section_threshold(summary, cfg.machine_type, cfg.section, summary_path)
-    clips = embed_clips(cfg.clips, cfg.machine_type, cfg.section, features.fingerprint, cfg.device)
+    clips, times = embed_clips(cfg, features.fingerprint)
     wanted = [
         i
         for i, r in enumerate(features.normal.records)
         if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
     ]
     scores, _ = score_by_group(features.normal.rows(wanted), clips, factory, by)
-    rows = [(Path(r.path).name, scores[r.path], int(scores[r.path] > threshold)) for r in clips.records]
-    atomic_write_text("file,score,decision\n" + "".join(f"{n},{s:.8g},{d}\n" for n, s, d in rows), cfg.output)
+    windows = {f"{path}#{i}" for path, spans in times.items() for i in range(len(spans))}
+    short = {
+        r.path: (Path(r.path).name, scores[r.path], int(scores[r.path] > threshold))
+        for r in clips.records
+        if r.path not in windows
+    }
+    recordings, window_rows = long_rows(cfg, scores, times, threshold)
+    by_path = {**short, **dict(zip(times, recordings))}
+    rows = [by_path[str(Path(p))] for p in cfg.clips]
+    table = [(n, f"{s:.8g}", d) for n, s, d in rows]
+    atomic_write_text(csv_text(("file", "score", "decision"), table), cfg.output)
+    if times:
+        write_window_table(cfg.window_output, window_rows)
+        print(
+            f"{len(times)} long recording(s) scored as {len(window_rows)} windows of {cfg.window_seconds:g} s "
+            f"every {cfg.hop_seconds:g} s (score = {cfg.aggregate} of the windows) -> {cfg.window_output}, "
+            f"timelines in {cfg.timeline_dir}"
+        )
     anomalous = sum(d for _, _, d in rows)
     print(
         f"{len(rows)} clips of {cfg.machine_type} section {cfg.section} scored with {cfg.scorer}: "

@@ -13,6 +13,17 @@ augmentation each clip got) or no training at all.
     python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
+    python train.py --channels both ...             # DCASE 2026: learn from the near and the far microphone
+
+CHANNELS (DCASE 2026 two-channel clips; preprocessing.py describes the modes) picks what the
+encoder hears and is recorded in OUTPUT; extraction and scoring refuse another mode. With 'both'
+each training clip's near and far channel are two training examples of the clip's class (the
+validation split is drawn over clips first, so a clip's two views never straddle it). Why both
+views rather than near only: extraction embeds the far channel through the same encoder, and
+CHANNEL_COMBINE residual subtracts a share of the far embedding from the near one, which is only
+meaningful when the two embeddings live in one space that the tuning shaped for both microphones;
+trained on near alone, the far embeddings would be off the tuned manifold. The cost is twice the
+training steps per epoch. CHANNEL_COMBINE is recorded too but does not change training.
 """
 
 from __future__ import annotations
@@ -94,6 +105,9 @@ NUM_MASKS = 2  # masks of each kind per clip
 MIXUP = "sample_wave"  # "sample_wave": each clip's waveform and target mixed with MIXUP_PROB, lam ~ U(0, 1); "batch_fbank": whole batches' fbanks
 MIXUP_PROB = 0.5  # share of training clips (sample_wave) or batches (batch_fbank) that are mixed (0 = never)
 MIXUP_ALPHA = 0.2  # batch_fbank: Beta(alpha, alpha) mixing weights
+CHANNELS = "near"  # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
+RESIDUAL_WEIGHT = 0.5  # far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
+CHANNEL_COMBINE = "concat"  # both: how extraction combines the embeddings (concat | residual); recorded only
 FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
 OUTPUT = "best_encoder_model.pth"  # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
 LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
@@ -144,6 +158,9 @@ _LIMITS = {
     "MIXUP_ALPHA": (">0", None),
     "RESUME": ("auto", "true", "false"),
     "MODEL_SIZE": ("tiny", "base", "large"),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
 }
 
 
@@ -203,7 +220,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     encoder = base_encoder(model.encoder).config
     reach = encoder.max_length * encoder.patch_size
     check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
-    train_loader, val_loader, cache = training.make_loaders(
+    train_loader, val_loader, caches = training.make_loaders(
         cfg, label_index, train_records, val_records, seconds, show
     )
     if show and seconds is not None:
@@ -247,8 +264,8 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         print(f"last epoch {history['epochs'][-1]} -> {cfg.output}")
     history["best"] = best
     history["feature_cache"] = {
-        "hits": getattr(cache, "hits", None),
-        "misses": getattr(cache, "misses", None),
+        "hits": sum(getattr(c, "hits", 0) for c in caches) if cfg.feature_cache else None,
+        "misses": sum(getattr(c, "misses", 0) for c in caches) if cfg.feature_cache else None,
     }
     return history
 

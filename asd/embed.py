@@ -1,5 +1,11 @@
 """Clip embedding with a tuned encoder: windows, same-length batches, the embeddings and statistics of
 clips, and the tuned model loaded once per process. Used by extract_embeddings.py and score_clips.py.
+
+Channels: ``settings["channels"]`` is the channel record (preprocessing.channel_record). One view
+(near, far, mix, residual) is embedded as it is read; 'both' embeds the near and the far channel
+one by one (one FeatureCache each, ``feature_caches``) and combines the two embeddings: 'concat'
+[near, far] (twice the width) or 'residual' near - RESIDUAL_WEIGHT x far (embedding space). The
+statistics of 'both' are the near statistics followed by the far ones (``stat_columns``).
 """
 
 from __future__ import annotations
@@ -17,13 +23,57 @@ LONG_CLIPS = ("crop", "windows")
 POOLINGS = (None, "cls", "mean")
 
 
-def embedding_settings(long_clip: str, pooling: str | None, target_frames: int | None, amp: bool) -> dict:
-    """The settings that change embedding values (device-independent except for precision)."""
+def embedding_settings(
+    long_clip: str, pooling: str | None, target_frames: int | None, amp: bool, channels: dict | None = None
+) -> dict:
+    """The settings that change embedding values (device-independent except for precision);
+    ``channels`` is the channel record (preprocessing.channel_record; None = the default 'near')."""
+    from preprocessing import channel_record
+
     if long_clip not in LONG_CLIPS:
         raise ValueError(f"LONG_CLIP must be 'crop' or 'windows', got {long_clip!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"POOLING must be none, 'cls' or 'mean', got {pooling!r}")
-    return {"long_clip": long_clip, "pooling": pooling, "target_frames": target_frames, "amp": bool(amp)}
+    return {
+        "long_clip": long_clip,
+        "pooling": pooling,
+        "target_frames": target_frames,
+        "amp": bool(amp),
+        "channels": dict(channels) if channels is not None else channel_record(),
+    }
+
+
+def record_views(record: dict) -> tuple[tuple[str, ...], float]:
+    """(the channel views a channel record embeds, the residual weight)."""
+    from preprocessing import RESIDUAL_WEIGHT, channel_views
+
+    return channel_views(record["channels"]), float(record.get("residual_weight", RESIDUAL_WEIGHT))
+
+
+def feature_caches(cache_dir, record: dict) -> list:
+    """One preprocessing.FeatureCache per channel view of ``record`` (two for 'both')."""
+    from preprocessing import FeatureCache
+
+    views, weight = record_views(record)
+    return [FeatureCache(cache_dir, channels=view, residual_weight=weight) for view in views]
+
+
+def combine_views(parts: Sequence[torch.Tensor], record: dict) -> torch.Tensor:
+    """One row per clip from the per-view rows: the single view, or 'both' combined as recorded."""
+    if len(parts) == 1:
+        return parts[0]
+    near, far = parts
+    if record.get("combine", "concat") == "concat":
+        return torch.cat([near, far], dim=1)
+    return near - float(record["residual_weight"]) * far
+
+
+def stat_columns(record: dict) -> list[str]:
+    """Names of the statistics columns: STAT_NAMES, or for 'both' near_* then far_*."""
+    from preprocessing import STAT_NAMES
+
+    views, _ = record_views(record)
+    return list(STAT_NAMES) if len(views) == 1 else [f"{v}_{name}" for v in views for name in STAT_NAMES]
 
 
 def precision(settings: dict, device: torch.device) -> str:
@@ -109,46 +159,56 @@ def embed_fbanks(
 
 
 def embed_records(
-    records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
+    records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, caches
 ) -> torch.Tensor:
-    """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP)."""
+    """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP); one
+    pass per channel view (``caches``: feature_caches, or one FeatureCache), combined as recorded."""
+    caches = caches if isinstance(caches, (list, tuple)) else [caches]
+    parts = [_embed_view(records, model, trained, settings, device, batch_size, cache) for cache in caches]
+    return combine_views(parts, settings.get("channels", {}))
+
+
+def embed_fbank_batch(model, trained: dict, settings: dict, fbanks, device: torch.device, batch_size: int):
+    """Embeddings [B, D] of already computed fbanks of one view, with the embedding ``settings``."""
     from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
 
-    pooling = settings["pooling"] or model.pooling
     target_frames = settings["target_frames"]
     if target_frames is None:
         target_frames = trained.get("target_frames", DEFAULT_FRAMES)
-    trained_pooling, model.pooling = model.pooling, pooling
-    chunks = []
+    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
     try:
-        for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
-            paths = [r.path for r in records[start : start + batch_size]]
-            # on CUDA the missing fbanks are computed in batches on the GPU
-            fbanks = (
-                cache.fbanks(paths, device, batch_size)
-                if device.type == "cuda"
-                else [cache.fbank(p) for p in paths]
-            )
-            chunks.append(
-                embed_fbanks(
-                    model,
-                    fbanks,
-                    target_frames,
-                    settings["long_clip"],
-                    device,
-                    settings["amp"],
-                    batch_size,
-                    trained.get("pad_multiple", 32),
-                )
-            )
+        return embed_fbanks(
+            model, fbanks, target_frames, settings["long_clip"], device, settings["amp"], batch_size,
+            trained.get("pad_multiple", 32),
+        )  # fmt: skip
     finally:
         model.pooling = trained_pooling
+
+
+def _embed_view(
+    records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
+) -> torch.Tensor:
+    chunks = []
+    for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
+        paths = [r.path for r in records[start : start + batch_size]]
+        # on CUDA the missing fbanks are computed in batches on the GPU
+        fbanks = (
+            cache.fbanks(paths, device, batch_size)
+            if device.type == "cuda"
+            else [cache.fbank(p) for p in paths]
+        )
+        chunks.append(embed_fbank_batch(model, trained, settings, fbanks, device, batch_size))
     return torch.cat(chunks)
 
 
-def stats_records(records: Sequence, cache) -> torch.Tensor:
-    """Statistics vectors [N, len(STAT_NAMES)] of the clips (from the feature cache when present)."""
-    rows = [cache.stats(r.path) for r in tqdm(records, desc="statistics", unit="clip")]
+def stats_records(records: Sequence, caches) -> torch.Tensor:
+    """Statistics vectors [N, len(stat_columns)] of the clips (from the feature caches when present):
+    one view's, or for 'both' (two caches) the near statistics followed by the far ones."""
+    caches = caches if isinstance(caches, (list, tuple)) else [caches]
+    rows = [
+        np.concatenate([cache.stats(r.path) for cache in caches])
+        for r in tqdm(records, desc="statistics", unit="clip")
+    ]
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 

@@ -50,9 +50,10 @@ def feature_paths(embed_dir: str | os.PathLike, split: str) -> tuple[Path, Path]
     return tuple(Path(embed_dir) / name for name in FEATURE_FILES[split])
 
 
-def split_records(data_dir: str | os.PathLike, split: str) -> list[ClipRecord]:
-    """The clips of a split, sorted by path: the training normals, or every test clip."""
-    records = discover_clips(data_dir, splits=(split,))
+def split_records(data_dir: str | os.PathLike, split: str, channels: str = "near") -> list[ClipRecord]:
+    """The clips of a split, sorted by path: the training normals, or every test clip (each refused
+    naming it, before anything is computed, when it has too few channels for ``channels``)."""
+    records = discover_clips(data_dir, splits=(split,), channels=channels)
     if split == "train":
         records = [r for r in records if r.label == "normal"]
     if not records:
@@ -93,11 +94,47 @@ def embedding_fingerprint(
     }
 
 
-def stats_fingerprint(split: str, records: Sequence[ClipRecord], data_dir) -> dict:
-    """What a statistics file was built from: the clips and the feature settings."""
+def stats_fingerprint(
+    split: str, records: Sequence[ClipRecord], data_dir, channels: dict | None = None
+) -> dict:
+    """What a statistics file was built from: the clips and the feature settings (of the channel
+    views of the record ``channels``; None = the default 'near')."""
     from preprocessing import feature_settings  # lazy: the scorers never need the audio front end
 
-    return {**_data_part(split, records, data_dir), "features": feature_settings()}
+    views = views_record(channels) if channels else {}
+    return {**_data_part(split, records, data_dir), "features": {**feature_settings(), **views}}
+
+
+def embedding_channels(fingerprint: dict) -> dict:
+    """The channel record of an embeddings file (files from before the CHANNELS setting: the mix)."""
+    from preprocessing import LEGACY_CHANNEL_RECORD
+
+    return dict(fingerprint.get("settings", {}).get("channels") or LEGACY_CHANNEL_RECORD)
+
+
+def views_record(record: dict) -> dict:
+    """The part of a channel record that says what the encoder hears (what a tuned model records):
+    the mode and, for 'residual', its weight; not how 'both' combines its two embeddings."""
+    from preprocessing import RESIDUAL_WEIGHT, channel_record
+
+    return channel_record(record["channels"], record.get("residual_weight", RESIDUAL_WEIGHT))
+
+
+def model_channels(model_path: str | os.PathLike) -> dict | None:
+    """The channel views a tuned model was trained on (None: made before the CHANNELS setting)."""
+    payload = torch.load(model_path, map_location="cpu", weights_only=True)
+    settings = payload.get("settings", {}) if isinstance(payload, dict) else {}
+    return views_record(settings) if "channels" in settings else None
+
+
+def check_model_channels(model_path: str | os.PathLike, record: dict, reader: str) -> None:
+    """ValueError naming the tuned model and ``reader`` when they hear different channels.
+
+    How 'both' combines its embeddings is not compared: it does not change the tuned model.
+    """
+    from preprocessing import check_channel_record
+
+    check_channel_record(model_channels(model_path), views_record(record), model_path, reader)
 
 
 def stale_reason(payload: dict | None, fingerprint: dict) -> str | None:
@@ -199,6 +236,10 @@ def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | 
     same_paths = [r["path"] for r in emb["records"]] == [r["path"] for r in stats["records"]]
     if not same_paths or fp["clips"] != st["clips"]:
         return f"the {split} embeddings and statistics describe different clips"
+    recorded, features = fp.get("settings", {}).get("channels"), st.get("features") or {}
+    heard = {key: features[key] for key in ("channels", "residual_weight") if key in features}
+    if recorded and heard and heard != views_record(recorded):  # files from before CHANNELS: no record
+        return f"the {split} statistics were computed from other channels than its embeddings"
     for key, what in (
         ("model_key", "another tuned model"),
         ("settings", "other embedding settings"),
@@ -249,6 +290,10 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
         problem = _disagreement(split, emb, stats, reference) or _stale(emb["fingerprint"], split)
         if problem:
             raise ValueError(f"{embed_dir}: {problem}; run {extract_command(embed_dir, emb['fingerprint'])}")
+    model_path = Path(reference["model_path"])
+    if model_path.is_file():  # the same model: _stale compared its sha256
+        emb_path = feature_paths(embed_dir, splits[0])[0]
+        check_model_channels(model_path, embedding_channels(reference), f"the embeddings {emb_path}")
 
     def to_split(pair) -> Split:
         emb, stats = pair

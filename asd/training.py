@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
@@ -28,7 +28,7 @@ from dataset import (
     stratified_split,
 )
 from model import ASDModel, add_lora, count_parameters, set_drop_path
-from preprocessing import FeatureCache, load_audio
+from preprocessing import FeatureCache, channel_views, load_audio
 
 # ----------------------------------------------------------------------------- settings
 
@@ -98,17 +98,31 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 class MemoryFeatures:
     """fbanks held in memory (FEATURE_CACHE None): computed once, before the loaders fork."""
 
-    def __init__(self, paths: list[str], show: bool):
-        compute = FeatureCache(None)
+    def __init__(self, paths: list[str], show: bool, channels: str = "near", residual_weight: float = 0.5):
+        compute = FeatureCache(None, channels=channels, residual_weight=residual_weight)
         self.fbanks = {p: compute.fbank(p) for p in tqdm(paths, desc="fbanks", disable=not show)}
 
     def fbank(self, path: str) -> torch.Tensor:
         return self.fbanks[path]
 
 
-def feature_source(cfg, paths: list[str], show: bool) -> FeatureCache | MemoryFeatures:
-    """FEATURE_CACHE's on-disk cache, or every fbank in memory when it is None."""
-    return FeatureCache(cfg.feature_cache) if cfg.feature_cache else MemoryFeatures(paths, show)
+def feature_sources(cfg, paths: list[str], show: bool) -> list[FeatureCache | MemoryFeatures]:
+    """One feature source per channel view of CHANNELS (two for 'both'): FEATURE_CACHE's on-disk
+    cache, or every fbank in memory when it is None."""
+    weight = cfg.residual_weight
+    return [
+        FeatureCache(cfg.feature_cache, channels=view, residual_weight=weight)
+        if cfg.feature_cache
+        else MemoryFeatures(paths, show, view, weight)
+        for view in channel_views(cfg.channels)
+    ]
+
+
+def clip_dataset(records: list, label_index, sources: list) -> Dataset:
+    """The clips heard through every source: with CHANNELS 'both' each clip's near and its far channel
+    are two training examples of the clip's class (see train.py), one per view."""
+    parts = [ClipDataset(records, label_index, source) for source in sources]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def data_dirs(cfg) -> list[str]:
@@ -121,11 +135,14 @@ def data_dirs(cfg) -> list[str]:
 
 def _records(cfg, splits: tuple[str, ...]) -> list:
     machine_types = cfg.machine_types or None
-    return [r for folder in data_dirs(cfg) for r in discover_clips(folder, splits, machine_types)]
+    return [
+        r for folder in data_dirs(cfg) for r in discover_clips(folder, splits, machine_types, cfg.channels)
+    ]
 
 
 def training_records(cfg) -> list:
-    """The normal training clips of every DATA_DIR folder (MACHINE_TYPES only, when given)."""
+    """The normal training clips of every DATA_DIR folder (MACHINE_TYPES only, when given); a clip with
+    too few channels for CHANNELS is refused naming it before anything is computed."""
     normal = [r for r in _records(cfg, ("train",)) if r.split == "train" and r.label == "normal"]
     if not normal:
         raise ValueError(f"{cfg.data_dir}: no normal training clips found")
@@ -145,17 +162,34 @@ def class_index(cfg, records: list) -> ClassIndex:
 
 
 class WaveDataset(torch.utils.data.Dataset):
-    """(whole waveform, class index, record) per clip; train_epoch crops or tiles them to one length."""
+    """(whole waveform, class index, record) per clip, heard through one channel view of CHANNELS;
+    train_epoch crops or tiles them to one length."""
 
-    def __init__(self, records: list, label_index):
+    def __init__(self, records: list, label_index, channels: str = "near", residual_weight: float = 0.5):
         self.records, self.label_index = list(records), label_index
+        self.channels, self.residual_weight = channels, residual_weight
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int):
         record = self.records[i]
-        return load_audio(record.path), self.label_index.get(record), record
+        wave = load_audio(record.path, channels=self.channels, residual_weight=self.residual_weight)
+        return wave, self.label_index.get(record), record
+
+
+def wave_dataset(records: list, label_index, cfg) -> Dataset:
+    """The clips' waveforms through every channel view of CHANNELS (both: near and far, two examples
+    of the clip's class, as clip_dataset does for fbanks)."""
+    parts = [
+        WaveDataset(records, label_index, view, cfg.residual_weight) for view in channel_views(cfg.channels)
+    ]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def _holds_waves(dataset: Dataset) -> bool:
+    first = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+    return isinstance(first, WaveDataset)
 
 
 def wave_batch(batch: list) -> tuple[list, torch.Tensor, list]:
@@ -163,10 +197,10 @@ def wave_batch(batch: list) -> tuple[list, torch.Tensor, list]:
     return [w for w, _, _ in batch], torch.tensor([label for _, label, _ in batch]), [r for _, _, r in batch]
 
 
-def make_loader(dataset: ClipDataset | WaveDataset, cfg, train: bool) -> DataLoader:
+def make_loader(dataset: Dataset, cfg, train: bool) -> DataLoader:
     """Batches of fbanks (whole clips padded to PAD_MULTIPLE, TARGET_FRAMES 0, or TARGET_FRAMES each), or
     of whole waveforms (a WaveDataset: fixed-length clips)."""
-    if isinstance(dataset, WaveDataset):
+    if _holds_waves(dataset):
         collate = wave_batch
     elif cfg.target_frames == 0:
         collate = VariableLengthCollate(cfg.pad_multiple)
@@ -211,16 +245,18 @@ def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tupl
 
 
 def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
-    """(training loader, validation loader or None, fbank cache or None): fbanks of whole clips (through
-    FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
-    cache = None
+    """(training loader, validation loader or None, fbank caches (none for waveforms)): fbanks of whole
+    clips (through FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
+    caches = []
     if seconds is None:
-        cache = feature_source(cfg, [r.path for r in train_records + val_records], show)
-        train_set, val_set = (ClipDataset(part, label_index, cache) for part in (train_records, val_records))
+        caches = feature_sources(cfg, [r.path for r in train_records + val_records], show)
+        train_set, val_set = (
+            clip_dataset(part, label_index, caches) for part in (train_records, val_records)
+        )
     else:
-        train_set, val_set = (WaveDataset(part, label_index) for part in (train_records, val_records))
+        train_set, val_set = (wave_dataset(part, label_index, cfg) for part in (train_records, val_records))
     val_loader = make_loader(val_set, cfg, False) if val_records else None
-    return make_loader(train_set, cfg, True), val_loader, cache
+    return make_loader(train_set, cfg, True), val_loader, caches
 
 
 def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:

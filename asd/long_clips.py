@@ -1,0 +1,187 @@
+"""Long recordings (longer than the encoder's reach, or a chosen length) scored as consecutive windows.
+
+A plant engineer records continuously: an hour-long file cannot be one embedding (EAT reaches about
+123 s; beyond it a clip would be cut). ``window_spans`` cuts the recording into windows of
+WINDOW_SECONDS every HOP_SECONDS (the last one ends at the recording's end, so the tail is heard);
+``embed_windows`` reads them from disk a batch at a time (soundfile seeks; the whole recording is
+never in memory, nor its whole fbank) and embeds each window exactly as a clip of those samples is
+embedded (same channel views, fbank, statistics and embedding settings). A window is then scored like
+a clip; the recording's score is an aggregate of its windows' scores (``aggregate``). One detail
+differs from a clip cut out with an editor: a recording at another sample rate is resampled window
+by window (edge samples of each window differ slightly from resampling the whole file).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from asd.embed import combine_views, embed_fbank_batch, record_views
+from asd.embedding_files import Split
+from asd.files import atomic_path, atomic_write_text
+from dataset import ClipRecord
+from preprocessing import (
+    ENCODER_MAX_FRAMES,
+    FRAME_LENGTH_MS,
+    FRAME_SHIFT_MS,
+    SAMPLE_RATE,
+    AudioError,
+    select_channels,
+    signal_stats,
+    wav_to_fbank,
+)
+
+AGGREGATES = ("max", "mean")
+ENCODER_REACH_SECONDS = ((ENCODER_MAX_FRAMES - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 1000  # about 122.9 s
+
+
+def duration(path: str | os.PathLike) -> float:
+    """Seconds of audio in a file, from its header."""
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
+def is_long(path: str | os.PathLike, long_seconds: float) -> bool:
+    """Whether a clip is scored as windows: longer than ``long_seconds`` (0 = the encoder's reach)."""
+    return duration(path) > (long_seconds or ENCODER_REACH_SECONDS)
+
+
+def window_spans(num_samples: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    """(start, stop) sample indices of windows of ``window_s`` every ``hop_s`` covering the recording;
+    the last window ends at its end. A recording no longer than one window is one span."""
+    if window_s <= 0 or hop_s <= 0:
+        raise ValueError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
+    window, hop = round(window_s * sample_rate), round(hop_s * sample_rate)
+    if num_samples <= window:
+        return [(0, num_samples)]
+    spans = [(start, start + window) for start in range(0, num_samples - window + 1, hop)]
+    if spans[-1][1] < num_samples:
+        spans.append((num_samples - window, num_samples))
+    return spans
+
+
+def _read_window(handle: sf.SoundFile, path: str, span: tuple[int, int]) -> np.ndarray:
+    handle.seek(span[0])
+    data = handle.read(span[1] - span[0], dtype="float32", always_2d=True)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: NaN or infinite samples at {span[0] / handle.samplerate:.1f} s")
+    return data
+
+
+def _view_wave(data: np.ndarray, view: str, weight: float, path: str, sample_rate: int) -> torch.Tensor:
+    """One channel view of a window at 16 kHz, as preprocessing.load_audio reads a clip."""
+    import torchaudio
+
+    wav = torch.from_numpy(np.ascontiguousarray(select_channels(data, view, weight, path)))
+    if sample_rate != SAMPLE_RATE:
+        wav = torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+    return wav.contiguous()
+
+
+def embed_windows(
+    path: str,
+    record: ClipRecord,
+    spans: Sequence[tuple[int, int]],
+    model,
+    trained: dict,
+    settings: dict,
+    device: torch.device,
+    batch_size: int,
+    stat_names: list[str],
+) -> Split:
+    """A Split with one row per window of ``path`` (records named ``<path>#<index>``), embedded and
+    described by statistics like clips, ``batch_size`` windows in memory at a time."""
+    views, weight = record_views(settings["channels"])
+    embeddings, stats = [], []
+    with sf.SoundFile(path) as handle:
+        for start in tqdm(
+            range(0, len(spans), batch_size), desc=f"windows of {Path(path).name}", unit="batch"
+        ):
+            waves = [
+                [
+                    _view_wave(_read_window(handle, path, span), v, weight, path, handle.samplerate)
+                    for v in views
+                ]
+                for span in spans[start : start + batch_size]
+            ]
+            parts = [
+                embed_fbank_batch(
+                    model, trained, settings, [wav_to_fbank(w[i]) for w in waves], device, batch_size
+                )
+                for i in range(len(views))
+            ]
+            embeddings.append(combine_views(parts, settings["channels"]))
+            stats += [np.concatenate([signal_stats(v) for v in w]) for w in waves]
+    records = [
+        ClipRecord(f"{path}#{i}", record.machine_type, record.section, None, "test", "unknown")
+        for i in range(len(spans))
+    ]
+    return Split(torch.cat(embeddings).numpy().astype(np.float32), np.stack(stats), stat_names, records)
+
+
+def aggregate(scores: Sequence[float], how: str) -> float:
+    """A recording's score from its windows' scores: the highest ('max') or their mean."""
+    if how not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
+    return float(np.max(scores) if how == "max" else np.mean(scores))
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """CSV text (names with commas or quotes are quoted), numbers as given."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_window_table(path: str | os.PathLike, rows: Sequence[tuple]) -> None:
+    """CSV file,window,start_s,end_s,score,decision: one row per window of every long recording."""
+    table = [(f, i, f"{a:.3f}", f"{b:.3f}", f"{s:.8g}", d) for f, i, a, b, s, d in rows]
+    atomic_write_text(csv_text(("file", "window", "start_s", "end_s", "score", "decision"), table), path)
+
+
+def plot_timeline(
+    out: str | os.PathLike,
+    name: str,
+    times: Sequence[tuple[float, float]],
+    scores: Sequence[float],
+    threshold: float,
+) -> Path:
+    """PNG of a recording's window scores over time, the threshold and the windows flagged anomalous."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = np.array([(a + b) / 2 for a, b in times])
+    scores = np.asarray(scores, dtype=float)
+    unit, scale = ("min", 60.0) if centres[-1] > 300 else ("s", 1.0)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(centres / scale, scores, lw=1, label="window score")
+    flagged = scores > threshold
+    ax.scatter(centres[flagged] / scale, scores[flagged], color="red", s=12, zorder=3, label="anomalous")
+    ax.axhline(threshold, color="k", lw=1, ls="--", label="decision threshold")
+    ax.set(
+        xlabel=f"time ({unit})",
+        ylabel="anomaly score",
+        title=f"{name}: {flagged.sum()} of {len(scores)} windows anomalous",
+    )
+    ax.legend(loc="upper right")
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def timeline_path(folder: str | os.PathLike, clip: str) -> Path:
+    return Path(folder) / f"{Path(clip).stem}_timeline.png"
