@@ -589,3 +589,28 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
         assert re.search(rf"\n{re.escape(label)}: .*: \d+\.\d\d \+- \d+\.\d\d", seeds_table), label
     written = next((tmp_path / "runs").glob("*-seeds.csv")).read_text().splitlines()
     assert sorted(line.split(",")[1] for line in written[1:] if line.startswith("all,")) == sorted(labels)
+
+
+def test_the_evaluate_step_owns_each_asdkit_back_end_it_will_write(tiny_demo_dir, tmp_path):
+    base = ["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)]
+    [(run_dir, plain)] = _plan(base)
+    assert list(pipeline.scorer_summaries(plain)[run_dir / "results"]) == ["Deep SVDD", "k-NN + Mahalanobis"]
+    [(run_dir, steps)] = _plan([*base, "--recipe", "asdkit-eat-lora"])
+    [evaluate] = [step for step in steps if step.script == "evaluate"]
+    backends = run_dir / "results" / "backends"
+    assert evaluate.outputs[1:] == [
+        backends / n / "summary.json" for n in ("knn", "smote_knn", "kmeans", "rescale")
+    ]
+    tables = pipeline.scorer_summaries(steps)[run_dir / "results"]
+    assert list(tables)[2:] == [
+        "ASDKit k-NN",
+        "ASDKit k-NN + SMOTE",
+        "ASDKit k-means",
+        "ASDKit k-NN rescaled",
+    ]
+    # a back-end folder or list set for evaluate.py is where run_all looks
+    [(_, moved)] = _plan(
+        base, [f"evaluate.backends_dir={tmp_path / 'elsewhere'}", "evaluate.asdkit_backends=kmeans"]
+    )
+    [evaluate] = [step for step in moved if step.script == "evaluate"]
+    assert evaluate.outputs[1:] == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]
