@@ -1,10 +1,11 @@
-"""Run the whole pipeline in order: check data, train, embed, Deep SVDD, ensemble, one summary table.
+"""Run the whole pipeline in order: check data, train, embed, Deep SVDD, ensemble (ASDKit back ends), one table.
 
     python run_all.py                                   # dev_data/ if present, else the demo
     python run_all.py --data_dir /data/dcase2023/dev_data --eat_checkpoint ~/EAT-base_epoch30_pretrain
     python run_all.py train.epochs=20 evaluate.k=3 evaluate.w=0.7    # pass any script's constant
     python run_all.py --data_dir dev_data,eval_data     # one encoder on both; each scored on its own
     python run_all.py --seeds 0,1,2,3                   # one run per seed, then mean +- std
+    python run_all.py --recipe asdkit-eat-lora          # ASDKit's recipe; its four back ends side by side
 
 A step gets only what you set here (on this command line, in the constants below, the demo's values);
 everything else is the step script's own constant. Precedence, lowest first: constant at the top of
