@@ -1,4 +1,4 @@
-"""Run the whole pipeline in order: check data, train, embed, Deep SVDD, ensemble (ASDKit back ends), one table.
+"""Run the whole pipeline: check data, train, embed, Deep SVDD, ensemble (ASDKit back ends), one table.
 
     python run_all.py                                   # dev_data/ if present, else the demo
     python run_all.py --data_dir /data/dcase2023/dev_data --eat_checkpoint ~/EAT-base_epoch30_pretrain
