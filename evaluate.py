@@ -57,9 +57,8 @@ W = 0.5  # weight of the embedding branch; 1 - W goes to Mahalanobis
 SEPARATE_DOMAIN_BANKS = True  # source and target memory banks, smaller distance taken
 BACKEND = "knn"  # embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
 KMEANS_CLUSTERS = 16  # kmeans: spherical k-means centres per bank (at most the bank's rows)
-DENSITY_NEIGHBOURS = (
-    4  # density: a reference's density = its mean cosine distance to this many nearest references
-)
+# density: a reference's density = its mean cosine distance to this many nearest references
+DENSITY_NEIGHBOURS = 4
 SMOTE_RATIO = 0.0  # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
 SMOTE_NEIGHBOURS = 2  # SMOTE: a new row lies between a target normal and one of its this many nearest
 SEED = 0  # seed of SMOTE, of the k-means seeding and of the STATS_FOLDS split

@@ -1,10 +1,11 @@
-"""Run the whole pipeline in order: check data, train, embed, Deep SVDD, ensemble, one summary table.
+"""Run the whole pipeline: check data, train, embed, Deep SVDD, ensemble (ASDKit back ends), one table.
 
     python run_all.py                                   # dev_data/ if present, else the demo
     python run_all.py --data_dir /data/dcase2023/dev_data --eat_checkpoint ~/EAT-base_epoch30_pretrain
     python run_all.py train.epochs=20 evaluate.k=3 evaluate.w=0.7    # pass any script's constant
     python run_all.py --data_dir dev_data,eval_data     # one encoder on both; each scored on its own
     python run_all.py --seeds 0,1,2,3                   # one run per seed, then mean +- std
+    python run_all.py --recipe asdkit-eat-lora          # ASDKit's recipe; its four back ends side by side
 
 A step gets only what you set here (on this command line, in the constants below, the demo's values);
 everything else is the step script's own constant. Precedence, lowest first: constant at the top of
@@ -118,35 +119,32 @@ def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline
         steps = pipeline.build_steps(cfg, data_dirs, run_dir, demo, words)
         settings = pipeline.check_steps(steps, words)
         pipeline.add_checkpoint_input(steps, settings)
+        pipeline.add_backend_outputs(steps, settings)
         runs.append((run_dir, steps))
     return runs
 
 
 def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str, list[dict]]:
     """Run one run folder's steps under its lock; {data folder's results dir: comparison rows}."""
-    results_dirs = sorted({step.outputs[0].parents[1] for step in steps if step.script == "evaluate"})
+    summaries = pipeline.scorer_summaries(steps)
     with pipeline.run_folder_lock(run_dir):
         # nothing of an earlier run may pass for this one's: leftovers of killed writes, the old tables
         for path in remove_stale_temp_files(run_dir):
             print(f"removed {path} (left by an interrupted write)")
-        for results in results_dirs:
+        for results in summaries:
             (results / "comparison.csv").unlink(missing_ok=True)
         started = time.time()
         ran = pipeline.run_pipeline(steps, run_dir / ".stamps", force=force)
     tables = {}
-    for results in results_dirs:
-        summaries = {
-            label: json.loads((results / name / "summary.json").read_text())
-            for name, label in pipeline.SCORERS.items()
-        }
-        rows = comparison_rows(summaries)
+    for results, paths in summaries.items():
+        rows = comparison_rows({label: json.loads(path.read_text()) for label, path in paths.items()})
         write_comparison(rows, results / "comparison.csv")
-        print("\n" + format_comparison(rows, f"both scorers, {results.parent.name}"))
+        print("\n" + format_comparison(rows, f"scorers side by side, {results.parent.name}"))
         tables[str(results)] = rows
     print(
         f"\nran {len(ran)} of {len(steps)} steps in {time.time() - started:.0f} s. Results (official CSVs, "
-        f"summaries, ROC and histogram plots): {' '.join(str(r) for r in results_dirs)} "
-        f"(deepsvdd/, ensemble/, comparison.csv)"
+        f"summaries, ROC and histogram plots): {' '.join(str(r) for r in summaries)} "
+        "(a folder per scorer: deepsvdd/, ensemble/, backends/<name>/; comparison.csv)"
     )
     return tables
 

@@ -53,7 +53,7 @@ from asd.runtime import seed_everything, tune_cpu_allocator
 from dataset import LabelIndex
 from model import base_encoder, trainable_state
 
-RECIPE = "asdkit-eat-lora"  # named settings (recipes.py) the defaults below equal; --recipe NAME applies another's (explicit flags still win)
+RECIPE = ""  # named settings (asd/recipes.py): the defaults below equal asdkit-eat-lora's; --recipe NAME applies one
 DATA_DIR = "dev_data"  # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
 MACHINE_TYPES = []  # machine types to train on, comma-separated; empty = all
 EAT_CHECKPOINT = None  # HF folder (config.json + weights), fairseq .pt or hub id; None = random init (demo)
@@ -114,7 +114,7 @@ LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/schedule
 RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
-    "RECIPE": ("asdkit-eat-lora", "arcface-v1"),
+    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
     "EPOCHS": (1, None),
     "BATCH_SIZE": (1, None),
     "GRAD_ACCUM": (1, None),

@@ -40,7 +40,16 @@ STEP_NAMES = (
     "evaluate_deepSVDD",
     "evaluate",
 )  # each step runs the script of its name
-SCORERS = {"deepsvdd": "Deep SVDD", "ensemble": "k-NN + Mahalanobis"}
+# every scorer's results folder name -> its name in the tables; the four ASDKit back ends (asd/asdkit_backends.py)
+# are scored when evaluate.py's ASDKIT_BACKENDS lists them (the recipe asdkit-eat-lora lists all four)
+SCORERS = {
+    "deepsvdd": "Deep SVDD",
+    "ensemble": "k-NN + Mahalanobis",
+    "knn": "ASDKit k-NN",
+    "smote_knn": "ASDKit k-NN + SMOTE",
+    "kmeans": "ASDKit k-means",
+    "rescale": "ASDKit k-NN rescaled",
+}
 EMBEDDING_FILES = ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt")
 
 
@@ -506,6 +515,28 @@ def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> No
                 step.inputs.append(resolve_checkpoint(checkpoint).path)
             except (FileNotFoundError, ValueError) as error:
                 raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
+
+
+def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> None:
+    """Each ASDKit back end the evaluate step will score (its effective ASDKIT_BACKENDS, wherever it was
+    set) becomes one of its outputs: <BACKENDS_DIR>/<back end>/summary.json."""
+    for step in steps:
+        cfg = settings.get(step.name)
+        if step.script == "evaluate" and getattr(cfg, "asdkit_backends", None):
+            folder = Path(cfg.backends_dir) if cfg.backends_dir else Path(cfg.results_dir).parent / "backends"
+            step.outputs += [folder.resolve() / name / "summary.json" for name in cfg.asdkit_backends]
+
+
+def scorer_summaries(steps: list[Step]) -> dict[Path, dict[str, Path]]:
+    """Per data folder's results folder: {scorer's table name: its summary.json}, Deep SVDD first, then
+    the ensemble and the ASDKit back ends the evaluate step writes, in their order."""
+    found: dict[Path, dict[str, Path]] = {}
+    for step in steps:
+        if step.script == "evaluate":
+            results = step.outputs[0].parents[1]
+            summaries = [results / "deepsvdd" / "summary.json", *step.outputs]
+            found[results] = {SCORERS.get(p.parent.name, p.parent.name): p for p in summaries}
+    return found
 
 
 def seed_overrides(overrides: dict[str, list[str]], seed: int, scripts_dir: Path = PROJECT_DIR) -> dict:

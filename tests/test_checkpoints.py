@@ -15,7 +15,7 @@ import torch
 import asd.checkpoints as C
 import model as M
 from asd import freshness
-from asd.scoring import file_sha256
+from asd.embed import embed_fbanks
 from dataset import LabelIndex
 from eat_checkpoint_support import (
     COMMIT,
@@ -24,7 +24,6 @@ from eat_checkpoint_support import (
     write_eat_checkpoint,
     write_hub_snapshot,
 )
-from extract_embeddings import embed_fbanks
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
@@ -469,8 +468,8 @@ def test_load_tuned_checks_the_backbone(tmp_path):
     model = _tuned(C.build_encoder(checkpoint), "linear")
     path = tmp_path / "tuned.pth"
     C.save_tuned(path, model, LabelIndex(["a", "b", "c"]), {}, checkpoint)
-    fingerprint = file_sha256(path)
-    assert fingerprint == file_sha256(path)
+    fingerprint = freshness.file_key(path)
+    assert fingerprint == freshness.file_key(path)
     with pytest.raises(ValueError, match="not the checkpoint"):
         C.save_tuned(tmp_path / "other.pth", model, LabelIndex(["a"]), {}, None)
     # the backbone changes underneath the tuned file -> refused
@@ -500,7 +499,7 @@ def test_load_tuned_checks_the_backbone(tmp_path):
     assert isinstance(loaded, M.ASDModel)
     # re-saving changes the fingerprint
     C.save_tuned(path, _tuned(C.build_encoder(moved), "linear"), LabelIndex(["a", "b", "c"]), {}, moved)
-    assert file_sha256(path) != fingerprint
+    assert freshness.file_key(path) != fingerprint
 
 
 def test_load_tuned_rejects_other_files(tmp_path):

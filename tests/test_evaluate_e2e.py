@@ -91,6 +91,10 @@ def pipeline(tmp_path_factory):
             str(root / "last.pth"),
             "--val_fraction",
             "0.25",
+            "--clip_seconds",
+            "whole",
+            "--mixup",
+            "batch_fbank",
         ]
     )
     return paths

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import asd.checkpoints as C
 import model as M
-from extract_embeddings import embed_fbanks
+from asd.embed import embed_fbanks
 
 
 def _clusters(num_classes: int = 4, per_class: int = 32, dim: int = 16, seed: int = 0):

@@ -9,7 +9,7 @@ import torch
 
 import asd.checkpoints as C
 import model as M
-from extract_embeddings import embed_fbanks
+from asd.embed import embed_fbanks
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:

@@ -304,10 +304,6 @@ def test_cache_follows_the_audio_not_the_file_dates_and_the_settings(tmp_path, c
     assert counted["fbank"] == 3  # both entries live on
 
 
-def test_feature_cache_setting_has_one_name():
-    assert preprocessing.FEATURE_CACHE == "cache/features" and not hasattr(preprocessing, "CACHE_DIR")
-
-
 def test_cache_recovers_from_a_broken_entry_and_can_be_disabled(tmp_path, counted):
     clip = write(tmp_path / "clip.wav", tone(500, 1, amp=0.3))
     cache = FeatureCache(tmp_path / "cache")

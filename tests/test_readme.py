@@ -33,6 +33,10 @@ NOT_RUN = {
     "python3 -m pip download": "downloads wheels from PyPI: no network in tests",
     "bench/gpu_check.sh": "needs a GPU machine; its CPU dry run is the next command and tests/test_bench.py runs it",
     "bench/gpu_check.py --cpu_smoke": "tests/test_bench.py::test_gpu_check_cpu_smoke_end_to_end runs this dry run",
+    "run_all.py --data_dir dev_data,eval_data": "four seeds of EAT-base on real data (GPU hours); "
+    "tests/test_run_all.py runs the recipe over two seeds on a tiny tree",
+    "evaluate.py --score_results_dir": "needs the evaluator's ground truth; tests/test_metrics.py runs it on the "
+    "official evaluator's fixture",
 }
 # appended so the commands finish in seconds on 2 cores (fewer epochs; nothing else changes)
 FAST = {

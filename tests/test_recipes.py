@@ -80,3 +80,11 @@ def test_print_config_names_the_source_of_every_value(capsys, monkeypatch):
     assert "constant at the top of the file < recipe < value given to run_all.py < command-line flag" in out
     assert "PLOTS" in out and "= False  [run_all.py]" in out
     assert "= 0.5  [recipe arcface-v1]" in out and "[top of evaluate.py]" in out
+
+
+def test_train_py_defaults_are_the_asdkit_recipe():
+    """README: train.py's own constants equal asdkit-eat-lora's (RECIPE "" at its top changes nothing)."""
+    plain = parse_config(vars(train), [])
+    expected = recipes.recipe("asdkit-eat-lora", "train")
+    assert {key: getattr(plain, key.lower()) for key in expected} == expected
+    assert plain.recipe == ""

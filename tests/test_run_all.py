@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -525,3 +526,91 @@ def test_a_step_constant_that_is_not_a_literal_stops_run_all_naming_it(tiny_demo
         SystemExit, match=r"train\.py: constant EPOCHS \(train\.py:\d+\) is not a literal: EPOCHS = 5 \* 5"
     ):
         pipeline.check_steps(steps, overrides)
+
+
+def _run_in_process(step: Step) -> None:
+    """pipeline.run_step without a new interpreter: the step's script runs as __main__ in this process
+    (same code and arguments; saves the seconds each subprocess spends importing torch)."""
+    import os
+    import runpy
+
+    from asd.cli import GIVEN_TO_ENV
+
+    saved_argv, saved_env = sys.argv, os.environ.get(GIVEN_TO_ENV)
+    sys.argv, os.environ[GIVEN_TO_ENV] = step.command[1:], "run_all.py"
+    try:
+        runpy.run_path(step.command[1], run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise StepFailed(f"step '{step.name}' failed (exit {stop.code})") from None
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop(GIVEN_TO_ENV, None)
+        else:
+            os.environ[GIVEN_TO_ENV] = saved_env
+
+
+def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys, monkeypatch):
+    """run_all --recipe asdkit-eat-lora --seeds 0,1 on a tiny tree: train.py shows ASDKit's settings,
+    each seed's table and the seeds table list Deep SVDD, the ensemble and the four ASDKit back ends."""
+    from conftest import TINY_DEMO_ARGS
+
+    import make_demo_data
+
+    data = (
+        tmp_path / "demo_data"
+    )  # ASDKit SMOTE 0.2 needs int(0.2 x source - target) > 0, also in the 5 folds of the thresholds
+    counts = ["--source_train", "35", "--target_train", "5", "--machine_types", "fan", "--clip_seconds", "1"]
+    make_demo_data.main(["--out_dir", str(data), *TINY_DEMO_ARGS, *counts])
+    monkeypatch.setattr(pipeline, "run_step", _run_in_process)
+    argv = ["--data_dir", str(data), "--runs_dir", str(tmp_path / "runs"), "--recipe", "asdkit-eat-lora"]
+    argv += ["--model_size", "tiny", "--seeds", "0,1", "train.epochs=1", "train.num_workers=0"]
+    argv += ["train_deepSVDD.svdd_epochs=1"]
+    argv += [
+        f"{script}.{name}=false"
+        for script in ("evaluate", "evaluate_deepSVDD")
+        for name in ("plots", "report")
+    ]
+    assert run_all.main(argv) == 0
+    out = capsys.readouterr().out
+    for setting in (
+        r"LORA_ALPHA\s+= 8\.0",
+        r"LORA_DROPOUT\s+= 0\.0",
+        r"GRAD_CLIP\s+= 0\.0",
+        r"SCALE\s+= fixed",
+    ):
+        assert re.search(setting + r"\s+\[recipe asdkit-eat-lora\]", out), setting
+    labels = ["Deep SVDD", "k-NN + Mahalanobis", "ASDKit k-NN", "ASDKit k-NN + SMOTE", "ASDKit k-means"]
+    labels.append("ASDKit k-NN rescaled")
+    seeds_table = out[out.index("mean +- standard deviation over 2 seeds") :]
+    for label in labels:
+        assert out.count(f"\n{label}: ") >= 2  # each seed's side-by-side table ends with its score
+        assert re.search(rf"\n{re.escape(label)}: .*: \d+\.\d\d \+- \d+\.\d\d", seeds_table), label
+    written = next((tmp_path / "runs").glob("*-seeds.csv")).read_text().splitlines()
+    assert sorted(line.split(",")[1] for line in written[1:] if line.startswith("all,")) == sorted(labels)
+
+
+def test_the_evaluate_step_owns_each_asdkit_back_end_it_will_write(tiny_demo_dir, tmp_path):
+    base = ["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)]
+    [(run_dir, plain)] = _plan(base)
+    assert list(pipeline.scorer_summaries(plain)[run_dir / "results"]) == ["Deep SVDD", "k-NN + Mahalanobis"]
+    [(run_dir, steps)] = _plan([*base, "--recipe", "asdkit-eat-lora"])
+    [evaluate] = [step for step in steps if step.script == "evaluate"]
+    backends = run_dir / "results" / "backends"
+    assert evaluate.outputs[1:] == [
+        backends / n / "summary.json" for n in ("knn", "smote_knn", "kmeans", "rescale")
+    ]
+    tables = pipeline.scorer_summaries(steps)[run_dir / "results"]
+    assert list(tables)[2:] == [
+        "ASDKit k-NN",
+        "ASDKit k-NN + SMOTE",
+        "ASDKit k-means",
+        "ASDKit k-NN rescaled",
+    ]
+    # a back-end folder or list set for evaluate.py is where run_all looks
+    [(_, moved)] = _plan(
+        base, [f"evaluate.backends_dir={tmp_path / 'elsewhere'}", "evaluate.asdkit_backends=kmeans"]
+    )
+    [evaluate] = [step for step in moved if step.script == "evaluate"]
+    assert evaluate.outputs[1:] == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ import asd.checkpoints as C
 import model as M
 import train
 from asd import augment, training
+from asd.embed import embed_fbanks
 from dataset import discover_clips
-from extract_embeddings import embed_fbanks
 
 
 def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -351,12 +352,17 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
 
     monkeypatch.setattr(training, "feature_source", no_fbanks)
     whole = ("--clip_seconds", "whole", "--mixup", "batch_fbank")
-    with pytest.raises(ValueError, match=rf"longer than the encoder's reach.*{long_clip}"):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(long_clip))}: 124.0 s .* longer than the encoder's reach"
+    ):
         train.main(_asdkit_args(tmp_path, tmp_path / "long", *whole))
+    short = tmp_path / "short" / "fan" / "train"  # only clips within reach: CLIP_SECONDS itself is refused
+    short.mkdir(parents=True)
+    sf.write(short / "section_00_source_train_normal_0001_a_2.wav", np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(
         ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
     ):
-        train.main(_asdkit_args(tmp_path, tmp_path / "long", "--clip_seconds", "130"))
+        train.main(_asdkit_args(tmp_path, short.parents[1], "--clip_seconds", "130"))
 
 
 @pytest.mark.parametrize(
@@ -370,7 +376,7 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
 )
 def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, message):
     from asd.cli import parse_config
-    from asd.recipes import RECIPES, expand_recipe
+    from asd.recipes import RECIPES
 
     cfg = parse_config(vars(train), ["--data_dir", "/nonexistent", *argv])
     with pytest.raises(ValueError, match=message):
@@ -378,10 +384,7 @@ def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, messag
     with pytest.raises(ValueError, match=message):  # train.py checks before it looks at the data
         train.main(["--data_dir", "/nonexistent", *argv])
     for recipe in RECIPES:  # every recipe's settings go together
-        assert (
-            training.check_settings(parse_config(vars(train), expand_recipe("train", ["--recipe", recipe])))
-            is None
-        )
+        assert training.check_settings(parse_config(vars(train), ["--recipe", recipe])) is None
 
 
 def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
