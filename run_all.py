@@ -53,6 +53,8 @@ DEVICE = None
 CHANNELS = None
 # weight of the far channel in the residual channel modes; None = not set
 RESIDUAL_WEIGHT = None
+# with CHANNELS both: how extraction combines the two embeddings (concat | residual); None = not set
+CHANNEL_COMBINE = None
 # folder of the evaluator's ground-truth CSVs for the scorers (unlabelled test clips); None = not set
 GROUND_TRUTH = None
 # seeds: one run folder per seed (train, Deep SVDD, evaluate get it), then mean +- std; empty = one run
@@ -77,6 +79,9 @@ DEMO_NUM_WORKERS = 0
 _LIMITS = {
     "MODEL_SIZE": ("tiny", "base", "large"),
     "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RESIDUAL_WEIGHT": (0.0, None),
+    "CHANNEL_COMBINE": ("concat", "residual"),
     "SEEDS": (0, None),
     "DEMO_CLIP_SECONDS": (">0", None),
     "DEMO_EPOCHS": (1, None),

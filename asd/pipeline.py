@@ -369,7 +369,7 @@ def build_steps(
         else {}
     )
     recipe = _user_set(cfg, ["recipe"])
-    data_options = _user_set(cfg, ["channels", "residual_weight"])
+    data_options = _user_set(cfg, ["channels", "residual_weight", "channel_combine"])
     train_args = (
         ["--data_dir", ",".join(map(str, data_dirs))]
         + ["--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
@@ -438,7 +438,7 @@ def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, sc
     name = lambda step: _named(step, data_dir, data_dirs)  # noqa: E731
     svdd_args = ["--use_stats", _flag(cfg.demo_svdd_use_stats)] if demo else []
     recipe = _user_set(cfg, ["recipe"])
-    data_options = _user_set(cfg, ["channels", "residual_weight"])
+    data_options = _user_set(cfg, ["channels", "residual_weight", "channel_combine"])
     return [
         Step(
             name("extract_embeddings"),

@@ -49,8 +49,8 @@ def _train(root: Path, data: Path, out: Path, *extra: str) -> dict:
         + [
             "--batch_size",
             "8",
-            "--target_frames",
-            "128",
+            "--clip_seconds",
+            "1.28",
             "--num_workers",
             "0",
             "--lora_rank",

@@ -46,7 +46,8 @@ def run(tmp_path_factory) -> Path:
             "--num_workers",
             "0",
         ]
-        + ["--target_frames", "128", "--lora_rank", "2", "--projection_dim", "16", "--feature_cache", ""]
+        + ["--target_frames", "128", "--clip_seconds", "whole", "--mixup", "batch_fbank"]
+        + ["--lora_rank", "2", "--projection_dim", "16", "--feature_cache", ""]
         + ["--output", str(model), "--last_checkpoint", str(root / "last.pth"), "--val_fraction", "0.25"]
     )
     run = root / "run"
