@@ -78,7 +78,7 @@ def pipeline(tmp_path_factory):
             "--batch_size",
             "8",
             "--target_frames",
-            "208",
+            "0",
             "--num_workers",
             "0",
             "--lora_rank",
@@ -169,6 +169,10 @@ def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline, run_folder):
     assert (run / "results" / "ensemble" / "roc_pump.png").is_file()
     assert (run / "results" / "ensemble" / "evaluator_result.csv").is_file()
     assert not (run / "results" / "deepsvdd" / "roc_pump.png").exists()
+    for scorer in ("deepsvdd", "ensemble"):  # training curves found through the model the embeddings name
+        page = (run / "results" / scorer / "report.html").read_text()
+        assert 'alt="training curves"' in page and "1 epoch of" in page and "training and validation" in page
+        assert str(Path(p["model"]).resolve()) in page
 
     grid = evaluate.main(
         [
