@@ -78,3 +78,51 @@ def plot_machine(
     plt.close(fig)
     written.append(out_dir / f"hist_{machine_type}.png")
     return written
+
+
+def _column(rows: Sequence[Mapping[str, str]], name: str) -> np.ndarray:
+    """One history column as floats (NaN where an epoch left the cell empty)."""
+    return np.array([float(row[name]) if row.get(name) not in (None, "") else np.nan for row in rows])
+
+
+def training_curves_figure(rows: Sequence[Mapping[str, str]], title: str = "training"):
+    """Loss, accuracy and learning rate per epoch of a training history (asd.history.read_history rows),
+    validation beside training where the history has it, as the DCASE baseline draws its loss curve.
+    Returns the matplotlib figure (three panels; each line labelled train / validation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = _column(rows, "epoch")
+    panels = (("loss", ("loss", "val_loss")), ("accuracy", ("accuracy", "val_accuracy")))
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    for ax, (name, columns) in zip(axes, panels):
+        for column, label in zip(columns, ("train", "validation")):
+            values = _column(rows, column)
+            if not np.isnan(values).all():
+                ax.plot(epochs, values, marker="o", ms=3, label=label)
+        ax.set(xlabel="epoch", ylabel=name, title=f"{title}: {name}")
+        if ax.lines:
+            ax.legend(loc="best")
+    rate = _column(rows, "learning_rate")
+    if not np.isnan(rate).all():
+        axes[2].plot(epochs, rate, marker="o", ms=3, color="tab:green", label="learning rate")
+        if np.nanmin(rate) > 0 and np.nanmax(rate) / np.nanmin(rate) > 100:
+            axes[2].set_yscale("log")
+    axes[2].set(xlabel="epoch", ylabel="learning rate", title=f"{title}: learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_png(rows: Sequence[Mapping[str, str]], title: str = "training") -> bytes:
+    """training_curves_figure as PNG bytes."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = training_curves_figure(rows, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -4,7 +4,8 @@ The page holds the official results table (per machine type and section AUC (sou
 (target) and pAUC, or AUC and pAUC for 2020-style data; the arithmetic and harmonic means; the
 official score), the decision threshold of every section with how many test clips it flags, each
 machine type's ROC curves and score histogram (the PNGs asd.plots.plot_machine wrote into the results
-folder), and a 2-D t-SNE map of the embeddings per machine type in three panels coloured by
+folder), the tuned model's training curves (its history CSV, found through the model path the
+embedding files record), and a 2-D t-SNE map of the embeddings per machine type in three panels coloured by
 domain, attribute and label, so a researcher sees where target clips and anomalies fall.
 
 It loads nothing from the network: CSS is inline and every image is a base64 ``data:`` URI, so the
@@ -24,7 +25,9 @@ import numpy as np
 
 from asd.evaluation import RULES, Evaluation, group_by_section
 from asd.files import atomic_write_text
+from asd.history import history_path, read_history
 from asd.metrics import MAX_FPR
+from asd.plots import training_curves_png
 from asd.tables import format_number, table_rows
 from asd.thresholds import DECISION_PERCENTILE, MIN_DOMAIN_SCORES
 from dataset import ClipRecord
@@ -275,6 +278,33 @@ def machine_plots_html(results_dir: Path, machines: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def training_curves_html(model_path: str | Path | None) -> str:
+    """The tuned model's training curves (its <stem>_history.csv beside it), or a sentence saying why
+    there are none: no model known, no history file, no epochs, or a history that cannot be read."""
+    if not model_path:
+        return '<p class="note">No tuned model is recorded for these results: no training curves.</p>'
+    path = history_path(model_path)
+    if not path.is_file():
+        return (
+            f'<p class="note">No training history beside the tuned model {_esc(model_path)}: '
+            f"{_esc(path)} does not exist (a model trained before histories were written, or moved "
+            "without it).</p>"
+        )
+    try:
+        rows = read_history(path)
+        png = training_curves_png(rows, Path(model_path).stem) if rows else None
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as error:
+        return f'<p class="note">The training history {_esc(path)} cannot be read: {_esc(error)}.</p>'
+    if png is None:
+        return f'<p class="note">The training history {_esc(path)} holds no epochs (encoder not tuned).</p>'
+    validated = any(row.get("val_loss") for row in rows)
+    return (
+        f'<p class="note">{len(rows)} epoch{"s" * (len(rows) != 1)} of {_esc(model_path)}, from {_esc(path)}; '
+        + ("training and validation" if validated else "training only (no validation split)")
+        + f'.</p>\n<div class="plots">{_img(png, "training curves")}</div>'
+    )
+
+
 def write_report(
     results_dir: str | Path,
     evaluation: Evaluation,
@@ -284,6 +314,7 @@ def write_report(
     embeddings: Mapping[str, Mapping] | None = None,
     title: str = "anomaly detection results",
     decisions: Mapping[str, int] | None = None,
+    model_path: str | Path | None = None,
 ) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
@@ -292,6 +323,7 @@ def write_report(
     (per section and domain: threshold and how it was set); ``embeddings``: optional {"test": ..., "train": ...}, each a mapping with
     "matrix" [N, D] and "records" (ClipRecords or their to_dict() form); without it the page has no map.
     The ROC and histogram PNGs are read from ``results_dir`` where asd.plots.plot_machine wrote them.
+    ``model_path``: the tuned model the embeddings came from; its training history is drawn.
     """
     results_dir = Path(results_dir)
     machines = list(dict.fromkeys(r.machine_type for r in records))
@@ -328,6 +360,8 @@ def write_report(
         thresholds_table_html(scores, records, thresholds, decisions),
         "<h2>ROC curves and score histograms</h2>",
         machine_plots_html(results_dir, machines),
+        "<h2>Training curves</h2>",
+        training_curves_html(model_path),
     ]
     if embeddings:
         parts += [

@@ -149,6 +149,7 @@ def write_results(
     report: bool = False,
     embeddings: Mapping[str, Mapping] | None = None,
     gamma_location: str = "zero",
+    model_path: str | os.PathLike | None = None,
 ) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
@@ -156,7 +157,8 @@ def write_results(
     ClipRecords; ``train_scores``: (machine_type, section) -> scores of that section's training
     normals, out of sample (for the decision thresholds: asd/thresholds.py, per domain where the scores
     carry domains; ``gamma_location`` of the gamma fit); ``expected``: every (machine_type, section).
-    ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map).
+    ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map;
+    ``model_path``: the tuned model, whose training history it draws).
     Returns the JSON summary as a dict.
     """
     thresholds = threshold_table(records, train_scores, gamma_location)
@@ -175,6 +177,7 @@ def write_results(
         report,
         embeddings,
         title,
+        model_path,
     )
 
 
@@ -198,6 +201,7 @@ def _write_folder(
     report: bool,
     embeddings: Mapping[str, Mapping] | None,
     title: str | None,
+    model_path: str | os.PathLike | None = None,
 ) -> dict:
     """Print the table and build ``out_dir`` (replaced as a whole): CSVs, summaries, plots, report."""
     if evaluation.labelled:
@@ -218,7 +222,15 @@ def _write_folder(
                 plot_machine(machine, machine_records, scores, folder, threshold=threshold)
         if report:
             write_report(
-                folder, evaluation, scores, records, thresholds, embeddings, title or scorer, decisions
+                folder,
+                evaluation,
+                scores,
+                records,
+                thresholds,
+                embeddings,
+                title or scorer,
+                decisions,
+                model_path,
             )
 
     atomic_folder(build, out_dir)
@@ -285,4 +297,5 @@ def write_scorer_results(
         expected=expected_sections(features),
         year=cfg.dcase_year,
         data_dir=features.data_dir,
+        model_path=features.fingerprint.get("model_path"),
     )

@@ -78,7 +78,7 @@ def pipeline(tmp_path_factory):
             "--batch_size",
             "8",
             "--target_frames",
-            "208",
+            "0",
             "--num_workers",
             "0",
             "--lora_rank",
@@ -173,6 +173,10 @@ def test_pipeline_end_to_end_scores_easy_anomalies_well(pipeline, run_folder):
     assert (run / "results" / "ensemble" / "roc_pump.png").is_file()
     assert (run / "results" / "ensemble" / "evaluator_result.csv").is_file()
     assert not (run / "results" / "deepsvdd" / "roc_pump.png").exists()
+    for scorer in ("deepsvdd", "ensemble"):  # training curves found through the model the embeddings name
+        page = (run / "results" / scorer / "report.html").read_text()
+        assert 'alt="training curves"' in page and "1 epoch of" in page and "training and validation" in page
+        assert str(Path(p["model"]).resolve()) in page
 
     grid = evaluate.main(
         [
@@ -457,3 +461,61 @@ def test_unlabelled_evaluation_names_are_scored_and_measured_with_the_ground_tru
     domain_file.write_text(domain_file.read_text() + "section_00_9999.wav,0\n")
     with pytest.raises(ValueError, match="lists section_00_9999.wav"):
         evaluate.main(ensemble + ["--results_dir", str(tmp_path / "bad"), "--ground_truth", str(truth)])
+
+
+def test_an_anonymised_real_folder_scores_without_labels_and_as_its_original_with_the_ground_truth(
+    pipeline, samples_dir, tmp_path, capsys
+):
+    """Issue 18 on real audio: the real DCASE 2023 sample folder with its test clips renamed
+    section_00_NNNN.wav (ground truth in the evaluator's layout) is scored without labels (the
+    submission CSVs, no metric) and, with --ground_truth, gives exactly the labelled folder's tables."""
+    real = samples_dir / "dcase2023_dev"
+    data, truth = tmp_path / "anonymised", tmp_path / "ground_truth"
+    renamed = _anonymise(real, data, truth)
+    machines = sorted(p.name for p in real.iterdir() if p.is_dir())
+    runs = {}
+    for name, folder in (("labelled", real), ("anonymised", data)):
+        embed = tmp_path / name
+        _extract({**pipeline, "data": str(folder), "embed": str(embed), "cache": str(tmp_path / "cache")})
+        train_deepSVDD.main(
+            ["--embed_dir", str(embed), "--svdd_dir", str(embed / "svdd"), "--svdd_epochs", "2"]
+            + ["--threshold_folds", "0"]  # 2 training normals per machine type: too few to refit
+        )
+        runs[name] = embed
+    quiet = ["--plots", "false", "--report", "false"]
+    scorers = {
+        "ensemble": lambda embed, *extra: evaluate.main(["--embed_dir", str(embed), *quiet, *extra]),
+        "deepsvdd": lambda embed, *extra: evaluate_deepSVDD.main(
+            ["--embed_dir", str(embed), "--svdd_dir", str(embed / "svdd"), *quiet, *extra]
+        ),
+    }
+    for scorer, run in scorers.items():
+        labelled = run(runs["labelled"], "--results_dir", str(tmp_path / f"{scorer}_labelled"))
+        capsys.readouterr()
+        blind = run(runs["anonymised"], "--results_dir", str(tmp_path / f"{scorer}_blind"))
+        out = capsys.readouterr().out
+        assert "no metric can be computed without them" in out and "official score" not in out
+        assert blind["score"] is None and blind["official_score"] is None
+        assert blind["sections"] and not any(section["values"] for section in blind["sections"])
+        written = sorted(f.name for f in (tmp_path / f"{scorer}_blind").glob("*_section_00_test.csv"))
+        assert written == sorted(
+            f"{k}_{m}_section_00_test.csv" for k in ("anomaly_score", "decision_result") for m in machines
+        )
+        known = run(
+            runs["anonymised"],
+            "--results_dir",
+            str(tmp_path / f"{scorer}_known"),
+            "--ground_truth",
+            str(truth),
+        )
+        for key in ("score_label", "score", "official_score", "complete", "missing", "sections"):
+            assert known[key] == labelled[key], (scorer, key)
+        assert labelled["sections"] and labelled["missing"]  # 1-2 test clips per machine type: not complete
+        for machine in machines:  # every clip's score and decision, under its anonymised name
+            for kind in ("anomaly_score", "decision_result"):
+                csv_name = f"{kind}_{machine}_section_00_test.csv"
+                ours = dict(csv.reader(open(tmp_path / f"{scorer}_known" / csv_name)))
+                theirs = dict(csv.reader(open(tmp_path / f"{scorer}_labelled" / csv_name)))
+                blind_rows = dict(csv.reader(open(tmp_path / f"{scorer}_blind" / csv_name)))
+                assert ours == blind_rows
+                assert {renamed[f"{machine}/{n}"]: v for n, v in ours.items()} == theirs

@@ -153,6 +153,66 @@ def test_without_embeddings_or_plots(results):
     assert page.count("no plots in the results folder") == len(MACHINES)
 
 
+def _history(path, val: bool) -> None:
+    from asd.history import write_history
+
+    history = {"epochs": [1, 2, 3], "train_loss": [2.0, 1.5, 1.25], "train_acc": [0.25, 0.5, 0.75]}
+    history |= {"lr": [1e-4, 5e-5, 1e-5], "scale": [30.0, 30.0, 30.0], "seconds": [1.5, 1.25, 1.0]}
+    if val:
+        history |= {"val_loss": [2.5, 2.0, 1.75], "val_acc": [0.125, 0.25, 0.5]}
+    write_history(path, history)
+
+
+def test_training_curves_are_drawn_from_the_history_beside_the_model(results, tmp_path_factory):
+    """The history CSV train.py writes beside the model is found through the model path and drawn;
+    a missing, empty or unreadable history (or no model at all) is stated, not an error."""
+    from asd.history import history_path
+
+    models = tmp_path_factory.mktemp("models")
+    model = models / "best_encoder_model.pth"
+    _history(history_path(model), val=True)
+    assert history_path(model).name == "best_encoder_model_history.csv"
+    page = _write(results, model_path=model)
+    assert "<h2>Training curves</h2>" in page and "3 epochs of" in page and "training and validation" in page
+    curves = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="training curves"', page)
+    assert base64.b64decode(curves.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
+    page = _write(results, model_path=models / "other.pth")  # no history beside it
+    assert "No training history beside the tuned model" in page and "other_history.csv" in page
+    assert 'alt="training curves"' not in page
+    assert "No tuned model is recorded" in _write(results)
+    history_path(model).write_text("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,scale,seconds\n")
+    assert "holds no epochs" in _write(results, model_path=model)
+    history_path(model).write_text("epoch,loss\n1,not-a-number\n")
+    assert "cannot be read" in _write(results, model_path=model)
+
+
+def test_training_curves_plot_the_csv_values(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from asd.history import read_history
+
+    _history(tmp_path / "h.csv", val=True)
+    fig = plots.training_curves_figure(read_history(tmp_path / "h.csv"))
+    loss, accuracy, rate = fig.axes
+    lines = {(ax.get_ylabel(), line.get_label()): line for ax in fig.axes for line in ax.lines}
+    assert sorted(lines) == [
+        ("accuracy", "train"),
+        ("accuracy", "validation"),
+        ("learning rate", "learning rate"),
+        ("loss", "train"),
+        ("loss", "validation"),
+    ]
+    np.testing.assert_allclose(lines["loss", "train"].get_ydata(), [2.0, 1.5, 1.25])
+    np.testing.assert_allclose(lines["loss", "validation"].get_ydata(), [2.5, 2.0, 1.75])
+    np.testing.assert_allclose(lines["accuracy", "validation"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(rate.lines[0].get_ydata(), [1e-4, 5e-5, 1e-5])
+    plt.close(fig)
+    _history(tmp_path / "h.csv", val=False)  # no validation split: training lines only
+    fig = plots.training_curves_figure(read_history(tmp_path / "h.csv"))
+    assert [line.get_label() for line in fig.axes[0].lines] == ["train"]
+    plt.close(fig)
+
+
 def test_map_points_subsample_training_normals(results):
     matrix, points = report._map_points(results["embeddings"], "fan", max_train=5, seed=0)
     assert matrix.shape == (5 + 24, 16)
