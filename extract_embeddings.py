@@ -8,6 +8,10 @@ their names and format): normal_embeddings.pt, normal_stats.pt (the training nor
 test_embeddings.pt, test_stats.pt (the test clips). Each records content keys of the clips, of the
 tuned model and the embedding settings; a file whose record differs from the current one is rebuilt,
 never reused. On CUDA the fbanks are computed in batches on the GPU (preprocessing.FeatureCache.fbanks).
+
+A model trained on fixed-length clips (CLIP_SECONDS of train.py not "whole") is embedded as ASDKit
+extracts: each clip from its start, tiled or cut to the trained length, its fbank padded to the
+trained PAD_MULTIPLE, no windows, float32; LONG_CLIP, TARGET_FRAMES and AMP do not apply to it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from asd.embed import (
     precision,
     stats_records,
     tuned_model,
+    with_clip_settings,
 )
 from asd.embedding_files import (
     embedding_fingerprint,
@@ -105,6 +110,13 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         if "train" in cfg.splits or explicit != embedding_settings(LONG_CLIP, POOLING, TARGET_FRAMES, AMP)
         else (saved_settings(cfg.embed_dir) or explicit)
     )
+    settings = with_clip_settings(settings, cfg.model_path)
+    if settings.get("clip_seconds") is not None:
+        print(
+            f"{cfg.model_path} was trained on {settings['clip_seconds']:g} s clips: each clip is embedded from "
+            f"its start, tiled or cut to that length, padded to a multiple of {settings['pad_multiple']} "
+            "frames, in float32 (LONG_CLIP, TARGET_FRAMES and AMP do not apply)"
+        )
     device = resolve_device(cfg.device)
     cache = FeatureCache(None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache)
     out = {}

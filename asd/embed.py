@@ -1,5 +1,10 @@
 """Clip embedding with a tuned encoder: windows, same-length batches, the embeddings and statistics of
 clips, and the tuned model loaded once per process. Used by extract_embeddings.py and score_clips.py.
+
+A model trained on fixed-length clips (its settings' clip_seconds_resolved is a number) is embedded
+as ASDKit extracts: each clip from its start, tiled or cut to that length, the fbank padded to a
+multiple of PAD_MULTIPLE frames, one input per clip (no windows), in float32 (``with_clip_settings``
+records this in the embedding settings; ``embed_records`` follows them).
 """
 
 from __future__ import annotations
@@ -24,6 +29,18 @@ def embedding_settings(long_clip: str, pooling: str | None, target_frames: int |
     if pooling not in POOLINGS:
         raise ValueError(f"POOLING must be none, 'cls' or 'mean', got {pooling!r}")
     return {"long_clip": long_clip, "pooling": pooling, "target_frames": target_frames, "amp": bool(amp)}
+
+
+def with_clip_settings(settings: dict, model_path) -> dict:
+    """``settings`` for the tuned model at ``model_path``: unchanged for a whole-clip model; for a model
+    trained on fixed-length clips, its clip_seconds and pad_multiple added, amp off (ASDKit extracts in
+    float32), and long_clip / target_frames None (no windows: they do not apply)."""
+    from asd.clips import model_clip_settings
+
+    fixed = model_clip_settings(model_path)
+    if not fixed:
+        return settings
+    return {**settings, "long_clip": None, "target_frames": None, "amp": False, **fixed}
 
 
 def precision(settings: dict, device: torch.device) -> str:
@@ -111,8 +128,12 @@ def embed_fbanks(
 def embed_records(
     records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
 ) -> torch.Tensor:
-    """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP)."""
+    """Embeddings [N, D] of the clips, batched, without grad (bf16 autocast on CUDA when AMP); fixed-length
+    clips when ``settings`` say so (``with_clip_settings``)."""
     from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
+
+    if settings.get("clip_seconds") is not None:
+        return embed_fixed_clips(records, model, settings, device, batch_size, cache)
 
     pooling = settings["pooling"] or model.pooling
     target_frames = settings["target_frames"]
@@ -143,6 +164,34 @@ def embed_records(
             )
     finally:
         model.pooling = trained_pooling
+    return torch.cat(chunks)
+
+
+def embed_fixed_clips(
+    records: Sequence, model, settings: dict, device: torch.device, batch_size: int, cache
+) -> torch.Tensor:
+    """Embeddings [N, D] (float32, CPU) of a model trained on fixed-length clips, as ASDKit extracts:
+    each waveform (read as ``cache`` reads its channel view) from its start, tiled or cut to
+    settings["clip_seconds"], its fbank padded to settings["pad_multiple"] frames, float32, no grad."""
+    from asd.clips import extraction_input
+    from preprocessing import load_audio
+
+    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
+                waves = [
+                    load_audio(r.path, channels=cache.channels, residual_weight=cache.residual_weight)
+                    for r in records[start : start + batch_size]
+                ]
+                x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+                chunks.append(model.embed(x).float().cpu())
+    finally:
+        model.pooling = trained_pooling
+        model.train(was_training)
     return torch.cat(chunks)
 
 
