@@ -203,32 +203,18 @@ class Report:
 # the measurements
 
 
+def options(**values) -> list[str]:
+    """Command-line words ["--name", "value", ...] of ``values``."""
+    return [word for name, value in values.items() for word in (f"--{name}", str(value))]
+
+
 def make_data(cfg, data_dir: Path) -> float:
     """Seconds make_demo_data.py takes (run as a script: scripts do not import scripts)."""
-    _, seconds = timed(
-        lambda: subprocess.run(
-            [
-                sys.executable,
-                str(_ROOT / "make_demo_data.py"),
-                "--out_dir",
-                str(data_dir),
-                "--clip_seconds",
-                str(cfg.clip_seconds),
-                "--source_train",
-                str(cfg.source_train),
-                "--target_train",
-                str(cfg.target_train),
-                "--test_normal",
-                str(cfg.test_clips),
-                "--test_anomaly",
-                str(cfg.test_clips),
-                "--progress",
-                "false",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    )
+    counts = options(source_train=cfg.source_train, target_train=cfg.target_train)
+    counts += options(test_normal=cfg.test_clips, test_anomaly=cfg.test_clips, progress="false")
+    argv = [sys.executable, str(_ROOT / "make_demo_data.py"), "--out_dir", str(data_dir)]
+    argv += options(clip_seconds=cfg.clip_seconds) + counts
+    _, seconds = timed(lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL))
     return seconds
 
 
@@ -264,6 +250,11 @@ def fbank_throughput(cfg, records: list, device: torch.device) -> tuple[str, dic
     return benchmark.table(["path", "clips/s"], rows), numbers
 
 
+_ENCODER_COLUMNS = [
+    "mode", "batch", "frames", "clips/s", "TFLOP/s", "MFU (measured)", "MFU (datasheet)", "peak GiB",
+]  # fmt: skip
+
+
 def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     """bench/encoder.py's isolated measurements at every batch size, and the recipe step."""
     bench_cfg = vars(
@@ -285,62 +276,19 @@ def encoder_rates(cfg, device: torch.device) -> tuple[str, dict]:
     for r in rows:
         r["mfu"] = r["flop_per_s"] / measured
         r["mfu_datasheet"] = r["flop_per_s"] / datasheet if datasheet else None
-        lines.append(
-            [
-                r["mode"],
-                r["batch"],
-                r["frames"],
-                r["clips_per_s"],
-                r["flop_per_s"] / 1e12,
-                r["mfu"],
-                r["mfu_datasheet"],
-                r["peak_bytes"] / 2**30,
-            ]
-        )
+        lines.append([r["mode"], r["batch"], r["frames"], r["clips_per_s"], r["flop_per_s"] / 1e12])
+        lines[-1] += [r["mfu"], r["mfu_datasheet"], r["peak_bytes"] / 2**30]
     precision = "bf16 autocast" if device.type == "cuda" else "float32"
     text = (
         f"EAT-{cfg.model_size} (random init), {precision}; best matmul rate measured: {measured / 1e12:.1f} "
         f"TFLOP/s; datasheet peak: {'n/a' if datasheet is None else f'{datasheet / 1e12:.0f} TFLOP/s'}\n"
-        + benchmark.table(
-            [
-                "mode",
-                "batch",
-                "frames",
-                "clips/s",
-                "TFLOP/s",
-                "MFU (measured)",
-                "MFU (datasheet)",
-                "peak GiB",
-            ],
-            lines,
-        )
+        + benchmark.table(_ENCODER_COLUMNS, lines)
         + f"\ntrain: LoRA rank {bench_cfg['lora_rank']} on qkv+proj + ArcFace; recipe: LoRA rank "
         f"{bench_cfg['recipe_lora_rank']} on qkv only + Linear(D->{bench_cfg['projection_dim']}) + SCAdaCos "
         "(16 sub-clusters); training FLOPs = 2x forward; "
         "peak = " + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS")
     )
     return text, {"matmul_rate": measured, "datasheet": datasheet, "rows": rows}
-
-
-def timed_pass(loader, to_input, step, classes: int, device: torch.device) -> dict:
-    """One pass over ``loader``: clips/s and the share of the time spent waiting for a batch (the rest:
-    ``to_input`` of the batch on ``device`` and the training ``step``, synchronised)."""
-    waiting = computing = 0.0
-    clips = 0
-    batches = iter(loader)
-    while True:
-        start = time.perf_counter()
-        batch = next(batches, None)
-        fetched = time.perf_counter()
-        if batch is None:
-            break
-        x = to_input(batch)
-        step(x, torch.randint(0, classes, (x.shape[0],), device=device))
-        benchmark.synchronize(device)
-        waiting += fetched - start
-        computing += time.perf_counter() - fetched
-        clips += x.shape[0]
-    return {"clips_per_s": clips / (waiting + computing), "idle_share": waiting / (waiting + computing)}
 
 
 def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tuple[str, dict]:
@@ -379,7 +327,7 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     )
     to_input = lambda batch: batch[0].to(device, non_blocking=True)  # noqa: E731
     numbers = {
-        name: timed_pass(loader, to_input, step, classes, device)
+        name: benchmark.timed_pass(loader, to_input, step, classes, device)
         for name in ("first epoch (fbank + cache write)", "later epoch (cache read)")
     }
     # the recipe's path (its step is slow on CPU: the dry run times one batch)
@@ -395,7 +343,7 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     samples, rng = clip_samples(cfg.train_clip_seconds), np.random.default_rng(0)
     to_input = lambda batch: fixed_length_input(batch[0], samples, device, 32, rng)[0]  # noqa: E731
     recipe_name = f"recipe: waveforms, {cfg.train_clip_seconds:g} s crops, fbank on {device.type}"
-    numbers[recipe_name] = timed_pass(waves, to_input, step, classes, device)
+    numbers[recipe_name] = benchmark.timed_pass(waves, to_input, step, classes, device)
     rows = [[name, v["clips_per_s"], v["idle_share"]] for name, v in numbers.items()]
     text = (
         benchmark.table(["pass", "clips/s", "idle share"], rows)
@@ -437,32 +385,13 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     model_path = work / "best_encoder_model.pth"
-    common = [
-        "--data_dir",
-        str(data_dir),
-        "--model_size",
-        cfg.model_size,
-        "--clip_seconds",
-        f"{cfg.train_clip_seconds:g}",
-        "--batch_size",
-        str(cfg.train_batch_size),
-        "--num_workers",
-        str(cfg.num_workers),
-        "--feature_cache",
-        str(work / "train_cache"),
-        "--last_checkpoint",
-        str(work / "last_encoder_model.pth"),
-    ]
-    seconds = {
-        "train": run_logged(
-            torchrun(
-                1,
-                common
-                + ["--device", cfg.device, "--epochs", str(cfg.train_epochs), "--output", str(model_path)],
-            ),
-            logs / "train.log",
-        )
-    }
+    train_args = options(
+        data_dir=data_dir, model_size=cfg.model_size, clip_seconds=f"{cfg.train_clip_seconds:g}",
+        batch_size=cfg.train_batch_size, num_workers=cfg.num_workers, feature_cache=work / "train_cache",
+        last_checkpoint=work / "last_encoder_model.pth", device=cfg.device, epochs=cfg.train_epochs,
+        output=model_path,
+    )  # fmt: skip
+    seconds = {"train": run_logged(torchrun(1, train_args), logs / "train.log")}
     epochs = [float(row["seconds"]) for row in read_history(history_path(model_path))]
     rows = [
         [
@@ -478,28 +407,10 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     ]
     if cfg.ddp_check:
         ddp_dir = work / "ddp"
-        ddp_args = [
-            "--data_dir",
-            str(data_dir),
-            "--model_size",
-            "tiny",
-            "--device",
-            "cpu",
-            "--clip_seconds",
-            "1",
-            "--batch_size",
-            "4",
-            "--num_workers",
-            "0",
-            "--epochs",
-            "1",
-            "--feature_cache",
-            "none",
-            "--output",
-            str(ddp_dir / "best.pth"),
-            "--last_checkpoint",
-            str(ddp_dir / "last.pth"),
-        ]
+        ddp_args = options(
+            data_dir=data_dir, model_size="tiny", device="cpu", clip_seconds=1, batch_size=4, num_workers=0,
+            epochs=1, feature_cache="none", output=ddp_dir / "best.pth", last_checkpoint=ddp_dir / "last.pth",
+        )  # fmt: skip
         seconds["ddp"] = run_logged(torchrun(2, ddp_args), logs / "train_ddp_cpu.log")
         rows.append(
             [
@@ -513,28 +424,13 @@ def pipeline(cfg, data_dir: Path, work: Path, counts: dict) -> tuple[str, dict]:
     # the dry run skips the scorers' plots and report (tested elsewhere; slow on 2 CPU cores)
     quiet = ["--plots", "false", "--report", "false"] if cfg.cpu_smoke else []
     steps = {
-        "extract": [
-            "extract_embeddings",
-            "--data_dir",
-            str(data_dir),
-            "--model_path",
-            str(model_path),
-            "--device",
-            cfg.device,
-            "--feature_cache",
-            "none",
-            "--embed_batch_size",
-            str(cfg.train_batch_size),
-        ],
+        "extract": ["extract_embeddings"]
+        + options(data_dir=data_dir, model_path=model_path, device=cfg.device, feature_cache="none")
+        + options(embed_batch_size=cfg.train_batch_size),
         "svdd_train": ["train_deepSVDD", "--svdd_dir", str(work / "svdd")],
-        "svdd_eval": [
-            "evaluate_deepSVDD",
-            "--svdd_dir",
-            str(work / "svdd"),
-            "--results_dir",
-            str(work / "results" / "deepsvdd"),
-            *quiet,
-        ],
+        "svdd_eval": ["evaluate_deepSVDD", "--svdd_dir", str(work / "svdd")]
+        + options(results_dir=work / "results" / "deepsvdd")
+        + quiet,
         "ensemble": ["evaluate", "--results_dir", str(work / "results" / "ensemble"), *quiet],
     }
     clips = {
@@ -622,26 +518,14 @@ def modes(cfg, work: Path) -> tuple[str, dict]:
             )
             scorers = sorted(p.parent.name for p in (run_dir / "results").glob("*/summary.json"))
             checked.append(
-                {
-                    "run_dir": str(run_dir),
-                    "clip_seconds": settings.get("clip_seconds"),
-                    "channels": settings.get("channels"),
-                    "backends": backends,
-                    "scorers": scorers,
-                }
+                {"run_dir": str(run_dir), "clip_seconds": settings.get("clip_seconds"), "backends": backends}
             )
+            checked[-1].update(channels=settings.get("channels"), scorers=scorers)
         seed_tables = sorted(str(p) for p in runs_dir.glob("*-seeds.csv"))
         numbers[mode] = {"seconds": seconds, "seeds": seeds, "runs": checked, "seed_tables": seed_tables}
-        rows.append(
-            [
-                mode,
-                ",".join(map(str, seeds)) or "-",
-                len(run_dirs),
-                checked[0]["clip_seconds"],
-                " ".join(checked[0]["backends"]),
-                seconds,
-            ]
-        )
+        first = checked[0]
+        rows.append([mode, ",".join(map(str, seeds)) or "-", len(run_dirs), first["clip_seconds"]])
+        rows[-1] += [" ".join(first["backends"]), seconds]
     text = (
         benchmark.table(["channels", "seeds", "run folders", "crop s", "ASDKit back ends", "seconds"], rows)
         + f"\nrun_all.py --recipe asdkit-eat-lora on {data_dir} (two-channel, tiny encoder, device "
