@@ -12,6 +12,10 @@ never reused. On CUDA the fbanks are computed in batches on the GPU (preprocessi
 CHANNELS must be the mode the tuned model was trained with (its file records it; a mismatch is an
 error naming both). 'both' embeds the near and the far channel one by one and combines the two
 embeddings as CHANNEL_COMBINE says; its statistics are the near ones followed by the far ones.
+
+A model trained on fixed-length clips (CLIP_SECONDS of train.py not "whole") is embedded as ASDKit
+extracts: each clip from its start, tiled or cut to the trained length, its fbank padded to the
+trained PAD_MULTIPLE, no windows, float32; LONG_CLIP, TARGET_FRAMES and AMP do not apply to it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from asd.embed import (
     stat_columns,
     stats_records,
     tuned_model,
+    with_clip_settings,
 )
 from asd.embedding_files import (
     check_model_channels,
@@ -125,6 +130,13 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         or explicit != embedding_settings(LONG_CLIP, POOLING, TARGET_FRAMES, AMP, default)
         else (saved_settings(cfg.embed_dir) or explicit)
     )
+    settings = with_clip_settings(settings, cfg.model_path)
+    if settings.get("clip_seconds") is not None:
+        print(
+            f"{cfg.model_path} was trained on {settings['clip_seconds']:g} s clips: each clip is embedded from "
+            f"its start, tiled or cut to that length, padded to a multiple of {settings['pad_multiple']} "
+            "frames, in float32 (LONG_CLIP, TARGET_FRAMES and AMP do not apply)"
+        )
     check_model_channels(cfg.model_path, settings["channels"], f"extraction into {cfg.embed_dir}")
     device = resolve_device(cfg.device)
     cache_dir = None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache

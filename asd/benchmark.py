@@ -218,3 +218,24 @@ def table(header: list[str], rows: list[list]) -> str:
         for row in cells
     ]
     return "\n".join(lines)
+
+
+def timed_pass(loader, to_input, step, classes: int, device: torch.device) -> dict:
+    """One pass over ``loader``: clips/s and the share of the time spent waiting for a batch (the rest:
+    ``to_input`` of the batch on ``device`` and the training ``step``, synchronised)."""
+    waiting = computing = 0.0
+    clips = 0
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        fetched = time.perf_counter()
+        if batch is None:
+            break
+        x = to_input(batch)
+        step(x, torch.randint(0, classes, (x.shape[0],), device=device))
+        synchronize(device)
+        waiting += fetched - start
+        computing += time.perf_counter() - fetched
+        clips += x.shape[0]
+    return {"clips_per_s": clips / (waiting + computing), "idle_share": waiting / (waiting + computing)}

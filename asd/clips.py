@@ -91,6 +91,24 @@ def extraction_input(
     return waves_to_input(torch.stack([crop_or_tile(w, length) for w in waves]).to(device), pad_multiple)
 
 
+def model_clip_settings(model_path: str | Path) -> dict:
+    """How a tuned model must be embedded when it was trained on fixed-length clips:
+    {"clip_seconds": its settings' clip_seconds_resolved, "pad_multiple": its PAD_MULTIPLE}, or {} for
+    a whole-clip model (clip_seconds_resolved None or absent). Reads only the file's settings."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tuned model {path} not found: run train.py first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read tuned model {path}: {type(error).__name__}: {error}") from error
+    settings = payload.get("settings", {}) if isinstance(payload, dict) else {}
+    seconds = settings.get("clip_seconds_resolved")
+    if seconds is None:
+        return {}
+    return {"clip_seconds": float(seconds), "pad_multiple": int(settings.get("pad_multiple", 32))}
+
+
 def check_encoder_reach(records: Sequence, seconds: float | None, target_frames: int, reach: int) -> None:
     """Refuse, before any training, clips the encoder cannot take whole: ``reach`` frames (time patches x 16).
 

@@ -6,6 +6,11 @@ Channels: ``settings["channels"]`` is the channel record (preprocessing.channel_
 one by one (one FeatureCache each, ``feature_caches``) and combines the two embeddings: 'concat'
 [near, far] (twice the width) or 'residual' near - RESIDUAL_WEIGHT x far (embedding space). The
 statistics of 'both' are the near statistics followed by the far ones (``stat_columns``).
+
+A model trained on fixed-length clips (its settings' clip_seconds_resolved is a number) is embedded
+as ASDKit extracts: each clip from its start, tiled or cut to that length, the fbank padded to a
+multiple of PAD_MULTIPLE frames, one input per clip (no windows), in float32 (``with_clip_settings``
+records this in the embedding settings; ``embed_records`` follows them).
 """
 
 from __future__ import annotations
@@ -74,6 +79,18 @@ def stat_columns(record: dict) -> list[str]:
 
     views, _ = record_views(record)
     return list(STAT_NAMES) if len(views) == 1 else [f"{v}_{name}" for v in views for name in STAT_NAMES]
+
+
+def with_clip_settings(settings: dict, model_path) -> dict:
+    """``settings`` for the tuned model at ``model_path``: unchanged for a whole-clip model; for a model
+    trained on fixed-length clips, its clip_seconds and pad_multiple added, amp off (ASDKit extracts in
+    float32), and long_clip / target_frames None (no windows: they do not apply)."""
+    from asd.clips import model_clip_settings
+
+    fixed = model_clip_settings(model_path)
+    if not fixed:
+        return settings
+    return {**settings, "long_clip": None, "target_frames": None, "amp": False, **fixed}
 
 
 def precision(settings: dict, device: torch.device) -> str:
@@ -188,6 +205,10 @@ def embed_fbank_batch(model, trained: dict, settings: dict, fbanks, device: torc
 def _embed_view(
     records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
 ) -> torch.Tensor:
+    """One channel view's embeddings [N, D]: fixed-length clips when ``settings`` say so
+    (``with_clip_settings``), else the clips' fbanks as the settings say."""
+    if settings.get("clip_seconds") is not None:
+        return embed_fixed_clips(records, model, settings, device, batch_size, cache)
     chunks = []
     for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
         paths = [r.path for r in records[start : start + batch_size]]
@@ -198,6 +219,34 @@ def _embed_view(
             else [cache.fbank(p) for p in paths]
         )
         chunks.append(embed_fbank_batch(model, trained, settings, fbanks, device, batch_size))
+    return torch.cat(chunks)
+
+
+def embed_fixed_clips(
+    records: Sequence, model, settings: dict, device: torch.device, batch_size: int, cache
+) -> torch.Tensor:
+    """Embeddings [N, D] (float32, CPU) of a model trained on fixed-length clips, as ASDKit extracts:
+    each waveform (read as ``cache`` reads its channel view) from its start, tiled or cut to
+    settings["clip_seconds"], its fbank padded to settings["pad_multiple"] frames, float32, no grad."""
+    from asd.clips import extraction_input
+    from preprocessing import load_audio
+
+    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
+                waves = [
+                    load_audio(r.path, channels=cache.channels, residual_weight=cache.residual_weight)
+                    for r in records[start : start + batch_size]
+                ]
+                x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+                chunks.append(model.embed(x).float().cpu())
+    finally:
+        model.pooling = trained_pooling
+        model.train(was_training)
     return torch.cat(chunks)
 
 

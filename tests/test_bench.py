@@ -12,6 +12,7 @@ import torch
 import asd.checkpoints as C
 from asd import benchmark
 from asd.cli import check_script_arguments
+from asd.embedding_files import read_feature_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,9 @@ def test_datasheet_peak_is_known_for_h100_and_h200_only_unless_given():
 
 @pytest.mark.end_to_end
 def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
+    """The prepared GPU check's CPU dry run: every section on a two-channel 2026-style set (channel
+    near), the published recipe's fixed-length crops in train.py and extraction, and run_all on another
+    two-channel set for a noise-aware channel mode with ASDKit's four back ends and two seeds."""
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_check
 
@@ -70,6 +74,7 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.txt", "w"]
     text = (tmp_path / "gpu_check.txt").read_text()
+    modes_title = "channel modes, crops, back ends, seeds (run_all)"
     for title in (
         "setup",
         "fbank throughput",
@@ -77,6 +82,7 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
         "GPU idle share",
         "pipeline steps",
         "estimate",
+        modes_title,
         "done",
     ):
         assert f"== {title}" in text
@@ -89,12 +95,29 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
     assert "datasheet peak: n/a" in text
     idle = numbers["GPU idle share while training from the DataLoader"]
     assert all(0.0 <= v["idle_share"] <= 1.0 and v["clips_per_s"] > 0 for v in idle.values())
-    steps = numbers["pipeline steps"]["seconds"]
-    assert set(steps) == {"train", "ddp", "extract", "svdd_train", "svdd_eval", "ensemble"}
+    steps = numbers["pipeline steps"]
+    assert set(steps["seconds"]) == {"train", "ddp", "extract", "svdd_train", "svdd_eval", "ensemble"}
+    assert len(steps["epoch_seconds"]) == 2 and all(t > 0 for t in steps["epoch_seconds"])
     work = tmp_path / "w" / "pipeline"
     assert (work / "best_encoder_model.pth").is_file() and (work / "ddp" / "best.pth").is_file()
     for scorer in ("deepsvdd", "ensemble"):
         assert (work / "results" / scorer / "summary.json").is_file()
+    # the recipe's crops: trained on 1 s crops, extracted the same way (float32)
+    extracted = read_feature_file(work / "embeddings" / "normal_embeddings.pt")["fingerprint"]
+    assert extracted["settings"]["clip_seconds"] == 1.0 and extracted["precision"] == "fp32"
+    assert extracted["settings"]["channels"]["channels"] == "near"
+    assert "2026 style" in text
     estimate = numbers["estimate"]
     assert estimate["total_seconds"] == pytest.approx(sum(part[2] for part in estimate["parts"]))
-    assert len(estimate["parts"]) == 8 and all(part[2] >= 0 for part in estimate["parts"])
+    assert len(estimate["parts"]) == 6 and all(part[2] >= 0 for part in estimate["parts"])
+    assert estimate["parts"][0][0] == "training, 25 epochs (train.py, asdkit-eat-lora)"
+    modes = numbers[modes_title]
+    assert list(modes) == ["residual"]
+    assert modes["residual"]["seeds"] == [0, 1] and len(modes["residual"]["seed_tables"]) == 1
+    assert len(modes["residual"]["runs"]) == 2
+    for mode, result in modes.items():
+        for run in result["runs"]:
+            assert run["channels"]["channels"] == mode
+            assert run["clip_seconds"] == 1.0
+            assert run["backends"] == ["kmeans", "knn", "rescale", "smote_knn"]
+            assert {"deepsvdd", "ensemble"} <= set(run["scorers"])
