@@ -56,13 +56,20 @@ from preprocessing import (
     num_frames,
 )
 
-DATA_DIR = "dev_data"  # folder with <machine_type>/{train,test}/*.wav
-MACHINE_TYPES = []  # machine types to check (empty: all)
-SPLITS = ["train", "test"]  # splits every machine type must have
-DECODE = True  # read every clip's samples to find silent or NaN clips (False: headers only)
-TARGET_FRAMES = 1024  # model input length in frames (EAT: 1024)
-PROGRESS = True  # progress bar while reading clips
-CHANNELS = ""  # also require clips fit for this channel mode (near, far, mix, residual, both)
+# folder with <machine_type>/{train,test}/*.wav
+DATA_DIR = "dev_data"
+# machine types to check (empty: all)
+MACHINE_TYPES = []
+# splits every machine type must have
+SPLITS = ["train", "test"]
+# read every clip's samples to find silent or NaN clips (False: headers only)
+DECODE = True
+# model input length in frames (EAT: 1024)
+TARGET_FRAMES = 1024
+# progress bar while reading clips
+PROGRESS = True
+# also require clips fit for this channel mode (near, far, mix, residual, both)
+CHANNELS = ""
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
 

@@ -49,34 +49,60 @@ from asd.ground_truth import apply_ground_truth
 from asd.results import score_results_folder, write_scorer_results
 from asd.scoring import score_by_group
 
-RECIPE = ""  # named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
-EMBED_DIR = "."  # folder of normal_/test_ embeddings and stats (.pt)
-RESULTS_DIR = "results/ensemble"  # official CSVs, summary, plots
-K = 1  # nearest references averaged in the embedding branch (1 = nearest, the usual DCASE choice)
-W = 0.5  # weight of the embedding branch; 1 - W goes to Mahalanobis
-SEPARATE_DOMAIN_BANKS = True  # source and target memory banks, smaller distance taken
-BACKEND = "knn"  # embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
-KMEANS_CLUSTERS = 16  # kmeans: spherical k-means centres per bank (at most the bank's rows)
+# named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
+RECIPE = ""
+# folder of normal_/test_ embeddings and stats (.pt)
+EMBED_DIR = "."
+# official CSVs, summary, plots
+RESULTS_DIR = "results/ensemble"
+# nearest references averaged in the embedding branch (1 = nearest, the usual DCASE choice)
+K = 1
+# weight of the embedding branch; 1 - W goes to Mahalanobis
+W = 0.5
+# source and target memory banks, smaller distance taken
+SEPARATE_DOMAIN_BANKS = True
+# embedding branch: knn | kmeans (cosine k-means centres) | density (k-NN / local density)
+BACKEND = "knn"
+# kmeans: spherical k-means centres per bank (at most the bank's rows)
+KMEANS_CLUSTERS = 16
 # density: a reference's density = its mean cosine distance to this many nearest references
 DENSITY_NEIGHBOURS = 4
-SMOTE_RATIO = 0.0  # SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
-SMOTE_NEIGHBOURS = 2  # SMOTE: a new row lies between a target normal and one of its this many nearest
-SEED = 0  # seed of SMOTE, of the k-means seeding and of the STATS_FOLDS split
-MAHALANOBIS = "per_domain"  # statistics: per_domain (source, target apart; smaller distance) | pooled
-MIN_DOMAIN_STATS = 5  # per_domain: a domain with fewer training normals is replaced by the pooled fit
-STATS_FOLDS = 10  # refits scoring the statistics of the thresholds' training normals (0 = in-sample)
-DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
-SWEEP = False  # print the score over SWEEP_KS x SWEEP_WS, then stop
-SWEEP_KS = [1, 2, 3, 5, 10]  # k values of the sweep
-SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]  # w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
-ASDKIT_BACKENDS = []  # also score with ASDKit's back ends (knn, smote_knn, kmeans, rescale), one results folder each
-BACKENDS_DIR = ""  # folder of the ASDKIT_BACKENDS results; "" = "backends" beside RESULTS_DIR
-SCORE_RESULTS_DIR = ""  # measure this existing results folder (its CSVs) instead of scoring embeddings
-SCORED_DIR = ""  # where SCORE_RESULTS_DIR's tables go; "" = "<SCORE_RESULTS_DIR>_scored" beside it
-GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
-GAMMA_LOCATION = "zero"  # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
-PLOTS = True  # ROC curves and score histograms (PNG)
-REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
+# SMOTE rows join the target bank until target/source = this (0 = off; ASDKit: 0.2)
+SMOTE_RATIO = 0.0
+# SMOTE: a new row lies between a target normal and one of its this many nearest
+SMOTE_NEIGHBOURS = 2
+# seed of SMOTE, of the k-means seeding and of the STATS_FOLDS split
+SEED = 0
+# statistics: per_domain (source, target apart; smaller distance) | pooled
+MAHALANOBIS = "per_domain"
+# per_domain: a domain with fewer training normals is replaced by the pooled fit
+MIN_DOMAIN_STATS = 5
+# refits scoring the statistics of the thresholds' training normals (0 = in-sample)
+STATS_FOLDS = 10
+# metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
+DCASE_YEAR = "auto"
+# print the score over SWEEP_KS x SWEEP_WS, then stop
+SWEEP = False
+# k values of the sweep
+SWEEP_KS = [1, 2, 3, 5, 10]
+# w values of the sweep (0 = Mahalanobis only, 1 = k-NN only)
+SWEEP_WS = [0.0, 0.25, 0.5, 0.75, 1.0]
+# also score with ASDKit's back ends (knn, smote_knn, kmeans, rescale), one results folder each
+ASDKIT_BACKENDS = []
+# folder of the ASDKIT_BACKENDS results; "" = "backends" beside RESULTS_DIR
+BACKENDS_DIR = ""
+# measure this existing results folder (its CSVs) instead of scoring embeddings
+SCORE_RESULTS_DIR = ""
+# where SCORE_RESULTS_DIR's tables go; "" = "<SCORE_RESULTS_DIR>_scored" beside it
+SCORED_DIR = ""
+# the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+GROUND_TRUTH = ""
+# decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
+GAMMA_LOCATION = "zero"
+# ROC curves and score histograms (PNG)
+PLOTS = True
+# report.html: the tables, plots and a t-SNE map of the embeddings
+REPORT = True
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),

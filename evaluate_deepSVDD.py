@@ -21,14 +21,22 @@ from asd.results import write_scorer_results
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
 
-EMBED_DIR = "."  # folder of the normal_/test_ embeddings and stats
-SVDD_DIR = "svdd_models_per_type"  # written by train_deepSVDD.py
-RESULTS_DIR = "results/deepsvdd"  # official CSVs, summary, plots
-DCASE_YEAR = "auto"  # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
-GROUND_TRUTH = ""  # the evaluator's ground-truth folder: labels and domains of unlabelled test clips
-GAMMA_LOCATION = "zero"  # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
-PLOTS = True  # ROC curves and score histograms (PNG)
-REPORT = True  # report.html: the tables, plots and a t-SNE map of the embeddings
+# folder of the normal_/test_ embeddings and stats
+EMBED_DIR = "."
+# written by train_deepSVDD.py
+SVDD_DIR = "svdd_models_per_type"
+# official CSVs, summary, plots
+RESULTS_DIR = "results/deepsvdd"
+# metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
+DCASE_YEAR = "auto"
+# the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+GROUND_TRUTH = ""
+# decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
+GAMMA_LOCATION = "zero"
+# ROC curves and score histograms (PNG)
+PLOTS = True
+# report.html: the tables, plots and a t-SNE map of the embeddings
+REPORT = True
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("zero", "free")}
 

@@ -26,6 +26,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch
 
+import preprocessing
 from asd.cli import parse_config, print_config
 from asd.embed import (
     embed_records,
@@ -51,23 +52,35 @@ from asd.embedding_files import (
 )
 from asd.runtime import resolve_device
 
-DATA_DIR = "dev_data"  # DCASE folder: <machine>/{train,test}/*.wav
-MODEL_PATH = (
-    "best_encoder_model.pth"  # tuned encoder written by train.py (always needed: it defines the embeddings)
-)
-EMBED_DIR = "."  # where the four .pt files go
-SPLITS = ["train", "test"]  # train = normal training clips; test = every test clip
-EMBED_BATCH_SIZE = 16  # clips (or windows) per forward pass
-DEVICE = "auto"  # auto | cpu | cuda
-AMP = True  # bf16 autocast on CUDA (ignored on CPU)
-LONG_CLIP = "windows"  # crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
-POOLING = None  # None = as trained | cls | mean
-TARGET_FRAMES = None  # fbank frames per window; None = as trained
-CHANNELS = "near"  # microphone(s) heard, as in training: near (channel 0) | far | mix | residual | both
-RESIDUAL_WEIGHT = 0.5  # weight of the far channel in residual (waveform) and in CHANNEL_COMBINE residual
-CHANNEL_COMBINE = "concat"  # both: concat = [near, far] embeddings | residual = near - RESIDUAL_WEIGHT x far
-FEATURE_CACHE = "cache/features"  # on-disk fbank/statistics cache folder; none = off
-REBUILD = False  # rebuild even when the files are up to date
+# DCASE folder: <machine>/{train,test}/*.wav
+DATA_DIR = "dev_data"
+# tuned encoder written by train.py (always needed: it defines the embeddings)
+MODEL_PATH = "best_encoder_model.pth"
+# where the four .pt files go
+EMBED_DIR = "."
+# train = normal training clips; test = every test clip
+SPLITS = ["train", "test"]
+# clips (or windows) per forward pass
+EMBED_BATCH_SIZE = 16
+# auto | cpu | cuda
+DEVICE = "auto"
+# bf16 autocast on CUDA (ignored on CPU)
+AMP = True
+# crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
+LONG_CLIP = "windows"
+# None = as trained | cls | mean
+POOLING = None
+# fbank frames per window; None = as trained
+TARGET_FRAMES = None
+# microphone(s) heard, as in training: near (channel 0) | far | mix | residual | both
+CHANNELS = "near"
+# weight of the far channel in residual (waveform) and in CHANNEL_COMBINE residual
+RESIDUAL_WEIGHT = 0.5
+# both: concat = [near, far] embeddings | residual = near - RESIDUAL_WEIGHT x far
+CHANNEL_COMBINE = "concat"
+FEATURE_CACHE = preprocessing.FEATURE_CACHE
+# rebuild even when the files are up to date
+REBUILD = False
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SPLITS": ("train", "test"),

@@ -44,24 +44,42 @@ from tqdm import tqdm
 from asd.cli import parse_config, print_config
 from asd.files import atomic_path, atomic_write_text
 
-OUT_DIR = "demo_data"  # where the tree is written
-SEED = 0  # same seed, same bytes
-MACHINE_TYPES = ["fan", "pump", "gearbox"]  # any of: fan, pump, gearbox
-CLIP_SECONDS = 10.0  # clip length (DCASE clips are 10 s)
-SAMPLE_RATE = 16000  # Hz
-SOURCE_TRAIN = 40  # source-domain training normals per machine type
-TARGET_TRAIN = 6  # target-domain training normals per machine type
-TEST_NORMAL = 10  # test normals per domain and machine type
-TEST_ANOMALY = 10  # test anomalies per domain and machine type
-MIN_STRENGTH = 0.15  # weakest anomaly (0..1); strengths grade up to MAX_STRENGTH
-MAX_STRENGTH = 1.0  # strongest anomaly
-TARGET_SPEED_SHIFT = 1.12  # target domain runs this much faster than the source
-CLIP_RMS = 0.05  # loudness of every written clip (before gain jitter)
-YEAR_STYLE = "2023"  # "2026": two-channel clips (channel 0 near the machine, channel 1 far) and 2026 names
-FAR_MACHINE_DB = -10.0  # 2026 style: level of the machine on the far channel relative to the near one (dB)
-FAR_NOISE_DB = -3.0  # 2026 style: environmental noise on the far channel relative to the near clip (dB)
-EVAL_NAMES = False  # test clips under anonymised evaluation-set names; labels in OUT_DIR/ground_truth
-PROGRESS = True  # show a progress bar
+# where the tree is written
+OUT_DIR = "demo_data"
+# same seed, same bytes
+SEED = 0
+# any of: fan, pump, gearbox
+MACHINE_TYPES = ["fan", "pump", "gearbox"]
+# clip length (DCASE clips are 10 s)
+CLIP_SECONDS = 10.0
+# Hz
+SAMPLE_RATE = 16000
+# source-domain training normals per machine type
+SOURCE_TRAIN = 40
+# target-domain training normals per machine type
+TARGET_TRAIN = 6
+# test normals per domain and machine type
+TEST_NORMAL = 10
+# test anomalies per domain and machine type
+TEST_ANOMALY = 10
+# weakest anomaly (0..1); strengths grade up to MAX_STRENGTH
+MIN_STRENGTH = 0.15
+# strongest anomaly
+MAX_STRENGTH = 1.0
+# target domain runs this much faster than the source
+TARGET_SPEED_SHIFT = 1.12
+# loudness of every written clip (before gain jitter)
+CLIP_RMS = 0.05
+# "2026": two-channel clips (channel 0 near the machine, channel 1 far) and 2026 names
+YEAR_STYLE = "2023"
+# 2026 style: level of the machine on the far channel relative to the near one (dB)
+FAR_MACHINE_DB = -10.0
+# 2026 style: environmental noise on the far channel relative to the near clip (dB)
+FAR_NOISE_DB = -3.0
+# test clips under anonymised evaluation-set names; labels in OUT_DIR/ground_truth
+EVAL_NAMES = False
+# show a progress bar
+PROGRESS = True
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SEED": (0, None),

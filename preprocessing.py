@@ -52,7 +52,8 @@ STAT_MEL_BANDS = 16  # the 128 log-mel bins are pooled into this many bands for 
 STAT_FFT = 1024  # FFT size of the spectral statistics
 STAT_HOP = 512  # hop of the spectral statistics
 ROLLOFF = 0.85  # spectral roll-off: frequency below which this share of the energy lies
-FEATURE_CACHE = "cache/features"  # default on-disk feature cache
+# on-disk fbank/statistics cache folder, keyed by each clip's bytes and the feature settings; "none" = off
+FEATURE_CACHE = "cache/features"
 FEATURE_VERSION = 1  # bump when the feature code changes, so old caches are ignored
 # which microphone is heard (DCASE 2026 clips: channel 0 near the machine, channel 1 far from it):
 # near = channel 0 (the official 2026 baseline's), far = channel 1, mix = mean of the channels (the

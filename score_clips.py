@@ -54,23 +54,40 @@ from asd.svdd import svdd_factory
 from dataset import ClipRecord
 from preprocessing import channel_record, check_channel_record
 
-RUN = ""  # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
-MACHINE_TYPE = ""  # machine type the clips come from (as named in the run's data)
-SECTION = "00"  # section (2020 data: machine ID) the clips belong to
-SCORER = "ensemble"  # ensemble (k-NN + Mahalanobis) | deepsvdd
-OUTPUT = "clip_scores.csv"  # CSV written: file,score,decision
-CLIPS = []  # the .wav files to score (positional arguments)
-DEVICE = "auto"  # auto | cpu | cuda (for embedding the clips)
-CHANNELS = "near"  # microphone(s) heard, as the run's: near (channel 0) | far | mix | residual | both
-RESIDUAL_WEIGHT = 0.5  # weight of the far channel in residual and in CHANNEL_COMBINE residual, as the run's
-CHANNEL_COMBINE = "concat"  # both: concat | residual combination of the two embeddings, as the run's
-LONG_SECONDS = 0.0  # clips longer than this (s) are scored as windows; 0 = the encoder's reach (about 123 s)
-WINDOW_SECONDS = 10.0  # window length of long recordings (s)
-HOP_SECONDS = 5.0  # a window starts every this many seconds (the last one ends at the recording's end)
-AGGREGATE = "max"  # a long recording's score from its windows' scores: max (worst window) | mean
-EMBED_BATCH_SIZE = 16  # clips or windows embedded at once (bounds the memory of long recordings)
-WINDOW_OUTPUT = "window_scores.csv"  # per-window table of the long recordings
-TIMELINE_DIR = "."  # where each long recording's timeline plot (<name>_timeline.png) goes
+# run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
+RUN = ""
+# machine type the clips come from (as named in the run's data)
+MACHINE_TYPE = ""
+# section (2020 data: machine ID) the clips belong to
+SECTION = "00"
+# ensemble (k-NN + Mahalanobis) | deepsvdd
+SCORER = "ensemble"
+# CSV written: file,score,decision
+OUTPUT = "clip_scores.csv"
+# the .wav files to score (positional arguments)
+CLIPS = []
+# auto | cpu | cuda (for embedding the clips)
+DEVICE = "auto"
+# microphone(s) heard, as the run's: near (channel 0) | far | mix | residual | both
+CHANNELS = "near"
+# weight of the far channel in residual and in CHANNEL_COMBINE residual, as the run's
+RESIDUAL_WEIGHT = 0.5
+# both: concat | residual combination of the two embeddings, as the run's
+CHANNEL_COMBINE = "concat"
+# clips longer than this (s) are scored as windows; 0 = the encoder's reach (about 123 s)
+LONG_SECONDS = 0.0
+# window length of long recordings (s)
+WINDOW_SECONDS = 10.0
+# a window starts every this many seconds (the last one ends at the recording's end)
+HOP_SECONDS = 5.0
+# a long recording's score from its windows' scores: max (worst window) | mean
+AGGREGATE = "max"
+# clips or windows embedded at once (bounds the memory of long recordings)
+EMBED_BATCH_SIZE = 16
+# per-window table of the long recordings
+WINDOW_OUTPUT = "window_scores.csv"
+# where each long recording's timeline plot (<name>_timeline.png) goes
+TIMELINE_DIR = "."
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SCORER": ("ensemble", "deepsvdd"),

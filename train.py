@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import preprocessing
 from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned, tensors_checksum
@@ -53,65 +54,129 @@ from asd.runtime import seed_everything, tune_cpu_allocator
 from dataset import LabelIndex
 from model import base_encoder, trainable_state
 
-RECIPE = ""  # named settings (asd/recipes.py): the defaults below equal asdkit-eat-lora's; --recipe NAME applies one
-DATA_DIR = "dev_data"  # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
-MACHINE_TYPES = []  # machine types to train on, comma-separated; empty = all
-EAT_CHECKPOINT = None  # HF folder (config.json + weights), fairseq .pt or hub id; None = random init (demo)
-MODEL_SIZE = "base"  # random encoder size when EAT_CHECKPOINT is None: tiny | base | large
-POOLING = "cls"  # utterance embedding: "cls" token or "mean" of the patch tokens
-PROJECTION_DIM = 256  # linear layer after pooling; its output is the embedding used downstream (0 = none)
-EPOCHS = 25  # passes over the training clips
-BATCH_SIZE = 8  # clips per step and process
-GRAD_ACCUM = 1  # steps whose gradients add up before one optimizer update
-LEARNING_RATE = 1e-4  # peak AdamW learning rate (LoRA, projection and head)
-WARMUP_STEPS = 5000  # linear warm-up over this many optimizer steps plus WARMUP_EPOCHS' worth
-WARMUP_EPOCHS = 0.0  # further warm-up in epochs (may be fractional), added to WARMUP_STEPS
-LR_SCHEDULE = "constant"  # after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
-MIN_LR_RATIO = 0.01  # the cosine decays to LEARNING_RATE * MIN_LR_RATIO
-WARMUP_RULE = "timm"  # warm-up factor at optimizer step k: k / warm-up ("timm", first step at 0) or (k + 1) / warm-up ("project")
-WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay
-DECAY = "all"  # which trainable parameters decay: "all" or "matrices" (not norms and biases)
-GRAD_CLIP = 0.0  # max gradient norm; 0 disables clipping
-LORA_RANK = 64  # LoRA rank on the LORA_TARGETS layers of every block
-LORA_ALPHA = 8.0  # LoRA scaling numerator (scale = alpha / rank)
-LORA_DROPOUT = 0.0  # dropout on the LoRA branch
-DROP_PATH = 0.1  # stochastic depth of the last block, rising linearly from 0 at the first (0 = none)
-LORA_TARGETS = ["qkv"]  # layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
-UNFREEZE_LAST_NORMS = 0  # also train norm1/norm2 of the last K blocks
-HEAD = "scadacos"  # auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
-SUB_CLUSTERS = 16  # SCAdaCos centres per class
-TRAIN_CENTRES = True  # SCAdaCos centres are trained (False: fixed at their seeded random start)
-SCALE = "fixed"  # SCAdaCos scale: "fixed" at sqrt(2) ln(N - 1), N = classes x SUB_CLUSTERS, or "adaptive" (AdaCos rule every batch)
-CENTRE_INIT = "xavier"  # SCAdaCos centres start as a seeded "xavier" uniform or "normal" draw
-LABEL = "attributes_domain"  # classes: machine, section, attributes and domain ("attributes_domain") or without domain ("attributes")
-CLASSES_FROM = "train_test"  # classes counted over training clips ("train") or also labelled test clip names ("train_test")
-ARCFACE_SCALE = 30.0  # ArcFace logit scale s
-ARCFACE_MARGIN = 0.5  # ArcFace additive angular margin m (radians)
-SINGLE_CLASS = "pretext"  # clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
-VAL_FRACTION = 0.0  # share of each class held out for validation (stratified)
-KEEP_EPOCH = "last"  # OUTPUT holds the "last" epoch or the "best" validation epoch
-SEED = 0  # split, initialisation and augmentation seed
-NUM_WORKERS = 2  # DataLoader worker processes per training process
-DEVICE = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-AMP = False  # bf16 autocast on CUDA (no effect on CPU); ASDKit trains in float32
-CLIP_SECONDS = "auto"  # waveforms tiled/cropped to this many seconds ("auto": 18 for DCASE 2023, 12 for 2024, else the longest clip) or "whole"
-TARGET_FRAMES = 0  # CLIP_SECONDS whole: fbank frames per clip (padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE and the batch's longest
-PAD_MULTIPLE = 32  # fixed-length or whole clips: fbanks are zero-padded to a multiple of this many frames
-RANDOM_CROP = True  # TARGET_FRAMES > 0: crop longer training clips at a random offset
-SPEC_AUGMENT = False  # random time and frequency masks on training fbanks
-TIME_MASK = 80  # widest time mask (frames)
-FREQ_MASK = 16  # widest frequency mask (mel bins)
-NUM_MASKS = 2  # masks of each kind per clip
-MIXUP = "sample_wave"  # "sample_wave": each clip's waveform and target mixed with MIXUP_PROB, lam ~ U(0, 1); "batch_fbank": whole batches' fbanks
-MIXUP_PROB = 0.5  # share of training clips (sample_wave) or batches (batch_fbank) that are mixed (0 = never)
-MIXUP_ALPHA = 0.2  # batch_fbank: Beta(alpha, alpha) mixing weights
-CHANNELS = "near"  # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
-RESIDUAL_WEIGHT = 0.5  # far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
-CHANNEL_COMBINE = "concat"  # both: how extraction combines the embeddings (concat | residual); recorded only
-FEATURE_CACHE = "cache/features"  # fbank cache folder; None keeps all fbanks in memory instead
-OUTPUT = "best_encoder_model.pth"  # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
-LAST_CHECKPOINT = "last_encoder_model.pth"  # last epoch with optimizer/scheduler state, for RESUME
-RESUME = "auto"  # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must continue it | false: start fresh
+# named settings (asd/recipes.py) applied over the constants below: asdkit-eat-lora | arcface-v1; "" = none
+# (the constants as written); flags and values given to run_all.py still win
+RECIPE = ""
+# DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
+DATA_DIR = "dev_data"
+# machine types to train on, comma-separated; empty = all
+MACHINE_TYPES = []
+# HF folder (config.json + weights), fairseq .pt or hub id; None = random init (demo)
+EAT_CHECKPOINT = None
+# random encoder size when EAT_CHECKPOINT is None: tiny | base | large
+MODEL_SIZE = "base"
+# utterance embedding: "cls" token or "mean" of the patch tokens
+POOLING = "cls"
+# linear layer after pooling; its output is the embedding used downstream (0 = none)
+PROJECTION_DIM = 256
+# passes over the training clips
+EPOCHS = 25
+# clips per step and process
+BATCH_SIZE = 8
+# steps whose gradients add up before one optimizer update
+GRAD_ACCUM = 1
+# peak AdamW learning rate (LoRA, projection and head)
+LEARNING_RATE = 1e-4
+# linear warm-up over this many optimizer steps plus WARMUP_EPOCHS' worth
+WARMUP_STEPS = 5000
+# further warm-up in epochs (may be fractional), added to WARMUP_STEPS
+WARMUP_EPOCHS = 0.0
+# after the warm-up: "constant" or "cosine" (down to LEARNING_RATE * MIN_LR_RATIO)
+LR_SCHEDULE = "constant"
+# the cosine decays to LEARNING_RATE * MIN_LR_RATIO
+MIN_LR_RATIO = 0.01
+# warm-up factor at optimizer step k: k / warm-up ("timm", first step at 0) or (k + 1) / warm-up ("project")
+WARMUP_RULE = "timm"
+# AdamW decoupled weight decay
+WEIGHT_DECAY = 0.01
+# which trainable parameters decay: "all" or "matrices" (not norms and biases)
+DECAY = "all"
+# max gradient norm; 0 disables clipping
+GRAD_CLIP = 0.0
+# LoRA rank on the LORA_TARGETS layers of every block
+LORA_RANK = 64
+# LoRA scaling numerator (scale = alpha / rank)
+LORA_ALPHA = 8.0
+# dropout on the LoRA branch
+LORA_DROPOUT = 0.0
+# stochastic depth of the last block, rising linearly from 0 at the first (0 = none)
+DROP_PATH = 0.1
+# layers of every block that get LoRA: qkv, proj (attention), fc1, fc2 (MLP)
+LORA_TARGETS = ["qkv"]
+# also train norm1/norm2 of the last K blocks
+UNFREEZE_LAST_NORMS = 0
+# auxiliary classifier: "scadacos" (sub-cluster AdaCos), "arcface" (angular margin), "linear" (softmax)
+HEAD = "scadacos"
+# SCAdaCos centres per class
+SUB_CLUSTERS = 16
+# SCAdaCos centres are trained (False: fixed at their seeded random start)
+TRAIN_CENTRES = True
+# SCAdaCos scale: "fixed" at sqrt(2) ln(N - 1), N = classes x SUB_CLUSTERS, or "adaptive" (AdaCos rule every
+# batch)
+SCALE = "fixed"
+# SCAdaCos centres start as a seeded "xavier" uniform or "normal" draw
+CENTRE_INIT = "xavier"
+# classes: machine, section, attributes and domain ("attributes_domain") or without domain ("attributes")
+LABEL = "attributes_domain"
+# classes counted over training clips ("train") or also labelled test clip names ("train_test")
+CLASSES_FROM = "train_test"
+# ArcFace logit scale s
+ARCFACE_SCALE = 30.0
+# ArcFace additive angular margin m (radians)
+ARCFACE_MARGIN = 0.5
+# clips of one class only: "pretext" (learn which augmentation was applied) or "frozen" (no training)
+SINGLE_CLASS = "pretext"
+# share of each class held out for validation (stratified)
+VAL_FRACTION = 0.0
+# OUTPUT holds the "last" epoch or the "best" validation epoch
+KEEP_EPOCH = "last"
+# split, initialisation and augmentation seed
+SEED = 0
+# DataLoader worker processes per training process
+NUM_WORKERS = 2
+# "auto" (CUDA when present), "cpu", "cuda"
+DEVICE = "auto"
+# bf16 autocast on CUDA (no effect on CPU); ASDKit trains in float32
+AMP = False
+# waveforms tiled/cropped to this many seconds ("auto": 18 for DCASE 2023, 12 for 2024, else the longest clip)
+# or "whole"
+CLIP_SECONDS = "auto"
+# CLIP_SECONDS whole: fbank frames per clip (padded / cropped); 0 = each clip whole, padded to PAD_MULTIPLE
+# and the batch's longest
+TARGET_FRAMES = 0
+# fixed-length or whole clips: fbanks are zero-padded to a multiple of this many frames
+PAD_MULTIPLE = 32
+# TARGET_FRAMES > 0: crop longer training clips at a random offset
+RANDOM_CROP = True
+# random time and frequency masks on training fbanks
+SPEC_AUGMENT = False
+# widest time mask (frames)
+TIME_MASK = 80
+# widest frequency mask (mel bins)
+FREQ_MASK = 16
+# masks of each kind per clip
+NUM_MASKS = 2
+# "sample_wave": each clip's waveform and target mixed with MIXUP_PROB, lam ~ U(0, 1); "batch_fbank": whole
+# batches' fbanks
+MIXUP = "sample_wave"
+# share of training clips (sample_wave) or batches (batch_fbank) that are mixed (0 = never)
+MIXUP_PROB = 0.5
+# batch_fbank: Beta(alpha, alpha) mixing weights
+MIXUP_ALPHA = 0.2
+# microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
+CHANNELS = "near"
+# far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
+RESIDUAL_WEIGHT = 0.5
+# both: how extraction combines the embeddings (concat | residual); recorded only
+CHANNEL_COMBINE = "concat"
+FEATURE_CACHE = preprocessing.FEATURE_CACHE
+# tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
+OUTPUT = "best_encoder_model.pth"
+# last epoch with optimizer/scheduler state, for RESUME
+LAST_CHECKPOINT = "last_encoder_model.pth"
+# auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must
+# continue it | false: start fresh
+RESUME = "auto"
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),

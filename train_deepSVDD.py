@@ -25,18 +25,30 @@ from asd.files import atomic_torch_save
 from asd.scoring import row_groups
 from asd.svdd import DeepSVDDScorer, bundle_path
 
-EMBED_DIR = "."  # folder of normal_embeddings.pt / normal_stats.pt
-SVDD_DIR = "svdd_models_per_type"  # one model file per machine type
-USE_STATS = False  # append the signal statistics to the embeddings
-HIDDEN_NEURONS = [256, 64]  # MLP widths; the last one is the hypersphere's dimension
-SVDD_EPOCHS = 50  # pyod epochs
-SVDD_BATCH_SIZE = 64  # clips per pyod training batch
-LEARNING_RATE = 1e-3  # Adam learning rate of the SVDD network
-DROPOUT = 0.0  # dropout between the MLP layers
-WEIGHT_DECAY = 1e-6  # pyod's l2_regularizer (Adam weight decay)
-SEED = 0  # network initialisation and shuffling seed
-THRESHOLD_FOLDS = 5  # refits whose held-out scores set the decision threshold (0 = in-sample, as before)
-THREADS = 1  # torch CPU threads while fitting: the network is small, more threads only add overhead
+# folder of normal_embeddings.pt / normal_stats.pt
+EMBED_DIR = "."
+# one model file per machine type
+SVDD_DIR = "svdd_models_per_type"
+# append the signal statistics to the embeddings
+USE_STATS = False
+# MLP widths; the last one is the hypersphere's dimension
+HIDDEN_NEURONS = [256, 64]
+# pyod epochs
+SVDD_EPOCHS = 50
+# clips per pyod training batch
+SVDD_BATCH_SIZE = 64
+# Adam learning rate of the SVDD network
+LEARNING_RATE = 1e-3
+# dropout between the MLP layers
+DROPOUT = 0.0
+# pyod's l2_regularizer (Adam weight decay)
+WEIGHT_DECAY = 1e-6
+# network initialisation and shuffling seed
+SEED = 0
+# refits whose held-out scores set the decision threshold (0 = in-sample, as before)
+THRESHOLD_FOLDS = 5
+# torch CPU threads while fitting: the network is small, more threads only add overhead
+THREADS = 1
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "HIDDEN_NEURONS": (1, None),
