@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import preprocessing  # noqa: E402
-from asd.scoring import knn_distance  # noqa: E402
+from asd.backends import knn_distance  # noqa: E402
 
 # test embeddings
 N_TEST = 2000

@@ -350,7 +350,7 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
     def no_fbanks(*args, **kwargs):
         raise AssertionError("fbanks computed before the check")
 
-    monkeypatch.setattr(training, "feature_source", no_fbanks)
+    monkeypatch.setattr(training, "feature_sources", no_fbanks)
     whole = ("--clip_seconds", "whole", "--mixup", "batch_fbank")
     with pytest.raises(
         ValueError, match=rf"{re.escape(str(long_clip))}: 124.0 s .* longer than the encoder's reach"
