@@ -546,6 +546,20 @@ def _rebuild_backbone(backbone: dict[str, Any], path: Path, override: str | os.P
     return build_encoder(checkpoint)
 
 
+def read_tuned(path: str | os.PathLike) -> dict[str, Any]:
+    """The tuned model file's contents (tensors and plain data only); an error naming a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tuned model {path} not found (run train.py first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read tuned model {path}: {type(error).__name__}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
+        raise ValueError(f"{path} is not a tuned EAT-LoRA model file (format {TUNED_FORMAT})")
+    return payload
+
+
 def load_tuned(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -558,14 +572,7 @@ def load_tuned(
     from dataset import LabelIndex
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tuned model {path} not found (run train.py first)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read tuned model {path}: {type(error).__name__}: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
-        raise ValueError(f"{path} is not a tuned EAT-LoRA model file (format {TUNED_FORMAT})")
+    payload = read_tuned(path)
     encoder = _rebuild_backbone(payload["backbone"], path, backbone_checkpoint)
     if asdict(encoder.config) != payload["eat_config"]:
         raise ValueError(f"{path}: the backbone's config differs from the one it was tuned with")

@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from asd.checkpoints import read_tuned
 from preprocessing import PAD_VALUE, SAMPLE_RATE, batch_log_mel, normalise_fbank, num_frames
 
 YEAR_SECONDS = {"2023": 18.0, "2024": 12.0}  # ASDKit's parse_sec table
@@ -95,14 +96,7 @@ def model_clip_settings(model_path: str | Path) -> dict:
     """How a tuned model must be embedded when it was trained on fixed-length clips:
     {"clip_seconds": its settings' clip_seconds_resolved, "pad_multiple": its PAD_MULTIPLE}, or {} for
     a whole-clip model (clip_seconds_resolved None or absent). Reads only the file's settings."""
-    path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tuned model {path} not found: run train.py first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read tuned model {path}: {type(error).__name__}: {error}") from error
-    settings = payload.get("settings", {}) if isinstance(payload, dict) else {}
+    settings = read_tuned(model_path).get("settings", {})
     seconds = settings.get("clip_seconds_resolved")
     if seconds is None:
         return {}
