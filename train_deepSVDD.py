@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         written[machine] = path
         tqdm.write(
             f"{machine}: {len(rows)} clips x {scorer.inputs(normal).shape[1]} features, "
-            f"{'out-of-fold' if cfg.threshold_folds else 'in-sample'} training distance "
+            f"{'out-of-fold' if getattr(scorer, 'held_out', None) else 'in-sample'} training distance "
             f"mean {train_scores.mean():.4g} (max {train_scores.max():.4g}) -> {path}"
         )
     return written

@@ -20,6 +20,7 @@ from asd.embedding_files import Split
 from asd.scoring import out_of_fold_scores
 
 SVDD_FORMAT = "eat-lora-asd/deepsvdd-v1"
+MIN_FIT_ROWS = 2  # Deep SVDD is fitted on at least this many rows (so refits need one more)
 
 
 class DeepSVDDScorer:
@@ -77,8 +78,8 @@ class DeepSVDDScorer:
         from asd.runtime import seed_everything
 
         x = self.inputs(normal)
-        if len(x) < 2:
-            raise ValueError(f"Deep SVDD needs at least 2 training rows, got {len(x)}")
+        if len(x) < MIN_FIT_ROWS:
+            raise ValueError(f"Deep SVDD needs at least {MIN_FIT_ROWS} training rows, got {len(x)}")
         seed_everything(self.settings["seed"])  # pyod seeds torch only; its shuffle uses numpy's generator
         scaler = StandardScaler().fit(x)
         self.mean, self.scale = scaler.mean_, scaler.scale_
@@ -99,7 +100,12 @@ class DeepSVDDScorer:
         """Fit on all ``normal`` rows and keep their out-of-fold scores (``folds`` refits, each scoring
         the rows it was fitted without) for the decision threshold; ``folds`` 0 keeps none."""
         self.fit(normal)
-        if folds:
+        if folds and len(normal) <= MIN_FIT_ROWS:
+            print(
+                f"note: {len(normal)} training normals are too few for refits on held-out folds (each needs "
+                f"{MIN_FIT_ROWS}): this group's decision threshold comes from in-sample distances"
+            )
+        elif folds:
             settings = dict(self.settings)
             held_out = out_of_fold_scores(lambda: DeepSVDDScorer(**settings), normal, folds, settings["seed"])
             self.held_out = {"paths": [r.path for r in normal.records], "scores": held_out}

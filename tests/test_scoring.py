@@ -571,3 +571,19 @@ def test_deep_svdd_held_out_thresholds_flag_fresh_normals_near_the_nominal_rate(
         rates[name] = float(np.mean(scorer.score(fresh) > thresholds.threshold_info(train)["threshold"]))
     print(rates)
     assert 0.04 <= rates["held out"] <= 0.2 and rates["in sample"] > rates["held out"] + 0.05
+
+
+def test_deep_svdd_with_too_few_normals_for_refits_uses_in_sample_thresholds(capsys):
+    """Two training normals (the real DCASE sample folder's machine types) cannot be refitted on held-out
+    folds (a refit would see one row): the group is fitted and its threshold scores are in-sample, said."""
+    normal = _split(np.random.default_rng(3).normal(size=(2, 8)), ["source", "source"])
+    scorer = svdd.DeepSVDDScorer(hidden_neurons=[8, 4], epochs=2, batch_size=2, seed=0).fit_out_of_fold(
+        normal, 5
+    )
+    np.testing.assert_allclose(scorer.training_scores(normal), scorer.score(normal))
+    assert "in-sample" in capsys.readouterr().out
+    three = _split(np.random.default_rng(3).normal(size=(3, 8)), ["source"] * 3)
+    refitted = svdd.DeepSVDDScorer(hidden_neurons=[8, 4], epochs=2, batch_size=2, seed=0).fit_out_of_fold(
+        three, 5
+    )
+    assert not np.allclose(refitted.training_scores(three), refitted.score(three))
