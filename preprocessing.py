@@ -37,6 +37,7 @@ import torchaudio
 from torchaudio.compliance import kaldi
 
 from asd.files import atomic_path, atomic_torch_save
+from asd.freshness import file_key
 from asd.runtime import resolve_device
 
 SAMPLE_RATE = 16000  # EAT was pre-trained on 16 kHz audio
@@ -522,7 +523,7 @@ class FeatureCache:
         return load_audio(path, channels=self.channels, residual_weight=self.residual_weight)
 
     def key(self, path: str | os.PathLike, kind: str) -> str:
-        content = hashlib.blake2b(Path(path).read_bytes(), digest_size=20).hexdigest()
+        content = file_key(path)  # the same blake2b of the bytes as before: existing caches stay valid
         return hashlib.sha1(json.dumps([kind, content, self._settings_json]).encode()).hexdigest()
 
     def _entry(self, path: str | os.PathLike, kind: str, suffix: str) -> Path | None:
