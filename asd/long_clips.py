@@ -86,6 +86,32 @@ def _view_wave(data: np.ndarray, view: str, weight: float, path: str, sample_rat
     return wav.contiguous()
 
 
+def _embed_fixed(model, settings: dict, waves: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Embeddings [B, D] of windows for a model trained on fixed-length clips, as asd.embed.embed_fixed_clips
+    embeds a clip: each window from its start, tiled or cut to settings["clip_seconds"], float32, no grad."""
+    from asd.clips import extraction_input
+
+    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+            return model.embed(x).float().cpu()
+    finally:
+        model.pooling = trained_pooling
+        model.train(was_training)
+
+
+def _embed_view_batch(
+    model, trained: dict, settings: dict, waves: list[torch.Tensor], device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """One channel view's embeddings of a batch of windows, as that view of a clip is embedded."""
+    if settings.get("clip_seconds") is not None:
+        return _embed_fixed(model, settings, waves, device)
+    return embed_fbank_batch(model, trained, settings, [wav_to_fbank(w) for w in waves], device, batch_size)
+
+
 def embed_windows(
     path: str,
     record: ClipRecord,
@@ -113,9 +139,7 @@ def embed_windows(
                 for span in spans[start : start + batch_size]
             ]
             parts = [
-                embed_fbank_batch(
-                    model, trained, settings, [wav_to_fbank(w[i]) for w in waves], device, batch_size
-                )
+                _embed_view_batch(model, trained, settings, [w[i] for w in waves], device, batch_size)
                 for i in range(len(views))
             ]
             embeddings.append(combine_views(parts, settings["channels"]))
