@@ -493,3 +493,41 @@ def test_comparison_rows_carry_each_scorers_label():
     assert "over 1 of 2" in overall["b"]["label"]
     text = comparison.format_comparison(rows, "x")
     assert "a: official score" in text and "NOT the official score" in text
+
+
+def _write_truth(folder: Path, machine: str, section: str, rows: dict[str, tuple[int, int]]) -> Path:
+    """The evaluator's ground-truth files of one section: {clip name: (anomaly, target)}."""
+    for kind, column in (("data", 0), ("domain", 1)):
+        (folder / f"ground_truth_{kind}").mkdir(parents=True, exist_ok=True)
+        lines = [f"{name},{values[column]}" for name, values in rows.items()]
+        (folder / f"ground_truth_{kind}" / f"ground_truth_{machine}_section_{section}_test.csv").write_text(
+            "\n".join(lines) + "\n"
+        )
+    return folder
+
+
+def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_path):
+    """Domain thresholds exist, but an anonymised clip's domain is unknown: it is decided by its section's
+    threshold with and without --ground_truth (the ground truth serves the metrics only)."""
+    from asd.scoring import TrainScores
+
+    truth_rows = {f"section_00_{i:04d}.wav": (i % 2, int(i >= 4)) for i in range(8)}
+    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in truth_rows]
+    scores = {r.path: 0.5 + 0.1 * i for i, r in enumerate(records)}
+    train = TrainScores(
+        {("fan", "00"): np.concatenate([np.linspace(0.1, 0.3, 20), np.linspace(1.0, 2.0, 20)])},
+        {("fan", "00"): ["source"] * 20 + ["target"] * 20},
+    )
+    truth = _write_truth(tmp_path / "truth", "fan", "00", truth_rows)
+    table = thresholds.threshold_table(records, train)
+    assert table[("fan", "00", "source")]["threshold"] < 0.5 < table[("fan", "00")]["threshold"]
+    blind = results.write_results(scores, records, train, tmp_path / "blind", scorer="x", plots=False)
+    known = results.write_results(
+        scores, records, train, tmp_path / "known", scorer="x", plots=False, ground_truth=truth
+    )
+    name = "decision_result_fan_section_00_test.csv"
+    decided = list(csv.reader(open(tmp_path / "known" / name)))
+    assert decided == list(csv.reader(open(tmp_path / "blind" / name)))
+    section = table[("fan", "00")]["threshold"]
+    assert [int(d[1]) for d in decided] == [int(scores[r.path] > section) for r in records]
+    assert blind["score"] is None and known["sections"][0]["values"]  # the ground truth gives the metrics
