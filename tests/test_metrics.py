@@ -531,3 +531,24 @@ def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_p
     section = table[("fan", "00")]["threshold"]
     assert [int(d[1]) for d in decided] == [int(scores[r.path] > section) for r in records]
     assert blind["score"] is None and known["sections"][0]["values"]  # the ground truth gives the metrics
+
+
+def test_ground_truth_of_sections_without_clips_is_ignored_and_named(tmp_path, capsys):
+    """One ground-truth folder for a development and an evaluation folder: each folder's scorer needs rows
+    only for its own sections; a present section must still match its clips exactly."""
+    from asd.ground_truth import apply_ground_truth
+
+    fan = {f"section_00_{i:04d}.wav": (i % 2, i // 2) for i in range(4)}
+    truth = _write_truth(tmp_path / "truth", "fan", "00", fan)
+    _write_truth(truth, "pump", "00", {"section_00_0000.wav": (0, 0)})  # a machine type with no clips
+    _write_truth(truth, "fan", "03", {"section_03_0000.wav": (1, 0)})  # a section with no clips
+    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in fan]
+    labelled = apply_ground_truth(records, truth)
+    assert [(r.label, r.domain) for r in labelled] == [
+        (("normal", "anomaly")[a], ("source", "target")[t]) for a, t in fan.values()
+    ]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and "ground_truth_pump_section_00_test.csv" in printed[0]
+    assert "ground_truth_fan_section_03_test.csv" in printed[0]
+    with pytest.raises(ValueError, match="lists section_00_0003.wav .* no such fan section 00"):
+        apply_ground_truth(records[:3], truth)
