@@ -165,14 +165,14 @@ def _threshold(run: Path) -> float:
     from asd.backends import ensemble_factory
     from asd.embedding_files import load_features
     from asd.scoring import score_by_group
-    from asd.thresholds import gamma_threshold
+    from asd.thresholds import threshold_info
 
     features = load_features(run, splits=("train",))
     settings = json.loads((run / "results" / "ensemble" / "summary.json").read_text())["settings"]
     _, train_scores = score_by_group(
         features.normal, features.normal.rows([0]), ensemble_factory(settings), "section"
     )
-    return gamma_threshold(train_scores[("fan", "00")])
+    return threshold_info(train_scores[("fan", "00")])["threshold"]  # the evaluation's default location
 
 
 def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path, tiny_demo_dir):

@@ -358,16 +358,20 @@ def test_real_dcase_names_give_the_right_table(samples_dir):
 # ----------------------------------------------------------------------------- threshold
 
 
-def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
+def _free_gamma_threshold(scores, percentile: float = 0.9) -> float:
+    return thresholds.threshold_info(scores, percentile, location="free")["threshold"]
+
+
+def test_free_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     rng = np.random.default_rng(1)
     x = scipy.stats.gamma.rvs(2.0, scale=1.5, size=3000, random_state=rng)
     true = scipy.stats.gamma.ppf(0.9, 2.0, scale=1.5)
-    threshold = thresholds.gamma_threshold(x, 0.9)
+    threshold = _free_gamma_threshold(x, 0.9)
     assert threshold == pytest.approx(true, rel=0.05)
     assert np.mean(x > threshold) == pytest.approx(0.1, abs=0.02)
-    shifted = thresholds.gamma_threshold(x - 10.0, 0.9)
+    shifted = _free_gamma_threshold(x - 10.0, 0.9)
     assert shifted == pytest.approx(threshold - 10.0, abs=0.1)
-    assert thresholds.gamma_threshold([2.0] * 10) == 2.0
+    assert _free_gamma_threshold([2.0] * 10) == 2.0
 
 
 def test_gamma_threshold_with_location_zero_as_the_issue_defines_it():
