@@ -8,7 +8,9 @@ never in memory, nor its whole fbank) and embeds each window exactly as a clip o
 embedded (same channel views, fbank, statistics and embedding settings). A window is then scored like
 a clip; the recording's score is an aggregate of its windows' scores (``aggregate``). One detail
 differs from a clip cut out with an editor: a recording at another sample rate is resampled window
-by window (edge samples of each window differ slightly from resampling the whole file).
+by window (edge samples of each window differ slightly from resampling the whole file). With a model
+trained on fixed-length clips (settings["clip_seconds"]) each window is, like a clip, taken from its
+start and tiled or cut to that length (asd.clips.extraction_input).
 """
 
 from __future__ import annotations
