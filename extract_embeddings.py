@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         )
     check_model_channels(cfg.model_path, settings["channels"], f"extraction into {cfg.embed_dir}")
     device = resolve_device(cfg.device)
-    cache_dir = None if str(cfg.feature_cache).lower() == "none" else cfg.feature_cache
-    caches = feature_caches(cache_dir, settings["channels"])
+    caches = feature_caches(cfg.feature_cache, settings["channels"])  # asd.cli reads "none" as None
     out = {}
     try:
         for split in cfg.splits:

@@ -38,19 +38,12 @@ from asd.embed import embed_records, feature_caches, stat_columns, stats_records
 from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
 from asd.files import atomic_write_text
 from asd.freshness import file_key
-from asd.long_clips import (
-    aggregate,
-    csv_text,
-    embed_windows,
-    is_long,
-    plot_timeline,
-    timeline_path,
-    window_spans,
-    write_window_table,
-)
+from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, window_spans, write_window_table
+from asd.plots import plot_timeline
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
+from asd.tables import csv_text
 from dataset import ClipRecord
 from preprocessing import channel_record, check_channel_record
 
@@ -229,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     by_path = {**short, **dict(zip(times, recordings))}
     rows = [by_path[str(Path(p))] for p in cfg.clips]
     table = [(n, f"{s:.8g}", d) for n, s, d in rows]
-    atomic_write_text(csv_text(("file", "score", "decision"), table), cfg.output)
+    atomic_write_text(csv_text([("file", "score", "decision"), *table]), cfg.output)
     if times:
         write_window_table(cfg.window_output, window_rows)
         print(

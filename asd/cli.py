@@ -287,11 +287,6 @@ def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
     return {name: value for name, value in values.items() if isinstance(value, _OPTION_TYPES)}
 
 
-def constant_help(source_file: str | os.PathLike) -> dict[str, str]:
-    """{constant: help text} of a script, as its --help shows it ("" where it has none)."""
-    return dict(_script_source(str(source_file)).comments)
-
-
 # ----------------------------------------------------------------------------- limits
 
 

@@ -4,8 +4,9 @@ A ground-truth folder holds, per machine type and section,
   ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv     "<clip name>,<0|1>"  (1 = anomaly)
   ground_truth_domain/ground_truth_<machine>_section_<XX>_test.csv   "<clip name>,<0|1>"  (1 = target)
 ``apply_ground_truth`` gives test records their label and domain from these files, so the tables,
-summaries, report and official score are computed exactly as for labelled names. A clip without a
-row, or a row without a clip, is an error naming both.
+summaries, report and official score are computed exactly as for labelled names. Within a section
+that has clips, a clip without a row, or a row without a clip, is an error naming both; files of
+sections without clips are ignored (one data folder's scorer may get the ground truth of several).
 """
 
 from __future__ import annotations
@@ -75,11 +76,21 @@ def read_ground_truth(folder: str | os.PathLike) -> dict[tuple[str, str], dict[s
 def apply_ground_truth(records: Sequence, folder: str | os.PathLike) -> list:
     """The test ``records`` with label and domain from the ground-truth folder.
 
-    Every (machine type, section) the folder covers must match the clips exactly: a clip without a
-    row or a row without a clip is a ValueError naming both. Records of sections the folder does not
-    cover keep their labels, and must have them (named clips of a development set).
+    Every (machine type, section) of the clips that the folder covers must match them exactly: a clip
+    without a row or a row without a clip is a ValueError naming both. Files of sections without any
+    clip here (e.g. the evaluation set's, when scoring the development folder) are ignored and named
+    in one printed line. Records of sections the folder does not cover keep their labels, and must
+    have them (named clips of a development set).
     """
     truth = read_ground_truth(folder)
+    present = {(r.machine_type, r.section) for r in records}
+    absent = sorted(key for key in truth if key not in present)
+    if absent:
+        print(
+            "ground truth of sections without test clips here ignored: "
+            + ", ".join(str(next(iter(truth[key].values()))[2]) for key in absent)
+        )
+    truth = {key: rows for key, rows in truth.items() if key in present}
     out, seen = [], set()
     for record in records:
         key, name = (record.machine_type, record.section), Path(record.path).name

@@ -8,13 +8,13 @@ never in memory, nor its whole fbank) and embeds each window exactly as a clip o
 embedded (same channel views, fbank, statistics and embedding settings). A window is then scored like
 a clip; the recording's score is an aggregate of its windows' scores (``aggregate``). One detail
 differs from a clip cut out with an editor: a recording at another sample rate is resampled window
-by window (edge samples of each window differ slightly from resampling the whole file).
+by window (edge samples of each window differ slightly from resampling the whole file). With a model
+trained on fixed-length clips (settings["clip_seconds"]) each window is, like a clip, taken from its
+start and tiled or cut to that length (asd.clips.extraction_input).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from asd.embed import combine_views, embed_fbank_batch, record_views
 from asd.embedding_files import Split
-from asd.files import atomic_path, atomic_write_text
+from asd.files import atomic_write_text
+from asd.tables import csv_text
 from dataset import ClipRecord
 from preprocessing import (
     ENCODER_MAX_FRAMES,
@@ -86,6 +87,32 @@ def _view_wave(data: np.ndarray, view: str, weight: float, path: str, sample_rat
     return wav.contiguous()
 
 
+def _embed_fixed(model, settings: dict, waves: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Embeddings [B, D] of windows for a model trained on fixed-length clips, as asd.embed.embed_fixed_clips
+    embeds a clip: each window from its start, tiled or cut to settings["clip_seconds"], float32, no grad."""
+    from asd.clips import extraction_input
+
+    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+            return model.embed(x).float().cpu()
+    finally:
+        model.pooling = trained_pooling
+        model.train(was_training)
+
+
+def _embed_view_batch(
+    model, trained: dict, settings: dict, waves: list[torch.Tensor], device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """One channel view's embeddings of a batch of windows, as that view of a clip is embedded."""
+    if settings.get("clip_seconds") is not None:
+        return _embed_fixed(model, settings, waves, device)
+    return embed_fbank_batch(model, trained, settings, [wav_to_fbank(w) for w in waves], device, batch_size)
+
+
 def embed_windows(
     path: str,
     record: ClipRecord,
@@ -113,9 +140,7 @@ def embed_windows(
                 for span in spans[start : start + batch_size]
             ]
             parts = [
-                embed_fbank_batch(
-                    model, trained, settings, [wav_to_fbank(w[i]) for w in waves], device, batch_size
-                )
+                _embed_view_batch(model, trained, settings, [w[i] for w in waves], device, batch_size)
                 for i in range(len(views))
             ]
             embeddings.append(combine_views(parts, settings["channels"]))
@@ -134,53 +159,10 @@ def aggregate(scores: Sequence[float], how: str) -> float:
     return float(np.max(scores) if how == "max" else np.mean(scores))
 
 
-def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """CSV text (names with commas or quotes are quoted), numbers as given."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_window_table(path: str | os.PathLike, rows: Sequence[tuple]) -> None:
     """CSV file,window,start_s,end_s,score,decision: one row per window of every long recording."""
     table = [(f, i, f"{a:.3f}", f"{b:.3f}", f"{s:.8g}", d) for f, i, a, b, s, d in rows]
-    atomic_write_text(csv_text(("file", "window", "start_s", "end_s", "score", "decision"), table), path)
-
-
-def plot_timeline(
-    out: str | os.PathLike,
-    name: str,
-    times: Sequence[tuple[float, float]],
-    scores: Sequence[float],
-    threshold: float,
-) -> Path:
-    """PNG of a recording's window scores over time, the threshold and the windows flagged anomalous."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centres = np.array([(a + b) / 2 for a, b in times])
-    scores = np.asarray(scores, dtype=float)
-    unit, scale = ("min", 60.0) if centres[-1] > 300 else ("s", 1.0)
-    fig, ax = plt.subplots(figsize=(10, 3))
-    ax.plot(centres / scale, scores, lw=1, label="window score")
-    flagged = scores > threshold
-    ax.scatter(centres[flagged] / scale, scores[flagged], color="red", s=12, zorder=3, label="anomalous")
-    ax.axhline(threshold, color="k", lw=1, ls="--", label="decision threshold")
-    ax.set(
-        xlabel=f"time ({unit})",
-        ylabel="anomaly score",
-        title=f"{name}: {flagged.sum()} of {len(scores)} windows anomalous",
-    )
-    ax.legend(loc="upper right")
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    atomic_write_text(csv_text([("file", "window", "start_s", "end_s", "score", "decision"), *table]), path)
 
 
 def timeline_path(folder: str | os.PathLike, clip: str) -> Path:

@@ -1,7 +1,9 @@
-"""Per machine type: ROC curves per domain and the score histogram (PNG files of a results folder)."""
+"""Per machine type: ROC curves per domain and the score histogram (PNG files of a results folder); a
+long recording's window scores over time (score_clips.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -126,3 +128,36 @@ def training_curves_png(rows: Sequence[Mapping[str, str]], title: str = "trainin
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def plot_timeline(
+    out: str | os.PathLike,
+    name: str,
+    times: Sequence[tuple[float, float]],
+    scores: Sequence[float],
+    threshold: float,
+) -> Path:
+    """PNG of a recording's window scores over time, the threshold and the windows flagged anomalous."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = np.array([(a + b) / 2 for a, b in times])
+    scores = np.asarray(scores, dtype=float)
+    unit, scale = ("min", 60.0) if centres[-1] > 300 else ("s", 1.0)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(centres / scale, scores, lw=1, label="window score")
+    flagged = scores > threshold
+    ax.scatter(centres[flagged] / scale, scores[flagged], color="red", s=12, zorder=3, label="anomalous")
+    ax.axhline(threshold, color="k", lw=1, ls="--", label="decision threshold")
+    ax.set(
+        xlabel=f"time ({unit})",
+        ylabel="anomaly score",
+        title=f"{name}: {flagged.sum()} of {len(scores)} windows anomalous",
+    )
+    ax.legend(loc="upper right")
+    out = Path(out)
+    _save_figure(fig, out)
+    plt.close(fig)
+    return out

@@ -150,6 +150,7 @@ def write_results(
     embeddings: Mapping[str, Mapping] | None = None,
     gamma_location: str = "zero",
     model_path: str | os.PathLike | None = None,
+    ground_truth: str | os.PathLike | None = None,
 ) -> dict:
     """Measure, print and write everything for one scorer into ``out_dir`` (replaced as a whole).
 
@@ -158,11 +159,18 @@ def write_results(
     normals, out of sample (for the decision thresholds: asd/thresholds.py, per domain where the scores
     carry domains; ``gamma_location`` of the gamma fit); ``expected``: every (machine_type, section).
     ``report``: also report.html (``embeddings``: {"test"/"train": {"matrix", "records"}} for its map;
-    ``model_path``: the tuned model, whose training history it draws).
+    ``model_path``: the tuned model, whose training history it draws). ``ground_truth``: the evaluator's
+    ground-truth folder, whose labels and domains are used for the metrics only: the decisions use only
+    what the file names give (an anonymised clip's domain is unknown: its section's threshold), so they
+    are the submitted decision_result CSVs.
     Returns the JSON summary as a dict.
     """
     thresholds = threshold_table(records, train_scores, gamma_location)
     decisions = decide(scores, records, thresholds)
+    if ground_truth:
+        records = apply_ground_truth(records, ground_truth)
+        if embeddings and "test" in embeddings:
+            embeddings = {**embeddings, "test": {**embeddings["test"], "records": records}}
     evaluation = compute_official(scores, records, expected or train_scores.keys(), year, decisions, data_dir)
     return _write_folder(
         evaluation,
@@ -274,28 +282,25 @@ def write_scorer_results(
     """write_results for a scorer script (its RESULTS_DIR, PLOTS, REPORT, DCASE_YEAR, GROUND_TRUTH) over
     the loaded embedding files ``features``: official CSVs, tables, plots and report; returns the
     summary. ``out_dir`` replaces RESULTS_DIR, ``settings`` the script's settings in summary.json.
-    With GROUND_TRUTH the test clips' labels and domains come from the evaluator's ground truth."""
+    With GROUND_TRUTH the test clips' labels and domains come from the evaluator's ground truth (for the
+    metrics only; decisions use what the file names give)."""
     from asd.cli import config_to_dict
 
-    records = features.test.records
-    if cfg.ground_truth:
-        records = apply_ground_truth(records, cfg.ground_truth)
-    maps = features.embedding_maps()
-    maps["test"] = {**maps["test"], "records": records}
     return write_results(
         scores,
-        records,
+        features.test.records,
         train_scores,
         out_dir or cfg.results_dir,
         scorer=scorer,
         settings=config_to_dict(cfg) if settings is None else settings,
         plots=cfg.plots,
         report=cfg.report,
-        embeddings=maps,
+        embeddings=features.embedding_maps(),
         gamma_location=cfg.gamma_location,
         title=title,
         expected=expected_sections(features),
         year=cfg.dcase_year,
         data_dir=features.data_dir,
         model_path=features.fingerprint.get("model_path"),
+        ground_truth=cfg.ground_truth or None,
     )

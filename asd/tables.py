@@ -128,6 +128,7 @@ def summary_dict(evaluation: Evaluation, scorer: str, settings: Mapping | None =
 
 
 def csv_text(rows: Iterable[Sequence]) -> str:
+    """CSV text of ``rows`` (a header is the first row; names with commas or quotes are quoted)."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()

@@ -15,13 +15,6 @@ GAMMA_LOCATIONS = ("zero", "free")  # zero: location fixed at 0 | free: the earl
 MIN_DOMAIN_SCORES = 10  # a domain gets its own threshold from at least this many training scores
 
 
-def gamma_threshold(
-    train_scores: Sequence[float], percentile: float = DECISION_PERCENTILE, location: str = "free"
-) -> float:
-    """The decision threshold of ``threshold_info`` alone."""
-    return threshold_info(train_scores, percentile, location)["threshold"]
-
-
 def threshold_info(
     train_scores: Sequence[float], percentile: float = DECISION_PERCENTILE, location: str = "zero"
 ) -> dict:

@@ -165,11 +165,47 @@ def _threshold(run: Path) -> float:
     from asd.backends import ensemble_factory
     from asd.embedding_files import load_features
     from asd.scoring import score_by_group
-    from asd.thresholds import gamma_threshold
+    from asd.thresholds import threshold_info
 
     features = load_features(run, splits=("train",))
     settings = json.loads((run / "results" / "ensemble" / "summary.json").read_text())["settings"]
     _, train_scores = score_by_group(
         features.normal, features.normal.rows([0]), ensemble_factory(settings), "section"
     )
-    return gamma_threshold(train_scores[("fan", "00")])
+    return threshold_info(train_scores[("fan", "00")])["threshold"]  # the evaluation's default location
+
+
+def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path, tiny_demo_dir):
+    """A model trained with --clip_seconds 1 (train.py's default recipe records no long_clip): each window
+    is tiled or cut to 1 s like a clip, so the first window embeds as the same samples saved as a clip."""
+    import torch
+    from test_clip_extraction import _train_args
+
+    from asd.embed import embed_records, embedding_settings, feature_caches, tuned_model, with_clip_settings
+    from dataset import ClipRecord
+
+    train.main(_train_args(tmp_path, tiny_demo_dir, "--clip_seconds", "1"))
+    model_path = tmp_path / "best.pth"
+    rng = np.random.default_rng(1)
+    sr = 16000
+    wave = (0.1 * rng.standard_normal(6 * sr)).astype(np.float32)
+    long, first = tmp_path / "long.wav", tmp_path / "first.wav"
+    sf.write(long, wave, sr)
+    sf.write(first, wave[: 2 * sr], sr)
+    settings = with_clip_settings(embedding_settings("windows", None, 0, True), model_path)
+    assert settings["long_clip"] is None and settings["clip_seconds"] == 1.0
+    model, _, trained = tuned_model(model_path, torch.device("cpu"))
+    record = ClipRecord(str(long), "fan", "00", None, "test", "unknown")
+    spans = long_clips.window_spans(6 * sr, sr, 2.0, 2.0)
+    columns = list(preprocessing.STAT_NAMES)
+    windows = long_clips.embed_windows(
+        str(long), record, spans, model, trained, settings, torch.device("cpu"), 2, columns
+    )
+    caches = feature_caches(None, settings["channels"])
+    clip = embed_records(
+        [ClipRecord(str(first), "fan", "00", None, "test", "unknown")],
+        model, trained, settings, torch.device("cpu"), 1, caches,
+    )  # fmt: skip
+    assert windows.embeddings.shape == (3, clip.shape[1])
+    np.testing.assert_allclose(windows.embeddings[0], clip[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(windows.embeddings[0], windows.embeddings[1])

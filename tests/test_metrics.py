@@ -358,16 +358,20 @@ def test_real_dcase_names_give_the_right_table(samples_dir):
 # ----------------------------------------------------------------------------- threshold
 
 
-def test_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
+def _free_gamma_threshold(scores, percentile: float = 0.9) -> float:
+    return thresholds.threshold_info(scores, percentile, location="free")["threshold"]
+
+
+def test_free_gamma_threshold_recovers_the_gamma_quantile_and_shifts_with_the_data():
     rng = np.random.default_rng(1)
     x = scipy.stats.gamma.rvs(2.0, scale=1.5, size=3000, random_state=rng)
     true = scipy.stats.gamma.ppf(0.9, 2.0, scale=1.5)
-    threshold = thresholds.gamma_threshold(x, 0.9)
+    threshold = _free_gamma_threshold(x, 0.9)
     assert threshold == pytest.approx(true, rel=0.05)
     assert np.mean(x > threshold) == pytest.approx(0.1, abs=0.02)
-    shifted = thresholds.gamma_threshold(x - 10.0, 0.9)
+    shifted = _free_gamma_threshold(x - 10.0, 0.9)
     assert shifted == pytest.approx(threshold - 10.0, abs=0.1)
-    assert thresholds.gamma_threshold([2.0] * 10) == 2.0
+    assert _free_gamma_threshold([2.0] * 10) == 2.0
 
 
 def test_gamma_threshold_with_location_zero_as_the_issue_defines_it():
@@ -493,3 +497,62 @@ def test_comparison_rows_carry_each_scorers_label():
     assert "over 1 of 2" in overall["b"]["label"]
     text = comparison.format_comparison(rows, "x")
     assert "a: official score" in text and "NOT the official score" in text
+
+
+def _write_truth(folder: Path, machine: str, section: str, rows: dict[str, tuple[int, int]]) -> Path:
+    """The evaluator's ground-truth files of one section: {clip name: (anomaly, target)}."""
+    for kind, column in (("data", 0), ("domain", 1)):
+        (folder / f"ground_truth_{kind}").mkdir(parents=True, exist_ok=True)
+        lines = [f"{name},{values[column]}" for name, values in rows.items()]
+        (folder / f"ground_truth_{kind}" / f"ground_truth_{machine}_section_{section}_test.csv").write_text(
+            "\n".join(lines) + "\n"
+        )
+    return folder
+
+
+def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_path):
+    """Domain thresholds exist, but an anonymised clip's domain is unknown: it is decided by its section's
+    threshold with and without --ground_truth (the ground truth serves the metrics only)."""
+    from asd.scoring import TrainScores
+
+    truth_rows = {f"section_00_{i:04d}.wav": (i % 2, int(i >= 4)) for i in range(8)}
+    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in truth_rows]
+    scores = {r.path: 0.5 + 0.1 * i for i, r in enumerate(records)}
+    train = TrainScores(
+        {("fan", "00"): np.concatenate([np.linspace(0.1, 0.3, 20), np.linspace(1.0, 2.0, 20)])},
+        {("fan", "00"): ["source"] * 20 + ["target"] * 20},
+    )
+    truth = _write_truth(tmp_path / "truth", "fan", "00", truth_rows)
+    table = thresholds.threshold_table(records, train)
+    assert table[("fan", "00", "source")]["threshold"] < 0.5 < table[("fan", "00")]["threshold"]
+    blind = results.write_results(scores, records, train, tmp_path / "blind", scorer="x", plots=False)
+    known = results.write_results(
+        scores, records, train, tmp_path / "known", scorer="x", plots=False, ground_truth=truth
+    )
+    name = "decision_result_fan_section_00_test.csv"
+    decided = list(csv.reader(open(tmp_path / "known" / name)))
+    assert decided == list(csv.reader(open(tmp_path / "blind" / name)))
+    section = table[("fan", "00")]["threshold"]
+    assert [int(d[1]) for d in decided] == [int(scores[r.path] > section) for r in records]
+    assert blind["score"] is None and known["sections"][0]["values"]  # the ground truth gives the metrics
+
+
+def test_ground_truth_of_sections_without_clips_is_ignored_and_named(tmp_path, capsys):
+    """One ground-truth folder for a development and an evaluation folder: each folder's scorer needs rows
+    only for its own sections; a present section must still match its clips exactly."""
+    from asd.ground_truth import apply_ground_truth
+
+    fan = {f"section_00_{i:04d}.wav": (i % 2, i // 2) for i in range(4)}
+    truth = _write_truth(tmp_path / "truth", "fan", "00", fan)
+    _write_truth(truth, "pump", "00", {"section_00_0000.wav": (0, 0)})  # a machine type with no clips
+    _write_truth(truth, "fan", "03", {"section_03_0000.wav": (1, 0)})  # a section with no clips
+    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in fan]
+    labelled = apply_ground_truth(records, truth)
+    assert [(r.label, r.domain) for r in labelled] == [
+        (("normal", "anomaly")[a], ("source", "target")[t]) for a, t in fan.values()
+    ]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and "ground_truth_pump_section_00_test.csv" in printed[0]
+    assert "ground_truth_fan_section_03_test.csv" in printed[0]
+    with pytest.raises(ValueError, match="lists section_00_0003.wav .* no such fan section 00"):
+        apply_ground_truth(records[:3], truth)
