@@ -157,8 +157,10 @@ class AsdkitBackend:
     def fit(self, normal: Split) -> AsdkitBackend:
         source, target = self._domains(normal)
         if self.name in ("knn", "smote_knn", "kmeans") and (len(source) == 0 or len(target) == 0):
+            where = normal.records[0].machine_type if normal.records else "a machine type"
             raise ValueError(
-                f"ASDKit's {self.name} needs source and target training normals, got {len(source)} and {len(target)}"
+                f"{where}: ASDKit's {self.name} back end needs source and target training normals, got "
+                f"{len(source)} and {len(target)} (as in ASDKit; leave it out with --asdkit_backends)"
             )
         if self.name == "knn":
             self.banks = (source, target)
