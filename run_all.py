@@ -156,6 +156,7 @@ def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     own_args, overrides = pipeline.split_step_overrides(list(sys.argv[1:] if argv is None else argv))
+    pipeline.refuse_repeated_data_dir(own_args, "run_all.py")
     cfg = parse_config(globals(), own_args, description=__doc__)
     print_config(cfg, "run_all.py settings")
     runs = plan(cfg, overrides)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
+from asd.train_checks import check_settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STEP_NAMES = (
@@ -50,7 +51,6 @@ SCORERS = {
     "kmeans": "ASDKit k-means",
     "rescale": "ASDKit k-NN rescaled",
 }
-EMBEDDING_FILES = ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt")
 
 
 class Files(NamedTuple):
@@ -352,8 +352,8 @@ def build_steps(
     """The pipeline's steps with every output under ``run_dir``. A step gets only the values the user
     set (on run_all's command line or its constants, the demo's values), never run_all's "not set"
     defaults, so a constant at the top of a step's script holds. With several data folders the
-    encoder trains on all of them and each folder is embedded and scored on its own test clips under
-    ``run_dir/<folder name>/``."""
+    encoder trains on all of them and each folder with test clips is embedded and scored on its own
+    under ``run_dir/<folder name>/`` (a folder without test/ only trains)."""
     data_dirs = [Path(d) for d in data_dirs]
     model = run_dir / "best_encoder_model.pth"
     demo_train = (
@@ -390,22 +390,33 @@ def build_steps(
                 outputs=[data_dirs[0] / "manifest.json"],
             )
         )
-    train_inputs = [_clips(d, "train") for d in data_dirs] + [
-        Files(d, "*/attributes*.csv") for d in data_dirs
-    ]
+    scored = [d for d in data_dirs if demo or has_test_split(d)]
+    # test clips too: train.py's default CLASSES_FROM train_test builds its classes from labelled test names
+    train_inputs = (
+        [_clips(d, "train") for d in data_dirs]
+        + [_clips(d, "test") for d in scored]
+        + [Files(d, "*/attributes*.csv") for d in data_dirs]
+    )
     for data_dir in data_dirs:
+        splits = [] if data_dir in scored else ["--splits", "train"]
         steps.append(
             Step(
                 _named("datashape", data_dir, data_dirs),
-                script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
+                script("datashape") + ["--data_dir", str(data_dir)] + splits + overrides["datashape"],
                 always_run=True,
                 script="datashape",
             )
         )
     steps.append(Step("train", script("train") + train_args + overrides["train"], train_inputs, [model]))
-    for data_dir in data_dirs:
+    for data_dir in scored:
         steps += _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script)
     return steps
+
+
+def has_test_split(data_dir: Path) -> bool:
+    """Whether a data folder has test clips to score (<machine>/test/); a folder without is an
+    additional-training set: it only trains the encoder."""
+    return any(path.is_dir() for path in Path(data_dir).glob("*/test"))
 
 
 def _label(data_dir: Path, data_dirs: Sequence[Path]) -> str:
@@ -429,8 +440,10 @@ def folder_dir(run_dir: Path, data_dir: Path, data_dirs: Sequence[Path]) -> Path
 
 def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script) -> list[Step]:
     """Embedding, Deep SVDD and the ensemble for one data folder."""
+    from asd.embedding_files import EMBEDDING_FILE_NAMES  # here: it imports torch, which --help skips
+
     out = folder_dir(run_dir, data_dir, data_dirs)
-    embeddings = [out / name for name in EMBEDDING_FILES]
+    embeddings = [out / name for name in EMBEDDING_FILE_NAMES]
     svdd_dir, results = out / "svdd_models_per_type", out / "results"
     embed = ["--embed_dir", str(out)]
     truth = _user_set(cfg, ["ground_truth"])
@@ -490,6 +503,16 @@ def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, sc
     ]
 
 
+def refuse_repeated_data_dir(argv: Sequence[str], program: str) -> None:
+    """Stop with a clear message when --data_dir is given twice (argparse would keep the last)."""
+    given = [word for word in argv if word == "--data_dir" or word.startswith("--data_dir=")]
+    if len(given) > 1:
+        raise SystemExit(
+            f"{program}: error: --data_dir given {len(given)} times: give several folders comma-separated "
+            "(--data_dir a,b)"
+        )
+
+
 def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str, Settings]:
     """Every step's effective settings (its script's constants, recipe and options), read from the
     scripts' sources before anything runs: argparse's error and exit when an option is unknown or
@@ -500,7 +523,14 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str,
             f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
             f"(make_demo_data runs only for the demo)"
         )
-    return {step.name: check_script_arguments(step.command[1], step.command[2:]) for step in steps}
+    settings = {step.name: check_script_arguments(step.command[1], step.command[2:]) for step in steps}
+    for step in steps:
+        if step.script == "train":
+            try:
+                check_settings(settings[step.name])
+            except ValueError as error:
+                raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
+    return settings
 
 
 def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> None:
