@@ -164,11 +164,11 @@ MIXUP_PROB = 0.5
 # batch_fbank: Beta(alpha, alpha) mixing weights
 MIXUP_ALPHA = 0.2
 # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
-CHANNELS = "near"
+CHANNELS = preprocessing.CHANNELS
 # far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
-RESIDUAL_WEIGHT = 0.5
+RESIDUAL_WEIGHT = preprocessing.RESIDUAL_WEIGHT
 # both: how extraction combines the embeddings (concat | residual); recorded only
-CHANNEL_COMBINE = "concat"
+CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 FEATURE_CACHE = preprocessing.FEATURE_CACHE
 # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
 OUTPUT = "best_encoder_model.pth"
