@@ -4,13 +4,13 @@ validation epoch (KEEP_EPOCH; validation on held-out training normals, never tes
 best_encoder_model.pth, a resumable last_encoder_model.pth, and the per-epoch history beside the model
 (<OUTPUT stem>_history.csv).
 
-The defaults are the recipe asdkit-eat-lora (recipes.py; a published result stands behind it). When
+The defaults are the recipe asdkit-eat-lora (asd/recipes.py; a published result stands behind it). When
 the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
 augmentation each clip got) or no training at all.
 
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
     python train.py --data_dir dev_data,eval_data ...   # one model over several folders' training clips
-    python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
+    python train.py --recipe arcface-v1 ...          # another named recipe (asd/recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
     python train.py --channels both ...             # DCASE 2026: learn from the near and the far microphone
