@@ -503,16 +503,6 @@ def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, sc
     ]
 
 
-def refuse_repeated_data_dir(argv: Sequence[str], program: str) -> None:
-    """Stop with a clear message when --data_dir is given twice (argparse would keep the last)."""
-    given = [word for word in argv if word == "--data_dir" or word.startswith("--data_dir=")]
-    if len(given) > 1:
-        raise SystemExit(
-            f"{program}: error: --data_dir given {len(given)} times: give several folders comma-separated "
-            "(--data_dir a,b)"
-        )
-
-
 def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str, Settings]:
     """Every step's effective settings (its script's constants, recipe and options), read from the
     scripts' sources before anything runs: argparse's error and exit when an option is unknown or

@@ -1,7 +1,9 @@
-"""Which of train.py's settings go together: checked by train.py and, before anything runs, by run_all
-(light: no torch import)."""
+"""Which of train.py's settings go together, checked by train.py and, before anything runs, by run_all;
+and a --data_dir given twice (light: no torch import)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def check_settings(cfg) -> None:
@@ -35,3 +37,13 @@ def check_settings(cfg) -> None:
                 "MIXUP sample_wave trains on mixed class targets, for which the ArcFace margin is not "
                 "defined: use HEAD scadacos or linear, MIXUP batch_fbank or MIXUP_PROB 0"
             )
+
+
+def refuse_repeated_data_dir(argv: Sequence[str], program: str) -> None:
+    """Stop with a clear message when --data_dir is given twice (argparse would keep the last)."""
+    given = [word for word in argv if word == "--data_dir" or word.startswith("--data_dir=")]
+    if len(given) > 1:
+        raise SystemExit(
+            f"{program}: error: --data_dir given {len(given)} times: give several folders comma-separated "
+            "(--data_dir a,b)"
+        )

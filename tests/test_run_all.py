@@ -639,3 +639,11 @@ def test_a_folder_without_test_clips_only_trains(tiny_demo_dir, tmp_path):
     assert not [name for name in commands if "extra_train" in name and not name.startswith("datashape")]
     assert f"evaluate[{tiny_demo_dir.name}]" in commands
     assert list(pipeline.scorer_summaries(steps)) == [run_dir / tiny_demo_dir.name / "results"]
+
+
+def test_a_repeated_data_dir_is_refused_in_either_spelling():
+    from asd.train_checks import refuse_repeated_data_dir
+
+    with pytest.raises(SystemExit, match="train.py: error: --data_dir given 2 times: give several folders"):
+        refuse_repeated_data_dir(["--data_dir=a", "--epochs", "1", "--data_dir", "b"], "train.py")
+    assert refuse_repeated_data_dir(["--data_dir", "a,b", "--data_dirs_note", "x"], "train.py") is None
