@@ -60,13 +60,21 @@ class Files(NamedTuple):
     pattern: str
 
 
+class FileNames(NamedTuple):
+    """Only the names (relative paths) of the files under ``folder`` that match ``pattern``: an input
+    whose names a step reads but not its content."""
+
+    folder: Path
+    pattern: str
+
+
 @dataclasses.dataclass
 class Step:
     """One pipeline stage: a command, the files it reads and the files it must leave behind."""
 
     name: str
     command: list[str]
-    inputs: list[Path | Files] = dataclasses.field(default_factory=list)
+    inputs: list[Path | Files | FileNames] = dataclasses.field(default_factory=list)
     outputs: list[Path] = dataclasses.field(default_factory=list)
     always_run: bool = False  # checks with no outputs (datashape) run every time
     script: str = ""  # the script whose overrides (``script.constant=value``) it takes; "" = name
@@ -86,8 +94,12 @@ def _visible(path: Path, folder: Path) -> bool:
     return path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def _content_key(path: Path | Files) -> list:
-    """A content key of a file, a folder (hidden files left out) or the files a pattern matches."""
+def _content_key(path: Path | Files | FileNames) -> list:
+    """A content key of a file, a folder (hidden files left out) or the files a pattern matches (or
+    only their names)."""
+    if isinstance(path, FileNames):
+        names = sorted(p for p in path.folder.glob(path.pattern) if _visible(p, path.folder))
+        return [str(path), [p.relative_to(path.folder).as_posix() for p in names]]
     if isinstance(path, Files):
         folder, children = path.folder, path.folder.glob(path.pattern)
     elif not path.exists():
@@ -391,10 +403,10 @@ def build_steps(
             )
         )
     scored = [d for d in data_dirs if demo or has_test_split(d)]
-    # test clips too: train.py's default CLASSES_FROM train_test builds its classes from labelled test names
+    # test clip names too: train.py's default CLASSES_FROM train_test builds classes from labelled test names
     train_inputs = (
         [_clips(d, "train") for d in data_dirs]
-        + [_clips(d, "test") for d in scored]
+        + [FileNames(d, _clips(d, "test").pattern) for d in scored]
         + [Files(d, "*/attributes*.csv") for d in data_dirs]
     )
     for data_dir in data_dirs:

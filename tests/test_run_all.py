@@ -386,7 +386,7 @@ def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(
     clip.write_bytes(bytes(content))
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
     assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
-    assert signature("train") == before["train"]  # a test clip: training does not read it
+    assert signature("train") == before["train"]  # a test clip: training reads only its name
     assert signature("extract_embeddings") != before["extract_embeddings"]
 
 
