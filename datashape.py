@@ -2,16 +2,18 @@
 
     python datashape.py --data_dir dev_data
 
-Prints per machine type and split the clip counts by section, domain and label, the durations,
-sample rates and channels, the attribute values seen and the fbank shape EAT will get, and per
-machine type and for the folder which channel modes (CHANNELS: near, far, mix, residual, both) the
-clips support: the modes that use the far microphone need two channels in every clip (DCASE 2026).
-Exits non-zero with a list of every problem: file names that follow no DCASE scheme, attributes that
-disagree with attributes_XX.csv, empty, truncated, corrupt or NaN clips, clips too short for one
-EAT patch or longer than the encoder's reach (the loaders refuse them rather than cut them), clips
-with too few channels for the CHANNELS mode asked for, and machine types without train or test clips. What the loader accepts with a warning
-(all-silent clips, clips at another sample rate, which are resampled) is listed as a WARNING naming
-the clips; warnings alone exit 0.
+Prints per machine type and split the clip counts by section, domain and label, the durations, sample
+rates and channels, the attribute values seen, the fbank shape and how it compares with a
+TARGET_FRAMES-frame input (pad, crop, windows: what train.py's TARGET_FRAMES would do; its default
+CLIP_SECONDS auto instead tiles or cuts the waveforms), and per machine type and for the folder which
+channel modes (CHANNELS: near, far, mix, residual, both) the clips support: the modes that use the far
+microphone need two channels in every clip (DCASE 2026). Exits non-zero with a list of every problem:
+file names that follow no DCASE scheme, attributes that disagree with attributes_XX.csv, empty,
+truncated, corrupt or NaN clips, clips too short for one EAT patch or longer than the encoder's reach
+(the loaders refuse them rather than cut them), clips with too few channels for the CHANNELS mode asked
+for, and machine types without train or test clips. What the loader accepts with a warning (all-silent
+clips, clips at another sample rate, which are resampled) is listed as a WARNING naming the clips;
+warnings alone exit 0.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ MACHINE_TYPES = []
 SPLITS = ["train", "test"]
 # read every clip's samples to find silent or NaN clips (False: headers only)
 DECODE = True
-# model input length in frames (EAT: 1024)
+# fbank length the summary compares each split's clips with (pad, crop, windows), in frames
 TARGET_FRAMES = 1024
 # progress bar while reading clips
 PROGRESS = True

@@ -49,7 +49,7 @@ from asd.ground_truth import apply_ground_truth
 from asd.results import score_results_folder, write_scorer_results
 from asd.scoring import score_by_group
 
-# named settings (recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
+# named settings (asd/recipes.py), e.g. asdkit-eat-lora (k-NN alone, SMOTE 0.2); explicit flags win
 RECIPE = ""
 # folder of normal_/test_ embeddings and stats (.pt)
 EMBED_DIR = "."

@@ -73,11 +73,11 @@ POOLING = None
 # fbank frames per window; None = as trained
 TARGET_FRAMES = None
 # microphone(s) heard, as in training: near (channel 0) | far | mix | residual | both
-CHANNELS = "near"
+CHANNELS = preprocessing.CHANNELS
 # weight of the far channel in residual (waveform) and in CHANNEL_COMBINE residual
-RESIDUAL_WEIGHT = 0.5
+RESIDUAL_WEIGHT = preprocessing.RESIDUAL_WEIGHT
 # both: concat = [near, far] embeddings | residual = near - RESIDUAL_WEIGHT x far
-CHANNEL_COMBINE = "concat"
+CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 FEATURE_CACHE = preprocessing.FEATURE_CACHE
 # rebuild even when the files are up to date
 REBUILD = False

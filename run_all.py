@@ -34,6 +34,7 @@ from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.files import remove_stale_temp_files
+from asd.train_checks import refuse_repeated_data_dir
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
 DATA_DIR = None
@@ -156,6 +157,7 @@ def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     own_args, overrides = pipeline.split_step_overrides(list(sys.argv[1:] if argv is None else argv))
+    refuse_repeated_data_dir(own_args, "run_all.py")
     cfg = parse_config(globals(), own_args, description=__doc__)
     print_config(cfg, "run_all.py settings")
     runs = plan(cfg, overrides)

@@ -32,6 +32,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import numpy as np
 import soundfile as sf
 
+import preprocessing
 from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
@@ -62,11 +63,11 @@ CLIPS = []
 # auto | cpu | cuda (for embedding the clips)
 DEVICE = "auto"
 # microphone(s) heard, as the run's: near (channel 0) | far | mix | residual | both
-CHANNELS = "near"
+CHANNELS = preprocessing.CHANNELS
 # weight of the far channel in residual and in CHANNEL_COMBINE residual, as the run's
-RESIDUAL_WEIGHT = 0.5
+RESIDUAL_WEIGHT = preprocessing.RESIDUAL_WEIGHT
 # both: concat | residual combination of the two embeddings, as the run's
-CHANNEL_COMBINE = "concat"
+CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 # clips longer than this (s) are scored as windows; 0 = the encoder's reach (about 123 s)
 LONG_SECONDS = 0.0
 # window length of long recordings (s)

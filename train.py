@@ -4,13 +4,13 @@ validation epoch (KEEP_EPOCH; validation on held-out training normals, never tes
 best_encoder_model.pth, a resumable last_encoder_model.pth, and the per-epoch history beside the model
 (<OUTPUT stem>_history.csv).
 
-The defaults are the recipe asdkit-eat-lora (recipes.py; a published result stands behind it). When
+The defaults are the recipe asdkit-eat-lora (asd/recipes.py; a published result stands behind it). When
 the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
 augmentation each clip got) or no training at all.
 
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
     python train.py --data_dir dev_data,eval_data ...   # one model over several folders' training clips
-    python train.py --recipe arcface-v1 ...          # another named recipe (recipes.py); explicit flags win
+    python train.py --recipe arcface-v1 ...          # another named recipe (asd/recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
     python train.py --channels both ...             # DCASE 2026: learn from the near and the far microphone
@@ -164,11 +164,11 @@ MIXUP_PROB = 0.5
 # batch_fbank: Beta(alpha, alpha) mixing weights
 MIXUP_ALPHA = 0.2
 # microphone(s) heard: near (channel 0, the 2026 baseline's) | far | mix | residual | both
-CHANNELS = "near"
+CHANNELS = preprocessing.CHANNELS
 # far channel's weight in residual (near - w x far) and CHANNEL_COMBINE residual
-RESIDUAL_WEIGHT = 0.5
+RESIDUAL_WEIGHT = preprocessing.RESIDUAL_WEIGHT
 # both: how extraction combines the embeddings (concat | residual); recorded only
-CHANNEL_COMBINE = "concat"
+CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 FEATURE_CACHE = preprocessing.FEATURE_CACHE
 # tuned model of KEEP_EPOCH's epoch (LoRA, head, classes, settings)
 OUTPUT = "best_encoder_model.pth"

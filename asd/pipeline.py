@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
+from asd.train_checks import check_settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STEP_NAMES = (
@@ -50,11 +51,18 @@ SCORERS = {
     "kmeans": "ASDKit k-means",
     "rescale": "ASDKit k-NN rescaled",
 }
-EMBEDDING_FILES = ("normal_embeddings.pt", "normal_stats.pt", "test_embeddings.pt", "test_stats.pt")
 
 
 class Files(NamedTuple):
     """The files under ``folder`` that match a glob ``pattern`` (a step input that is only part of a folder)."""
+
+    folder: Path
+    pattern: str
+
+
+class FileNames(NamedTuple):
+    """Only the names (relative paths) of the files under ``folder`` that match ``pattern``: an input
+    whose names a step reads but not its content."""
 
     folder: Path
     pattern: str
@@ -66,7 +74,7 @@ class Step:
 
     name: str
     command: list[str]
-    inputs: list[Path | Files] = dataclasses.field(default_factory=list)
+    inputs: list[Path | Files | FileNames] = dataclasses.field(default_factory=list)
     outputs: list[Path] = dataclasses.field(default_factory=list)
     always_run: bool = False  # checks with no outputs (datashape) run every time
     script: str = ""  # the script whose overrides (``script.constant=value``) it takes; "" = name
@@ -86,8 +94,12 @@ def _visible(path: Path, folder: Path) -> bool:
     return path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def _content_key(path: Path | Files) -> list:
-    """A content key of a file, a folder (hidden files left out) or the files a pattern matches."""
+def _content_key(path: Path | Files | FileNames) -> list:
+    """A content key of a file, a folder (hidden files left out) or the files a pattern matches (or
+    only their names)."""
+    if isinstance(path, FileNames):
+        names = sorted(p for p in path.folder.glob(path.pattern) if _visible(p, path.folder))
+        return [str(path), [p.relative_to(path.folder).as_posix() for p in names]]
     if isinstance(path, Files):
         folder, children = path.folder, path.folder.glob(path.pattern)
     elif not path.exists():
@@ -352,8 +364,8 @@ def build_steps(
     """The pipeline's steps with every output under ``run_dir``. A step gets only the values the user
     set (on run_all's command line or its constants, the demo's values), never run_all's "not set"
     defaults, so a constant at the top of a step's script holds. With several data folders the
-    encoder trains on all of them and each folder is embedded and scored on its own test clips under
-    ``run_dir/<folder name>/``."""
+    encoder trains on all of them and each folder with test clips is embedded and scored on its own
+    under ``run_dir/<folder name>/`` (a folder without test/ only trains)."""
     data_dirs = [Path(d) for d in data_dirs]
     model = run_dir / "best_encoder_model.pth"
     demo_train = (
@@ -390,22 +402,33 @@ def build_steps(
                 outputs=[data_dirs[0] / "manifest.json"],
             )
         )
-    train_inputs = [_clips(d, "train") for d in data_dirs] + [
-        Files(d, "*/attributes*.csv") for d in data_dirs
-    ]
+    scored = [d for d in data_dirs if demo or has_test_split(d)]
+    # test clip names too: train.py's default CLASSES_FROM train_test builds classes from labelled test names
+    train_inputs = (
+        [_clips(d, "train") for d in data_dirs]
+        + [FileNames(d, _clips(d, "test").pattern) for d in scored]
+        + [Files(d, "*/attributes*.csv") for d in data_dirs]
+    )
     for data_dir in data_dirs:
+        splits = [] if data_dir in scored else ["--splits", "train"]
         steps.append(
             Step(
                 _named("datashape", data_dir, data_dirs),
-                script("datashape") + ["--data_dir", str(data_dir)] + overrides["datashape"],
+                script("datashape") + ["--data_dir", str(data_dir)] + splits + overrides["datashape"],
                 always_run=True,
                 script="datashape",
             )
         )
     steps.append(Step("train", script("train") + train_args + overrides["train"], train_inputs, [model]))
-    for data_dir in data_dirs:
+    for data_dir in scored:
         steps += _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script)
     return steps
+
+
+def has_test_split(data_dir: Path) -> bool:
+    """Whether a data folder has test clips to score (<machine>/test/); a folder without is an
+    additional-training set: it only trains the encoder."""
+    return any(path.is_dir() for path in Path(data_dir).glob("*/test"))
 
 
 def _label(data_dir: Path, data_dirs: Sequence[Path]) -> str:
@@ -429,8 +452,10 @@ def folder_dir(run_dir: Path, data_dir: Path, data_dirs: Sequence[Path]) -> Path
 
 def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script) -> list[Step]:
     """Embedding, Deep SVDD and the ensemble for one data folder."""
+    from asd.embedding_files import EMBEDDING_FILE_NAMES  # here: it imports torch, which --help skips
+
     out = folder_dir(run_dir, data_dir, data_dirs)
-    embeddings = [out / name for name in EMBEDDING_FILES]
+    embeddings = [out / name for name in EMBEDDING_FILE_NAMES]
     svdd_dir, results = out / "svdd_models_per_type", out / "results"
     embed = ["--embed_dir", str(out)]
     truth = _user_set(cfg, ["ground_truth"])
@@ -500,7 +525,14 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str,
             f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
             f"(make_demo_data runs only for the demo)"
         )
-    return {step.name: check_script_arguments(step.command[1], step.command[2:]) for step in steps}
+    settings = {step.name: check_script_arguments(step.command[1], step.command[2:]) for step in steps}
+    for step in steps:
+        if step.script == "train":
+            try:
+                check_settings(settings[step.name])
+            except ValueError as error:
+                raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
+    return settings
 
 
 def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> None:

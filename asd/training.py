@@ -19,6 +19,7 @@ from asd.clips import crop_or_tile, waves_to_input
 from asd.heads import make_head
 from asd.labels import ClassIndex, counted_records
 from asd.runtime import autocast, resolve_device
+from asd.train_checks import check_settings  # noqa: F401 (train.py calls training.check_settings)
 from dataset import (
     ClipDataset,
     FixedLengthCollate,
@@ -29,42 +30,6 @@ from dataset import (
 )
 from model import ASDModel, add_lora, count_parameters, set_drop_path
 from preprocessing import FeatureCache, channel_views, load_audio
-
-# ----------------------------------------------------------------------------- settings
-
-
-def check_settings(cfg) -> None:
-    """What train.py's _LIMITS cannot say: clip lengths, and which settings go together (ValueError
-    naming them). run_all can call it on train.py's parsed settings before touching any stamp."""
-    if 0 < cfg.target_frames < 16:
-        raise ValueError(f"TARGET_FRAMES {cfg.target_frames}: must be 0 (whole clips) or at least 16 frames")
-    fixed = cfg.clip_seconds != "whole"
-    if fixed and cfg.clip_seconds != "auto":
-        try:
-            seconds = float(cfg.clip_seconds)
-        except ValueError:
-            seconds = 0.0
-        if not seconds >= 0.025:
-            raise ValueError(
-                f"CLIP_SECONDS {cfg.clip_seconds!r}: must be whole, auto or at least 0.025 seconds"
-            )
-    if fixed and cfg.target_frames:
-        raise ValueError(
-            f"TARGET_FRAMES {cfg.target_frames} cuts fbanks and CLIP_SECONDS {cfg.clip_seconds} cuts waveforms: "
-            "set TARGET_FRAMES 0 or CLIP_SECONDS whole"
-        )
-    if cfg.mixup == "sample_wave" and cfg.mixup_prob > 0:
-        if not fixed:
-            raise ValueError(
-                "MIXUP sample_wave mixes equal-length waveforms: set CLIP_SECONDS (auto or seconds), "
-                "MIXUP batch_fbank or MIXUP_PROB 0"
-            )
-        if cfg.head == "arcface":
-            raise ValueError(
-                "MIXUP sample_wave trains on mixed class targets, for which the ArcFace margin is not "
-                "defined: use HEAD scadacos or linear, MIXUP batch_fbank or MIXUP_PROB 0"
-            )
-
 
 # ----------------------------------------------------------------------------- processes
 

@@ -1,4 +1,5 @@
-"""checkpoints.py: HF folders (strict), hub ids through the cache, fairseq files without code, tuned files."""
+"""asd/checkpoints.py: HF folders (strict), hub ids through the cache, fairseq files without code,
+tuned files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
+"""asd/metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
 
 from __future__ import annotations
 

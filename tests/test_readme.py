@@ -145,8 +145,8 @@ def test_every_command_not_run_here_is_shown_and_says_where_it_runs():
 
 
 def _prepare(workspace: Path, samples_dir: Path) -> dict[str, str]:
-    """dev_data/ (the 2023 samples), the checkpoint folder the README names, a hub cache holding the
-    id it names, new_clips/; returns the environment for the commands."""
+    """dev_data/ (the 2023 samples), the checkpoint .pt and downloaded folder the README names, a hub
+    cache holding the id it names, new_clips/; returns the environment for the commands."""
     shutil.copytree(samples_dir / "dcase2023_dev", workspace / "dev_data")
     # tiny weights, the released position table's length (768 time patches: whole 12 s clips fit);
     # the .pt as fairseq saves it, its config an omegaconf object
@@ -158,6 +158,7 @@ def _prepare(workspace: Path, samples_dir: Path) -> dict[str, str]:
     )
     torch.save({"cfg": cfg, "model": fairseq_layout(hf)}, workspace / "EAT-base_epoch10_pretrain.pt")
     write_hub_snapshot(workspace / "hub", HUB_ID, max_length=768)
+    shutil.copytree(workspace / "hf_weights", workspace / HUB_ID.split("/")[1])  # what `hf download` writes
     (workspace / "new_clips").mkdir()
     for i, clip in enumerate(sorted((workspace / "dev_data" / "fan" / "test").glob("*.wav"))):
         shutil.copy(clip, workspace / "new_clips" / f"recording {i}.wav")

@@ -1,4 +1,4 @@
-"""report.py: the self-contained results page, its content and its rendering in a real browser."""
+"""asd/report.py: the self-contained results page, its content and its rendering in a real browser."""
 
 from __future__ import annotations
 

@@ -182,6 +182,9 @@ def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypat
         (["evaluate.k=0"], "evaluate.py: error: --k must be >= 1, got 0"),
         (["make_demo_data.seed=1"], "make_demo_data, which this run does not use"),
         (["--force", "maybe"], "--force: expected true/false"),
+        (["train.target_frames=8"], "TARGET_FRAMES 8: must be 0 (whole clips) or at least 16 frames"),
+        (["train.clip_seconds=whole"], "MIXUP sample_wave mixes equal-length waveforms"),
+        (["--data_dir", "elsewhere"], "--data_dir given 2 times: give several folders comma-separated"),
     ],
 )
 def test_bad_options_stop_the_run_before_any_stamp_is_touched(
@@ -226,7 +229,7 @@ def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path,
 # what reruns a step
 
 
-def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, tmp_path):
+def test_only_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, tmp_path):
     import shutil
 
     data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
@@ -248,7 +251,8 @@ def test_only_training_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, t
     test_clip = next((data / "fan" / "test").glob("*.wav"))
     shutil.copy(test_clip, test_clip.with_name("section_00_source_test_normal_0099_extra.wav"))
     after_test_clip = signatures()
-    assert after_test_clip["train"] == before["train"]
+    # train.py's default CLASSES_FROM train_test builds its classes from labelled test names
+    assert after_test_clip["train"] != before["train"]
     assert after_test_clip["extract_embeddings"] != before["extract_embeddings"]
     train_clip = next((data / "fan" / "train").glob("*.wav"))
     shutil.copy(train_clip, train_clip.with_name("section_00_source_train_normal_0099_extra.WAV"))
@@ -382,7 +386,7 @@ def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(
     clip.write_bytes(bytes(content))
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
     assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
-    assert signature("train") == before["train"]  # a test clip: training does not read it
+    assert signature("train") == before["train"]  # a test clip: training reads only its name
     assert signature("extract_embeddings") != before["extract_embeddings"]
 
 
@@ -614,3 +618,32 @@ def test_the_evaluate_step_owns_each_asdkit_back_end_it_will_write(tiny_demo_dir
     )
     [evaluate] = [step for step in moved if step.script == "evaluate"]
     assert evaluate.outputs[1:] == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]
+
+
+def test_a_folder_without_test_clips_only_trains(tiny_demo_dir, tmp_path):
+    import shutil
+
+    extra = tmp_path / "extra_train"
+    for machine in (tiny_demo_dir).iterdir():
+        if (machine / "train").is_dir():
+            shutil.copytree(machine / "train", extra / machine.name / "train")
+    assert pipeline.has_test_split(tiny_demo_dir) and not pipeline.has_test_split(extra)
+    [(run_dir, steps)] = _plan(
+        ["--data_dir", f"{tiny_demo_dir},{extra}", "--runs_dir", str(tmp_path / "runs")]
+    )
+    commands = _commands(steps)
+    assert commands["train"][commands["train"].index("--data_dir") + 1] == f"{tiny_demo_dir},{extra}"
+    shape = commands["datashape[extra_train]"]
+    assert shape[shape.index("--splits") + 1 :][:1] == ["train"]
+    assert "--splits" not in commands[f"datashape[{tiny_demo_dir.name}]"]
+    assert not [name for name in commands if "extra_train" in name and not name.startswith("datashape")]
+    assert f"evaluate[{tiny_demo_dir.name}]" in commands
+    assert list(pipeline.scorer_summaries(steps)) == [run_dir / tiny_demo_dir.name / "results"]
+
+
+def test_a_repeated_data_dir_is_refused_in_either_spelling():
+    from asd.train_checks import refuse_repeated_data_dir
+
+    with pytest.raises(SystemExit, match="train.py: error: --data_dir given 2 times: give several folders"):
+        refuse_repeated_data_dir(["--data_dir=a", "--epochs", "1", "--data_dir", "b"], "train.py")
+    assert refuse_repeated_data_dir(["--data_dir", "a,b", "--data_dirs_note", "x"], "train.py") is None

@@ -1,5 +1,5 @@
-"""scoring.py: the ensemble's backends (k-NN, k-means, density) and SMOTE against brute force, Mahalanobis
-against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
+"""asd/backends.py, asd/scoring.py: the ensemble's backends (k-NN, k-means, density) and SMOTE against
+brute force, Mahalanobis against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
 
 from __future__ import annotations
 

@@ -152,6 +152,32 @@ def test_feature_cache_is_written_once_and_off_is_none():
         assert check_script_arguments(ROOT / script, ["--feature_cache", "none"]).feature_cache is None
 
 
+@pytest.mark.parametrize("name", ["CHANNELS", "RESIDUAL_WEIGHT", "CHANNEL_COMBINE"])
+def test_channel_settings_are_written_once(name):
+    """The channel defaults live in preprocessing.py; every script that has them takes them over, with its
+    own help and its _LIMITS still checked."""
+    import ast
+
+    written = []
+    for path in [*SCRIPTS, "dataset.py", "model.py"]:
+        for node in ast.parse((ROOT / path).read_text()).body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == name for t in node.targets)
+                and not isinstance(node.value, ast.Attribute)
+                # run_all's None is "not set", datashape's "" is "require no mode": not a default
+                and ast.literal_eval(node.value) not in (None, "")
+            ):
+                written.append(path)
+    assert written == [], f"{name} is written in {written}; take it over from preprocessing.py"
+    for script in ("train.py", "extract_embeddings.py", "score_clips.py"):
+        source = read_source((ROOT / script).read_text(), ROOT / script)
+        assert source.settings[name].where.startswith("preprocessing.py:"), script
+        assert source.comments[name], script
+        with pytest.raises(SystemExit):
+            check_script_arguments(ROOT / script, [f"--{name.lower()}", "-1" if "WEIGHT" in name else "x"])
+
+
 @pytest.mark.parametrize(
     "script", [s for s in SCRIPTS if "RECIPE" in read_source((ROOT / s).read_text(), ROOT / s).values]
 )
