@@ -29,6 +29,7 @@ training steps per epoch. CHANNEL_COMBINE is recorded too but does not change tr
 from __future__ import annotations
 
 import math
+import sys
 import time
 from types import SimpleNamespace
 
@@ -51,6 +52,7 @@ from asd.history import history_path, write_history
 from asd.labels import class_name
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
+from asd.train_checks import refuse_repeated_data_dir
 from dataset import LabelIndex
 from model import base_encoder, trainable_state
 
@@ -230,6 +232,7 @@ _LIMITS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
+    refuse_repeated_data_dir(sys.argv[1:] if argv is None else argv, "train.py")
     cfg = parse_config(globals(), argv, description=__doc__)
     training.check_settings(cfg)
     rank, world, device = training.setup_processes(cfg.device)

@@ -48,6 +48,7 @@ FAST = {
         "train_deepSVDD.svdd_epochs=2",
         "evaluate.asdkit_backends=",
     ],
+    "evaluate.py": ["--asdkit_backends="],
     "train.py": ["--epochs", "1", "--num_workers", "0"],
     "train_deepSVDD.py": ["--svdd_epochs", "2"],
 }

@@ -416,3 +416,8 @@ def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
         "7.4",
     )
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_repeated_data_dir_is_refused_by_train_py(tmp_path):
+    with pytest.raises(SystemExit, match="--data_dir given 2 times: give several folders comma-separated"):
+        train.main(["--data_dir", str(tmp_path / "a"), f"--data_dir={tmp_path / 'b'}"])
