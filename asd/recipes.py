@@ -9,7 +9,7 @@ the one precedence rule: constant at the top of the file < recipe < value given 
 command-line flag.
 
 asdkit-eat-lora: ASDKit's "dis_eat_scac_trainable" (TakuyaFujimura/dcase-asd-toolkit at ed27d82; the
-settings as ../shared/asdkit_fixture/README.md lists them with their ASDKit file and line),
+settings as tests/fixtures/asdkit_fixture/README.md lists them with their ASDKit file and line),
 re-evaluated over 4 seeds: official score 63.98 +- 0.70 (DCASE2023 dev), 72.04 +- 0.77 (2023 eval),
 59.93 +- 0.37 (2024 dev), 61.47 +- 0.73 (2024 eval). Training: EAT-base (epoch-10 pretrained
 checkpoint: pass it as --eat_checkpoint), LoRA rank 64 on qkv with peft's defaults alpha 8 and dropout

@@ -12,9 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-SAMPLES_DIR = Path(
-    os.environ.get("DCASE_SAMPLES_DIR", Path(__file__).resolve().parents[2] / "shared" / "dcase_samples")
-)
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+SAMPLES_DIR = Path(os.environ.get("DCASE_SAMPLES_DIR", FIXTURES_DIR / "dcase_samples"))
 
 # tiny demo tree: 3 machine types x (6 source + 2 target train normals, 1 normal + 1 anomaly test
 # clip per domain), 2 s clips; small enough for training/evaluation tests on CPU
@@ -36,15 +35,9 @@ TINY_DEMO_ARGS = [
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
-    """../shared/dcase_samples beside the checkout (64 real DCASE clips; DCASE_SAMPLES_DIR overrides).
-
-    Skipped when absent on a developer's machine; a failure in CI, where they are always provided.
-    """
+    """tests/fixtures/dcase_samples: 64 real DCASE clips, part of the repository (DCASE_SAMPLES_DIR overrides)."""
     if not SAMPLES_DIR.is_dir():
-        message = f"real DCASE sample clips not found at {SAMPLES_DIR}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"real DCASE sample clips not found at {SAMPLES_DIR}: restore tests/fixtures/dcase_samples")
     return SAMPLES_DIR
 
 

@@ -1,4 +1,4 @@
-"""ASDKit's four back ends against ASDKit's own outputs (../shared/asdkit_fixture, case "backends"), through
+"""ASDKit's four back ends against ASDKit's own outputs (tests/fixtures/asdkit_fixture, case "backends"), through
 the functions evaluate.py calls, to the tolerances the case states."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from asd import asdkit_backends as ab
 from asd.embedding_files import Split
 from dataset import ClipRecord
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "asdkit_fixture"
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/asdkit_fixture not present")
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The official EAT code's outputs (../shared/eat_reference_fixture) reproduced through the project's own
+"""The official EAT code's outputs (tests/fixtures/eat_reference_fixture) reproduced through the project's own
 loader, from both checkpoint layouts: the Hugging Face folder and a fairseq .pt in the released layout."""
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import torch
 import asd.checkpoints as C
 import model as M
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "eat_reference_fixture"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "eat_reference_fixture"
 
 
 @pytest.fixture(scope="module")
 def fixture_dir() -> Path:
-    """The fixture folder, its files checked against the SHA-256 cases.json lists; a failure in CI when absent."""
+    """The fixture folder, its files checked against the SHA-256 cases.json lists."""
     if not (FIXTURE / "cases.json").is_file():
-        message = f"EAT reference fixture not found at {FIXTURE}"
-        if os.environ.get("CI", "").lower() == "true" or os.environ.get("CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"EAT reference fixture not found at {FIXTURE}: restore tests/fixtures/eat_reference_fixture")
     for name, entry in json.loads((FIXTURE / "cases.json").read_text())["files"].items():
         assert hashlib.sha256((FIXTURE / name).read_bytes()).hexdigest() == entry["sha256"], name
     return FIXTURE
@@ -142,7 +139,7 @@ def test_the_project_front_end_gives_the_clip_case_input(encoder, cases, arrays,
     from preprocessing import load_audio, pad_or_crop, wav_to_fbank
 
     front = cases["front_end"]
-    clip = samples_dir / front["clip"].split(" (")[0]  # "<path> (inside the shared dcase_samples folder)"
+    clip = samples_dir / front["clip"].split(" (")[0]  # "<path> (inside tests/fixtures/dcase_samples)"
     assert hashlib.sha256(clip.read_bytes()).hexdigest() == front["clip_sha256"]
     fbank = wav_to_fbank(load_audio(clip))
     assert fbank.shape[0] == front["clip_frames"]

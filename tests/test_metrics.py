@@ -16,7 +16,7 @@ import asd.evaluation as ev
 from asd import comparison, metrics, results, tables, thresholds
 from dataset import ClipRecord
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "official_evaluator_fixture"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_evaluator_fixture"
 
 
 def _record(
@@ -107,7 +107,7 @@ def fixture_evaluation(request):
     """The fixture's submission measured from its clip names, and (the evaluation-set case) from its
     anonymised names with the evaluator's ground-truth files."""
     if not FIXTURE.is_dir():
-        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+        pytest.fail(f"official evaluator fixture not found at {FIXTURE}")
     if request.param == "named clips":
         return results.measure_results_dir(FIXTURE / "scores")[0]
     return results.measure_results_dir(FIXTURE / "scores_anonymised", ground_truth=FIXTURE / "ground_truth")[
@@ -174,7 +174,7 @@ def test_evaluate_scores_an_anonymised_submission_with_the_ground_truth(tmp_path
     import evaluate
 
     if not FIXTURE.is_dir():
-        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+        pytest.fail(f"official evaluator fixture not found at {FIXTURE}")
     out = tmp_path / "scored"
     args = ["--score_results_dir", str(FIXTURE / "scores_anonymised"), "--scored_dir", str(out)]
     summary = evaluate.main(args + ["--ground_truth", str(FIXTURE / "ground_truth"), "--plots", "false"])
@@ -193,7 +193,7 @@ def test_evaluate_scores_an_anonymised_submission_with_the_ground_truth(tmp_path
 
 def test_ground_truth_and_clips_must_match(tmp_path):
     if not FIXTURE.is_dir():
-        pytest.skip(f"official evaluator fixture not found at {FIXTURE}")
+        pytest.fail(f"official evaluator fixture not found at {FIXTURE}")
     truth = tmp_path / "gt"
     shutil.copytree(FIXTURE / "ground_truth", truth)
     scores = tmp_path / "scores"
