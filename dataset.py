@@ -89,7 +89,7 @@ class ClipRecord:
 
     @property
     def is_anomaly(self) -> bool | None:
-        return None if self.label in (None, "unknown") else self.label == "anomaly"
+        return None if self.label is None else self.label == "anomaly"
 
     @property
     def attribute_string(self) -> str:

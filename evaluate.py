@@ -95,7 +95,8 @@ BACKENDS_DIR = ""
 SCORE_RESULTS_DIR = ""
 # where SCORE_RESULTS_DIR's tables go; "" = "<SCORE_RESULTS_DIR>_scored" beside it
 SCORED_DIR = ""
-# the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+# labels and domains of unlabelled test clips: the evaluator's ground-truth folder, an eval_data_list_YYYY.csv
+# (also attributes), or both comma-separated
 GROUND_TRUTH = ""
 # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 GAMMA_LOCATION = "zero"

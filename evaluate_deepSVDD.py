@@ -29,7 +29,8 @@ SVDD_DIR = "svdd_models_per_type"
 RESULTS_DIR = "results/deepsvdd"
 # metric rules: auto (from the names and folder) | 2020 | 2021 | 2022+
 DCASE_YEAR = "auto"
-# the evaluator's ground-truth folder: labels and domains of unlabelled test clips
+# labels and domains of unlabelled test clips: the evaluator's ground-truth folder, an eval_data_list_YYYY.csv
+# (also attributes), or both comma-separated
 GROUND_TRUTH = ""
 # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 GAMMA_LOCATION = "zero"

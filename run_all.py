@@ -56,7 +56,8 @@ CHANNELS = None
 RESIDUAL_WEIGHT = None
 # with CHANNELS both: how extraction combines the two embeddings (concat | residual); None = not set
 CHANNEL_COMBINE = None
-# folder of the evaluator's ground-truth CSVs for the scorers (unlabelled test clips); None = not set
+# ground truth of unlabelled test clips: the evaluator's ground-truth folder, an eval_data_list_YYYY.csv (also
+# train.py's EVAL_LIST), or both comma-separated (asd/ground_truth.py); None = not set
 GROUND_TRUTH = None
 # seeds: one run folder per seed (train, Deep SVDD, evaluate get it), then mean +- std; empty = one run
 SEEDS = []

@@ -122,6 +122,9 @@ CENTRE_INIT = "xavier"
 LABEL = "attributes_domain"
 # classes counted over training clips ("train") or also labelled test clip names ("train_test")
 CLASSES_FROM = "train_test"
+# evaluation list(s) eval_data_list_YYYY.csv, comma-separated ("anonymised,original" rows): anonymised test
+# clips count under their original names (CLASSES_FROM train_test), as ASDKit does; "" = they add no class
+EVAL_LIST = ""
 # ArcFace logit scale s
 ARCFACE_SCALE = 30.0
 # ArcFace additive angular margin m (radians)
@@ -275,7 +278,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         print_config(cfg, "train.py settings")
     seed_everything(cfg.seed)
     records = training.training_records(cfg)
-    label_index = training.class_index(cfg, records)
+    label_index = training.class_index(cfg, records, show)
     pretext = len({class_name(r, cfg.label) for r in records}) == 1
     if pretext and show:
         announce_single_class(cfg, records)

@@ -2,19 +2,18 @@
 seconds (at a random offset in training, from the start in extraction), then EAT's fbank zero-padded
 to a multiple of 32 frames.
 
-    seconds, why = resolve_clip_seconds("auto", ["dcase2023_dev"], records)      # 18.0
+    seconds, why = resolve_clip_seconds("auto", ["dev_data"], records)           # 18.0 for DCASE 2023
     wave = crop_or_tile(load_audio(path), clip_samples(seconds), rng)            # rng None: from the start
     x = waves_to_input(torch.stack(waves), pad_multiple=32)                      # [B, 1, T, 128]
 
 CLIP_SECONDS "auto" follows ASDKit's table (parse_sec): 18 s for DCASE 2023, 12 s for DCASE 2024, the
-year read from the data folders' names (e.g. dcase2023_dev, dev_data_2024); for any other data the
-longest training clip, rounded up to whole seconds, so no clip is cut.
+year detected from the clips' names and machine types (asd/years.py), never from a folder name; for
+any other data the longest training clip, rounded up to whole seconds, so no clip is cut.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,37 +22,26 @@ import torch
 import torch.nn.functional as F
 
 from asd.checkpoints import read_tuned
+from asd.years import detect_year
 from preprocessing import PAD_VALUE, SAMPLE_RATE, batch_log_mel, normalise_fbank, num_frames
-
-YEAR_SECONDS = {"2023": 18.0, "2024": 12.0}  # ASDKit's parse_sec table
-_YEAR_IN_NAME = re.compile(r"(?:dcase|dev|eval|data|task2)[_-]?(20\d\d)|(20\d\d)[_-]?(?:dev|eval|data)", re.I)
-
-
-def seconds_for_year(name: str) -> float | None:
-    """ASDKit's clip length for a data set named like "dcase2023" / "dev_data_2024"; None when no
-    year of YEAR_SECONDS appears in ``name``."""
-    for match in _YEAR_IN_NAME.finditer(name):
-        year = match.group(1) or match.group(2)
-        if year in YEAR_SECONDS:
-            return YEAR_SECONDS[year]
-    return None
 
 
 def resolve_clip_seconds(
     setting: str, data_dirs: Sequence[str], records: Sequence
 ) -> tuple[float | None, str]:
-    """(seconds or None for whole clips, why) for CLIP_SECONDS ``setting``: "whole", "auto" or a number."""
+    """(seconds or None for whole clips, why) for CLIP_SECONDS ``setting``: "whole", "auto" or a number.
+
+    "auto": the clip seconds of the DCASE year the clips' names and machine types give (asd/years.py;
+    ``data_dirs`` only say whether attributes CSVs exist), else the longest clip, rounded up."""
     if setting == "whole":
         return None, "whole clips (CLIP_SECONDS whole)"
     if setting != "auto":
         return float(setting), "CLIP_SECONDS"
-    for folder in data_dirs:
-        for part in reversed(Path(folder).resolve().parts):
-            seconds = seconds_for_year(part)
-            if seconds is not None:
-                return seconds, f"ASDKit's length for the year in the data folder name {part!r}"
+    found = detect_year(records, data_dirs)
+    if found.clip_seconds is not None:
+        return found.clip_seconds, f"ASDKit's length for DCASE {'/'.join(found.candidates)} ({found.why})"
     longest = max(sf.info(r.path).duration for r in records)
-    return float(math.ceil(longest)), "no DCASE 2023/2024 folder name: the longest training clip, rounded up"
+    return float(math.ceil(longest)), "not a DCASE 2023/2024 set: the longest training clip, rounded up"
 
 
 def clip_samples(seconds: float) -> int:

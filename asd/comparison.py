@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from asd.evaluation import summary_mean
 from asd.files import atomic_write_text
-from asd.metrics import arithmetic_mean, harmonic_mean
 from asd.tables import csv_cell, csv_text, format_number
 
 
@@ -17,7 +17,7 @@ def comparison_rows(summaries: Mapping[str, dict]) -> list[dict]:
     machines = sorted({s["machine_type"] for summary in summaries.values() for s in summary["sections"]})
     for machine in machines + ["all"]:
         for scorer, summary in summaries.items():
-            mean = arithmetic_mean if summary["dcase_year"] == "2020" else harmonic_mean
+            mean = summary_mean(summary["dcase_year"])
             sections = [
                 s for s in summary["sections"] if machine in ("all", s["machine_type"]) and not s["missing"]
             ]

@@ -1,6 +1,7 @@
 """Which values a DCASE year's rules measure, per section and over the whole data (the evaluation object).
 
-The metric set follows the data's year (``detect_year``; a scorer's DCASE_YEAR overrides it):
+The metric set follows the rules of the data's year (asd/years.py detect_year; a scorer's DCASE_YEAR
+overrides it):
   2020   per machine type and ID ("section"): AUC and pAUC over all its test clips; per machine type
          and overall the arithmetic mean of AUC and of pAUC (the DCASE 2020 summary; no harmonic
          "official score" existed that year).
@@ -21,38 +22,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from asd.metrics import arithmetic_mean, auc_between, harmonic_mean, precision_recall_f1
+from asd.years import RULE_SETS, detect_year
 
-YEARS = ("2020", "2021", "2022+")
-SCORE_COLUMNS = {  # the values that enter the year's summary score, per section
+SCORE_COLUMNS = {  # the values that enter the rules' summary score, per section
     "2020": ["AUC", "pAUC"],
     "2021": ["AUC (source)", "pAUC (source)", "AUC (target)", "pAUC (target)"],
     "2022+": ["AUC (source)", "AUC (target)", "pAUC"],
 }
-RULES = {
-    "2020": "DCASE 2020 rules: AUC and pAUC per machine ID, arithmetic means",
-    "2021": "DCASE 2021 rules: AUC and pAUC per domain, harmonic mean",
-    "2022+": "DCASE 2022-2025 rules (official evaluator): AUC per domain vs all anomalies, pAUC, harmonic mean",
-}
+EVALUATOR_RULES = "2022+"  # the rules of the official evaluator's result.csv layout
 _DOMAINS = ("source", "target")
 
 
-def detect_year(records: Sequence, data_dir: str | os.PathLike | None = None) -> tuple[str, str]:
-    """(year, why): "2020" for 2020 names (``normal_id_00_...``); for ``section_XX`` names "2021" when a
-    machine type has several sections and the data folder has no attributes CSV, else "2022+"."""
-    if not any(r.file_name.startswith("section_") for r in records):
-        return "2020", "2020-style names (<normal|anomaly>_id_XX_NNNNNNNN.wav)"
-    has_tables = data_dir is not None and any(Path(data_dir).glob("*/attributes*.csv"))
-    sections: dict[str, set] = {}
-    for record in records:
-        sections.setdefault(record.machine_type, set()).add(record.section)
-    several = any(len(s) > 1 for s in sections.values())
-    if several and not has_tables:
-        return "2021", "section_XX names, several sections per machine type, no attributes CSV"
-    why = "attributes CSV present" if has_tables else "one section per machine type"
-    return "2022+", f"section_XX names, {why}"
+def summary_mean(rules: str):
+    """How the rules combine their values: the arithmetic mean (2020) or the harmonic mean."""
+    return arithmetic_mean if rules == "2020" else harmonic_mean
 
 
 @dataclass
@@ -185,7 +170,7 @@ class Evaluation:
         """Harmonic mean of every score value of the measured sections (2021, 2022+); for 2020 the
         arithmetic mean of all AUC and pAUC values. nan when nothing was measured."""
         values = [v for name in SCORE_COLUMNS[self.year] for v in self.column(name)]
-        return arithmetic_mean(values) if self.year == "2020" else harmonic_mean(values)
+        return summary_mean(self.year)(values)
 
     @property
     def official_score(self) -> float | None:
@@ -226,15 +211,18 @@ def compute_official(
     """Measure the test ``records`` (ClipRecords) with their ``scores`` {path: score}.
 
     ``expected``: (machine_type, section) pairs the data holds (e.g. from the training clips); those
-    without test clips are reported missing. ``year`` None or "auto" detects it (``detect_year``).
+    without test clips are reported missing. ``year``: the metric rules (RULE_SETS); None or "auto"
+    detects them from the clips (asd/years.py detect_year; ``data_dir`` only says whether attributes CSVs
+    exist).
     """
     missing = [r.path for r in records if r.path not in scores]
     if missing:
         raise KeyError(f"{len(missing)} test clips have no score, e.g. {missing[0]}")
     if year in (None, "auto"):
-        year, why = detect_year(records, data_dir)
-    elif year not in YEARS:
-        raise ValueError(f"DCASE year must be one of {YEARS} or auto, got {year!r}")
+        found = detect_year(records, [data_dir] if data_dir is not None else [])
+        year, why = found.rules, found.why
+    elif year not in RULE_SETS:
+        raise ValueError(f"DCASE year must be one of {RULE_SETS} or auto, got {year!r}")
     else:
         why = "set by DCASE_YEAR"
     groups = group_by_section(records)

@@ -1,4 +1,13 @@
-"""The official evaluator's ground truth: labels and domains of evaluation-set clips with anonymised names.
+"""Ground truth of evaluation-set clips with anonymised names: the official evaluator's folders and the
+DCASE baseline's evaluation list.
+
+A --ground_truth value (GROUND_TRUTH) is a ground-truth folder, an evaluation list file, or both,
+comma-separated (``apply_ground_truth`` tells them apart: a file is a list, a folder the evaluator's).
+
+An evaluation list (eval_data_list_YYYY.csv, published with the DCASE baseline; asd/years.py names
+each year's) holds a machine-type line, then "<anonymised name>,<original name>" rows, per machine type.
+``apply_evaluation_list`` gives each anonymised test clip the label, domain AND attributes of its
+original name; the record keeps its anonymised path (submission CSVs keep the anonymised names).
 
 A ground-truth folder holds, per machine type and section,
   ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv     "<clip name>,<0|1>"  (1 = anomaly)
@@ -17,6 +26,8 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from dataset import ClipNameError, parse_clip_name
 
 _FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
 _KINDS = {"ground_truth_data": ("normal", "anomaly"), "ground_truth_domain": ("source", "target")}
@@ -73,7 +84,103 @@ def read_ground_truth(folder: str | os.PathLike) -> dict[tuple[str, str], dict[s
     return truth
 
 
-def apply_ground_truth(records: Sequence, folder: str | os.PathLike) -> list:
+def ground_truth_parts(value: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(ground-truth folders, evaluation list files) of a comma-separated --ground_truth value."""
+    folders, lists = [], []
+    for part in (p.strip() for p in str(value).split(",")):
+        if not part:
+            continue
+        path = Path(part)
+        if path.is_file():
+            lists.append(path)
+        elif path.is_dir():
+            folders.append(path)
+        else:
+            raise FileNotFoundError(
+                f"{path}: no such ground-truth folder or evaluation list (give a folder of the evaluator's "
+                "ground_truth_data/ground_truth_domain CSVs, an eval_data_list_YYYY.csv, or both, comma-separated)"
+            )
+    return folders, lists
+
+
+def read_evaluation_list(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, str]]:
+    """{(machine_type, section): {anonymised name: original name}} of an eval_data_list_YYYY.csv."""
+    path, machine, rows = Path(path), None, {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from error
+    for line_number, line in enumerate(lines, start=1):
+        fields = [f.strip() for f in line.split(",")]
+        if fields == [""]:
+            continue
+        if len(fields) == 1:
+            machine = fields[0]
+            continue
+        if len(fields) != 2 or machine is None:
+            raise ValueError(
+                f"{path}:{line_number}: expected a machine-type line, then '<anonymised name>,<original name>' rows"
+            )
+        try:
+            anonymised = parse_clip_name(Path(machine, "test", fields[0]))
+            original = parse_clip_name(Path(machine, "test", fields[1]))
+        except ClipNameError as error:
+            raise ValueError(f"{path}:{line_number}: {error}") from error
+        if original.label is None or original.section != anonymised.section:
+            raise ValueError(
+                f"{path}:{line_number}: {fields[1]} must be a labelled name of section {anonymised.section}"
+            )
+        section = rows.setdefault((machine, anonymised.section), {})
+        if fields[0] in section:
+            raise ValueError(f"{path}:{line_number}: {machine} {fields[0]} listed twice")
+        section[fields[0]] = fields[1]
+    if not rows:
+        raise ValueError(f"{path}: no '<anonymised name>,<original name>' rows (an eval_data_list_YYYY.csv?)")
+    return rows
+
+
+def apply_evaluation_list(records: Sequence, path: str | os.PathLike) -> list:
+    """The ``records`` with label, domain and attributes from their original names in the evaluation list.
+
+    Sections the list does not cover keep their records as they are; within a covered section every
+    test clip needs a row and every row a clip (a ValueError names the list and the clip)."""
+    table = read_evaluation_list(path)
+    present = {(r.machine_type, r.section) for r in records if r.split == "test"}
+    table = {key: rows for key, rows in table.items() if key in present}
+    out, seen = [], set()
+    for record in records:
+        key, name = (record.machine_type, record.section), Path(record.path).name
+        if record.split != "test" or key not in table:
+            out.append(record)
+            continue
+        if name not in table[key]:
+            raise ValueError(f"{record.path}: no row for {record.machine_type} {name} in {path}")
+        original = parse_clip_name(Path(record.machine_type, "test", table[key][name]))
+        fields = {"label": original.label, "domain": original.domain, "attributes": original.attributes}
+        out.append(dataclasses.replace(record, **fields))
+        seen.add((key, name))
+    for key, rows in table.items():
+        missing = sorted(name for name in rows if (key, name) not in seen)
+        if missing:
+            raise ValueError(
+                f"{path} lists {key[0]} {missing[0]} ({len(missing)} rows in all) but no such "
+                f"{key[0]} section {key[1]} test clip is here"
+            )
+    return out
+
+
+def apply_ground_truth(records: Sequence, value: str | os.PathLike) -> list:
+    """The test ``records`` labelled by every part of a --ground_truth ``value`` (ground_truth_parts):
+    evaluation lists first, then ground-truth folders (which must agree with a list's labels)."""
+    folders, lists = ground_truth_parts(value)
+    for path in lists:
+        records = apply_evaluation_list(records, path)
+    for folder in folders:
+        records = apply_truth_folder(records, folder)
+    return records
+
+
+def apply_truth_folder(records: Sequence, folder: str | os.PathLike) -> list:
     """The test ``records`` with label and domain from the ground-truth folder.
 
     Every (machine type, section) of the clips that the folder covers must match them exactly: a clip
@@ -105,7 +212,12 @@ def apply_ground_truth(records: Sequence, folder: str | os.PathLike) -> list:
         if name not in truth[key]:
             data_file = next(iter(truth[key].values()))[2]
             raise ValueError(f"{record.path}: no row for {name} in {data_file}")
-        label, domain, _ = truth[key][name]
+        label, domain, data_file = truth[key][name]
+        if record.label is not None and (record.label, record.domain) != (label, domain):
+            raise ValueError(
+                f"{record.path}: {data_file} says {label}/{domain}, the clip's name or evaluation list "
+                f"{record.label}/{record.domain}"
+            )
         out.append(dataclasses.replace(record, label=label, domain=domain))
         seen.add((key, name))
     for key, rows in truth.items():

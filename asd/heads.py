@@ -106,6 +106,11 @@ class ArcFaceHead(Head):
         }
 
 
+def fixed_scale(num_classes: int, sub_clusters: int) -> float:
+    """SCAdaCos's initial (SCALE fixed: constant) scale sqrt(2) ln(N - 1), N = classes x sub-clusters."""
+    return math.sqrt(2) * math.log(max(2, num_classes * sub_clusters - 1))
+
+
 class SCAdaCosHead(Head):
     """Sub-cluster AdaCos (Wilkinghoff, IJCNN 2021): C centres per class, a fixed or adaptive scale s.
 
@@ -146,7 +151,7 @@ class SCAdaCosHead(Head):
         self.centres = nn.Parameter(
             centres, requires_grad=train_centres
         )  # row j * C + k: class j, sub-cluster k
-        initial = math.sqrt(2) * math.log(max(2, num_classes * sub_clusters - 1))
+        initial = fixed_scale(num_classes, sub_clusters)
         self.register_buffer("scale", torch.tensor(float(initial if scale is None else scale)))
 
     def _log_class_probs(self, cosine: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@
                                 "<machine>---<int(section)>---<attributes>---<1 if target else 0>"
     CLASSES_FROM "train"        classes of the training clips only
     CLASSES_FROM "train_test"   also the classes of labelled test clips (ASDKit counts classes over train
-                                and test); such classes get centres but no training clip
+                                and test); such classes get centres but no training clip. Anonymised
+                                evaluation test clips (label None) count only under their original
+                                names, given by the evaluation list (EVAL_LIST; asd/ground_truth.py)
 The class index is the rank of a class name among the sorted names (scikit-learn's LabelEncoder order).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from asd.years import UNLABELLED
 from dataset import SINGLE_ATTRIBUTE_KEY, ClipRecord, LabelIndex
 
 LABELS = ("attributes", "attributes_domain")
@@ -74,5 +77,16 @@ def counted_records(train: list[ClipRecord], test: list[ClipRecord], classes_fro
     if classes_from == "train":
         return list(train)
     if classes_from == "train_test":
-        return list(train) + [r for r in test if r.label != "unknown"]
+        return list(train) + [r for r in test if r.label is not UNLABELLED]
     raise ValueError(f"CLASSES_FROM must be 'train' or 'train_test', got {classes_from!r}")
+
+
+def counted_note(test: list[ClipRecord], counted: int, classes: int) -> str:
+    """What train.py says about the test clips CLASSES_FROM train_test counted."""
+    unlabelled = sum(r.label is UNLABELLED for r in test)
+    note = (
+        f"{classes} classes from {counted} clips: {len(test) - unlabelled} of {len(test)} test clips counted"
+    )
+    if unlabelled:
+        note += f"; {unlabelled} unlabelled (anonymised) test clips add no class (EVAL_LIST names their originals)"
+    return note

@@ -146,7 +146,7 @@ def embed_windows(
             embeddings.append(combine_views(parts, settings["channels"]))
             stats += [np.concatenate([signal_stats(v) for v in w]) for w in waves]
     records = [
-        ClipRecord(f"{path}#{i}", record.machine_type, record.section, None, "test", "unknown")
+        ClipRecord(f"{path}#{i}", record.machine_type, record.section, None, "test", None)
         for i in range(len(spans))
     ]
     return Split(torch.cat(embeddings).numpy().astype(np.float32), np.stack(stats), stat_names, records)

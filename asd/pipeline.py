@@ -382,8 +382,10 @@ def build_steps(
     )
     recipe = _user_set(cfg, ["recipe"])
     data_options = _user_set(cfg, ["channels", "residual_weight", "channel_combine"])
+    eval_lists = _evaluation_lists(cfg)
     train_args = (
         ["--data_dir", ",".join(map(str, data_dirs))]
+        + (["--eval_list", ",".join(map(str, eval_lists))] if eval_lists else [])
         + ["--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
         + _options(demo_train)
         + _user_set(cfg, ["device", "eat_checkpoint", "model_size"])
@@ -408,6 +410,7 @@ def build_steps(
         [_clips(d, "train") for d in data_dirs]
         + [FileNames(d, _clips(d, "test").pattern) for d in scored]
         + [Files(d, "*/attributes*.csv") for d in data_dirs]
+        + [Files(path.parent, path.name) for path in eval_lists]
     )
     for data_dir in data_dirs:
         splits = [] if data_dir in scored else ["--splits", "train"]
@@ -423,6 +426,13 @@ def build_steps(
     for data_dir in scored:
         steps += _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script)
     return steps
+
+
+def _evaluation_lists(cfg) -> list[Path]:
+    """The evaluation lists among GROUND_TRUTH's parts: train.py's EVAL_LIST (classes of anonymised clips)."""
+    from asd.ground_truth import ground_truth_parts  # here: it imports torch, which --help skips
+
+    return [path.resolve() for path in ground_truth_parts(cfg.ground_truth)[1]] if cfg.ground_truth else []
 
 
 def has_test_split(data_dir: Path) -> bool:

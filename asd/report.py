@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from asd.evaluation import RULES, Evaluation, group_by_section
+from asd.evaluation import Evaluation, group_by_section
 from asd.files import atomic_write_text
 from asd.history import history_path, read_history
 from asd.metrics import MAX_FPR
 from asd.plots import training_curves_png
 from asd.tables import format_number, table_rows
 from asd.thresholds import DECISION_PERCENTILE, MIN_DOMAIN_SCORES
+from asd.years import RULES
 from dataset import ClipRecord
 
 REPORT_NAME = "report.html"

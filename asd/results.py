@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asd.evaluation import Evaluation, compute_official, group_by_machine, group_by_section
+from asd.evaluation import EVALUATOR_RULES, Evaluation, compute_official, group_by_machine, group_by_section
 from asd.files import atomic_folder, atomic_write_text
 from asd.ground_truth import apply_ground_truth
 from asd.plots import plot_machine
@@ -82,7 +82,7 @@ def write_summary(
     ]
     atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
     if (
-        evaluation.year == "2022+"
+        evaluation.year == EVALUATOR_RULES
         and evaluation.complete
         and all("F1 score (source)" in s.values for s in evaluation.sections)
     ):

@@ -10,8 +10,9 @@ from dataclasses import asdict
 
 import numpy as np
 
-from asd.evaluation import RULES, SCORE_COLUMNS, Evaluation, SectionResult
+from asd.evaluation import EVALUATOR_RULES, SCORE_COLUMNS, Evaluation, SectionResult, summary_mean
 from asd.metrics import MAX_FPR, arithmetic_mean, harmonic_mean
+from asd.years import RULES
 
 EVALUATOR_COLUMNS = [
     "AUC (all)",
@@ -40,7 +41,7 @@ def table_rows(evaluation: Evaluation) -> tuple[list[str], list[list]]:
     def means(sections: Sequence[SectionResult]) -> list[list]:
         out = []
         kinds = [("arithmetic mean", arithmetic_mean)] + (
-            [] if evaluation.year == "2020" else [("harmonic mean", harmonic_mean)]
+            [] if summary_mean(evaluation.year) is arithmetic_mean else [("harmonic mean", harmonic_mean)]
         )
         for label, mean in kinds:
             out.append(
@@ -141,8 +142,8 @@ def csv_cell(value) -> str:
 def evaluator_rows(evaluation: Evaluation) -> list[list[str]]:
     """The official evaluator's result.csv rows (2022+ rules, full coverage, decisions measured),
     its "official score ci95" row excepted."""
-    if evaluation.year != "2022+" or not evaluation.complete:
-        raise ValueError("the evaluator's layout needs 2022+ data with every section measured")
+    if evaluation.year != EVALUATOR_RULES or not evaluation.complete:
+        raise ValueError(f"the evaluator's layout needs {EVALUATOR_RULES} data with every section measured")
     rows: list[list] = []
 
     def block(sections: Sequence[SectionResult], labels: Sequence[str]) -> None:

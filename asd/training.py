@@ -16,8 +16,9 @@ from tqdm import tqdm
 from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
 from asd.checkpoints import build_encoder
 from asd.clips import crop_or_tile, waves_to_input
+from asd.ground_truth import apply_evaluation_list
 from asd.heads import make_head
-from asd.labels import ClassIndex, counted_records
+from asd.labels import ClassIndex, counted_note, counted_records
 from asd.runtime import autocast, resolve_device
 from asd.train_checks import check_settings  # noqa: F401 (train.py calls training.check_settings)
 from dataset import (
@@ -115,15 +116,23 @@ def training_records(cfg) -> list:
 
 
 def test_records(cfg) -> list:
-    """The test clips of every DATA_DIR folder (read for their class names only, never their audio)."""
-    return [r for r in _records(cfg, ("train", "test")) if r.split == "test"]
+    """The test clips of every DATA_DIR folder (read for their class names only, never their audio),
+    anonymised evaluation names under their original names when EVAL_LIST gives the evaluation list."""
+    tests = [r for r in _records(cfg, ("train", "test")) if r.split == "test"]
+    for path in (p.strip() for p in str(cfg.eval_list or "").split(",")):
+        tests = apply_evaluation_list(tests, path) if path else tests
+    return tests
 
 
-def class_index(cfg, records: list) -> ClassIndex:
+def class_index(cfg, records: list, show: bool = False) -> ClassIndex:
     """The classes of the task (LABEL), counted over the training ``records`` or also the labelled
-    test names (CLASSES_FROM)."""
+    test names (CLASSES_FROM); ``show`` prints how many test clips counted."""
     tests = test_records(cfg) if cfg.classes_from == "train_test" else []
-    return ClassIndex.from_records(counted_records(records, tests, cfg.classes_from), cfg.label)
+    counted = counted_records(records, tests, cfg.classes_from)
+    index = ClassIndex.from_records(counted, cfg.label)
+    if show and tests:
+        print(counted_note(tests, len(counted), len(index)))
+    return index
 
 
 class WaveDataset(torch.utils.data.Dataset):

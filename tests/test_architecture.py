@@ -20,6 +20,7 @@ LOW_LEVEL = [
     "asd/freshness.py",
     "asd/recipes.py",
     "asd/docs.py",
+    "asd/years.py",
 ]
 LAYERS = [  # top first: a module may import its own layer and the layers below it, never one above
     ("scripts", lambda path: path in SCRIPTS),

@@ -25,10 +25,10 @@ from asd.clips import (
     crop_or_tile,
     extraction_input,
     resolve_clip_seconds,
-    seconds_for_year,
     waves_to_input,
 )
 from asd.labels import ClassIndex, class_name
+from asd.years import YEARS
 from dataset import parse_clip_name
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture"
@@ -162,7 +162,7 @@ def test_crop_or_tile_reproduces_every_case(cases, npz):
     segments = npz["crop.out.segments"]
     for spec in case["cases"]:
         i = spec["i"]
-        seconds = seconds_for_year(spec["dcase"])
+        seconds = YEARS[spec["dcase"].removeprefix("dcase")].clip_seconds
         assert seconds == npz["crop.out.sec"][i]
         ramp = torch.arange(int(npz["crop.in.input_len"][i]), dtype=torch.float32)
         rng = _Replay([highs[i]], [offsets[i]]) if spec["phase"] == "train" else None
@@ -190,13 +190,15 @@ def test_crop_or_tile_reproduces_every_case(cases, npz):
         assert out[0] == offsets[i] and out[-8:].tolist() == npz["crop.out.tail"][i].tolist()
 
 
-def test_auto_clip_seconds_follow_the_year_of_the_data_folder(tmp_path):
-    for name, seconds in (
-        ("dcase2023_dev", 18.0),
-        ("dev_data_2024", 12.0),
-        ("data/formatted/dcase2024/raw", 12.0),
-    ):
-        assert resolve_clip_seconds("auto", [str(tmp_path / name)], [])[0] == seconds
+def test_auto_clip_seconds_follow_the_year_of_the_clip_names_not_the_folder_name(tmp_path):
+    """A 2023 set in a folder called dev_data gets 2023's 18 s; a folder named like 2024 changes nothing."""
+    names = {
+        "fan": "section_00_source_train_normal_0000_m-n_X.wav",  # 2023's attribute keys
+        "bearing": "section_00_source_train_normal_0001_pro_A_vel_4_loc_A.wav",  # 2024's
+    }
+    for machine, seconds in (("fan", 18.0), ("bearing", 12.0)):
+        record = parse_clip_name(tmp_path / "dev_data_2024" / machine / "train" / names[machine])
+        assert resolve_clip_seconds("auto", [str(tmp_path / "dev_data_2024")], [record])[0] == seconds
     assert resolve_clip_seconds("whole", ["dcase2023"], [])[0] is None
     assert resolve_clip_seconds("7.5", ["dcase2023"], [])[0] == 7.5
 

@@ -20,7 +20,11 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_evaluator_fix
 
 
 def _record(
-    name: str, machine: str = "fan", section: str = "00", domain: str | None = "source", label: str = "normal"
+    name: str,
+    machine: str = "fan",
+    section: str = "00",
+    domain: str | None = "source",
+    label: str | None = "normal",
 ) -> ClipRecord:
     return ClipRecord(
         path=f"/data/{machine}/test/{name}.wav",
@@ -290,16 +294,19 @@ def test_2020_rules_auc_and_pauc_with_arithmetic_means():
     assert pump_mean[2:] == pytest.approx([0.975, (_mcclish(0.05) + 1) / 2])
 
 
-def test_year_detection(samples_dir, tmp_path):
+def test_rules_follow_the_detected_year(samples_dir, tmp_path):
+    from asd.years import detect_year
     from dataset import discover_clips
 
-    assert ev.detect_year(discover_clips(samples_dir / "dcase2020_dev"))[0] == "2020"
-    assert ev.detect_year(discover_clips(samples_dir / "dcase2023_dev"))[0] == "2022+"
+    assert detect_year(discover_clips(samples_dir / "dcase2020_dev")).rules == "2020"
+    assert detect_year(discover_clips(samples_dir / "dcase2023_dev")).rules == "2022+"
     several = [_record(f"section_{s}_source_test_normal_0000", "fan", s) for s in ("00", "01", "02")]
-    assert ev.detect_year(several, tmp_path)[0] == "2021"
+    assert detect_year(several, [tmp_path]).rules == "2021"
     (tmp_path / "fan").mkdir()
     (tmp_path / "fan" / "attributes_00.csv").write_text("file_name,d1p,d1v\n")
-    assert ev.detect_year(several, tmp_path)[0] == "2022+"
+    assert detect_year(several, [tmp_path]).rules == "2022+"
+    scores = {r.path: 0.0 for r in several}
+    assert ev.compute_official(scores, several, data_dir=tmp_path).year == "2022+"
 
 
 # ----------------------------------------------------------------------------- missing parts
@@ -433,7 +440,7 @@ def test_write_results_files_round_trip_and_replace_the_old_folder(tmp_path, cap
     out.mkdir()
     (out / "anomaly_score_old_section_09_test.csv").write_text("stale\n")  # an earlier run's file
     records, scores = _section_case("fan", "00")
-    eval_records = [_record(f"section_03_{i:04d}", "fan", "03", None, "unknown") for i in range(4)]
+    eval_records = [_record(f"section_03_{i:04d}", "fan", "03", None, None) for i in range(4)]
     scores.update({r.path: float(i) for i, r in enumerate(eval_records)})
     train = {("fan", "00"): np.linspace(0.0, 0.45, 50), ("fan", "03"): np.linspace(0.0, 2.0, 50)}
     summary = results.write_results(
@@ -516,7 +523,7 @@ def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_p
     from asd.scoring import TrainScores
 
     truth_rows = {f"section_00_{i:04d}.wav": (i % 2, int(i >= 4)) for i in range(8)}
-    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in truth_rows]
+    records = [_record(Path(name).stem, "fan", "00", None, None) for name in truth_rows]
     scores = {r.path: 0.5 + 0.1 * i for i, r in enumerate(records)}
     train = TrainScores(
         {("fan", "00"): np.concatenate([np.linspace(0.1, 0.3, 20), np.linspace(1.0, 2.0, 20)])},
@@ -546,7 +553,7 @@ def test_ground_truth_of_sections_without_clips_is_ignored_and_named(tmp_path, c
     truth = _write_truth(tmp_path / "truth", "fan", "00", fan)
     _write_truth(truth, "pump", "00", {"section_00_0000.wav": (0, 0)})  # a machine type with no clips
     _write_truth(truth, "fan", "03", {"section_03_0000.wav": (1, 0)})  # a section with no clips
-    records = [_record(Path(name).stem, "fan", "00", None, "unknown") for name in fan]
+    records = [_record(Path(name).stem, "fan", "00", None, None) for name in fan]
     labelled = apply_ground_truth(records, truth)
     assert [(r.label, r.domain) for r in labelled] == [
         (("normal", "anomaly")[a], ("source", "target")[t]) for a, t in fan.values()
