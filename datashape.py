@@ -14,6 +14,14 @@ truncated, corrupt or NaN clips, clips too short for one EAT patch or longer tha
 for, and machine types without train or test clips. What the loader accepts with a warning (all-silent
 clips, clips at another sample rate, which are resampled) is listed as a WARNING naming the clips;
 warnings alone exit 0.
+
+    python datashape.py --data_dir dev_data,eval_data --eval_list eval_data_list_2023.csv
+
+For the folders together (DATA_DIR comma-separated, as train.py's) it then prints what RECIPE will use,
+through train.py's own functions: the DCASE year detected from the clip names and machine types
+(asd/years.py), the clip seconds, the number of classes (anonymised evaluation test clips counted under
+their original names with EVAL_LIST) and SCAdaCos's fixed scale; and WARNS about each machine type and
+section whose labelled test clips have no normal or no anomalous clip (its AUC is undefined).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from asd.cli import exit_if_help
 
@@ -58,7 +67,7 @@ from preprocessing import (
     num_frames,
 )
 
-# folder with <machine_type>/{train,test}/*.wav
+# folder(s) with <machine_type>/{train,test}/*.wav, comma-separated (as train.py's DATA_DIR)
 DATA_DIR = "dev_data"
 # machine types to check (empty: all)
 MACHINE_TYPES = []
@@ -72,6 +81,11 @@ TARGET_FRAMES = 1024
 PROGRESS = True
 # also require clips fit for this channel mode (near, far, mix, residual, both)
 CHANNELS = ""
+# evaluation list(s) eval_data_list_YYYY.csv, as train.py's EVAL_LIST: anonymised test clips counted and
+# checked under their original names
+EVAL_LIST = ""
+# the recipe whose year, clip seconds, classes and fixed scale are printed (asd/recipes.py)
+RECIPE = "asdkit-eat-lora"
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
 
@@ -254,20 +268,90 @@ def report_channels(machine: str, channels: Counter, wanted: str, problems: list
         )
 
 
+def recipe_report(cfg, problems: list[str], warnings: list[str]) -> None:
+    """Print the DCASE year, clip seconds, classes and fixed scale RECIPE gives these folders (through
+    train.py's own functions), and flag machine type/sections without normal or anomalous labelled test
+    clips (issue 26: their AUC cannot be measured)."""
+    from asd import training
+    from asd.clips import resolve_clip_seconds
+    from asd.heads import fixed_scale
+    from asd.recipes import recipe
+    from asd.years import detect_year
+
+    settings = {k.lower(): v for k, v in recipe(cfg.recipe, "train").items()}
+    run = SimpleNamespace(**{**settings, "data_dir": cfg.data_dir, "eval_list": cfg.eval_list})
+    run.machine_types, run.channels = cfg.machine_types, cfg.channels or "near"
+    try:
+        train = training.training_records(run)
+        tests = training.test_records(run) if "test" in cfg.splits else []
+        index = training.class_index(run, train)
+        seconds, why = resolve_clip_seconds(
+            settings.get("clip_seconds", "auto"), training.data_dirs(run), train
+        )
+    except (ValueError, OSError, AudioError) as exc:
+        problems.append(f"recipe {cfg.recipe}: cannot count its classes ({exc})")
+        return
+    found = detect_year(train + tests, training.data_dirs(run))
+    year = found.year or " or ".join(found.candidates) or "unknown"
+    print(f"\nrecipe {cfg.recipe}: DCASE {year} ({found.why}), metric rules {found.rules}")
+    print(f"  clip seconds {seconds if seconds is not None else 'whole'} ({why})")
+    scale = fixed_scale(len(index), settings.get("sub_clusters", 16))
+    print(
+        f"  {len(index)} classes ({settings['label']}, {settings['classes_from']}); fixed scale {scale:.4f}"
+    )
+    for (machine, section), records in sorted(_by_section(tests).items()):
+        labels = {r.label for r in records}
+        if labels == {None}:
+            continue  # unlabelled evaluation names: nothing to measure without the ground truth
+        for label in ("normal", "anomaly"):
+            if label not in labels:
+                warnings.append(
+                    f"{machine} section {section}: no {label} labelled test clips (its AUC is undefined)"
+                )
+
+
+def _by_section(records: list) -> dict:
+    groups: dict = defaultdict(list)
+    for record in records:
+        groups[record.machine_type, record.section].append(record)
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
     problems: list[str] = []
     warnings: list[str] = []
+    folders = [f.strip() for f in str(cfg.data_dir).split(",") if f.strip()]
+    for folder in folders:
+        if check_folder(SimpleNamespace(**{**vars(cfg), "data_dir": folder}), problems, warnings):
+            return 1
+    if not problems:
+        recipe_report(cfg, problems, warnings)
+    if warnings:
+        print(f"\n{len(warnings)} warning(s) (usable, but check them):")
+        for warning in warnings:
+            print(f"  - WARNING: {warning}")
+    if problems:
+        print(f"\n{len(problems)} problem(s) found:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print("\nno problems found" + (" (see the warnings above)" if warnings else ""))
+    return 0
+
+
+def check_folder(cfg, problems: list[str], warnings: list[str]) -> bool:
+    """Check one data folder, adding to ``problems`` and ``warnings``; True when it cannot be read at all."""
     try:
         machine_dirs = machine_type_dirs(cfg.data_dir, cfg.machine_types or None)
     except FileNotFoundError as exc:
         print(f"PROBLEM: {exc}")
-        return 1
+        return True
     bad_splits = [s for s in cfg.splits if s not in DCASE_SPLITS]
     if bad_splits:
         print(f"PROBLEM: unknown split(s) {bad_splits}; expected {list(DCASE_SPLITS)}")
-        return 1
+        return True
     summaries = {}
     folder_channels: Counter = Counter()
     print(f"data folder {cfg.data_dir}: {len(machine_dirs)} machine types")
@@ -291,17 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if folder_channels:
         print(f"\nchannel modes every clip supports: {', '.join(channel_modes(folder_channels))}")
     check_sample_rates(summaries, warnings)
-    if warnings:
-        print(f"\n{len(warnings)} warning(s) (usable, but check them):")
-        for warning in warnings:
-            print(f"  - WARNING: {warning}")
-    if problems:
-        print(f"\n{len(problems)} problem(s) found:")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
-    print("\nno problems found" + (" (see the warnings above)" if warnings else ""))
-    return 0
+    return False
 
 
 if __name__ == "__main__":

@@ -182,3 +182,34 @@ def test_dcase2026_folder_of_6_10_and_16_s_two_channel_clips(tmp_path, capsys):
     assert "(clips span 598..1598 frames)" in out  # 6 s .. 16 s at 100 frames per second
     assert "car = B1 | spd = 2 | mic = 1, 2" in out
     assert "channel modes every clip supports: near, far, mix, residual, both" in out
+
+
+def test_recipe_report_over_folders_and_an_evaluation_list(samples_dir, tmp_path, capsys):
+    """Year, clip seconds, classes and fixed scale as train.py computes them, over a development folder
+    and an anonymised evaluation folder named through the evaluation list; sections missing a label flagged."""
+    import math
+
+    from asd.ground_truth import read_evaluation_list
+
+    labels = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture" / "labels"
+    rows = read_evaluation_list(labels / "eval_data_list_2023.csv")[("bandsaw", "00")]
+    clip = next((samples_dir / "dcase2023_dev" / "fan" / "train").glob("*.wav")).read_bytes()
+    evaluation = tmp_path / "eval_data"
+    for folder, name in [("train", "section_00_source_train_normal_0000_vel_13.wav")] + [
+        ("test", anonymised) for anonymised in sorted(rows)
+    ]:
+        (evaluation / "bandsaw" / folder).mkdir(parents=True, exist_ok=True)
+        (evaluation / "bandsaw" / folder / name).write_bytes(clip)
+    folders = f"{samples_dir / 'dcase2023_dev'},{evaluation}"
+    code, without = run(capsys, "--data_dir", folders)
+    code_list, out = run(
+        capsys, "--data_dir", folders, "--eval_list", str(labels / "eval_data_list_2023.csv")
+    )
+    assert code == code_list == 0, out
+    assert "DCASE 2023" in out and "clip seconds 18.0" in out
+    classes = {o[o.index("_vel_") :] + o.split("_")[2] for o in rows.values()}  # bandsaw's vel x domain pairs
+    count = lambda text: int(text.split(" classes (")[0].split()[-1])  # noqa: E731
+    assert count(out) == count(without) + len(classes - {"_vel_13.wavsource"})
+    assert f"fixed scale {math.sqrt(2) * math.log(16 * count(out) - 1):.4f}" in out
+    assert "ToyCar section 00: no anomaly labelled test clips" in out
+    assert "bandsaw section 00: no" not in out
