@@ -17,7 +17,7 @@ warnings alone exit 0.
 
     python datashape.py --data_dir dev_data,eval_data --eval_list eval_data_list_2023.csv
 
-For the folders together (DATA_DIR comma-separated, as train.py's) it then prints what RECIPE will use,
+For the folders together (DATA_DIR comma-separated, as train.py's) it then prints what REPORT_RECIPE will use,
 through train.py's own functions: the DCASE year detected from the clip names and machine types
 (asd/years.py), the clip seconds, the number of classes (anonymised evaluation test clips counted under
 their original names with EVAL_LIST) and SCAdaCos's fixed scale; and WARNS about each machine type and
@@ -85,7 +85,7 @@ CHANNELS = ""
 # checked under their original names
 EVAL_LIST = ""
 # the recipe whose year, clip seconds, classes and fixed scale are printed (asd/recipes.py)
-RECIPE = "asdkit-eat-lora"
+REPORT_RECIPE = "asdkit-eat-lora"
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
 
@@ -278,7 +278,7 @@ def recipe_report(cfg, problems: list[str], warnings: list[str]) -> None:
     from asd.recipes import recipe
     from asd.years import detect_year
 
-    settings = {k.lower(): v for k, v in recipe(cfg.recipe, "train").items()}
+    settings = {k.lower(): v for k, v in recipe(cfg.report_recipe, "train").items()}
     run = SimpleNamespace(**{**settings, "data_dir": cfg.data_dir, "eval_list": cfg.eval_list})
     run.machine_types, run.channels = cfg.machine_types, cfg.channels or "near"
     try:
@@ -289,11 +289,11 @@ def recipe_report(cfg, problems: list[str], warnings: list[str]) -> None:
             settings.get("clip_seconds", "auto"), training.data_dirs(run), train
         )
     except (ValueError, OSError, AudioError) as exc:
-        problems.append(f"recipe {cfg.recipe}: cannot count its classes ({exc})")
+        problems.append(f"recipe {cfg.report_recipe}: cannot count its classes ({exc})")
         return
     found = detect_year(train + tests, training.data_dirs(run))
     year = found.year or " or ".join(found.candidates) or "unknown"
-    print(f"\nrecipe {cfg.recipe}: DCASE {year} ({found.why}), metric rules {found.rules}")
+    print(f"\nrecipe {cfg.report_recipe}: DCASE {year} ({found.why}), metric rules {found.rules}")
     print(f"  clip seconds {seconds if seconds is not None else 'whole'} ({why})")
     scale = fixed_scale(len(index), settings.get("sub_clusters", 16))
     print(
