@@ -12,6 +12,8 @@ import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
 import make_demo_data
+from asd import demo_data
+from asd.years import YEARS, detect_year
 from dataset import discover_clips, read_attribute_tables
 from preprocessing import signal_stats
 
@@ -187,3 +189,29 @@ def test_eval_names_anonymise_the_test_clips_and_write_the_evaluator_ground_trut
     assert {r.file_name for r in discover_clips(anonymous, splits=("train",))} == {
         r.file_name for r in discover_clips(named, splits=("train",))
     }
+
+
+def test_year_styles_are_years_of_the_table_and_the_names_are_read_as_that_year(tiny_demo_dir, tmp_path):
+    """YEAR_STYLE's allowed values are asd/demo_data.py's styles, each a year of asd/years.py; the 2026
+    names are detected as DCASE 2026. The 2023-style names fit 2023's name patterns and get its metric
+    rules, but pump and the demo's attribute keys (fan: vel) are not 2023's, so no year is detected and
+    the demo's 10 s clips are not cut to 2023's 18 s."""
+    assert make_demo_data._LIMITS["YEAR_STYLE"] == tuple(demo_data.STYLES)
+    assert set(demo_data.STYLES) <= set(YEARS)
+    mono = discover_clips(tiny_demo_dir)
+    assert all(YEARS["2023"].name_fits(Path(r.path).stem) for r in mono)
+    found = detect_year(mono, [tiny_demo_dir])
+    assert (found.year, found.rules, found.clip_seconds) == (None, YEARS["2023"].rules, None)
+    for eval_names in ([], ["--eval_names"]):
+        out = make_demo_data.main(
+            ["--out_dir", str(tmp_path / f"d{len(eval_names)}"), "--year_style", "2026", *eval_names, *SMALL]
+        )
+        assert detect_year(discover_clips(out, channels="both"), [out]).year == "2026"
+
+
+def test_a_style_whose_names_leave_its_year_is_refused(tmp_path, monkeypatch):
+    two_mics = demo_data.STYLES["2026"].name_attributes
+    monkeypatch.setitem(demo_data.STYLES, "2023", demo_data.DemoStyle(1, two_mics))
+    with pytest.raises(ValueError, match="do not fit DCASE 2023"):
+        make_demo_data.main(["--out_dir", str(tmp_path / "demo"), *SMALL])
+    assert not (tmp_path / "demo").exists()  # refused before anything is written
