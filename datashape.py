@@ -74,6 +74,7 @@ _LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "
 
 
 def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int) -> None:
+    """One split's counts, audio format, fbank shape against ``target_frames`` and attribute values."""
     if s.clips == 0 and not s.durations:
         print(f"  {split:<5} no clips")
         return
