@@ -37,7 +37,9 @@ TINY_DEMO_ARGS = [
 def samples_dir() -> Path:
     """tests/fixtures/dcase_samples: 64 real DCASE clips, part of the repository (DCASE_SAMPLES_DIR overrides)."""
     if not SAMPLES_DIR.is_dir():
-        pytest.fail(f"real DCASE sample clips not found at {SAMPLES_DIR}: restore tests/fixtures/dcase_samples")
+        pytest.fail(
+            f"real DCASE sample clips not found at {SAMPLES_DIR}: restore tests/fixtures/dcase_samples"
+        )
     return SAMPLES_DIR
 
 
