@@ -248,7 +248,7 @@ def test_back_ends_refuse_bad_settings():
     "backend, ratio", [("knn", 0.2), ("smote_knn", 0.2), ("kmeans", 0.0), ("rescale", 0.2)]
 )
 def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(
-    tmp_path, write_features, backend, ratio
+    tmp_path, write_features, capsys, backend, ratio
 ):
     import evaluate
 
@@ -279,6 +279,13 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(
     )
     aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
     assert min(aucs) > 0.9, aucs
+    # the training normals' false alarms per domain under the section's threshold, and the few target ones said
+    alarms = {r["domain"]: r for r in summary["domain_false_alarms"]}
+    assert (alarms["source"]["n_normals"], alarms["target"]["n_normals"]) == (30, 4)
+    assert all(0.0 <= r["observed_false_alarm_rate"] <= 1.0 for r in alarms.values())
+    out = capsys.readouterr().out
+    assert "fan section 00: only 4 target training normals (< 10)" in out
+    assert "source training normals above their section's threshold (out of sample)" in out
     # score_clips.py's way: the saved settings give the same scorer, hence the same scores
     features = embedding_files.load_features(tmp_path)
     scores, _ = scoring.score_by_group(
@@ -549,3 +556,43 @@ def test_deep_svdd_with_too_few_normals_for_refits_uses_in_sample_thresholds(cap
         three, 5
     )
     assert not np.allclose(refitted.training_scores(three), refitted.score(three))
+
+
+def test_bank_normalise_loo_flags_the_nominal_share_of_normals_in_both_domains(capsys):
+    """Issue 26: 200 source and 20 target normals. A sparse target bank gives its normals larger k-NN
+    distances, so one threshold per section (a clip's domain unknown) flags far more target normals than
+    10%; dividing each bank's distance by its typical leave-one-out neighbour distance flags about 10% in
+    both domains, fresh normals and the out-of-sample training normals alike."""
+    from asd import thresholds
+
+    rng = np.random.default_rng(12)
+    centres = {"source": rng.normal(size=16) * 3, "target": rng.normal(size=16) * 3}
+
+    def normals(counts: dict) -> embedding_files.Split:
+        domains = [d for d, n in counts.items() for _ in range(n)]
+        return _split(np.stack([centres[d] + rng.normal(size=16) for d in domains]), domains)
+
+    normal, fresh = normals({"source": 200, "target": 20}), normals({"source": 1000, "target": 1000})
+    observed = {}
+    for mode in ("off", "loo"):
+        scores, train = scoring.score_by_group(
+            normal, fresh, lambda key, n, mode=mode: Knn(1, bank_normalise=mode).fit(n), "section"
+        )
+        table = {
+            key: info
+            for key, info in thresholds.threshold_table(fresh.records, train).items()
+            if len(key) == 2
+        }
+        decided = thresholds.decide(scores, fresh.records, table)
+        rows = thresholds.domain_false_alarms(train, table)
+        observed[mode] = {
+            d: (
+                np.mean([decided[r.path] for r in fresh.records if r.domain == d]),
+                next(r["observed_false_alarm_rate"] for r in rows if r["domain"] == d),
+            )
+            for d in ("source", "target")
+        }
+    print(observed)
+    assert observed["off"]["target"][0] > 0.3 and observed["off"]["target"][1] > 0.3
+    for fresh_rate, training_rate in observed["loo"].values():
+        assert 0.03 <= fresh_rate <= 0.2 and 0.03 <= training_rate <= 0.2
