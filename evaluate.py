@@ -73,8 +73,9 @@ L2_NORMALISE = True
 GROUP_BY = "section"
 # knn: source and target memory banks, smaller distance taken
 SEPARATE_DOMAIN_BANKS = True
-# knn: loo = each bank's distance / its typical leave-one-out neighbour distance | off
-BANK_NORMALISE = "off"
+# knn: loo = each bank's distance / its typical leave-one-out neighbour distance (domain-calibrated:
+# one threshold per section fits both domains) | off (the raw distance)
+BANK_NORMALISE = "loo"
 # smote_knn: SMOTE rows join the target bank until target/source = this (ASDKit: 0.2)
 SMOTE_RATIO = 0.2
 # smote_knn: a new row lies between a target normal and one of its this many nearest
