@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 
 import preprocessing
-from asd.backends import ensemble_factory
+from asd.backends.registry import backend_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
 from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
@@ -106,7 +106,7 @@ def scorer_factory(run: Path, scorer: str, fingerprint: dict):
         )
     summary = json.loads(summary_path.read_text())
     if scorer == "ensemble":
-        return ensemble_factory(summary["settings"]), "section", summary
+        return (*backend_factory("ensemble", summary["settings"]), summary)
     return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type", summary
 
 

@@ -1,13 +1,29 @@
-"""Several scorers side by side (run_all.py): one row per machine type and scorer, from their summaries."""
+"""Several scorers side by side (evaluate.py, run_all.py): one row per machine type and scorer, from their
+summaries, in the order given; and where each of evaluate.py's back ends writes its results folder."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from asd.evaluation import summary_mean
 from asd.files import atomic_write_text
 from asd.tables import csv_cell, csv_text, format_number
+
+
+def backends_folder(results_dir: str | os.PathLike, backends_dir: str | os.PathLike = "") -> Path:
+    """BACKENDS_DIR ("" = "backends" beside RESULTS_DIR): the back ends' folders and comparison.csv."""
+    return Path(backends_dir) if backends_dir else Path(results_dir).parent / "backends"
+
+
+def backend_folders(
+    names: Sequence[str], results_dir: str | os.PathLike, backends_dir: str | os.PathLike = ""
+) -> dict[str, Path]:
+    """{back end: its results folder}: the ensemble's is RESULTS_DIR (score_clips.py reads it there), every
+    other one's BACKENDS_DIR/<name>."""
+    folder = backends_folder(results_dir, backends_dir)
+    return {name: Path(results_dir) if name == "ensemble" else folder / name for name in names}
 
 
 def comparison_rows(summaries: Mapping[str, dict]) -> list[dict]:

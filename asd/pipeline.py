@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
+from asd.comparison import backend_folders
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
 from asd.train_checks import check_settings
@@ -41,8 +42,8 @@ STEP_NAMES = (
     "evaluate_deepSVDD",
     "evaluate",
 )  # each step runs the script of its name
-# every scorer's results folder name -> its name in the tables; the four ASDKit back ends (asd/asdkit_backends.py)
-# are scored when evaluate.py's ASDKIT_BACKENDS lists them (the recipe asdkit-eat-lora lists all four)
+# every scorer's results folder name -> its name in the tables; evaluate.py's BACKENDS names the back ends
+# (asd/backends/registry.py) it scores (the recipe asdkit-eat-lora: ASDKit's four and the ensemble)
 SCORERS = {
     "deepsvdd": "Deep SVDD",
     "ensemble": "k-NN + Mahalanobis",
@@ -560,24 +561,26 @@ def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> No
 
 
 def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> None:
-    """Each ASDKit back end the evaluate step will score (its effective ASDKIT_BACKENDS, wherever it was
-    set) becomes one of its outputs: <BACKENDS_DIR>/<back end>/summary.json."""
+    """The evaluate step's outputs: <its back end's folder>/summary.json for each of its effective BACKENDS
+    (wherever they were set), in that order."""
     for step in steps:
         cfg = settings.get(step.name)
-        if step.script == "evaluate" and getattr(cfg, "asdkit_backends", None):
-            folder = Path(cfg.backends_dir) if cfg.backends_dir else Path(cfg.results_dir).parent / "backends"
-            step.outputs += [folder.resolve() / name / "summary.json" for name in cfg.asdkit_backends]
+        if step.script == "evaluate" and cfg is not None:
+            folders = backend_folders(cfg.backends, cfg.results_dir, cfg.backends_dir)
+            step.outputs = [folder.resolve() / "summary.json" for folder in folders.values()]
 
 
 def scorer_summaries(steps: list[Step]) -> dict[Path, dict[str, Path]]:
     """Per data folder's results folder: {scorer's table name: its summary.json}, Deep SVDD first, then
-    the ensemble and the ASDKit back ends the evaluate step writes, in their order."""
+    the back ends the evaluate step writes, in their order."""
     found: dict[Path, dict[str, Path]] = {}
+    deepsvdd = None
     for step in steps:
-        if step.script == "evaluate":
-            results = step.outputs[0].parents[1]
-            summaries = [results / "deepsvdd" / "summary.json", *step.outputs]
-            found[results] = {SCORERS.get(p.parent.name, p.parent.name): p for p in summaries}
+        if step.script == "evaluate_deepSVDD":
+            deepsvdd = step.outputs[0]
+        if step.script == "evaluate" and deepsvdd is not None:
+            summaries = [deepsvdd, *step.outputs]
+            found[deepsvdd.parents[1]] = {SCORERS.get(p.parent.name, p.parent.name): p for p in summaries}
     return found
 
 

@@ -68,13 +68,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "AMP": False,
         },
         "evaluate": {
-            "BACKEND": "knn",
+            # ASDKit's k-NN + SMOTE is the headline; the ensemble and ASDKit's other three side by side
+            "BACKENDS": ["smote_knn", "ensemble", "knn", "kmeans", "rescale"],
+            "EMBEDDING_BACKEND": "smote_knn",
             "K": 1,
             "W": 1.0,
             "SEPARATE_DOMAIN_BANKS": True,
             "SMOTE_RATIO": 0.2,
             "SMOTE_NEIGHBOURS": 2,
-            "ASDKIT_BACKENDS": ["knn", "smote_knn", "kmeans", "rescale"],  # ASDKit's four, side by side
+            # ASDKit's back ends: half the Euclidean distance of unit rows, per machine type, raw distances
+            "METRIC": "euclidean",
+            "GROUP_BY": "machine_type",
+            "BANK_NORMALISE": "off",
         },
     },
     "arcface-v1": {
@@ -114,11 +119,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "AMP": True,
         },
         "evaluate": {
-            "BACKEND": "knn",
+            "EMBEDDING_BACKEND": "knn",
             "K": 1,
             "W": 0.5,
             "SEPARATE_DOMAIN_BANKS": True,
-            "SMOTE_RATIO": 0.0,
         },
     },
 }

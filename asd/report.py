@@ -306,6 +306,31 @@ def training_curves_html(model_path: str | Path | None) -> str:
     )
 
 
+def domain_false_alarms_html(rows: Sequence[dict]) -> list[str]:
+    """The training normals of each domain flagged by their section's threshold (none without rows)."""
+    if not rows:
+        return []
+    head = "<tr><th>machine_type</th><th>section</th><th>domain</th><th>training normals</th>"
+    head += "<th>expected false alarms</th><th>observed (out of sample)</th></tr>"
+    body = [
+        f"<tr><td>{_esc(r['machine_type'])}</td><td>{_esc(r['section'])}</td><td>{_esc(r['domain'])}</td>"
+        f"<td>{r['n_normals']}{' (few)' if r['n_normals'] < MIN_DOMAIN_SCORES else ''}</td>"
+        f"<td>{r['expected_false_alarm_rate']:.0%}</td><td>{r['observed_false_alarm_rate']:.1%}</td></tr>"
+        for r in rows
+    ]
+    return [
+        "<h3>False alarms per domain under one threshold per section</h3>",
+        '<p class="note">The share of each domain\'s training normals (scored out of sample) above their '
+        "section's threshold, the one a clip of unknown domain gets: close to the expected share in both "
+        f"domains when the scores' scale does not depend on the domain. Fewer than {MIN_DOMAIN_SCORES} "
+        "normals: a rough estimate.</p>",
+        '<table class="thresholds">',
+        head,
+        *body,
+        "</table>",
+    ]
+
+
 def write_report(
     results_dir: str | Path,
     evaluation: Evaluation,
@@ -316,6 +341,7 @@ def write_report(
     title: str = "anomaly detection results",
     decisions: Mapping[str, int] | None = None,
     model_path: str | Path | None = None,
+    false_alarms: Sequence[dict] = (),
 ) -> Path:
     """Write ``results_dir``/report.html (atomically) and return its path.
 
@@ -325,6 +351,7 @@ def write_report(
     "matrix" [N, D] and "records" (ClipRecords or their to_dict() form); without it the page has no map.
     The ROC and histogram PNGs are read from ``results_dir`` where asd.plots.plot_machine wrote them.
     ``model_path``: the tuned model the embeddings came from; its training history is drawn.
+    ``false_alarms``: asd.thresholds.domain_false_alarms (per section and domain of the training normals).
     """
     results_dir = Path(results_dir)
     machines = list(dict.fromkeys(r.machine_type for r in records))
@@ -359,6 +386,7 @@ def write_report(
         if thresholds
         else '<p class="note">The decisions as the results folder\'s decision_result files give them.</p>',
         thresholds_table_html(scores, records, thresholds, decisions),
+        *domain_false_alarms_html(false_alarms),
         "<h2>ROC curves and score histograms</h2>",
         machine_plots_html(results_dir, machines),
         "<h2>Training curves</h2>",

@@ -26,7 +26,7 @@ from asd.ground_truth import apply_ground_truth
 from asd.plots import plot_machine
 from asd.report import write_report
 from asd.tables import csv_cell, csv_text, evaluator_rows, format_table, summary_dict, table_rows
-from asd.thresholds import decide, threshold_table
+from asd.thresholds import decide, domain_false_alarms, false_alarm_lines, threshold_table
 from dataset import parse_clip_name
 
 
@@ -167,6 +167,7 @@ def write_results(
     """
     thresholds = threshold_table(records, train_scores, gamma_location)
     decisions = decide(scores, records, thresholds)
+    false_alarms = domain_false_alarms(train_scores, thresholds)
     if ground_truth:
         records = apply_ground_truth(records, ground_truth)
         if embeddings and "test" in embeddings:
@@ -186,6 +187,7 @@ def write_results(
         embeddings,
         title,
         model_path,
+        false_alarms,
     )
 
 
@@ -210,17 +212,24 @@ def _write_folder(
     embeddings: Mapping[str, Mapping] | None,
     title: str | None,
     model_path: str | os.PathLike | None = None,
+    false_alarms: Sequence[dict] = (),
 ) -> dict:
-    """Print the table and build ``out_dir`` (replaced as a whole): CSVs, summaries, plots, report."""
+    """Print the table and build ``out_dir`` (replaced as a whole): CSVs, summaries, plots, report.
+    ``false_alarms``: asd.thresholds.domain_false_alarms of the training normals."""
     if evaluation.labelled:
         print(format_table(evaluation, title=title or scorer))
     else:
         print(f"{scorer}: {NO_LABELS}")
+    for line in false_alarm_lines(false_alarms):
+        print(f"{scorer}: {line}")
     summary: dict = {}
 
     def build(folder: Path) -> None:
         write_result_csvs(scores, decisions, records, folder)
         summary.update(write_summary(evaluation, folder, scorer, settings, thresholds))
+        if false_alarms:
+            summary["domain_false_alarms"] = list(false_alarms)
+            atomic_write_text(json.dumps(summary, indent=2, default=str), folder / "summary.json")
         if plots:
             for machine, machine_records in group_by_machine(records).items():
                 machine_thresholds = [
@@ -239,6 +248,7 @@ def _write_folder(
                 title or scorer,
                 decisions,
                 model_path,
+                false_alarms,
             )
 
     atomic_folder(build, out_dir)

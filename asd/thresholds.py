@@ -107,3 +107,53 @@ def decide(
         key: value if isinstance(value, dict) else {"threshold": value} for key, value in thresholds.items()
     }
     return {r.path: int(scores[r.path] > threshold_for(r, table)) for r in records}
+
+
+def domain_false_alarms(
+    train_scores: Mapping[tuple[str, str], Sequence[float]], thresholds: Mapping[tuple, dict]
+) -> list[dict]:
+    """Per section and domain of the training normals: their count, the expected false-alarm rate and the
+    share of their out-of-sample scores above the SECTION's threshold (the one a clip of unknown domain
+    gets): whether one threshold per section flags the nominal share of normals in both domains."""
+    rows = []
+    domains = getattr(train_scores, "domains", {})
+    for key in sorted(set(train_scores) & set(domains) & set(thresholds)):
+        info = thresholds[key]
+        values, of = np.asarray(train_scores[key], dtype=np.float64), np.asarray(domains[key], dtype=object)
+        for domain in ("source", "target"):
+            chosen = values[of == domain]
+            if chosen.size:
+                rows.append(
+                    {
+                        "machine_type": key[0],
+                        "section": key[1],
+                        "domain": domain,
+                        "n_normals": int(chosen.size),
+                        "expected_false_alarm_rate": info["expected_false_alarm_rate"],
+                        "observed_false_alarm_rate": float(np.mean(chosen > info["threshold"])),
+                    }
+                )
+    return rows
+
+
+def false_alarm_lines(rows: Sequence[dict]) -> list[str]:
+    """What to print: one line per domain of the training normals flagged by their section's thresholds
+    (pooled over sections), and one per section and domain with fewer than MIN_DOMAIN_SCORES normals."""
+    lines = []
+    for domain in ("source", "target"):
+        chosen = [r for r in rows if r["domain"] == domain]
+        if chosen:
+            n = sum(r["n_normals"] for r in chosen)
+            flagged = sum(r["observed_false_alarm_rate"] * r["n_normals"] for r in chosen)
+            lines.append(
+                f"{domain} training normals above their section's threshold (out of sample): "
+                f"{flagged / n:.1%} of {n} (expected {chosen[0]['expected_false_alarm_rate']:.0%})"
+            )
+    lines += [
+        f"{r['machine_type']} section {r['section']}: only {r['n_normals']} {r['domain']} training normals "
+        f"(< {MIN_DOMAIN_SCORES}): its false-alarm rate is a rough estimate and the domain has no threshold "
+        "of its own"
+        for r in rows
+        if r["n_normals"] < MIN_DOMAIN_SCORES
+    ]
+    return lines

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import preprocessing  # noqa: E402
-from asd.backends import knn_distance  # noqa: E402
+from asd.backends.knn import knn_distance  # noqa: E402
 
 # test embeddings
 N_TEST = 2000
@@ -71,9 +71,9 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_knn(cfg) -> dict:
-    generator = torch.Generator().manual_seed(cfg.seed)
-    test = torch.randn(cfg.n_test, cfg.dim, generator=generator)
-    bank = torch.randn(cfg.n_normal, cfg.dim, generator=generator)
+    rng = np.random.default_rng(cfg.seed)
+    test = rng.standard_normal((cfg.n_test, cfg.dim), dtype=np.float32)
+    bank = rng.standard_normal((cfg.n_normal, cfg.dim), dtype=np.float32)
     matmul_s = timed(lambda: test @ bank.T, cfg.repeats)
     knn_s = timed(lambda: knn_distance(test, bank, cfg.k), cfg.repeats)
     return {"matmul_s": matmul_s, "knn_s": knn_s, "ratio": knn_s / matmul_s}

@@ -51,3 +51,58 @@ def tiny_demo_dir(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("tiny_demo") / "demo_data"
     make_demo_data.main(["--out_dir", str(out_dir), *TINY_DEMO_ARGS])
     return out_dir
+
+
+def _write_features(folder, rng) -> None:
+    """A fan section 00 of embedding and statistics files in extract_embeddings.py's format, with
+    anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
+    import numpy as np
+    import torch
+
+    from asd import embedding_files
+    from dataset import ClipRecord
+
+    fingerprint = {
+        "format": embedding_files.FEATURES_FORMAT,
+        "clips": "d",
+        "model_key": "m",
+        "settings": {},
+        "precision": "fp32",
+        "data_dir": str(folder / "no_data"),
+        "model_path": str(folder / "no.pth"),
+    }
+    centre = rng.normal(size=16) * 3
+    splits = {
+        "train": [("source", "normal")] * 30 + [("target", "normal")] * 4,
+        "test": [
+            (d, label) for d in ("source", "target") for label in ("normal", "anomaly") for _ in range(5)
+        ],
+    }
+    for split, rows in splits.items():
+        records = [
+            ClipRecord(
+                f"/gone/fan/{split}/section_00_{d}_{split}_{label}_{i:04d}.wav", "fan", "00", d, split, label
+            ).to_dict()
+            for i, (d, label) in enumerate(rows)
+        ]
+        shift = np.array([[4.0 if label == "anomaly" else 0.0] for _, label in rows])
+        embeddings = centre + rng.normal(size=(len(rows), 16)) + shift * rng.normal(size=(len(rows), 16))
+        stats = rng.normal(size=(len(rows), 3)) + shift
+        for path, matrix, columns in zip(
+            embedding_files.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])
+        ):
+            torch.save(
+                {
+                    "matrix": torch.tensor(matrix, dtype=torch.float32),
+                    "records": records,
+                    "columns": columns,
+                    "fingerprint": {**fingerprint, "split": split},
+                },
+                path,
+            )
+
+
+@pytest.fixture
+def write_features():
+    """write_features(folder, rng): a fan section 00 of embedding files with obvious anomalies."""
+    return _write_features

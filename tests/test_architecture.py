@@ -34,7 +34,7 @@ MAX_METRICS_LINES = 450
 
 def project_modules() -> list[str]:
     """Every Python file of the project (relative paths), tests and the environment left out."""
-    files = [*ROOT.glob("*.py"), *ROOT.glob("asd/*.py"), *ROOT.glob("bench/*.py")]
+    files = [*ROOT.glob("*.py"), *ROOT.glob("asd/*.py"), *ROOT.glob("asd/*/*.py"), *ROOT.glob("bench/*.py")]
     return sorted(str(p.relative_to(ROOT)) for p in files if p.name != "__init__.py")
 
 

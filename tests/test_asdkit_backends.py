@@ -1,5 +1,6 @@
-"""ASDKit's four back ends against ASDKit's own outputs (tests/fixtures/asdkit_fixture, case "backends"), through
-the functions evaluate.py calls, to the tolerances the case states."""
+"""ASDKit's four back ends against ASDKit's own outputs (tests/fixtures/asdkit_fixture, case "backends"): their
+parts, then the registry's back ends built from evaluate.py's settings under the recipe asdkit-eat-lora
+(the path evaluate.py runs), to the tolerances the case states."""
 
 from __future__ import annotations
 
@@ -9,11 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asd import asdkit_backends as ab
+from asd.backends import base, kmeans, knn, rescale
+from asd.backends.registry import backend_factory, make_backend
+from asd.cli import check_script_arguments
 from asd.embedding_files import Split
 from dataset import ClipRecord
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _nearest(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Euclidean distance to the nearest bank row, its index): the metric's half distance, doubled."""
+    distances = 2.0 * base.distances(queries, bank, "euclidean")
+    index = distances.argmin(1)
+    return distances[np.arange(len(queries)), index], index
+
+
+def _knn_score(test, source_bank, target_bank):
+    return np.minimum(_nearest(test, source_bank)[0], _nearest(test, target_bank)[0]) / 2.0
 
 
 @pytest.fixture(scope="module")
@@ -27,27 +42,31 @@ def case():
 @pytest.fixture(scope="module")
 def units(case):
     data, _ = case
-    return ab.normalise(data["in.source"]), ab.normalise(data["in.target"]), ab.normalise(data["in.test"])
+    return (
+        base.l2_normalise(data["in.source"]),
+        base.l2_normalise(data["in.target"]),
+        base.l2_normalise(data["in.test"]),
+    )
 
 
 def test_plain_knn_matches_asdkit(case, units):
     data, atol = case
     source, target, test = units
-    distance_source, nn_source = ab.nearest(test, source)
-    distance_target, nn_target = ab.nearest(test, target)
+    distance_source, nn_source = _nearest(test, source)
+    distance_target, nn_target = _nearest(test, target)
     np.testing.assert_array_equal(nn_source, data["out.knn_nn_source"])
     np.testing.assert_array_equal(nn_target, data["out.knn_nn_target"])
     np.testing.assert_allclose(distance_source, data["out.knn_dist_source"], atol=atol["knn_score"], rtol=0)
     np.testing.assert_allclose(distance_target, data["out.knn_dist_target"], atol=atol["knn_score"], rtol=0)
     np.testing.assert_allclose(
-        ab.knn_score(test, source, target), data["out.knn_score"], atol=atol["knn_score"], rtol=0
+        _knn_score(test, source, target), data["out.knn_score"], atol=atol["knn_score"], rtol=0
     )
 
 
 def test_smote_rows_bank_and_score_match_asdkit(case, units):
     data, atol = case
     source, target, test = units
-    raw = ab.smote_rows(source, target)
+    raw = knn.smote_rows(source, target, 0.2, 2, 0)
     np.testing.assert_allclose(raw, data["out.smote_synthetic_raw"], atol=atol["smote_target_bank"], rtol=0)
     # the stored draws describe these rows: origin + step * (neighbour - origin), float64 from float32
     origin = target[data["out.smote_rows"]].astype(np.float64)
@@ -55,13 +74,13 @@ def test_smote_rows_bank_and_score_match_asdkit(case, units):
     made = origin + data["out.smote_steps"][:, None] * (partner.astype(np.float64) - origin)
     np.testing.assert_allclose(raw, made, atol=1e-6, rtol=0)
     # ... and the neighbour table is the 2 nearest other target rows
-    between = ab.euclidean(target, target)
+    between = 2.0 * base.distances(target, target, "euclidean")
     np.fill_diagonal(between, np.inf)
     np.testing.assert_array_equal(np.argsort(between, axis=1)[:, :2], data["out.smote_neighbours"])
-    bank = ab.smote_target_bank(source, target)
+    bank = base.l2_normalise(np.concatenate([target, raw]))
     np.testing.assert_allclose(bank, data["out.smote_target_bank"], atol=atol["smote_target_bank"], rtol=0)
     np.testing.assert_allclose(
-        ab.knn_score(test, source, bank), data["out.smote_knn_score"], atol=atol["smote_knn_score"], rtol=0
+        _knn_score(test, source, bank), data["out.smote_knn_score"], atol=atol["smote_knn_score"], rtol=0
     )
 
 
@@ -70,9 +89,9 @@ def test_smote_count_rule_matches_imbalanced_learn(case):
     for (n_major, n_minor), expected in zip(data["in.count_pairs"], data["out.count_new_rows"]):
         if expected < 0:  # imbalanced-learn refused the pair
             with pytest.raises(ValueError, match="needs a positive count"):
-                ab.count_new_rows(int(n_major), int(n_minor))
+                knn.count_new_rows(int(n_major), int(n_minor), 0.2)
         else:
-            assert ab.count_new_rows(int(n_major), int(n_minor)) == expected
+            assert knn.count_new_rows(int(n_major), int(n_minor), 0.2) == expected
 
 
 def test_smote_count_agrees_with_imbalanced_learn_where_truncation_gives_zero():
@@ -89,15 +108,15 @@ def test_smote_count_agrees_with_imbalanced_learn_where_truncation_gives_zero():
             ) - len(x)
         except ValueError:
             with pytest.raises(ValueError, match="needs a positive count"):
-                ab.count_new_rows(n_major, n_minor)
+                knn.count_new_rows(n_major, n_minor, 0.2)
         else:
-            assert ab.count_new_rows(n_major, n_minor) == made
+            assert knn.count_new_rows(n_major, n_minor, 0.2) == made
 
 
 def test_kmeans_matches_asdkit(case, units):
     data, atol = case
     source, target, test = units
-    fitted = ab.fit_kmeans(source)
+    fitted = kmeans.fit_kmeans(source, 16, 1, 0)
     np.testing.assert_array_equal(fitted.labels_, data["out.kmeans_source_labels"])
     assert fitted.n_iter_ == data["out.kmeans_n_iter"]
     # ASDKit's run started from these k-means++ rows; Lloyd from them gives our centres
@@ -105,11 +124,11 @@ def test_kmeans_matches_asdkit(case, units):
 
     again = KMeans(16, init=source[data["out.kmeans_init_indices"]], n_init=1).fit(source)
     np.testing.assert_allclose(again.cluster_centers_, fitted.cluster_centers_, atol=1e-6, rtol=0)
-    centres = ab.kmeans_centres(source, target)
+    # scikit-learn's default n_init "auto" (ASDKit's run) is 1 for k-means++: the same centres
+    auto = KMeans(16, random_state=0, n_init="auto").fit(source)
+    np.testing.assert_array_equal(auto.cluster_centers_, fitted.cluster_centers_)
+    centres = np.concatenate([base.l2_normalise(fitted.cluster_centers_.astype(source.dtype)), target])
     np.testing.assert_allclose(centres, data["out.kmeans_centres"], atol=atol["kmeans_centres"], rtol=0)
-    np.testing.assert_allclose(
-        ab.kmeans_score(test, centres), data["out.kmeans_score"], atol=atol["kmeans_score"], rtol=0
-    )
 
 
 def test_knn_rescale_matches_asdkit(case, units):
@@ -117,12 +136,15 @@ def test_knn_rescale_matches_asdkit(case, units):
     source, target, test = units
     bank = np.concatenate([source, target])
     np.testing.assert_allclose(bank, data["out.rescale_ref_bank"], atol=atol["rescale_score"], rtol=0)
-    constants = ab.rescale_constants(bank)
+    constants = 2.0 * rescale.rescale_constants(bank, 4, "euclidean")  # the metric halves distances
     np.testing.assert_allclose(
         constants, data["out.rescale_ref_norm_const"], atol=atol["rescale_score"], rtol=0
     )
     np.testing.assert_allclose(
-        ab.rescale_score(test, bank, constants), data["out.rescale_score"], atol=atol["rescale_score"], rtol=0
+        (2.0 * base.distances(test, bank, "euclidean") / constants).min(1),
+        data["out.rescale_score"],
+        atol=atol["rescale_score"],
+        rtol=0,
     )
 
 
@@ -143,7 +165,7 @@ def _split(embeddings: np.ndarray, target: np.ndarray, split: str) -> Split:
         ("rescale", "rescale_score"),
     ],
 )
-def test_the_scorer_evaluate_uses_gives_asdkits_scores(case, name, key):
+def test_the_back_ends_evaluate_runs_under_the_recipe_give_asdkits_scores(case, name, key):
     data, atol = case
     normal = _split(
         np.concatenate([data["in.source"], data["in.target"]]),
@@ -151,18 +173,24 @@ def test_the_scorer_evaluate_uses_gives_asdkits_scores(case, name, key):
         "train",
     )
     test = _split(data["in.test"], data["in.test_is_target"], "test")
-    scorer = ab.asdkit_factory(name)(("m",), normal)
+    settings = vars(check_script_arguments(ROOT / "evaluate.py", ["--recipe", "asdkit-eat-lora"]))
+    assert name in settings["backends"]
+    factory, grouping = backend_factory(name, settings)
+    assert grouping == "machine_type"  # ASDKit's sep_section false
+    scorer = factory(("m",), normal)
     np.testing.assert_allclose(scorer.score(test), data[f"out.{key}"], atol=atol[key], rtol=0)
-    # out-of-fold training scores: a normal is never its own reference (plain k-NN would give 0)
+    # out-of-sample training scores: a normal is never its own reference (plain k-NN would give 0)
     training = scorer.training_scores(normal)
     assert training.shape == (len(normal),) and np.all(training > 1e-6)
 
 
 def test_bad_inputs_are_clear_errors():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="back end must be one of"):
-        ab.AsdkitBackend("lof")
+    with pytest.raises(ValueError, match="unknown back end 'lof'"):
+        make_backend("lof", {})
     with pytest.raises(ValueError, match="at least 3 target rows"):
-        ab.smote_rows(ab.normalise(rng.normal(size=(60, 4))), ab.normalise(rng.normal(size=(2, 4))))
+        knn.smote_rows(
+            base.l2_normalise(rng.normal(size=(60, 4))), base.l2_normalise(rng.normal(size=(2, 4))), 0.2, 2, 0
+        )
     with pytest.raises(ValueError, match="at least 16 source rows"):
-        ab.fit_kmeans(ab.normalise(rng.normal(size=(10, 4))))
+        kmeans.fit_kmeans(base.l2_normalise(rng.normal(size=(10, 4))), 16, 1, 0)

@@ -162,7 +162,7 @@ def _threshold(run: Path) -> float:
     """The decision threshold score_clips printed, recomputed from the run's training normals."""
     import json
 
-    from asd.backends import ensemble_factory
+    from asd.backends.registry import backend_factory
     from asd.embedding_files import load_features
     from asd.scoring import score_by_group
     from asd.thresholds import threshold_info
@@ -170,7 +170,7 @@ def _threshold(run: Path) -> float:
     features = load_features(run, splits=("train",))
     settings = json.loads((run / "results" / "ensemble" / "summary.json").read_text())["settings"]
     _, train_scores = score_by_group(
-        features.normal, features.normal.rows([0]), ensemble_factory(settings), "section"
+        features.normal, features.normal.rows([0]), *backend_factory("ensemble", settings)
     )
     return threshold_info(train_scores[("fan", "00")])["threshold"]  # the evaluation's default location
 

@@ -46,9 +46,9 @@ FAST = {
         "train.epochs=1",
         "train.num_workers=0",
         "train_deepSVDD.svdd_epochs=2",
-        "evaluate.asdkit_backends=",
+        "evaluate.backends=ensemble",
     ],
-    "evaluate.py": ["--asdkit_backends="],
+    "evaluate.py": ["--backends", "ensemble"],
     "train.py": ["--epochs", "1", "--num_workers", "0"],
     "train_deepSVDD.py": ["--svdd_epochs", "2"],
 }

@@ -64,10 +64,10 @@ def test_evaluate_side_of_the_published_recipe():
         vars(evaluate), ["--recipe", "asdkit-eat-lora", "-k", "3"], aliases={"-k": "K", "--w": "W"}
     )
     values = recipes.recipe("asdkit-eat-lora", "evaluate")
-    assert (cfg.w, cfg.smote_ratio, cfg.backend, cfg.k) == (
+    assert (cfg.w, cfg.smote_ratio, cfg.embedding_backend, cfg.k) == (
         values["W"],
         values["SMOTE_RATIO"],
-        values["BACKEND"],
+        values["EMBEDDING_BACKEND"],
         3,
     )
     assert cfg.sources["k"].startswith("command line") and cfg.sources["w"] == "recipe asdkit-eat-lora"

@@ -595,29 +595,33 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
     assert sorted(line.split(",")[1] for line in written[1:] if line.startswith("all,")) == sorted(labels)
 
 
-def test_the_evaluate_step_owns_each_asdkit_back_end_it_will_write(tiny_demo_dir, tmp_path):
+def test_the_evaluate_step_owns_each_back_end_it_will_write(tiny_demo_dir, tmp_path):
     base = ["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)]
     [(run_dir, plain)] = _plan(base)
     assert list(pipeline.scorer_summaries(plain)[run_dir / "results"]) == ["Deep SVDD", "k-NN + Mahalanobis"]
     [(run_dir, steps)] = _plan([*base, "--recipe", "asdkit-eat-lora"])
     [evaluate] = [step for step in steps if step.script == "evaluate"]
     backends = run_dir / "results" / "backends"
-    assert evaluate.outputs[1:] == [
-        backends / n / "summary.json" for n in ("knn", "smote_knn", "kmeans", "rescale")
+    assert evaluate.outputs == [
+        backends / "smote_knn" / "summary.json",
+        run_dir / "results" / "ensemble" / "summary.json",
+        *(backends / n / "summary.json" for n in ("knn", "kmeans", "rescale")),
     ]
     tables = pipeline.scorer_summaries(steps)[run_dir / "results"]
-    assert list(tables)[2:] == [
-        "ASDKit k-NN",
+    assert list(tables) == [
+        "Deep SVDD",
         "ASDKit k-NN + SMOTE",
+        "k-NN + Mahalanobis",
+        "ASDKit k-NN",
         "ASDKit k-means",
         "ASDKit k-NN rescaled",
     ]
     # a back-end folder or list set for evaluate.py is where run_all looks
     [(_, moved)] = _plan(
-        base, [f"evaluate.backends_dir={tmp_path / 'elsewhere'}", "evaluate.asdkit_backends=kmeans"]
+        base, [f"evaluate.backends_dir={tmp_path / 'elsewhere'}", "evaluate.backends=kmeans"]
     )
     [evaluate] = [step for step in moved if step.script == "evaluate"]
-    assert evaluate.outputs[1:] == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]
+    assert evaluate.outputs == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]
 
 
 def test_a_folder_without_test_clips_only_trains(tiny_demo_dir, tmp_path):

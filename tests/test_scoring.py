@@ -1,5 +1,5 @@
-"""asd/backends.py, asd/scoring.py: the ensemble's backends (k-NN, k-means, density) and SMOTE against
-brute force, Mahalanobis against scipy, evaluate.py with each backend, Deep SVDD fitting and saving."""
+"""asd/backends/, asd/scoring.py: the back ends (k-NN, SMOTE k-NN, k-means, rescale) against brute force,
+Mahalanobis against scipy, the ensemble's mix, evaluate.py with each back end, Deep SVDD fitting and saving."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-from asd import asdkit_backends, backends, embedding_files, scoring, svdd
+from asd import embedding_files, scoring, svdd
+from asd.backends.ensemble import Ensemble, standardiser
+from asd.backends.kmeans import KMeansBackend
+from asd.backends.knn import Knn, SmoteKnn, knn_distance
+from asd.backends.mahalanobis import Mahalanobis, StatsMahalanobis
+from asd.backends.registry import backend_factory
+from asd.backends.rescale import Rescale
 from dataset import ClipRecord
 
 
@@ -30,7 +36,7 @@ def test_knn_distance_matches_brute_force():
     rng = np.random.default_rng(0)
     bank, queries = rng.normal(size=(40, 16)), rng.normal(size=(7, 16))
     for k in (1, 3, 40, 100):  # k beyond the bank uses the whole bank
-        ours = backends.knn_distance(torch.tensor(queries), torch.tensor(bank), k).numpy()
+        ours = knn_distance(queries, bank, k)
         np.testing.assert_allclose(ours, _brute_knn(queries, bank, k), atol=1e-5)
 
 
@@ -38,14 +44,14 @@ def test_knn_leave_one_out_excludes_only_the_clip_itself():
     rng = np.random.default_rng(1)
     bank = rng.normal(size=(12, 8))
     bank[5] = bank[4] * 2.0  # an exact (cosine) duplicate of row 4 stays a neighbour
-    itself = torch.eye(12, dtype=torch.bool)
-    ours = backends.knn_distance(torch.tensor(bank), torch.tensor(bank), 2, itself).numpy()
+    itself = np.arange(12)
+    ours = knn_distance(bank, bank, 2, itself=itself)
     np.testing.assert_allclose(ours, _brute_knn(bank, bank, 2, skip=list(range(12))), atol=1e-5)
     assert ours[4] == pytest.approx(_brute_knn(bank[4:5], np.delete(bank, 4, axis=0), 2)[0], abs=1e-5)
-    nearest = backends.knn_distance(torch.tensor(bank), torch.tensor(bank), 1, itself).numpy()
+    nearest = knn_distance(bank, bank, 1, itself=itself)
     assert nearest[4] == pytest.approx(0.0, abs=1e-6) and nearest[5] == pytest.approx(0.0, abs=1e-6)
-    single = backends.knn_distance(torch.tensor(bank[:1]), torch.tensor(bank[:1]), 1, torch.tensor([[True]]))
-    assert torch.isinf(single).all()  # nothing left to compare with
+    single = knn_distance(bank[:1], bank[:1], 1, itself=np.array([0]))
+    assert np.isinf(single).all()  # nothing left to compare with
 
 
 def _split(embeddings: np.ndarray, domains: list, stats: np.ndarray | None = None) -> embedding_files.Split:
@@ -58,6 +64,10 @@ def _split(embeddings: np.ndarray, domains: list, stats: np.ndarray | None = Non
     )
 
 
+def _ensemble(w: float = 0.5, branch=None, **stats) -> Ensemble:
+    return Ensemble(branch or Knn(), StatsMahalanobis(**stats), w)
+
+
 def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
     rng = np.random.default_rng(2)
     train = rng.normal(size=(30, 8)).astype(np.float32)
@@ -66,7 +76,7 @@ def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
     normal, clips = _split(train, domains), _split(test, ["source"] * 6)
     src, tgt = train[:25], train[25:]
     for k in (1, 3):
-        scorer = backends.KnnMahalanobis(k, w=1.0).fit(normal)  # k-NN branch alone
+        scorer = _ensemble(1.0, Knn(k)).fit(normal)  # k-NN branch alone
         loo_src = np.minimum(_brute_knn(src, src, k, list(range(25))), _brute_knn(src, tgt, k))
         loo_tgt = np.minimum(_brute_knn(tgt, src, k), _brute_knn(tgt, tgt, k, list(range(5))))
         loo = np.concatenate([loo_src, loo_tgt])
@@ -74,7 +84,7 @@ def test_ensemble_uses_separate_domain_banks_and_takes_the_smaller():
         np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
         expected = np.minimum(_brute_knn(test, src, k), _brute_knn(test, tgt, k))
         np.testing.assert_allclose(scorer.score(clips), z(expected), atol=1e-4)
-    pooled = backends.KnnMahalanobis(3, w=1.0, separate_domain_banks=False).fit(normal)
+    pooled = _ensemble(1.0, Knn(3, separate_domain_banks=False)).fit(normal)
     pooled_loo = _brute_knn(train, train, 3, list(range(30)))
     np.testing.assert_allclose(
         pooled.score(clips), (_brute_knn(test, train, 3) - pooled_loo.mean()) / pooled_loo.std(), atol=1e-4
@@ -85,225 +95,171 @@ def test_ensemble_mixes_both_branches_by_w():
     rng = np.random.default_rng(5)
     normal = _split(rng.normal(size=(40, 8)), ["source"] * 40, rng.normal(size=(40, 3)))
     clips = _split(rng.normal(size=(5, 8)), ["source"] * 5, rng.normal(size=(5, 3)) * 3)
-    knn = backends.KnnMahalanobis(2, w=1.0).fit(normal).score(clips)
-    maha = backends.KnnMahalanobis(2, w=0.0).fit(normal).score(clips)
-    np.testing.assert_allclose(
-        backends.KnnMahalanobis(2, w=0.3).fit(normal).score(clips), 0.3 * knn + 0.7 * maha
-    )
+    knn = _ensemble(1.0, Knn(2)).fit(normal).score(clips)
+    maha = _ensemble(0.0, Knn(2)).fit(normal).score(clips)
+    np.testing.assert_allclose(_ensemble(0.3, Knn(2)).fit(normal).score(clips), 0.3 * knn + 0.7 * maha)
 
 
 # -----------------------------------------------------------------------------
-# SMOTE and the three backends, each against a plain computation
+# SMOTE and the back ends, each against a plain computation
 
 
-def test_smote_count_follows_imbalanced_learn_float_ratio():
-    assert backends.smote_count(990, 10, 0.2) == 188  # DCASE 2023: 990 source, 10 target normals
-    assert backends.smote_count(100, 3, 0.25) == 22
-    assert backends.smote_count(20, 10, 0.2) == 0  # already above the ratio: nothing added
-    assert backends.smote_count(990, 10, 0.0) == 0
+def _loo_bank_distance(queries, bank, k, itself):
+    """Mean cosine distance of each query to its k nearest bank rows, bank row itself[i] left out."""
+    return _brute_knn(queries, bank, k, list(itself))
 
 
-def test_smote_rows_are_seeded_and_lie_between_a_row_and_one_of_its_nearest():
-    rng = np.random.default_rng(7)
-    minority = rng.normal(size=(8, 5))
-    rows, parents = backends.smote(minority, 40, 2, seed=0)
-    again, _ = backends.smote(minority, 40, 2, seed=0)
-    other, _ = backends.smote(minority, 40, 2, seed=1)
-    assert rows.shape == (40, 5) and np.array_equal(rows, again) and not np.allclose(rows, other)
-    for row, (x, y) in zip(rows, parents):
-        distances = [np.linalg.norm(minority[x] - minority[j]) if j != x else np.inf for j in range(8)]
-        assert y in np.argsort(distances)[:2]  # one of x's 2 nearest others
-        step = minority[y] - minority[x]
-        u = np.dot(row - minority[x], step) / np.dot(step, step)
-        assert 0.0 <= u <= 1.0
-        np.testing.assert_allclose(row, minority[x] + u * step, atol=1e-12)  # on the segment x -> y
-    assert len({tuple(p) for p in parents}) > 5  # different pairs are drawn
-    assert len(backends.smote(minority[:1], 10, 2, 0)[0]) == 0  # a single row has no neighbour
-    assert len(backends.smote(minority, 0, 2, 0)[0]) == 0
-
-
-def _banks(embeddings: np.ndarray, domains: list, ratio: float, separate: bool = True) -> dict:
-    """Bank rows as (vector, the normals it comes from): source normals; target normals, then the SMOTE
-    rows of backends.smote (checked above), as the scorer is meant to build them."""
-    target = [i for i, d in enumerate(domains) if d == "target"]
-    n_new = max(0, round(ratio * domains.count("source")) - len(target))
-    rows, parents = backends.smote(embeddings[target], n_new, 2, 0)
-    banks = {"source": [], "target": []}
-    for i, (x, d) in enumerate(zip(embeddings, domains)):
-        banks[d].append((x, {i}))
-    for row, (a, b) in zip(rows, parents):
-        banks["target"].append((row, {target[a], target[b]}))
-    return banks if separate else {None: banks["source"] + banks["target"]}
-
-
-def _knn_references(query, bank, skip, scorer_bank, neighbours):
-    return [cosine(query, x) for x, origin in bank if skip not in origin]
-
-
-def _density_references(query, bank, skip, scorer_bank, neighbours):
-    usable = [x for x, origin in bank if skip not in origin]
-    out = []
-    for r, x in enumerate(usable):
-        others = sorted(cosine(x, y) for s, y in enumerate(usable) if s != r)[:neighbours]
-        if others:
-            out.append(cosine(query, x) / max(np.mean(others), backends.MIN_DENSITY))
-    return out
-
-
-def _kmeans_references(query, bank, skip, scorer_bank, neighbours):
-    out = []
-    for cluster in scorer_bank.clusters:
-        members = [
-            bank[j][0] / np.linalg.norm(bank[j][0]) for j in cluster.tolist() if skip not in bank[j][1]
-        ]
-        if members:
-            out.append(cosine(query, np.sum(members, axis=0)))
-    return out
-
-
-BRUTE = {"knn": _knn_references, "kmeans": _kmeans_references, "density": _density_references}
-
-
-def _brute_branch(scorer, banks: dict, queries: np.ndarray, k: int, loo: bool, backend: str) -> np.ndarray:
-    """The embedding branch's raw distance, query by query: the mean of the k smallest reference
-    distances in each bank, the smaller over the banks; ``loo`` skips query i's own rows."""
-    out = []
-    for i, query in enumerate(queries):
-        best = np.inf
-        for (_, scorer_bank), bank in zip(
-            scorer.banks, [b for _, b in sorted(banks.items(), key=lambda kv: str(kv[0])) if b]
-        ):
-            references = sorted(BRUTE[backend](query, bank, i if loo else None, scorer_bank, 3))[:k]
-            if references:
-                best = min(best, np.mean(references))
-        out.append(best)
-    return np.array(out)
-
-
-@pytest.mark.parametrize("backend", backends.BACKENDS)
-@pytest.mark.parametrize("k, ratio, separate", [(1, 0.0, True), (1, 0.5, True), (2, 0.5, False)])
-def test_each_backend_matches_a_plain_computation(backend, k, ratio, separate):
+@pytest.mark.parametrize("k, separate", [(1, True), (2, True), (2, False)])
+def test_knn_bank_normalise_loo_divides_by_the_banks_typical_neighbour_distance(k, separate):
     rng = np.random.default_rng(8)
     train = rng.normal(size=(24, 6))
+    train[20:] = train[20:] * 0.2 + 3.0  # a tight target bank far from the source bank
     domains = ["source"] * 20 + ["target"] * 4
-    test = rng.normal(size=(5, 6))
-    normal, clips = _split(train, domains), _split(test, ["source"] * 5)
-    scorer = backends.KnnMahalanobis(
-        k, 1.0, separate, backend, kmeans_clusters=5, density_neighbours=3, smote_ratio=ratio
-    ).fit(normal)
-    banks = _banks(train.astype(np.float32).astype(np.float64), domains, ratio, separate)
-    assert [len(rows) for rows, _ in scorer.banks] == [
-        len(b) for _, b in sorted(banks.items(), key=lambda kv: str(kv[0]))
-    ]
-    loo = _brute_branch(scorer, banks, normal.embeddings, k, True, backend)
-    assert np.isfinite(loo).all()
-    z = lambda d: (d - loo.mean()) / loo.std()
-    np.testing.assert_allclose(scorer.training_scores(normal), z(loo), atol=1e-4)
-    np.testing.assert_allclose(
-        scorer.score(clips), z(_brute_branch(scorer, banks, clips.embeddings, k, False, backend)), atol=1e-4
-    )
+    normal, clips = _split(train, domains), _split(rng.normal(size=(5, 6)), ["source"] * 5)
+    raw = Knn(k, separate_domain_banks=separate).fit(normal)
+    loo = Knn(k, separate_domain_banks=separate, bank_normalise="loo").fit(normal)
+    banks = {"source": train[:20], "target": train[20:]} if separate else {"all": train}
+    expected_raw, expected_loo = np.full(5, np.inf), np.full(5, np.inf)
+    train_loo = np.full(24, np.inf)
+    start = 0
+    for bank in banks.values():
+        n = len(bank)
+        typical = np.median(_loo_bank_distance(bank, bank, k, range(n)))
+        expected_raw = np.minimum(expected_raw, _brute_knn(clips.embeddings, bank, k))
+        expected_loo = np.minimum(expected_loo, _brute_knn(clips.embeddings, bank, k) / typical)
+        itself = [i - start if start <= i < start + n else None for i in range(24)]
+        train_loo = np.minimum(train_loo, _brute_knn(normal.embeddings, bank, k, itself) / typical)
+        start += n
+    np.testing.assert_allclose(raw.score(clips), expected_raw, atol=1e-5)
+    np.testing.assert_allclose(loo.score(clips), expected_loo, rtol=1e-4)
+    np.testing.assert_allclose(loo.training_scores(normal), train_loo, rtol=1e-4)
 
 
-def test_smote_enlarges_only_the_target_bank():
+def test_smote_knn_enlarges_only_the_target_bank_with_imbalanced_learns_rows():
+    from imblearn.over_sampling import SMOTE
+
     rng = np.random.default_rng(9)
     normal = _split(rng.normal(size=(25, 6)), ["source"] * 20 + ["target"] * 5)
-    scorer = backends.KnnMahalanobis(smote_ratio=0.5, seed=3).fit(normal)
-    (source_rows, _), (target_rows, target_bank) = scorer.banks
-    assert source_rows.tolist() == list(range(20))
-    assert len(target_rows) == 10 and target_rows[:5].tolist() == list(range(20, 25))
-    synthetic, _ = backends.smote(normal.embeddings[20:], 5, 2, 3)
-    np.testing.assert_allclose(target_bank.bank[5:].numpy(), synthetic, rtol=1e-6)
-    assert len(backends.KnnMahalanobis().fit(normal).banks[1][0]) == 5  # SMOTE_RATIO 0: off
+    scorer = SmoteKnn(smote_ratio=0.5, seed=3).fit(normal)
+    (source, source_rows, source_bank, _), (target, target_rows, target_bank, _) = scorer.banks
+    assert (source, target) == ("source", "target")
+    assert source_rows.tolist() == list(range(20)) and len(source_bank) == 20
+    units = normal.embeddings / np.linalg.norm(normal.embeddings, axis=1, keepdims=True)
+    made = SMOTE(sampling_strategy=0.5, k_neighbors=2, random_state=3).fit_resample(
+        units, np.r_[np.zeros(20, int), np.ones(5, int)]
+    )[0][25:]
+    assert target_rows.tolist() == list(range(20, 25)) and len(target_bank) == 10
+    np.testing.assert_allclose(target_bank[5:], made / np.linalg.norm(made, axis=1, keepdims=True), rtol=1e-6)
+    assert len(Knn().fit(normal).banks[1][2]) == 5  # knn: no SMOTE
+    # its training scores are out of fold: every normal measured by a refit without it
+    assert np.all(scorer.training_scores(normal) > 1e-6)
 
 
-def test_kmeans_finds_separated_clusters_and_a_fixed_point():
-    rng = np.random.default_rng(10)
-    directions = np.eye(8)[:3] * 10
-    bank = np.concatenate([d + rng.normal(scale=0.5, size=(15, 8)) for d in directions])
-    assignment = backends.spherical_kmeans(torch.tensor(bank), 3, seed=0)
-    assert sorted(len(set(assignment[i : i + 15].tolist())) for i in (0, 15, 30)) == [1, 1, 1]
-    assert len(set(assignment.tolist())) == 3
-    fitted = backends.KMeansBank(torch.tensor(bank), 5, seed=1)
-    centres = [
-        np.sum([bank[j] / np.linalg.norm(bank[j]) for j in rows.tolist()], axis=0) for rows in fitted.clusters
-    ]
-    assert sorted(j for rows in fitted.clusters for j in rows.tolist()) == list(range(45))
-    for c, rows in enumerate(fitted.clusters):
-        for j in rows.tolist():  # a fixed point: every row sits with its most similar centre
-            assert c == int(np.argmin([cosine(bank[j], centre) for centre in centres]))
+def test_smote_knn_without_enough_target_normals_says_so_and_keeps_the_bank(capsys):
+    rng = np.random.default_rng(9)
+    normal = _split(rng.normal(size=(22, 6)), ["source"] * 20 + ["target"] * 2)
+    scorer = SmoteKnn(smote_ratio=0.2).fit(normal)
+    assert len(scorer.banks[1][2]) == 2
     assert (
-        len(backends.KMeansBank(torch.tensor(bank[:4]), 16, seed=0).clusters) == 4
-    )  # at most the bank's rows
-    assert torch.equal(
-        backends.spherical_kmeans(torch.tensor(bank), 5, 2),
-        backends.spherical_kmeans(torch.tensor(bank), 5, 2),
+        "fan section 00: no SMOTE rows: SMOTE with 2 neighbours needs at least 3 target rows"
+        in capsys.readouterr().out
     )
 
 
-def test_ensemble_refuses_bad_settings():
-    with pytest.raises(ValueError, match="BACKEND must be one of knn, kmeans, density"):
-        backends.KnnMahalanobis(backend="lof")
-    with pytest.raises(ValueError, match="KMEANS_CLUSTERS must be at least 1"):
-        backends.KnnMahalanobis(kmeans_clusters=0)
-    with pytest.raises(ValueError, match="SMOTE_RATIO"):
-        backends.KnnMahalanobis(smote_ratio=-0.1)
+def test_k_beyond_a_bank_is_said_with_the_section_and_bank_size(capsys):
+    rng = np.random.default_rng(9)
+    normal = _split(rng.normal(size=(23, 6)), ["source"] * 20 + ["target"] * 3)
+    scorer = Knn(5).fit(normal)
+    out = capsys.readouterr().out
+    assert out.strip() == "fan section 00: K 5 > the target bank's 3 rows: the mean over all of them"
+    np.testing.assert_allclose(
+        scorer.score(normal.rows([0])),
+        min(
+            _brute_knn(normal.embeddings[:1], normal.embeddings[:20], 5)[0],
+            _brute_knn(normal.embeddings[:1], normal.embeddings[20:], 5)[0],
+        ),
+        atol=1e-5,
+    )
 
 
-def _write_features(folder, rng) -> None:
-    """A fan section 00 of embedding and statistics files in extract_embeddings.py's format, with
-    anomalies far from the normals (the data folder and model they name do not exist: not checked)."""
-    fingerprint = {
-        "format": embedding_files.FEATURES_FORMAT,
-        "clips": "d",
-        "model_key": "m",
-        "settings": {},
-        "precision": "fp32",
-        "data_dir": str(folder / "no_data"),
-        "model_path": str(folder / "no.pth"),
-    }
-    centre = rng.normal(size=16) * 3
-    splits = {
-        "train": [("source", "normal")] * 30 + [("target", "normal")] * 4,
-        "test": [
-            (d, label) for d in ("source", "target") for label in ("normal", "anomaly") for _ in range(5)
-        ],
-    }
-    for split, rows in splits.items():
-        records = [
-            ClipRecord(
-                f"/gone/fan/{split}/section_00_{d}_{split}_{label}_{i:04d}.wav", "fan", "00", d, split, label
-            ).to_dict()
-            for i, (d, label) in enumerate(rows)
+def test_kmeans_uses_sklearn_centres_of_the_source_and_every_target_normal():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(10)
+    directions = np.eye(8)[:3] * 10
+    train = np.concatenate(
+        [d + rng.normal(scale=0.5, size=(15, 8)) for d in directions] + [rng.normal(size=(4, 8))]
+    )
+    normal = _split(train, ["source"] * 45 + ["target"] * 4)
+    clips = _split(rng.normal(size=(6, 8)), ["source"] * 6)
+    scorer = KMeansBackend(3, kmeans_n_init=1, seed=2).fit(normal)
+    units = normal.embeddings / np.linalg.norm(normal.embeddings, axis=1, keepdims=True)
+    fitted = KMeans(3, n_init=1, random_state=2).fit(units[:45])
+    assert sorted(np.bincount(fitted.labels_).tolist()) == [15, 15, 15]  # the three clusters found
+    centres = np.concatenate([fitted.cluster_centers_, units[45:]])
+    expected = [min(cosine(q, c) for c in centres) for q in clips.embeddings]
+    np.testing.assert_allclose(scorer.score(clips), expected, atol=1e-6)
+
+
+def test_rescale_divides_by_each_normals_density():
+    rng = np.random.default_rng(11)
+    train, test = rng.normal(size=(12, 5)), rng.normal(size=(4, 5))
+    normal, clips = _split(train, ["source"] * 8 + ["target"] * 4), _split(test, ["source"] * 4)
+    for metric in ("cosine", "euclidean"):
+        units = train / np.linalg.norm(train, axis=1, keepdims=True)
+        d = (
+            (lambda a, b: cosine(a, b))
+            if metric == "cosine"
+            else (lambda a, b: np.linalg.norm(a / np.linalg.norm(a) - b) / 2)
+        )
+        density = [
+            np.mean(sorted(d(x, y) for j, y in enumerate(units) if j != i)[:3]) for i, x in enumerate(units)
         ]
-        shift = np.array([[4.0 if label == "anomaly" else 0.0] for _, label in rows])
-        embeddings = centre + rng.normal(size=(len(rows), 16)) + shift * rng.normal(size=(len(rows), 16))
-        stats = rng.normal(size=(len(rows), 3)) + shift
-        for path, matrix, columns in zip(
-            embedding_files.feature_paths(folder, split), (embeddings, stats), (None, ["a", "b", "c"])
-        ):
-            torch.save(
-                {
-                    "matrix": torch.tensor(matrix, dtype=torch.float32),
-                    "records": records,
-                    "columns": columns,
-                    "fingerprint": {**fingerprint, "split": split},
-                },
-                path,
-            )
+        expected = [min(d(q, x) / c for x, c in zip(units, density)) for q in test]
+        np.testing.assert_allclose(
+            Rescale(metric, rescale_neighbours=3).fit(normal).score(clips), expected, rtol=1e-5
+        )
 
 
-@pytest.mark.parametrize("backend, ratio", [("knn", 0.2), ("kmeans", 0.0), ("density", 0.2)])
-def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path, backend, ratio):
+def test_back_ends_refuse_bad_settings():
+    with pytest.raises(ValueError, match="METRIC must be one of cosine, euclidean"):
+        Knn(metric="manhattan")
+    with pytest.raises(ValueError, match="KMEANS_CLUSTERS and KMEANS_N_INIT must be at least 1"):
+        KMeansBackend(0)
+    with pytest.raises(ValueError, match="SMOTE_RATIO"):
+        SmoteKnn(smote_ratio=-0.1)
+    with pytest.raises(ValueError, match="W must lie in"):
+        _ensemble(1.5)
+    with pytest.raises(ValueError, match="EMBEDDING_BACKEND must name a back end of the embeddings alone"):
+        backend_factory(
+            "ensemble",
+            {
+                "embedding_backend": "mahalanobis",
+                "w": 0.5,
+                "mahalanobis": "pooled",
+                "min_domain_stats": 5,
+                "stats_folds": 0,
+                "seed": 0,
+            },
+        )
+
+
+@pytest.mark.parametrize(
+    "backend, ratio", [("knn", 0.2), ("smote_knn", 0.2), ("kmeans", 0.0), ("rescale", 0.2)]
+)
+def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(
+    tmp_path, write_features, capsys, backend, ratio
+):
     import evaluate
 
-    _write_features(tmp_path, np.random.default_rng(11))
+    write_features(tmp_path, np.random.default_rng(11))
     summary = evaluate.main(
         [
             "--embed_dir",
             str(tmp_path),
             "--results_dir",
             str(tmp_path / "res"),
-            "--backend",
+            "--embedding_backend",
             backend,
             "--smote_ratio",
             str(ratio),
@@ -315,13 +271,25 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path
             "false",
         ]
     )
-    assert summary["settings"]["backend"] == backend and summary["settings"]["smote_ratio"] == ratio
+    settings = summary["settings"]
+    assert (settings["backend"], settings["embedding_backend"], settings["smote_ratio"]) == (
+        "ensemble",
+        backend,
+        ratio,
+    )
     aucs = [s["values"][key] for s in summary["sections"] for key in ("AUC (source)", "AUC (target)")]
     assert min(aucs) > 0.9, aucs
+    # the training normals' false alarms per domain under the section's threshold, and the few target ones said
+    alarms = {r["domain"]: r for r in summary["domain_false_alarms"]}
+    assert (alarms["source"]["n_normals"], alarms["target"]["n_normals"]) == (30, 4)
+    assert all(0.0 <= r["observed_false_alarm_rate"] <= 1.0 for r in alarms.values())
+    out = capsys.readouterr().out
+    assert "fan section 00: only 4 target training normals (< 10)" in out
+    assert "source training normals above their section's threshold (out of sample)" in out
     # score_clips.py's way: the saved settings give the same scorer, hence the same scores
     features = embedding_files.load_features(tmp_path)
     scores, _ = scoring.score_by_group(
-        features.normal, features.test, backends.ensemble_factory(summary["settings"]), "section"
+        features.normal, features.test, *backend_factory("ensemble", summary["settings"])
     )
     rows = (tmp_path / "res" / "anomaly_score_fan_section_00_test.csv").read_text().split()
     written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
@@ -329,8 +297,8 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(tmp_path
         written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-6)
         for path, score in scores.items()
     )
-    with pytest.raises(ValueError, match="lack backend"):
-        backends.ensemble_factory({"k": 1, "w": 0.5, "separate_domain_banks": True})
+    with pytest.raises(ValueError, match="lack embedding_backend"):
+        backend_factory("ensemble", {"k": 1, "w": 0.5, "separate_domain_banks": True})
 
 
 def test_score_by_group_fits_one_scorer_per_group_and_names_groups_without_normals():
@@ -379,17 +347,17 @@ def test_mahalanobis_matches_scipy_with_the_same_covariance():
     mixing = rng.normal(size=(5, 5)) * [1, 10, 0.1, 3, 100]
     train = rng.normal(size=(200, 5)) @ mixing + [0, 5, -2, 1, 50]
     test = rng.normal(size=(10, 5)) @ mixing * 1.5
-    maha = backends.Mahalanobis(train)
+    maha = Mahalanobis(train)
     vi = maha.inverse_covariance()
     expected = [mahalanobis(x, maha.mean, vi) for x in test]
     np.testing.assert_allclose(maha.distance(test), expected, rtol=1e-6)
     # shrinkage keeps a constant column and more columns than rows well defined
     wide = np.concatenate([rng.normal(size=(6, 20)), np.ones((6, 1))], axis=1)
-    assert np.isfinite(backends.Mahalanobis(wide).distance(wide)).all()
+    assert np.isfinite(Mahalanobis(wide).distance(wide)).all()
 
 
 def test_standardiser_uses_the_training_distribution():
-    z = backends.standardiser(np.array([1.0, 2.0, 3.0, np.inf]))
+    z = standardiser(np.array([1.0, 2.0, 3.0, np.inf]))
     assert z(np.array([2.0, 5.0])) == pytest.approx([0.0, 3.0 / np.std([1, 2, 3])])
 
 
@@ -413,10 +381,10 @@ def test_deep_svdd_fitting_lowers_training_distances_and_survives_saving(tmp_pat
     np.testing.assert_allclose(loaded.score(outliers), trained.score(outliers), rtol=1e-6)
 
 
-def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, capsys):
+def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, write_features, capsys):
     import evaluate
 
-    _write_features(tmp_path, np.random.default_rng(5))
+    write_features(tmp_path, np.random.default_rng(5))
     summary = evaluate.main(
         [
             "--recipe",
@@ -431,28 +399,30 @@ def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, capsys):
             "false",
         ]
     )
-    names = ["knn", "smote_knn", "kmeans", "rescale"]
-    assert list(summary["asdkit_backends"]) == names
+    names = ["smote_knn", "ensemble", "knn", "kmeans", "rescale"]  # the recipe's BACKENDS, headline first
+    assert list(summary["backends"]) == names and summary["settings"]["backend"] == "smote_knn"
     features = embedding_files.load_features(tmp_path)
     for name in names:
-        folder = tmp_path / "results" / "backends" / name
+        folder = tmp_path / "results" / ("ensemble" if name == "ensemble" else f"backends/{name}")
         assert (folder / "decision_result_fan_section_00_test.csv").is_file()
-        assert json.loads((folder / "summary.json").read_text())["settings"]["asdkit_backend"] == name
+        settings = json.loads((folder / "summary.json").read_text())["settings"]
+        assert settings["backend"] == name
         rows = (folder / "anomaly_score_fan_section_00_test.csv").read_text().split()
         written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
-        scores, _ = scoring.score_by_group(
-            features.normal, features.test, asdkit_backends.asdkit_factory(name), "machine_type"
-        )
+        scores, _ = scoring.score_by_group(features.normal, features.test, *backend_factory(name, settings))
         assert all(
             written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-7)
             for path, score in scores.items()
         )
-        values = summary["asdkit_backends"][name]["sections"][0]["values"]
+        values = summary["backends"][name]["sections"][0]["values"]
         assert min(values["AUC (source)"], values["AUC (target)"]) > 0.9, (name, values)
     table = list(csv.DictReader(open(tmp_path / "results" / "backends" / "comparison.csv")))
     assert [r["scorer"] for r in table if r["machine_type"] == "all"] == names
     out = capsys.readouterr().out
-    assert "ASDKit back ends side by side" in out and all(f"{n}: official score" in out for n in names)
+    assert "back ends side by side" in out and all(f"{n}: official score" in out for n in names)
+    # the printed side-by-side table follows BACKENDS: its summary lines come in that order
+    lines = [line.split(":")[0] for line in out[out.index("back ends side by side") :].splitlines()]
+    assert [line for line in lines if line in names] == names
 
 
 def test_selective_mahalanobis_takes_the_nearer_domain_fit():
@@ -460,20 +430,20 @@ def test_selective_mahalanobis_takes_the_nearer_domain_fit():
     stats = np.r_[rng.normal(size=(40, 3)), rng.normal(size=(8, 3)) * 0.5 + 6.0]
     normal = _split(rng.normal(size=(48, 4)), ["source"] * 40 + ["target"] * 8, stats)
     clips = _split(rng.normal(size=(3, 4)), [None] * 3, np.array([[0.0] * 3, [6.0] * 3, [3.0] * 3]))
-    per_domain = backends.StatsMahalanobis("per_domain", 5).fit(normal)
+    per_domain = StatsMahalanobis("per_domain", 5).fit(normal)
     stats = normal.stats  # as stored: float32
-    source, target = backends.Mahalanobis(stats[:40]), backends.Mahalanobis(stats[40:])
+    source, target = Mahalanobis(stats[:40]), Mahalanobis(stats[40:])
     np.testing.assert_allclose(
         per_domain.score(clips), np.minimum(source.distance(clips.stats), target.distance(clips.stats))
     )
-    pooled = backends.StatsMahalanobis("pooled").fit(normal)
-    np.testing.assert_allclose(pooled.score(clips), backends.Mahalanobis(stats).distance(clips.stats))
+    pooled = StatsMahalanobis("pooled").fit(normal)
+    np.testing.assert_allclose(pooled.score(clips), Mahalanobis(stats).distance(clips.stats))
     assert per_domain.score(clips)[1] < pooled.score(clips)[1]  # a target normal looks normal again
     # too few target normals: the pooled fit takes the target fit's place, and says so
-    few = backends.StatsMahalanobis("per_domain", 10).fit(normal)
+    few = StatsMahalanobis("per_domain", 10).fit(normal)
     np.testing.assert_allclose(
         few.score(clips),
-        np.minimum(source.distance(clips.stats), backends.Mahalanobis(stats).distance(clips.stats)),
+        np.minimum(source.distance(clips.stats), Mahalanobis(stats).distance(clips.stats)),
     )
     assert few.notes == [
         "8 target normals (< MIN_DOMAIN_STATS 10): the fit over all normals takes the place of its own"
@@ -487,13 +457,12 @@ def test_statistics_branch_scores_training_normals_out_of_fold():
     stats = rng.normal(size=(40, 3))
     stats[0] = [6.0, -6.0, 6.0]
     normal = _split(rng.normal(size=(40, 4)), ["source"] * 40, stats)
-    common = dict(w=0.0, mahalanobis="pooled")
-    in_sample = backends.KnnMahalanobis(**common, stats_folds=0).fit(normal)
-    np.testing.assert_allclose(in_sample.train_maha, backends.Mahalanobis(stats).distance(stats))
-    held_out = backends.KnnMahalanobis(**common, stats_folds=5).fit(normal)
-    assert held_out.train_maha[0] > 1.5 * in_sample.train_maha[0]
+    in_sample = _ensemble(0.0, mahalanobis="pooled", stats_folds=0).fit(normal)
+    np.testing.assert_allclose(in_sample.train_statistics, Mahalanobis(stats).distance(stats))
+    held_out = _ensemble(0.0, mahalanobis="pooled", stats_folds=5).fit(normal)
+    assert held_out.train_statistics[0] > 1.5 * in_sample.train_statistics[0]
     with pytest.raises(ValueError, match="STATS_FOLDS"):
-        backends.KnnMahalanobis(stats_folds=1)
+        StatsMahalanobis(stats_folds=1)
 
 
 def test_deep_svdd_thresholds_come_from_held_out_refits(tmp_path):
@@ -542,7 +511,7 @@ def test_held_out_normals_are_flagged_at_the_nominal_rate():
             rng = np.random.default_rng(seed)
             normal, fresh = normals(rng, 60, "train"), normals(rng, 2000, "test")
             scores, train = scoring.score_by_group(
-                normal, fresh, lambda key, n: backends.KnnMahalanobis(w=0.0, **settings).fit(n), "section"
+                normal, fresh, lambda key, n: _ensemble(0.0, **settings).fit(n), "section"
             )
             decided = thresholds.decide(
                 scores, fresh.records, thresholds.threshold_table(fresh.records, train, location)
@@ -587,3 +556,43 @@ def test_deep_svdd_with_too_few_normals_for_refits_uses_in_sample_thresholds(cap
         three, 5
     )
     assert not np.allclose(refitted.training_scores(three), refitted.score(three))
+
+
+def test_bank_normalise_loo_flags_the_nominal_share_of_normals_in_both_domains(capsys):
+    """Issue 26: 200 source and 20 target normals. A sparse target bank gives its normals larger k-NN
+    distances, so one threshold per section (a clip's domain unknown) flags far more target normals than
+    10%; dividing each bank's distance by its typical leave-one-out neighbour distance flags about 10% in
+    both domains, fresh normals and the out-of-sample training normals alike."""
+    from asd import thresholds
+
+    rng = np.random.default_rng(12)
+    centres = {"source": rng.normal(size=16) * 3, "target": rng.normal(size=16) * 3}
+
+    def normals(counts: dict) -> embedding_files.Split:
+        domains = [d for d, n in counts.items() for _ in range(n)]
+        return _split(np.stack([centres[d] + rng.normal(size=16) for d in domains]), domains)
+
+    normal, fresh = normals({"source": 200, "target": 20}), normals({"source": 1000, "target": 1000})
+    observed = {}
+    for mode in ("off", "loo"):
+        scores, train = scoring.score_by_group(
+            normal, fresh, lambda key, n, mode=mode: Knn(1, bank_normalise=mode).fit(n), "section"
+        )
+        table = {
+            key: info
+            for key, info in thresholds.threshold_table(fresh.records, train).items()
+            if len(key) == 2
+        }
+        decided = thresholds.decide(scores, fresh.records, table)
+        rows = thresholds.domain_false_alarms(train, table)
+        observed[mode] = {
+            d: (
+                np.mean([decided[r.path] for r in fresh.records if r.domain == d]),
+                next(r["observed_false_alarm_rate"] for r in rows if r["domain"] == d),
+            )
+            for d in ("source", "target")
+        }
+    print(observed)
+    assert observed["off"]["target"][0] > 0.3 and observed["off"]["target"][1] > 0.3
+    for fresh_rate, training_rate in observed["loo"].values():
+        assert 0.03 <= fresh_rate <= 0.2 and 0.03 <= training_rate <= 0.2

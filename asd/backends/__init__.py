@@ -1,0 +1,1 @@
+"""The scoring back ends (asd/backends/registry.py names them)."""
