@@ -34,7 +34,7 @@ from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.files import remove_stale_temp_files
-from asd.train_checks import refuse_repeated_data_dir
+from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
 DATA_DIR = None
@@ -99,10 +99,10 @@ def choose_data_dirs(cfg) -> tuple[list[Path], bool]:
     """(resolved data folders, whether it is the demo): DATA_DIR's folders when given (each must
     exist), else dev_data/ when present, else DEMO_DIR for the synthetic demo."""
     if cfg.data_dir is not None:
-        folders = [Path(part.strip()).expanduser() for part in str(cfg.data_dir).split(",") if part.strip()]
-        for folder, text in zip(folders, str(cfg.data_dir).split(",")):
+        folders = data_folders(cfg.data_dir)
+        for folder in folders:
             if not folder.is_dir():
-                raise SystemExit(f"run_all.py: error: --data_dir {text.strip()}: no such folder")
+                raise SystemExit(f"run_all.py: error: --data_dir {folder}: no such folder")
         return [folder.resolve() for folder in folders], False
     if Path(_DEFAULT_DATA_DIR).is_dir():
         return [Path(_DEFAULT_DATA_DIR).resolve()], False
@@ -160,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     refuse_repeated_data_dir(own_args, "run_all.py")
     cfg = parse_config(globals(), own_args, description=__doc__)
     print_config(cfg, "run_all.py settings")
-    runs = plan(cfg, overrides)
+    try:
+        refuse_repeated_seeds(cfg.seeds)
+        runs = plan(cfg, overrides)
+    except ValueError as error:
+        raise SystemExit(f"run_all.py: error: {error}") from None
     tables = []
     try:
         for run_dir, steps in runs:
