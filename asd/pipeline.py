@@ -414,7 +414,11 @@ def build_steps(
         steps.append(
             Step(
                 _named("datashape", data_dir, data_dirs),
-                script("datashape") + ["--data_dir", str(data_dir)] + splits + overrides["datashape"],
+                script("datashape")
+                + ["--data_dir", str(data_dir)]
+                + splits
+                + _user_set(cfg, ["channels"])  # a mono clip is a problem only when channels are asked for
+                + overrides["datashape"],
                 always_run=True,
                 script="datashape",
             )

@@ -467,6 +467,7 @@ def test_channels_and_ground_truth_pass_only_when_set(tiny_demo_dir, tmp_path):
     commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
     for name in ("train", "extract_embeddings"):
         assert commands[name][-4:] == ["--channels", "far", "--residual_weight", "0.5"]
+    assert commands["datashape"][-2:] == ["--channels", "far"]  # mono clips are its problem to report
     for name in ("evaluate", "evaluate_deepSVDD"):
         assert commands[name][-2:] == ["--ground_truth", str(tmp_path)]
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
