@@ -45,11 +45,12 @@ import torch.nn as nn
 import preprocessing
 from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
-from asd.checkpoints import save_tuned, tensors_checksum
+from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
 from asd.history import history_path, write_history
 from asd.labels import class_name
+from asd.pretrained import tensors_checksum
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
 from asd.train_checks import refuse_repeated_data_dir

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asd.files import atomic_torch_save
+from asd.files import atomic_torch_save, load_plain
 from asd.freshness import changes, file_key, settings_key
 from dataset import ClipRecord, discover_clips
 
@@ -122,7 +122,7 @@ def views_record(record: dict) -> dict:
 
 def model_channels(model_path: str | os.PathLike) -> dict | None:
     """The channel views a tuned model was trained on (None: made before the CHANNELS setting)."""
-    payload = torch.load(model_path, map_location="cpu", weights_only=True)
+    payload = load_plain(model_path, "tuned model")
     settings = payload.get("settings", {}) if isinstance(payload, dict) else {}
     return views_record(settings) if "channels" in settings else None
 
@@ -152,9 +152,9 @@ def read_feature_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        print(f"{path}: unreadable ({type(error).__name__}: {error})")
+        payload = load_plain(path, "embedding file")
+    except ValueError as error:
+        print(f"note: {error}")
         return None
     ok = isinstance(payload, dict) and payload.get("fingerprint", {}).get("format") == FEATURES_FORMAT
     return payload if ok else None

@@ -542,7 +542,7 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str,
 def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> None:
     """The EAT checkpoint the train step will load (its effective EAT_CHECKPOINT, wherever it was
     set) becomes one of its inputs, so a changed checkpoint retrains."""
-    from asd.checkpoints import resolve_checkpoint
+    from asd.pretrained import resolve_checkpoint
 
     for step in steps:
         checkpoint = getattr(settings.get(step.name), "eat_checkpoint", None)
