@@ -46,6 +46,7 @@ from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.embedding_files import load_features
 from asd.evaluation import compute_official
 from asd.ground_truth import apply_ground_truth
+from asd.locks import hold_run_folder_lock
 from asd.results import score_results_folder, write_scorer_results
 from asd.scoring import score_by_group
 
@@ -187,6 +188,9 @@ def asdkit_backend_results(features, cfg) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
     print_config(cfg)
+    hold_run_folder_lock(
+        [cfg.results_dir, cfg.backends_dir, cfg.scored_dir or cfg.score_results_dir], "evaluate.py"
+    )
     if cfg.score_results_dir:
         source = Path(cfg.score_results_dir)
         out = Path(cfg.scored_dir) if cfg.scored_dir else source.with_name(source.name + "_scored")

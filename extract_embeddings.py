@@ -50,6 +50,7 @@ from asd.embedding_files import (
     stats_fingerprint,
     write_feature_file,
 )
+from asd.locks import hold_run_folder_lock
 from asd.runtime import resolve_device
 
 # DCASE folder: <machine>/{train,test}/*.wav
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
 
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
+    hold_run_folder_lock([cfg.embed_dir], "extract_embeddings.py")
     channels = channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine)
     explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp, channels)
     default = channel_record(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE)

@@ -34,6 +34,7 @@ from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.files import remove_stale_temp_files
+from asd.locks import run_folder_lock
 from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
@@ -133,7 +134,7 @@ def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline
 def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str, list[dict]]:
     """Run one run folder's steps under its lock; {data folder's results dir: comparison rows}."""
     summaries = pipeline.scorer_summaries(steps)
-    with pipeline.run_folder_lock(run_dir):
+    with run_folder_lock(run_dir):
         # nothing of an earlier run may pass for this one's: leftovers of killed writes, the old tables
         for path in remove_stale_temp_files(run_dir):
             print(f"removed {path} (left by an interrupted write)")

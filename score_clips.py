@@ -39,6 +39,7 @@ from asd.embed import embed_records, feature_caches, stat_columns, stats_records
 from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
 from asd.files import atomic_write_text
 from asd.freshness import file_key
+from asd.locks import hold_run_folder_lock
 from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, window_spans, write_window_table
 from asd.plots import plot_timeline
 from asd.runtime import resolve_device
@@ -182,6 +183,7 @@ def long_rows(cfg, scores: dict, times: dict, threshold: float) -> tuple[list, l
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"clips": "CLIPS"})
     print_config(cfg)
+    hold_run_folder_lock([cfg.output, cfg.window_output, cfg.timeline_dir], "score_clips.py")
     run = Path(cfg.run)
     if not cfg.run or not run.is_dir():
         raise FileNotFoundError(f"run folder {cfg.run!r} not found (give --run runs/<data>-<hash>)")

@@ -50,6 +50,7 @@ from asd.cli import config_to_dict, parse_config, print_config
 from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
 from asd.history import history_path, write_history
 from asd.labels import class_name
+from asd.locks import hold_run_folder_lock
 from asd.pretrained import tensors_checksum
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_repeated_data_dir(sys.argv[1:] if argv is None else argv, "train.py")
     cfg = parse_config(globals(), argv, description=__doc__)
     training.check_settings(cfg)
+    hold_run_folder_lock([cfg.output, cfg.last_checkpoint], "train.py")
     rank, world, device = training.setup_processes(cfg.device)
     show = rank == 0
     if device.type == "cpu":

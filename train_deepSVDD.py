@@ -22,6 +22,7 @@ from tqdm import tqdm
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.embedding_files import load_features
 from asd.files import atomic_torch_save
+from asd.locks import hold_run_folder_lock
 from asd.scoring import row_groups
 from asd.svdd import DeepSVDDScorer, bundle_path
 
@@ -66,6 +67,7 @@ _LIMITS = {
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
+    hold_run_folder_lock([cfg.svdd_dir], "train_deepSVDD.py")
     features = load_features(cfg.embed_dir, splits=("train",))
     written = {}
     for (machine,), rows in tqdm(

@@ -1,4 +1,4 @@
-"""run_all.py's machinery: the pipeline's steps, their run stamps, and the lock of a run folder.
+"""run_all.py's machinery: the pipeline's steps and their run stamps (asd/locks.py: the run folder's lock).
 
 A step is a command with the files it reads and the files it must leave behind. It is skipped when a
 stamp under <run folder>/.stamps/ says it succeeded with the same command, code and inputs and its
@@ -11,18 +11,15 @@ outputs' keys tell whether the attempt touched them).
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -260,32 +257,6 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
         atomic_write_text(json.dumps(record), stamp_dir / f"{step.name}.json")
         ran.append(step.name)
     return ran
-
-
-@contextlib.contextmanager
-def run_folder_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block; a second holder stops with a message naming the first."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise SystemExit(
-                f"run_all.py: error: {run_dir} is in use by {holder}; wait for that run to finish "
-                f"(or stop it), then run again"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"run_all.py pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- building the steps

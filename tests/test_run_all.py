@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import run_all
-from asd import pipeline, seeds
+from asd import locks, pipeline, seeds
 from asd.pipeline import Step, StepFailed, run_pipeline
 
 
@@ -421,7 +421,7 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
 
     run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     code = (
-        "import sys, time; from pathlib import Path; from asd.pipeline import run_folder_lock\n"
+        "import sys, time; from pathlib import Path; from asd.locks import run_folder_lock\n"
         f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
@@ -435,7 +435,7 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
     finally:
         holder.kill()
         holder.wait()
-    with pipeline.run_folder_lock(run_dir):  # free again once its holder is gone
+    with locks.run_folder_lock(run_dir):  # free again once its holder is gone
         assert f"pid {os.getpid()} " in (run_dir / ".lock").read_text()
 
 

@@ -3,11 +3,18 @@ is created; a lock every writer takes; paths inside it that still work after the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import run_all
 import train
-from asd import pipeline
+from asd import locks, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -60,3 +67,52 @@ def test_a_seed_named_twice_is_refused_before_anything_is_created(tiny_demo_dir,
     with pytest.raises(SystemExit, match="run_all.py: error: SEEDS 0,1,0 names seed 0 twice"):
         run_all.main(["--data_dir", str(tiny_demo_dir), "--runs_dir", str(runs), "--seeds", "0,1,0"])
     assert not no_pipeline and not runs.exists()
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def _hold_in_child(path, env) -> subprocess.CompletedProcess:
+    code = f"from asd.locks import hold_run_folder_lock; hold_run_folder_lock([{str(path)!r}], 'child.py')"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_script_run_by_hand_into_a_locked_run_folder_stops_naming_the_holder(tmp_path):
+    import train_deepSVDD
+
+    run_dir = tmp_path / "runs" / "data-12345678"
+    code = (
+        "import time; from pathlib import Path; from asd.locks import run_folder_lock\n"
+        f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        svdd_dir = run_dir / "svdd_models_per_type"
+        with pytest.raises(
+            SystemExit, match=f"train_deepSVDD.py: error: {run_dir} is in use by run_all.py pid"
+        ):
+            train_deepSVDD.main(["--embed_dir", str(run_dir), "--svdd_dir", str(svdd_dir)])
+        assert not svdd_dir.exists()
+        blocked = _hold_in_child(run_dir / "results" / "x", {**os.environ, locks.TOKEN_ENV: "not-the-holder"})
+        assert blocked.returncode == 1 and f"child.py: error: {run_dir} is in use" in blocked.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _hold_in_child(run_dir / "results", dict(os.environ)).returncode == 0  # free once it is gone
+
+
+def test_a_step_run_all_starts_writes_under_run_all_s_lock(tmp_path):
+    run_dir = tmp_path / "runs" / "data-12345678"
+    without_token = {k: v for k, v in os.environ.items() if k != locks.TOKEN_ENV}
+    with locks.run_folder_lock(run_dir):
+        assert _hold_in_child(run_dir / "best_encoder_model.pth", dict(os.environ)).returncode == 0
+        assert _hold_in_child(run_dir / "best_encoder_model.pth", without_token).returncode == 1
+        nested = run_dir / "dev_data" / "results"  # several data folders: one folder further down
+        assert _hold_in_child(nested, dict(os.environ)).returncode == 0
+    assert locks.TOKEN_ENV not in os.environ
+    assert (
+        _hold_in_child(tmp_path / "elsewhere" / "model.pth", without_token).returncode == 0
+    )  # no run folder
