@@ -125,6 +125,7 @@ def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline
         words = overrides if seed is None else pipeline.seed_overrides(overrides, seed)
         steps = pipeline.build_steps(cfg, data_dirs, run_dir, demo, words)
         settings = pipeline.check_steps(steps, words)
+        pipeline.check_ground_truth_folders(settings)
         pipeline.add_checkpoint_input(steps, settings)
         pipeline.add_backend_outputs(steps, settings)
         runs.append((run_dir, steps))

@@ -524,6 +524,19 @@ def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> No
                 raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
 
 
+def check_ground_truth_folders(settings: dict[str, Settings]) -> None:
+    """Every GROUND_TRUTH folder a step will read, read and checked now, before the first step (not
+    after training and extraction ran): SystemExit naming the step and the file."""
+    from asd.ground_truth import read_ground_truth
+
+    for name, cfg in settings.items():
+        if getattr(cfg, "ground_truth", None):
+            try:
+                read_ground_truth(cfg.ground_truth)
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"run_all.py: error: {name}: GROUND_TRUTH: {error}") from None
+
+
 def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> None:
     """Each ASDKit back end the evaluate step will score (its effective ASDKIT_BACKENDS, wherever it was
     set) becomes one of its outputs: <BACKENDS_DIR>/<back end>/summary.json."""

@@ -116,3 +116,36 @@ def test_a_step_run_all_starts_writes_under_run_all_s_lock(tmp_path):
     assert (
         _hold_in_child(tmp_path / "elsewhere" / "model.pth", without_token).returncode == 0
     )  # no run folder
+
+
+# ----------------------------------------------------------------------------- ground truth, checked first
+
+
+@pytest.mark.parametrize("problem", ["empty", "no_partner", "bad_row"])
+def test_a_bad_ground_truth_folder_stops_the_run_before_the_first_step(
+    tiny_demo_dir, tmp_path, no_pipeline, problem
+):
+    truth = tmp_path / "truth"
+    (truth / "ground_truth_data").mkdir(parents=True)
+    (truth / "ground_truth_domain").mkdir()
+    name = "ground_truth_fan_section_00_test.csv"
+    if problem != "empty":
+        (truth / "ground_truth_data" / name).write_text(
+            "a.wav,1\n" if problem == "no_partner" else "a.wav,2\n"
+        )
+    if problem == "bad_row":
+        (truth / "ground_truth_domain" / name).write_text("a.wav,0\n")
+    expected = {"empty": "no ground_truth_data", "no_partner": "has no partner", "bad_row": "expected"}[
+        problem
+    ]
+    runs = tmp_path / "runs"
+    argv = ["--data_dir", str(tiny_demo_dir), "--runs_dir", str(runs), "--ground_truth", str(truth)]
+    with pytest.raises(
+        SystemExit, match=f"run_all.py: error: evaluate_deepSVDD: GROUND_TRUTH: {truth}.*{expected}"
+    ):
+        run_all.main(argv)
+    assert not no_pipeline and not runs.exists()
+    (truth / "ground_truth_data" / name).write_text("a.wav,1\n")  # a good folder passes the check
+    (truth / "ground_truth_domain" / name).write_text("a.wav,0\n")
+    overrides = pipeline.split_step_overrides([])[1]
+    assert run_all.plan(run_all.parse_config(vars(run_all), argv), overrides)
