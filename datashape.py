@@ -33,6 +33,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asd.cli import parse_config, print_config
+from asd.errors import run_script
 from dataset import (
     SPLITS as DCASE_SPLITS,
 )
@@ -305,4 +306,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -33,6 +33,7 @@ BACKENDS_DIR/comparison.csv (the recipe asdkit-eat-lora runs all four).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -44,6 +45,7 @@ from asd.backends import ensemble_factory
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.evaluation import compute_official
 from asd.ground_truth import apply_ground_truth
 from asd.locks import hold_run_folder_lock
@@ -212,4 +214,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

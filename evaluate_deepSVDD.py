@@ -10,12 +10,15 @@ and plots.
 
 from __future__ import annotations
 
+import sys
+
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from asd.cli import parse_config, print_config
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.ground_truth import apply_ground_truth
 from asd.locks import hold_run_folder_lock
 from asd.results import write_scorer_results
@@ -59,4 +62,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -20,6 +20,8 @@ trained PAD_MULTIPLE, no windows, float32; LONG_CLIP, TARGET_FRAMES and AMP do n
 
 from __future__ import annotations
 
+import sys
+
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
@@ -50,6 +52,7 @@ from asd.embedding_files import (
     stats_fingerprint,
     write_feature_file,
 )
+from asd.errors import run_script
 from asd.locks import hold_run_folder_lock
 from asd.runtime import resolve_device
 
@@ -169,4 +172,4 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -42,6 +42,7 @@ from scipy.signal import oaconvolve
 from tqdm import tqdm
 
 from asd.cli import parse_config, print_config
+from asd.errors import run_script
 from asd.files import atomic_path, atomic_write_text
 
 # where the tree is written
@@ -468,4 +469,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

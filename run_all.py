@@ -33,6 +33,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
+from asd.errors import run_script
 from asd.files import remove_stale_temp_files
 from asd.locks import run_folder_lock
 from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
@@ -194,4 +195,4 @@ def report_seeds(seed_list: list[int], runs: list, tables: list[dict[str, list[d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -22,6 +22,7 @@ whose files do not agree and a machine type or section the run never saw, and ch
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
 from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
+from asd.errors import run_script
 from asd.files import atomic_write_text
 from asd.freshness import file_key
 from asd.locks import hold_run_folder_lock
@@ -242,4 +244,4 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -48,6 +48,7 @@ from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
+from asd.errors import run_script
 from asd.history import history_path, write_history
 from asd.labels import class_name
 from asd.locks import hold_run_folder_lock
@@ -415,4 +416,4 @@ def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: floa
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

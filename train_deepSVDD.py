@@ -11,6 +11,7 @@ Reads only the embedding files of extract_embeddings.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.files import atomic_torch_save
 from asd.locks import hold_run_folder_lock
 from asd.scoring import row_groups
@@ -109,4 +111,4 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -224,11 +225,18 @@ def run_step(step: Step, tail_lines: int = 25) -> None:
         tail.append(pending)
     code = process.wait()
     if code != 0:
-        shown = "\n".join(f"    {line.decode(errors='replace')}" for line in tail)
+        shown = "\n".join(f"    {line}" for line in _failure_lines(tail))
         raise StepFailed(
             f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
             f"  its last output:\n{shown}"
         )
+
+
+def _failure_lines(tail: Sequence[bytes]) -> list[str]:
+    """What a failed step's output says about its failure: its one-line known error (``<script>:
+    error: ...``, asd/errors.py) alone when it ended with one, else its last lines."""
+    lines = [line.decode(errors="replace") for line in tail]
+    return lines[-1:] if lines and re.match(r"\S+\.py: error: ", lines[-1]) else lines
 
 
 def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> list[str]:
