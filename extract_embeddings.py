@@ -103,7 +103,7 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, caches) -
     emb_path, stats_path = feature_paths(cfg.embed_dir, split)
     records = split_records(cfg.data_dir, split, settings["channels"]["channels"])
     emb_fingerprint = embedding_fingerprint(
-        split, records, cfg.data_dir, cfg.model_path, settings, precision(settings, device)
+        split, records, cfg.data_dir, cfg.model_path, settings, precision(settings, device), cfg.embed_dir
     )
     outputs = []
     for path, fingerprint, columns in (

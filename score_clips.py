@@ -37,7 +37,7 @@ import preprocessing
 from asd.backends import ensemble_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
-from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
+from asd.embedding_files import Split, embedding_channels, feature_paths, load_features, recorded_model_path
 from asd.errors import run_script
 from asd.files import atomic_write_text
 from asd.freshness import file_key
@@ -124,9 +124,9 @@ def section_threshold(summary: dict, machine_type: str, section: str, path: Path
     )
 
 
-def run_model(fingerprint: dict, device):
+def run_model(fingerprint: dict, run: Path, device):
     """The run's tuned model (checked to be the one its embeddings came from)."""
-    model_path = Path(fingerprint["model_path"])
+    model_path = recorded_model_path(fingerprint, run)
     if not model_path.is_file() or file_key(model_path) != fingerprint["model_key"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
     return tuned_model(model_path, device)
@@ -136,7 +136,7 @@ def embed_clips(cfg, fingerprint: dict) -> tuple[Split, dict[str, list[tuple[flo
     """A scoring.Split of the new clips, embedded exactly like the run's normals (long recordings as
     windows ``<path>#<i>``), and each long recording's window times in seconds."""
     settings, device = fingerprint["settings"], resolve_device(cfg.device)
-    model, _, trained = run_model(fingerprint, device)
+    model, _, trained = run_model(fingerprint, Path(cfg.run), device)
     record = ClipRecord("", cfg.machine_type, cfg.section, None, "test", None)
     columns = stat_columns(settings["channels"])
     short = [replace(record, path=str(Path(p))) for p in cfg.clips if not is_long(p, cfg.long_seconds)]

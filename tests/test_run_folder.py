@@ -149,3 +149,68 @@ def test_a_bad_ground_truth_folder_stops_the_run_before_the_first_step(
     (truth / "ground_truth_domain" / name).write_text("a.wav,0\n")
     overrides = pipeline.split_step_overrides([])[1]
     assert run_all.plan(run_all.parse_config(vars(run_all), argv), overrides)
+
+
+# ----------------------------------------------------------------------------- a run folder moved
+
+
+def test_a_moved_run_folder_scores_and_evaluates_on_its_own(tmp_path):
+    import shutil
+
+    import evaluate
+    import extract_embeddings
+    import make_demo_data
+    import score_clips
+    from asd.embedding_files import read_feature_file
+
+    data = make_demo_data.main(
+        ["--out_dir", str(tmp_path / "data"), "--machine_types", "fan", "--clip_seconds", "2"]
+        + ["--source_train", "6", "--target_train", "2", "--test_normal", "3", "--test_anomaly", "3"]
+        + ["--progress", "false"]
+    )
+    run, cache = tmp_path / "runs" / "data-12345678", str(tmp_path / "cache")
+    model = run / "best_encoder_model.pth"
+    with locks.run_folder_lock(run):  # as run_all: its steps write under its lock
+        train.main(
+            ["--data_dir", str(data), "--model_size", "tiny", "--epochs", "1", "--batch_size", "8"]
+            + [
+                "--target_frames",
+                "0",
+                "--clip_seconds",
+                "whole",
+                "--mixup",
+                "batch_fbank",
+                "--lora_rank",
+                "2",
+            ]
+            + ["--num_workers", "0", "--feature_cache", cache, "--output", str(model)]
+            + ["--last_checkpoint", str(run / "last_encoder_model.pth")]
+        )
+        extract_embeddings.main(
+            [
+                "--data_dir",
+                str(data),
+                "--model_path",
+                str(model),
+                "--embed_dir",
+                str(run),
+                "--feature_cache",
+                cache,
+            ]
+        )
+        evaluate.main(["--embed_dir", str(run), "--results_dir", str(run / "results" / "ensemble")])
+    assert read_feature_file(run / "normal_embeddings.pt")["fingerprint"]["model_path"] == model.name
+    moved = tmp_path / "elsewhere" / "copy"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    assert not run.exists()
+    clip = sorted((data / "fan" / "test").glob("*.wav"))[0]
+    rows = score_clips.main(
+        ["--run", str(moved), "--machine_type", "fan", "--section", "00", "--output", str(tmp_path / "s.csv")]
+        + [str(clip)]
+    )
+    assert len(rows) == 1
+    summary = evaluate.main(
+        ["--embed_dir", str(moved), "--results_dir", str(tmp_path / "again"), "--plots", "false"]
+    )
+    assert summary["sections"]
