@@ -1,6 +1,6 @@
 """The lock of a run folder: one writer at a time, run_all's steps writing under run_all's lock.
 
-A run folder is a folder holding a ``.lock`` file (run_all makes one in every run folder it uses).
+A run folder is a folder holding a ``.asd_run.lock`` file (run_all makes one in every run folder it uses).
 run_all holds the lock for the whole run; every script that writes into a run folder holds it too
 (``hold_run_folder_lock``), so a script started by hand never overwrites a file under a running
 pipeline or another script. A step run_all starts inherits the holder's token through the environment
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".asd_run.lock"  # distinctive: other tools (pytest) leave ".lock" files in folders above
 # set while a process holds a run folder's lock: its children write under it
 TOKEN_ENV = "ASD_LOCK_TOKEN"
 _held: dict[Path, IO[str]] = {}  # locks this process holds until it exits
@@ -57,7 +57,7 @@ def _take(lock: Path, program: str, token: str) -> IO[str] | None:
 
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path, program: str = "run_all.py") -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block (making the folder and its ``.lock``); the subprocesses
+    """Hold ``run_dir``'s lock for the block (making the folder and its ``.asd_run.lock``); the subprocesses
     started in the block write under it. A second holder stops with a message naming the first."""
     run_dir.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
@@ -75,7 +75,7 @@ def run_folder_lock(run_dir: Path, program: str = "run_all.py") -> Iterator[None
 
 
 def run_folder_of(path: str | os.PathLike) -> Path | None:
-    """The run folder ``path`` lies in (the nearest folder above it holding a ``.lock``), or None."""
+    """The run folder ``path`` lies in (the nearest folder above it holding a ``.asd_run.lock``), or None."""
     here = Path(path).expanduser().resolve()
     return next((folder for folder in (here, *here.parents) if (folder / LOCK_NAME).is_file()), None)
 

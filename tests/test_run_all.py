@@ -436,7 +436,7 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
         holder.kill()
         holder.wait()
     with locks.run_folder_lock(run_dir):  # free again once its holder is gone
-        assert f"pid {os.getpid()} " in (run_dir / ".lock").read_text()
+        assert f"pid {os.getpid()} " in (run_dir / locks.LOCK_NAME).read_text()
 
 
 def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(tiny_demo_dir, tmp_path):
