@@ -45,6 +45,7 @@ from asd.data_check import (
     counts,
     report_channels,
 )
+from asd.errors import run_script
 from asd.recipe_report import recipe_report
 from dataset import SPLITS as DCASE_SPLITS
 from dataset import machine_type_dirs, read_attribute_tables, wav_files
@@ -165,4 +166,4 @@ def check_folder(cfg, problems: list[str], warnings: list[str]) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -28,6 +28,7 @@ files of extract_embeddings.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -44,8 +45,10 @@ from asd.comparison import (
     write_comparison,
 )
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.evaluation import compute_official
 from asd.ground_truth import apply_ground_truth
+from asd.locks import hold_run_folder_lock
 from asd.results import score_results_folder, write_scorer_results
 from asd.scoring import score_by_group
 
@@ -203,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     """The first back end's summary, with every back end's under "backends" (the sweep's grid with --sweep)."""
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"-k": "K", "--w": "W"})
     print_config(cfg)
+    hold_run_folder_lock(
+        [cfg.results_dir, cfg.backends_dir, cfg.scored_dir or cfg.score_results_dir], "evaluate.py"
+    )
     if cfg.score_results_dir:
         source = Path(cfg.score_results_dir)
         out = Path(cfg.scored_dir) if cfg.scored_dir else source.with_name(source.name + "_scored")
@@ -223,4 +229,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -10,13 +10,17 @@ and plots.
 
 from __future__ import annotations
 
+import sys
+
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from asd.cli import parse_config, print_config
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.ground_truth import apply_ground_truth
+from asd.locks import hold_run_folder_lock
 from asd.results import write_scorer_results
 from asd.scoring import score_by_group
 from asd.svdd import svdd_factory
@@ -45,6 +49,7 @@ _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
+    hold_run_folder_lock([cfg.results_dir], "evaluate_deepSVDD.py")
     features = load_features(cfg.embed_dir)
     if cfg.ground_truth:  # a clip or row without its partner stops here, before any scoring
         apply_ground_truth(features.test.records, cfg.ground_truth)
@@ -58,4 +63,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

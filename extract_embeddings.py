@@ -20,6 +20,8 @@ trained PAD_MULTIPLE, no windows, float32; LONG_CLIP, TARGET_FRAMES and AMP do n
 
 from __future__ import annotations
 
+import sys
+
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
@@ -50,6 +52,8 @@ from asd.embedding_files import (
     stats_fingerprint,
     write_feature_file,
 )
+from asd.errors import run_script
+from asd.locks import hold_run_folder_lock
 from asd.runtime import resolve_device
 
 # DCASE folder: <machine>/{train,test}/*.wav
@@ -99,7 +103,7 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, caches) -
     emb_path, stats_path = feature_paths(cfg.embed_dir, split)
     records = split_records(cfg.data_dir, split, settings["channels"]["channels"])
     emb_fingerprint = embedding_fingerprint(
-        split, records, cfg.data_dir, cfg.model_path, settings, precision(settings, device)
+        split, records, cfg.data_dir, cfg.model_path, settings, precision(settings, device), cfg.embed_dir
     )
     outputs = []
     for path, fingerprint, columns in (
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
 
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
+    hold_run_folder_lock([cfg.embed_dir], "extract_embeddings.py")
     channels = channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine)
     explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp, channels)
     default = channel_record(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE)
@@ -167,4 +172,4 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

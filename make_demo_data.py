@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from asd.cli import parse_config, print_config
 from asd.demo_data import STYLES, attributes_csv, clip_plan, ground_truth_files, render_wave, write_wav
+from asd.errors import run_script
 from asd.files import atomic_write_text
 
 # where the tree is written
@@ -165,4 +166,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -8,7 +8,7 @@ or cropped to the target frames (1024 = 10.24 s in the released recipes); normal
 (fbank + 4.268) / (2 * 4.569); shaped [B, 1, T, 128].
 
 Module and parameter names follow the released Hugging Face port (every key prefixed ``model.``
-there), so its weights load key for key with no ``trust_remote_code`` (asd/checkpoints.py reads them):
+there), so its weights load key for key with no ``trust_remote_code`` (asd/pretrained.py reads them):
   local_encoder.proj                  Conv2d(1, D, 16, stride 16); tokens time-major, t_patch * 8 + f_patch
   fixed_positional_encoder.positions  (1, max_length * 8, D) 2-D sin-cos table, stored, not trained
   extra_tokens                        (1, 1, D) CLS token, prepended after the positions are added

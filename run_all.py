@@ -33,8 +33,10 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 from asd import pipeline, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
+from asd.errors import run_script
 from asd.files import remove_stale_temp_files
-from asd.train_checks import refuse_repeated_data_dir
+from asd.locks import run_folder_lock
+from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
 DATA_DIR = None
@@ -100,10 +102,10 @@ def choose_data_dirs(cfg) -> tuple[list[Path], bool]:
     """(resolved data folders, whether it is the demo): DATA_DIR's folders when given (each must
     exist), else dev_data/ when present, else DEMO_DIR for the synthetic demo."""
     if cfg.data_dir is not None:
-        folders = [Path(part.strip()).expanduser() for part in str(cfg.data_dir).split(",") if part.strip()]
-        for folder, text in zip(folders, str(cfg.data_dir).split(",")):
+        folders = data_folders(cfg.data_dir)
+        for folder in folders:
             if not folder.is_dir():
-                raise SystemExit(f"run_all.py: error: --data_dir {text.strip()}: no such folder")
+                raise SystemExit(f"run_all.py: error: --data_dir {folder}: no such folder")
         return [folder.resolve() for folder in folders], False
     if Path(_DEFAULT_DATA_DIR).is_dir():
         return [Path(_DEFAULT_DATA_DIR).resolve()], False
@@ -125,6 +127,7 @@ def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline
         words = overrides if seed is None else pipeline.seed_overrides(overrides, seed)
         steps = pipeline.build_steps(cfg, data_dirs, run_dir, demo, words)
         settings = pipeline.check_steps(steps, words)
+        pipeline.check_ground_truth_folders(settings)
         pipeline.add_checkpoint_input(steps, settings)
         pipeline.add_backend_outputs(steps, settings)
         runs.append((run_dir, steps))
@@ -134,7 +137,7 @@ def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline
 def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str, list[dict]]:
     """Run one run folder's steps under its lock; {data folder's results dir: comparison rows}."""
     summaries = pipeline.scorer_summaries(steps)
-    with pipeline.run_folder_lock(run_dir):
+    with run_folder_lock(run_dir):
         # nothing of an earlier run may pass for this one's: leftovers of killed writes, the old tables
         for path in remove_stale_temp_files(run_dir):
             print(f"removed {path} (left by an interrupted write)")
@@ -161,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     refuse_repeated_data_dir(own_args, "run_all.py")
     cfg = parse_config(globals(), own_args, description=__doc__)
     print_config(cfg, "run_all.py settings")
-    runs = plan(cfg, overrides)
+    try:
+        refuse_repeated_seeds(cfg.seeds)
+        runs = plan(cfg, overrides)
+    except ValueError as error:
+        raise SystemExit(f"run_all.py: error: {error}") from None
     tables = []
     try:
         for run_dir, steps in runs:
@@ -189,4 +196,4 @@ def report_seeds(seed_list: list[int], runs: list, tables: list[dict[str, list[d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -22,6 +22,7 @@ whose files do not agree and a machine type or section the run never saw, and ch
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,9 +37,11 @@ import preprocessing
 from asd.backends.registry import backend_factory
 from asd.cli import parse_config, print_config
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
-from asd.embedding_files import Split, embedding_channels, feature_paths, load_features
+from asd.embedding_files import Split, embedding_channels, feature_paths, load_features, recorded_model_path
+from asd.errors import run_script
 from asd.files import atomic_write_text
 from asd.freshness import file_key
+from asd.locks import hold_run_folder_lock
 from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, window_spans, write_window_table
 from asd.plots import plot_timeline
 from asd.runtime import resolve_device
@@ -121,9 +124,9 @@ def section_threshold(summary: dict, machine_type: str, section: str, path: Path
     )
 
 
-def run_model(fingerprint: dict, device):
+def run_model(fingerprint: dict, run: Path, device):
     """The run's tuned model (checked to be the one its embeddings came from)."""
-    model_path = Path(fingerprint["model_path"])
+    model_path = recorded_model_path(fingerprint, run)
     if not model_path.is_file() or file_key(model_path) != fingerprint["model_key"]:
         raise ValueError(f"{model_path} is missing or is not the tuned model the run's embeddings came from")
     return tuned_model(model_path, device)
@@ -133,7 +136,7 @@ def embed_clips(cfg, fingerprint: dict) -> tuple[Split, dict[str, list[tuple[flo
     """A scoring.Split of the new clips, embedded exactly like the run's normals (long recordings as
     windows ``<path>#<i>``), and each long recording's window times in seconds."""
     settings, device = fingerprint["settings"], resolve_device(cfg.device)
-    model, _, trained = run_model(fingerprint, device)
+    model, _, trained = run_model(fingerprint, Path(cfg.run), device)
     record = ClipRecord("", cfg.machine_type, cfg.section, None, "test", None)
     columns = stat_columns(settings["channels"])
     short = [replace(record, path=str(Path(p))) for p in cfg.clips if not is_long(p, cfg.long_seconds)]
@@ -182,6 +185,7 @@ def long_rows(cfg, scores: dict, times: dict, threshold: float) -> tuple[list, l
 def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     cfg = parse_config(globals(), argv, description=__doc__, aliases={"clips": "CLIPS"})
     print_config(cfg)
+    hold_run_folder_lock([cfg.output, cfg.window_output, cfg.timeline_dir], "score_clips.py")
     run = Path(cfg.run)
     if not cfg.run or not run.is_dir():
         raise FileNotFoundError(f"run folder {cfg.run!r} not found (give --run runs/<data>-<hash>)")
@@ -240,4 +244,4 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

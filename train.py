@@ -45,11 +45,14 @@ import torch.nn as nn
 import preprocessing
 from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
-from asd.checkpoints import save_tuned, tensors_checksum
+from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
+from asd.errors import run_script
 from asd.history import history_path, write_history
 from asd.labels import class_name
+from asd.locks import hold_run_folder_lock
+from asd.pretrained import tensors_checksum
 from asd.resume import resume_state, save_last
 from asd.runtime import seed_everything, tune_cpu_allocator
 from asd.train_checks import refuse_repeated_data_dir
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_repeated_data_dir(sys.argv[1:] if argv is None else argv, "train.py")
     cfg = parse_config(globals(), argv, description=__doc__)
     training.check_settings(cfg)
+    hold_run_folder_lock([cfg.output, cfg.last_checkpoint], "train.py")
     rank, world, device = training.setup_processes(cfg.device)
     show = rank == 0
     if device.type == "cpu":
@@ -415,4 +419,4 @@ def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: floa
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

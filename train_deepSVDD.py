@@ -11,6 +11,7 @@ Reads only the embedding files of extract_embeddings.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from asd.cli import exit_if_help
@@ -21,7 +22,9 @@ from tqdm import tqdm
 
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.embedding_files import load_features
+from asd.errors import run_script
 from asd.files import atomic_torch_save
+from asd.locks import hold_run_folder_lock
 from asd.scoring import row_groups
 from asd.svdd import DeepSVDDScorer, bundle_path
 
@@ -66,6 +69,7 @@ _LIMITS = {
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
+    hold_run_folder_lock([cfg.svdd_dir], "train_deepSVDD.py")
     features = load_features(cfg.embed_dir, splits=("train",))
     written = {}
     for (machine,), rows in tqdm(
@@ -107,4 +111,4 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -118,7 +118,7 @@ def time_calls(fn, device: torch.device, warmup: int, iters: int) -> float:
 
 def measure(size: str, mode: str, cfg_dict: dict, queue) -> None:
     """One (size, mode) measurement in its own process; puts a result dict on ``queue``."""
-    from asd.checkpoints import build_encoder
+    from asd.pretrained import build_encoder
 
     device = resolve_device(cfg_dict["device"])
     if cfg_dict["threads"]:

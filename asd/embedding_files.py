@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asd.files import atomic_torch_save
+from asd.files import atomic_torch_save, load_plain
 from asd.freshness import changes, file_key, settings_key
+from asd.locks import run_folder_of
 from dataset import ClipRecord, discover_clips
 
 FEATURES_FORMAT = "eat-lora-asd/features-v3"
@@ -79,15 +80,37 @@ def _data_part(split: str, records: Sequence[ClipRecord], data_dir: str | os.Pat
     }
 
 
+def stored_model_path(model_path: str | os.PathLike, embed_dir: str | os.PathLike) -> str:
+    """How an embeddings file in ``embed_dir`` records its tuned model: relative to ``embed_dir`` when
+    the model lies in the same run folder (asd.locks) or in ``embed_dir``, so a moved or copied run
+    folder keeps working; else its absolute path."""
+    model, folder = Path(model_path).resolve(), Path(embed_dir).resolve()
+    anchor = run_folder_of(folder) or folder
+    return os.path.relpath(model, folder) if model.is_relative_to(anchor) else str(model)
+
+
+def recorded_model_path(fingerprint: dict, embed_dir: str | os.PathLike) -> Path:
+    """The tuned model an embeddings file in ``embed_dir`` records (a relative record is read from
+    ``embed_dir``)."""
+    return Path(embed_dir) / fingerprint["model_path"]
+
+
 def embedding_fingerprint(
-    split: str, records: Sequence[ClipRecord], data_dir, model_path, settings: dict, precision: str
+    split: str,
+    records: Sequence[ClipRecord],
+    data_dir,
+    model_path,
+    settings: dict,
+    precision: str,
+    embed_dir: str | os.PathLike,
 ) -> dict:
-    """What an embeddings file was built from: the clips, the tuned model, the settings, the precision."""
+    """What an embeddings file in ``embed_dir`` was built from: the clips, the tuned model, the
+    settings, the precision."""
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"tuned model {model_path} not found: run train.py first")
     return {
         **_data_part(split, records, data_dir),
-        "model_path": str(Path(model_path).resolve()),
+        "model_path": stored_model_path(model_path, embed_dir),
         "model_key": file_key(model_path),
         "settings": settings,
         "precision": precision,
@@ -122,7 +145,7 @@ def views_record(record: dict) -> dict:
 
 def model_channels(model_path: str | os.PathLike) -> dict | None:
     """The channel views a tuned model was trained on (None: made before the CHANNELS setting)."""
-    payload = torch.load(model_path, map_location="cpu", weights_only=True)
+    payload = load_plain(model_path, "tuned model")
     settings = payload.get("settings", {}) if isinstance(payload, dict) else {}
     return views_record(settings) if "channels" in settings else None
 
@@ -152,9 +175,9 @@ def read_feature_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        print(f"{path}: unreadable ({type(error).__name__}: {error})")
+        payload = load_plain(path, "embedding file")
+    except ValueError as error:
+        print(f"note: {error}")
         return None
     ok = isinstance(payload, dict) and payload.get("fingerprint", {}).get("format") == FEATURES_FORMAT
     return payload if ok else None
@@ -210,6 +233,7 @@ class Features:
     normal: Split
     test: Split | None
     fingerprint: dict  # the normal embeddings' fingerprint
+    model_path: Path  # the tuned model they came from (a relative record read from their folder)
 
     @property
     def data_dir(self) -> str:
@@ -226,7 +250,7 @@ class Features:
 
 def extract_command(embed_dir, fingerprint: dict | None) -> str:
     data = (fingerprint or {}).get("data_dir", "<data folder>")
-    model = (fingerprint or {}).get("model_path", "<best_encoder_model.pth>")
+    model = recorded_model_path(fingerprint, embed_dir) if fingerprint else "<best_encoder_model.pth>"
     return f"python extract_embeddings.py --data_dir {data} --model_path {model} --embed_dir {embed_dir}"
 
 
@@ -251,9 +275,9 @@ def _disagreement(split: str, emb: dict, stats: dict, reference: dict) -> str | 
     return None
 
 
-def _stale(fingerprint: dict, split: str) -> str | None:
+def _stale(fingerprint: dict, split: str, embed_dir: Path) -> str | None:
     """Why the files no longer describe what is on disk (None when they do)."""
-    data_dir, model_path = Path(fingerprint["data_dir"]), Path(fingerprint["model_path"])
+    data_dir, model_path = Path(fingerprint["data_dir"]), recorded_model_path(fingerprint, embed_dir)
     if data_dir.is_dir():
         try:
             if clips_key(split_records(data_dir, split)) != fingerprint["clips"]:
@@ -287,10 +311,10 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
         loaded[split] = (emb, stats)
     reference = loaded[splits[0]][0]["fingerprint"]
     for split, (emb, stats) in loaded.items():
-        problem = _disagreement(split, emb, stats, reference) or _stale(emb["fingerprint"], split)
+        problem = _disagreement(split, emb, stats, reference) or _stale(emb["fingerprint"], split, embed_dir)
         if problem:
             raise ValueError(f"{embed_dir}: {problem}; run {extract_command(embed_dir, emb['fingerprint'])}")
-    model_path = Path(reference["model_path"])
+    model_path = recorded_model_path(reference, embed_dir)
     if model_path.is_file():  # the same model: _stale compared its sha256
         emb_path = feature_paths(embed_dir, splits[0])[0]
         check_model_channels(model_path, embedding_channels(reference), f"the embeddings {emb_path}")
@@ -308,4 +332,5 @@ def load_features(embed_dir: str | os.PathLike, splits: Sequence[str] = ("train"
         to_split(loaded["train"]) if "train" in loaded else None,
         to_split(loaded["test"]) if "test" in loaded else None,
         reference,
+        model_path,
     )

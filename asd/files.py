@@ -130,3 +130,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def unpickling_reason(error: BaseException) -> str:
+    """Why torch's weights-only reader refused a file, in one line, without its advice to load the file
+    unsafely instead (never given: a file users pass may run code when unpickled)."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    parts = [part.strip() for part in text.split("\n\n") if part.strip()]
+    kept = [part for part in parts if "weights_only" not in part and "Weights only" not in part]
+    return " ".join((kept[0] if kept else type(error).__name__).split())
+
+
+def load_plain(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load`` of tensors and plain data only (nothing is unpickled that could run code); any
+    failure is a one-line ValueError "cannot read <what> <path>: <why>"."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = f"it holds more than tensors and plain data ({unpickling_reason(error)})"
+    except Exception as error:  # missing, truncated, not a torch file at all
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    raise ValueError(f"cannot read {what} {path}: {reason}")

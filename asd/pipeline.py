@@ -1,4 +1,4 @@
-"""run_all.py's machinery: the pipeline's steps, their run stamps, and the lock of a run folder.
+"""run_all.py's machinery: the pipeline's steps and their run stamps (asd/locks.py: the run folder's lock).
 
 A step is a command with the files it reads and the files it must leave behind. It is skipped when a
 stamp under <run folder>/.stamps/ says it succeeded with the same command, code and inputs and its
@@ -11,18 +11,16 @@ outputs' keys tell whether the attempt touched them).
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -228,11 +226,18 @@ def run_step(step: Step, tail_lines: int = 25) -> None:
         tail.append(pending)
     code = process.wait()
     if code != 0:
-        shown = "\n".join(f"    {line.decode(errors='replace')}" for line in tail)
+        shown = "\n".join(f"    {line}" for line in _failure_lines(tail))
         raise StepFailed(
             f"step '{step.name}' failed (exit {code}): {' '.join(step.command[1:])}\n"
             f"  its last output:\n{shown}"
         )
+
+
+def _failure_lines(tail: Sequence[bytes]) -> list[str]:
+    """What a failed step's output says about its failure: its one-line known error (``<script>:
+    error: ...``, asd/errors.py) alone when it ended with one, else its last lines."""
+    lines = [line.decode(errors="replace") for line in tail]
+    return lines[-1:] if lines and re.match(r"\S+\.py: error: ", lines[-1]) else lines
 
 
 def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> list[str]:
@@ -261,32 +266,6 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
         atomic_write_text(json.dumps(record), stamp_dir / f"{step.name}.json")
         ran.append(step.name)
     return ran
-
-
-@contextlib.contextmanager
-def run_folder_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block; a second holder stops with a message naming the first."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise SystemExit(
-                f"run_all.py: error: {run_dir} is in use by {holder}; wait for that run to finish "
-                f"(or stop it), then run again"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"run_all.py pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- building the steps
@@ -418,7 +397,11 @@ def build_steps(
         steps.append(
             Step(
                 _named("datashape", data_dir, data_dirs),
-                script("datashape") + ["--data_dir", str(data_dir)] + splits + overrides["datashape"],
+                script("datashape")
+                + ["--data_dir", str(data_dir)]
+                + splits
+                + _user_set(cfg, ["channels"])  # a mono clip is a problem only when channels are asked for
+                + overrides["datashape"],
                 always_run=True,
                 script="datashape",
             )
@@ -549,7 +532,7 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str,
 def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> None:
     """The EAT checkpoint the train step will load (its effective EAT_CHECKPOINT, wherever it was
     set) becomes one of its inputs, so a changed checkpoint retrains."""
-    from asd.checkpoints import resolve_checkpoint
+    from asd.pretrained import resolve_checkpoint
 
     for step in steps:
         checkpoint = getattr(settings.get(step.name), "eat_checkpoint", None)
@@ -558,6 +541,19 @@ def add_checkpoint_input(steps: list[Step], settings: dict[str, Settings]) -> No
                 step.inputs.append(resolve_checkpoint(checkpoint).path)
             except (FileNotFoundError, ValueError) as error:
                 raise SystemExit(f"run_all.py: error: {step.name}: {error}") from None
+
+
+def check_ground_truth_folders(settings: dict[str, Settings]) -> None:
+    """Every GROUND_TRUTH folder a step will read, read and checked now, before the first step (not
+    after training and extraction ran): SystemExit naming the step and the file."""
+    from asd.ground_truth import read_ground_truth
+
+    for name, cfg in settings.items():
+        if getattr(cfg, "ground_truth", None):
+            try:
+                read_ground_truth(cfg.ground_truth)
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"run_all.py: error: {name}: GROUND_TRUTH: {error}") from None
 
 
 def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> None:

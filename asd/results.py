@@ -311,6 +311,6 @@ def write_scorer_results(
         expected=expected_sections(features),
         year=cfg.dcase_year,
         data_dir=features.data_dir,
-        model_path=features.fingerprint.get("model_path"),
+        model_path=features.model_path,
         ground_truth=cfg.ground_truth or None,
     )

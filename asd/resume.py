@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from asd.cli import config_to_dict
-from asd.files import atomic_torch_save
+from asd.files import atomic_torch_save, load_plain
 from asd.freshness import changes
 from dataset import LabelIndex
 from model import ASDModel, trainable_state
@@ -53,7 +53,7 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
     if not path.is_file():
         return None, f"there is no last checkpoint {path}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_plain(path, "last checkpoint")
         saved, saved_classes = state["settings"], LabelIndex.from_dict(state["label_index"])
     except Exception as error:  # truncated, not a checkpoint, or from another program
         return None, f"{path} cannot be read ({type(error).__name__}: {error})"

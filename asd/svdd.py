@@ -17,6 +17,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from asd.embedding_files import Split
+from asd.files import load_plain
 from asd.scoring import out_of_fold_scores
 
 SVDD_FORMAT = "eat-lora-asd/deepsvdd-v1"
@@ -175,11 +176,9 @@ def load_scorer(path: Path, fingerprint: dict) -> DeepSVDDScorer:
     if not path.is_file():
         raise FileNotFoundError(f"Deep SVDD model {path} not found: run train_deepSVDD.py first")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"cannot read Deep SVDD model {path} ({type(error).__name__}: {error}); rerun train_deepSVDD.py"
-        ) from error
+        state = load_plain(path, "Deep SVDD model")
+    except ValueError as error:
+        raise ValueError(f"{error}; rerun train_deepSVDD.py") from error
     if not isinstance(state, dict) or state.get("format") != SVDD_FORMAT:
         raise ValueError(
             f"{path} is not a Deep SVDD model of this project ({SVDD_FORMAT}); rerun train_deepSVDD.py"

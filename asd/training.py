@@ -14,11 +14,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from tqdm import tqdm
 
 from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
-from asd.checkpoints import build_encoder
 from asd.clips import crop_or_tile, waves_to_input
 from asd.ground_truth import apply_evaluation_list
 from asd.heads import make_head
 from asd.labels import ClassIndex, counted_note, counted_records
+from asd.pretrained import build_encoder
 from asd.runtime import autocast, resolve_device
 from asd.train_checks import check_settings  # noqa: F401 (train.py calls training.check_settings)
 from dataset import (

@@ -304,8 +304,8 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from asd.checkpoints import build_encoder
     from asd.clips import clip_samples
+    from asd.pretrained import build_encoder
     from asd.runtime import tune_cpu_allocator
     from asd.training import WaveDataset, fixed_length_input, wave_batch
     from dataset import ClipDataset, FixedLengthCollate, LabelIndex

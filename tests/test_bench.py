@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import asd.checkpoints as C
+import asd.pretrained as P
 from asd import benchmark
 from asd.cli import check_script_arguments
 from asd.embedding_files import read_feature_file
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_forward_flops_matches_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    encoder = C.build_encoder(None, "tiny", verbose=False).eval()
+    encoder = P.build_encoder(None, "tiny", verbose=False).eval()
     frames = 96
     with torch.no_grad(), FlopCounterMode(display=False) as counter:  # explicit attention: its matmuls count
         encoder(torch.randn(2, 1, frames, 128), explicit_attention=True)
@@ -33,7 +33,7 @@ def test_recipe_step_trains_lora_on_qkv_only():
     argv = ["--device", "cpu", "--recipe_lora_rank", "4", "--projection_dim", "16"]
     cfg = vars(check_script_arguments(ROOT / "bench" / "encoder.py", argv))
     torch.manual_seed(0)
-    encoder = C.build_encoder(None, "tiny", verbose=False)
+    encoder = P.build_encoder(None, "tiny", verbose=False)
     step, classes = benchmark.training_step(encoder, "recipe", cfg, torch.device("cpu"))
     assert classes == benchmark.HEAD_CLASSES
     lora = {n: p for n, p in encoder.named_parameters() if "lora_" in n}

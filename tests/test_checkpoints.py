@@ -1,5 +1,5 @@
-"""asd/checkpoints.py: HF folders (strict), hub ids through the cache, fairseq files without code,
-tuned files."""
+"""asd/pretrained.py: HF folders (strict), hub ids through the cache, fairseq files without code;
+asd/checkpoints.py: tuned files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import asd.checkpoints as C
+import asd.pretrained as P
 import model as M
 from asd import freshness
 from asd.embed import embed_fbanks
@@ -25,6 +26,7 @@ from eat_checkpoint_support import (
     write_eat_checkpoint,
     write_hub_snapshot,
 )
+from model import base_encoder
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
@@ -42,7 +44,7 @@ def _outputs(encoder: M.EATEncoder) -> torch.Tensor:
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 def test_hf_checkpoint_loads_key_for_key(tmp_path, weights, capsys):
     written = write_eat_checkpoint(tmp_path / "eat", weights=weights)
-    encoder = C.build_encoder(tmp_path / "eat")
+    encoder = P.build_encoder(tmp_path / "eat")
     assert "loaded EAT encoder" in capsys.readouterr().out
     state = encoder.state_dict()
     assert set(state) == {k[len("model.") :] for k in written}
@@ -56,7 +58,7 @@ def test_hf_checkpoint_loads_key_for_key(tmp_path, weights, capsys):
 def test_finetune_checkpoint_loads_fc_norm_and_head(tmp_path):
     written = write_eat_checkpoint(tmp_path / "eat", variant="finetune")
     assert "model.head.weight" in written and "model.fc_norm.weight" in written
-    encoder = C.build_encoder(tmp_path / "eat")
+    encoder = P.build_encoder(tmp_path / "eat")
     assert torch.equal(encoder.head.weight, written["model.head.weight"])
     assert encoder.head.weight.shape == (TINY_HF_CONFIG["num_classes"], TINY_HF_CONFIG["embed_dim"])
     assert torch.equal(encoder.fc_norm.bias, written["model.fc_norm.bias"])
@@ -79,7 +81,7 @@ def _rewrite(folder, change):
             "shape",
             r"mis-shaped keys \(1\):\s+blocks\.0\.attn\.qkv\.weight: file \(192, 32\) vs model \(192, 64\)",
         ),
-        ("broken", r"cannot read EAT weights from .*model\.safetensors"),
+        ("broken", r"cannot read EAT weights .*model\.safetensors"),
         ("no_prefix", r"without the Hugging Face 'model\.' prefix"),
         ("config", r"config\.json is not valid JSON"),
         (
@@ -107,7 +109,7 @@ def test_corrupted_checkpoint_fails_clearly(tmp_path, problem, expected):
     elif problem == "no_weights":
         weights.unlink()
     with pytest.raises(ValueError, match=expected) as info:
-        C.build_encoder(folder)
+        P.build_encoder(folder)
     if problem in ("missing", "extra", "shape"):
         message = str(info.value)
         assert str(weights) in message
@@ -164,7 +166,7 @@ def _not_a_checkpoint(tmp_path, case: str):
 def test_a_path_that_is_not_a_checkpoint_says_so(tmp_path, case):
     path, named = _not_a_checkpoint(tmp_path, case)
     with pytest.raises(ValueError) as info:
-        C.build_encoder(path)
+        P.build_encoder(path)
     message = str(info.value)
     assert str(named) in message and "not found" not in message
     assert "not an EAT" in message
@@ -176,9 +178,9 @@ def test_a_path_that_is_not_a_checkpoint_says_so(tmp_path, case):
 def test_neither_a_path_nor_a_hub_id_is_not_found(tmp_path, spec, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"EAT checkpoint {spec} not found"):
-        C.build_encoder(spec)
+        P.build_encoder(spec)
     with pytest.raises(FileNotFoundError, match="not found"):
-        C.build_encoder(tmp_path / "absent")
+        P.build_encoder(tmp_path / "absent")
 
 
 # ----------------------------------------------------------------------------- Hugging Face hub ids
@@ -196,14 +198,14 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 def test_hub_id_loads_from_the_offline_cache(tmp_path, offline_hub):
-    assert C.hub_cache_dir() == tmp_path / "hf_home" / "hub"
-    resolved = C.resolve_checkpoint("owner/tiny-eat")
-    assert resolved == C.ResolvedCheckpoint(offline_hub, "owner/tiny-eat", COMMIT)
-    assert C.resolve_checkpoint(f"owner/tiny-eat@{COMMIT}") == resolved
-    assert C.resolve_checkpoint("owner/tiny-eat@main") == resolved
-    by_id = C.build_encoder("owner/tiny-eat")
+    assert P.hub_cache_dir() == tmp_path / "hf_home" / "hub"
+    resolved = P.resolve_checkpoint("owner/tiny-eat")
+    assert resolved == P.ResolvedCheckpoint(offline_hub, "owner/tiny-eat", COMMIT)
+    assert P.resolve_checkpoint(f"owner/tiny-eat@{COMMIT}") == resolved
+    assert P.resolve_checkpoint("owner/tiny-eat@main") == resolved
+    by_id = P.build_encoder("owner/tiny-eat")
     write_eat_checkpoint(tmp_path / "local")  # the same weights as a plain folder
-    by_folder = C.build_encoder(tmp_path / "local")
+    by_folder = P.build_encoder(tmp_path / "local")
     for key, value in by_folder.state_dict().items():
         assert torch.equal(by_id.state_dict()[key], value), key
     assert by_id.source["hub_id"] == "owner/tiny-eat" and by_id.source["revision"] == COMMIT
@@ -216,20 +218,20 @@ def test_hub_cache_may_be_named_by_hf_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert C.resolve_checkpoint("owner/tiny-eat").path == snapshot
+    assert P.resolve_checkpoint("owner/tiny-eat").path == snapshot
 
 
 def test_a_local_folder_shaped_like_an_id_wins(tmp_path, offline_hub, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_eat_checkpoint(tmp_path / "owner" / "tiny-eat", seed=5)
-    resolved = C.resolve_checkpoint("owner/tiny-eat")
+    resolved = P.resolve_checkpoint("owner/tiny-eat")
     assert resolved.path == (tmp_path / "owner" / "tiny-eat").resolve() and resolved.hub_id is None
 
 
 @pytest.mark.parametrize("spec", ["owner/absent-eat", "owner/tiny-eat@v2"])
 def test_hub_id_missing_offline_says_how_to_download(tmp_path, offline_hub, spec):
     with pytest.raises(FileNotFoundError) as info:
-        C.build_encoder(spec)
+        P.build_encoder(spec)
     message = str(info.value)
     hub_id = spec.split("@")[0]
     assert f"hf download {hub_id}" in message and "HF_HOME" in message
@@ -237,7 +239,7 @@ def test_hub_id_missing_offline_says_how_to_download(tmp_path, offline_hub, spec
 
 
 def test_tuned_model_on_a_hub_backbone_rebuilds_through_the_cache(tmp_path, offline_hub, monkeypatch):
-    model = _tuned(C.build_encoder("owner/tiny-eat"), "linear")
+    model = _tuned(P.build_encoder("owner/tiny-eat"), "linear")
     path = tmp_path / "tuned.pth"
     C.save_tuned(path, model, LabelIndex(["a", "b", "c"]), {}, "owner/tiny-eat")
     backbone = torch.load(path, weights_only=True)["backbone"]
@@ -255,7 +257,7 @@ def test_tuned_model_on_a_hub_backbone_rebuilds_through_the_cache(tmp_path, offl
     with torch.no_grad():
         x = _fbank(64, 4)[None, None]
         assert torch.equal(loaded(x), model(x))
-    assert C.base_encoder(loaded.encoder).source["checkpoint"] == str(
+    assert base_encoder(loaded.encoder).source["checkpoint"] == str(
         other / "hub" / "models--owner--tiny-eat" / "snapshots" / COMMIT
     )
     # the cached copy is not the one it was tuned on -> refused
@@ -310,17 +312,17 @@ def test_fairseq_file_with_omegaconf_cfg_matches_the_hf_layout(tmp_path, capsys,
     path, folder = _fairseq_file(tmp_path, cfg, args=argparse.Namespace(arch="data2vec_multi", num_heads=2))
     for name in [name for name in sys.modules if name.split(".")[0] == "omegaconf"]:
         monkeypatch.setitem(sys.modules, name, None)  # reading needs no omegaconf: an import would fail
-    raw = C._load_fairseq_pickle(path)
-    assert C._plain(raw["cfg"])["model"] == model_section  # interpolations and "???" stay as written
-    assert C._plain(raw["args"]) == {"arch": "data2vec_multi", "num_heads": 2}
-    encoder = C.build_encoder(path)
+    raw = P._load_fairseq_pickle(path)
+    assert P._plain(raw["cfg"])["model"] == model_section  # interpolations and "???" stay as written
+    assert P._plain(raw["args"]) == {"arch": "data2vec_multi", "num_heads": 2}
+    encoder = P.build_encoder(path)
     assert "read as a fairseq checkpoint (num_heads=2)" in capsys.readouterr().out
     assert (encoder.config.num_heads, encoder.config.depth, encoder.config.model_variant) == (
         2,
         2,
         "pretrain",
     )
-    reference = C.build_encoder(folder)
+    reference = P.build_encoder(folder)
     assert torch.equal(_outputs(encoder), _outputs(reference))
     assert encoder.source["checkpoint"] == str(path.resolve())
 
@@ -349,12 +351,12 @@ def test_fairseq_structured_cfg_naming_fairseq_dataclasses_loads(tmp_path, monke
     path, folder = _fairseq_file(tmp_path, OmegaConf.structured(module.Config))
     for name in ("fairseq", "fairseq.dataclass", "fairseq.dataclass.configs"):
         monkeypatch.setitem(sys.modules, name, None)  # fairseq is not installed where the file is read
-    assert C._plain(C._load_fairseq_pickle(path)["cfg"])["model"] == {
+    assert P._plain(P._load_fairseq_pickle(path)["cfg"])["model"] == {
         "num_heads": 2,
         "embed_dim": 64,
         "backend": "c10d",
     }
-    assert torch.equal(_outputs(C.build_encoder(path)), _outputs(C.build_encoder(folder)))
+    assert torch.equal(_outputs(P.build_encoder(path)), _outputs(P.build_encoder(folder)))
 
 
 def test_finetuned_fairseq_file_reads_heads_from_pretrained_model_args(tmp_path):
@@ -367,10 +369,10 @@ def test_finetuned_fairseq_file_reads_heads_from_pretrained_model_args(tmp_path)
         }
     )
     path, folder = _fairseq_file(tmp_path, cfg, variant="finetune")
-    encoder = C.build_encoder(path)
+    encoder = P.build_encoder(path)
     assert encoder.config.num_heads == 2 and encoder.config.model_variant == "finetune"
-    assert torch.equal(encoder.head.weight, C.build_encoder(folder).head.weight)
-    assert torch.equal(_outputs(encoder), _outputs(C.build_encoder(folder)))
+    assert torch.equal(encoder.head.weight, P.build_encoder(folder).head.weight)
+    assert torch.equal(_outputs(encoder), _outputs(P.build_encoder(folder)))
 
 
 @pytest.mark.parametrize(
@@ -391,7 +393,7 @@ def test_finetuned_fairseq_file_reads_heads_from_pretrained_model_args(tmp_path)
 def test_fairseq_file_without_a_head_count_is_refused(tmp_path, cfg, expected):
     path, _ = _fairseq_file(tmp_path, cfg)
     with pytest.raises(ValueError, match=expected) as info:
-        C.build_encoder(path)
+        P.build_encoder(path)
     assert str(path) in str(info.value)
 
 
@@ -417,11 +419,27 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, container):
     else:
         path.write_bytes(pickle.dumps(payload, protocol=int(container[-1])))
     with pytest.raises(ValueError, match="refusing to read") as info:
-        C.build_encoder(path)
+        P.build_encoder(path)
     message = str(info.value)
     assert str(path) in message and "weights_only=False" not in message
     if container != "pickle_protocol_5":  # the weights-only reader stops at protocol 5's first frame already
         assert "posix.system" in message or "os.system" in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["hf_folder_bin", "tuned_model"])
+def test_a_pickle_in_any_torch_file_is_refused_in_one_line_that_never_suggests_loading_it_unsafely(
+    tmp_path, kind
+):
+    marker = tmp_path / "pwned"
+    write_eat_checkpoint(tmp_path / "eat", weights="bin")
+    path = tmp_path / "eat" / "pytorch_model.bin" if kind == "hf_folder_bin" else tmp_path / "model.pth"
+    torch.save({"format": C.TUNED_FORMAT, "settings": _RunsCode(marker)}, path)
+    with pytest.raises(ValueError) as info:
+        P.build_encoder(tmp_path / "eat") if kind == "hf_folder_bin" else C.load_tuned(path)
+    message = str(info.value)
+    assert message.startswith("cannot read") and str(path) in message and "\n" not in message
+    assert "weights_only" not in message and "posix.system" in message or "os.system" in message
     assert not marker.exists()
 
 
@@ -444,7 +462,7 @@ def test_save_and_load_tuned_gives_identical_embeddings(tmp_path, backbone):
     if backbone == "hf":
         checkpoint = tmp_path / "eat"
         write_eat_checkpoint(checkpoint)
-    encoder = C.build_encoder(checkpoint, "tiny", init_seed=7)
+    encoder = P.build_encoder(checkpoint, "tiny", init_seed=7)
     model = _tuned(encoder, "arcface" if backbone == "random" else "linear")
     labels = LabelIndex(["fan/section_00/a", "fan/section_00/b", "pump/section_01/noAttribute"])
     path = tmp_path / "best_encoder_model.pth"
@@ -466,7 +484,7 @@ def test_save_and_load_tuned_gives_identical_embeddings(tmp_path, backbone):
 def test_load_tuned_checks_the_backbone(tmp_path):
     checkpoint = tmp_path / "eat"
     write_eat_checkpoint(checkpoint)
-    model = _tuned(C.build_encoder(checkpoint), "linear")
+    model = _tuned(P.build_encoder(checkpoint), "linear")
     path = tmp_path / "tuned.pth"
     C.save_tuned(path, model, LabelIndex(["a", "b", "c"]), {}, checkpoint)
     fingerprint = freshness.file_key(path)
@@ -499,7 +517,7 @@ def test_load_tuned_checks_the_backbone(tmp_path):
     loaded, _, _ = C.load_tuned(path, backbone_checkpoint=moved)
     assert isinstance(loaded, M.ASDModel)
     # re-saving changes the fingerprint
-    C.save_tuned(path, _tuned(C.build_encoder(moved), "linear"), LabelIndex(["a", "b", "c"]), {}, moved)
+    C.save_tuned(path, _tuned(P.build_encoder(moved), "linear"), LabelIndex(["a", "b", "c"]), {}, moved)
     assert freshness.file_key(path) != fingerprint
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import asd.checkpoints as C
+import asd.pretrained as P
 import model as M
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "eat_reference_fixture"
@@ -21,7 +21,9 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "eat_reference_fixture"
 def fixture_dir() -> Path:
     """The fixture folder, its files checked against the SHA-256 cases.json lists."""
     if not (FIXTURE / "cases.json").is_file():
-        pytest.fail(f"EAT reference fixture not found at {FIXTURE}: restore tests/fixtures/eat_reference_fixture")
+        pytest.fail(
+            f"EAT reference fixture not found at {FIXTURE}: restore tests/fixtures/eat_reference_fixture"
+        )
     for name, entry in json.loads((FIXTURE / "cases.json").read_text())["files"].items():
         assert hashlib.sha256((FIXTURE / name).read_bytes()).hexdigest() == entry["sha256"], name
     return FIXTURE
@@ -71,7 +73,7 @@ def encoder(request, fixture_dir, cases, tmp_path_factory) -> M.EATEncoder:
         spec = fixture_dir  # config.json + model.safetensors
     else:
         spec = _fairseq_file(fixture_dir, tmp_path_factory.mktemp("fairseq"), cases)
-    encoder = C.build_encoder(spec, verbose=False)
+    encoder = P.build_encoder(spec, verbose=False)
     assert encoder.config.depth == cases["config"]["depth"]
     return encoder.eval()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import asd.checkpoints as C
+import asd.pretrained as P
 import model as M
 from asd.embed import embed_fbanks
 
@@ -109,7 +109,7 @@ def test_scadacos_fixed_scale_and_xavier_centres_survive_a_reload():
 
 
 def test_projection_gives_the_downstream_embedding(tmp_path):
-    encoder = C.build_encoder(None, "tiny")
+    encoder = P.build_encoder(None, "tiny")
     model = M.ASDModel(
         M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), M.make_head("scadacos", 192, 3, projection_dim=24)
     ).eval()
@@ -130,11 +130,11 @@ def test_projection_gives_the_downstream_embedding(tmp_path):
 def test_lora_targets(targets, suffixes):
     from peft.tuners.lora import LoraLayer
 
-    wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets=targets)
+    wrapped = M.add_lora(P.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets=targets)
     layers = [name for name, module in wrapped.named_modules() if isinstance(module, LoraLayer)]
     depth = M.base_encoder(wrapped).config.depth
     assert len(layers) == len(suffixes) * depth and all(name.endswith(suffixes) for name in layers)
     assert not isinstance(M.base_encoder(wrapped).local_encoder.proj, LoraLayer)
     assert wrapped.asd_lora_settings["targets"] == [s.split(".")[1] for s in suffixes]
     with pytest.raises(ValueError, match="LoRA targets must be some of"):
-        M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets="qkv,local_encoder")
+        M.add_lora(P.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.0, targets="qkv,local_encoder")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import asd.checkpoints as C
+import asd.pretrained as P
 import model as M
 from asd.embed import embed_fbanks
 
@@ -18,7 +18,7 @@ def _fbank(frames: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> M.EATEncoder:
-    return C.build_encoder(None, "tiny").eval()
+    return P.build_encoder(None, "tiny").eval()
 
 
 # ----------------------------------------------------------------------------- positions
@@ -47,7 +47,7 @@ def test_position_table_matches_formula():
 
 
 def test_random_encoder_warns_and_uses_formula_table(capsys, tiny_encoder):
-    encoder = C.build_encoder(None, "tiny")
+    encoder = P.build_encoder(None, "tiny")
     assert "RANDOMLY INITIALISED" in capsys.readouterr().out
     cfg = encoder.config
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == (192, 4, 3)
@@ -56,7 +56,7 @@ def test_random_encoder_warns_and_uses_formula_table(capsys, tiny_encoder):
     assert not encoder.fixed_positional_encoder.positions.requires_grad
     # the same seed rebuilds the same weights, another seed does not
     assert encoder.source["checksum"] == tiny_encoder.source["checksum"]
-    assert C.build_encoder(None, "tiny", init_seed=1).source["checksum"] != encoder.source["checksum"]
+    assert P.build_encoder(None, "tiny", init_seed=1).source["checksum"] != encoder.source["checksum"]
 
 
 def test_presets_and_bad_size():
@@ -112,7 +112,7 @@ def test_positions_are_the_first_rows_of_the_stored_table(tiny_encoder):
 def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
     from peft.tuners.lora import LoraLayer
 
-    encoder = C.build_encoder(None, "tiny").eval()
+    encoder = P.build_encoder(None, "tiny").eval()
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
         before = encoder(x)
@@ -129,7 +129,7 @@ def test_lora_wraps_exactly_attention_qkv_and_proj(tiny_encoder, capsys):
 
 
 def test_lora_unfreezes_last_norms():
-    wrapped = M.add_lora(C.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.1, unfreeze_last_norms=1)
+    wrapped = M.add_lora(P.build_encoder(None, "tiny"), rank=2, alpha=4, dropout=0.1, unfreeze_last_norms=1)
     norms = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n)
     assert norms == sorted(
         f"base_model.model.blocks.3.norm{i}.{w}" for i in (1, 2) for w in ("weight", "bias")

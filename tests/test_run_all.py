@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import run_all
-from asd import pipeline, seeds
+from asd import locks, pipeline, seeds
 from asd.pipeline import Step, StepFailed, run_pipeline
 
 
@@ -421,7 +421,7 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
 
     run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
     code = (
-        "import sys, time; from pathlib import Path; from asd.pipeline import run_folder_lock\n"
+        "import sys, time; from pathlib import Path; from asd.locks import run_folder_lock\n"
         f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
@@ -435,8 +435,8 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
     finally:
         holder.kill()
         holder.wait()
-    with pipeline.run_folder_lock(run_dir):  # free again once its holder is gone
-        assert f"pid {os.getpid()} " in (run_dir / ".lock").read_text()
+    with locks.run_folder_lock(run_dir):  # free again once its holder is gone
+        assert f"pid {os.getpid()} " in (run_dir / locks.LOCK_NAME).read_text()
 
 
 def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(tiny_demo_dir, tmp_path):
@@ -467,6 +467,7 @@ def test_channels_and_ground_truth_pass_only_when_set(tiny_demo_dir, tmp_path):
     commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
     for name in ("train", "extract_embeddings"):
         assert commands[name][-4:] == ["--channels", "far", "--residual_weight", "0.5"]
+    assert commands["datashape"][-2:] == ["--channels", "far"]  # mono clips are its problem to report
     for name in ("evaluate", "evaluate_deepSVDD"):
         assert commands[name][-2:] == ["--ground_truth", str(tmp_path)]
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])

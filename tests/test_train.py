@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import asd.checkpoints as C
+import asd.pretrained as P
 import model as M
 import train
 from asd import augment, training
@@ -74,12 +75,12 @@ def test_two_epochs_lower_the_loss_and_write_a_reloadable_model(tmp_path, tiny_d
 
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == history["num_classes"] and settings["best_epoch"] == best["epoch"]
-    assert C.tensors_checksum(M.trainable_state(model)) == best["trainable_sha256"]
+    assert P.tensors_checksum(M.trainable_state(model)) == best["trainable_sha256"]
     fbanks = _fbanks(tiny_demo_dir)
     first = embed_fbanks(model, fbanks, 128, amp=False)
     again, _, _ = C.load_tuned(tmp_path / "best.pth")
     assert torch.equal(embed_fbanks(again, fbanks, 128, amp=False), first)
-    untrained = M.ASDModel(C.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
+    untrained = M.ASDModel(P.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
     assert not torch.allclose(embed_fbanks(untrained, fbanks, 128, amp=False), first, atol=1e-4)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "last.pth").is_file()
 
@@ -331,7 +332,7 @@ def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir)
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == 1 and settings["task"] == "frozen" and model.embed_dim == 192
     fbanks = _fbanks(data_dir, 2)
-    plain = C.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
+    plain = P.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
     tuned = embed_fbanks(model, fbanks, 256, amp=False)
     untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
