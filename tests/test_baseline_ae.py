@@ -225,3 +225,15 @@ def test_from_settings_reads_its_options():
     assert B.BaselineAEScorer.group_by == "machine_type"
     with pytest.raises(ValueError, match="MSE"):
         B.BaselineAEScorer.from_settings({"baseline_score": "L1"})
+
+
+def test_thresholds_count_only_the_held_out_scores_of_a_domain():
+    from asd.scoring import TrainScores
+    from asd.thresholds import threshold_table
+
+    records = [parse_clip_name("/x/m/test/section_00_source_test_normal_0000_a_1.wav")]
+    values = np.concatenate([np.linspace(1.0, 2.0, 12), [3.0, 4.0], np.full(10, np.nan)])
+    domains = ["source"] * 12 + ["target"] * 12
+    table = threshold_table(records, TrainScores({("m", "00"): values}, {("m", "00"): domains}))
+    assert ("m", "00", "source") in table and ("m", "00", "target") not in table  # 2 held-out targets
+    assert table[("m", "00")]["n_scores"] == 14
