@@ -22,6 +22,7 @@ SCRIPTS = [  # the project's runnable scripts: docs/constants.md, the tests of e
     "evaluate_deepSVDD.py",
     "evaluate.py",
     "score_clips.py",
+    "bench/baseline_ae.py",
     "bench/encoder.py",
     "bench/gpu_check.py",
     "bench/scoring.py",

@@ -86,8 +86,8 @@ def threshold_table(
                 np.asarray(train_scores[key], dtype=np.float64),
                 np.asarray(domains[key], dtype=object),
             )
-            for domain in ("source", "target"):
-                if np.sum(of == domain) >= MIN_DOMAIN_SCORES:
+            for domain in ("source", "target"):  # a NaN score (no out-of-sample score) does not count
+                if np.sum((of == domain) & np.isfinite(values)) >= MIN_DOMAIN_SCORES:
                     table[(*key, domain)] = threshold_info(values[of == domain], location=location)
     return table
 

@@ -82,6 +82,7 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
         "GPU idle share",
         "pipeline steps",
         "estimate",
+        "baseline autoencoder",
         modes_title,
         "done",
     ):
@@ -111,6 +112,11 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
     assert estimate["total_seconds"] == pytest.approx(sum(part[2] for part in estimate["parts"]))
     assert len(estimate["parts"]) == 6 and all(part[2] >= 0 for part in estimate["parts"])
     assert estimate["parts"][0][0] == "training, 25 epochs (train.py, asdkit-eat-lora)"
+    baseline = numbers["baseline autoencoder"]  # 2 epochs per machine type on the near channel, both scores
+    assert {"fan", "gearbox", "pump"} <= set(baseline) and baseline["dcase_estimate_s_per_machine_type"] > 0
+    assert all(
+        baseline[m]["fit_s"] > 0 and set(baseline[m]["auc"]) == {"MSE", "MAHALA"} for m in ("fan", "pump")
+    )
     modes = numbers[modes_title]
     assert list(modes) == ["residual"]
     assert modes["residual"]["seeds"] == [0, 1] and len(modes["residual"]["seed_tables"]) == 1
