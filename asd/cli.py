@@ -188,10 +188,14 @@ def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setti
     return _script_source(str(module)).settings.get(node.attr)
 
 
-@functools.cache
 def _script_source(source_file: str) -> SimpleNamespace:
-    """read_source() of a script file, read once per process."""
-    return read_source(Path(source_file).read_text(), source_file)
+    """read_source() of a script file as it is now (parsed once per content)."""
+    return _read_source_once(Path(source_file).read_text(), str(source_file))
+
+
+@functools.cache
+def _read_source_once(source: str, source_file: str) -> SimpleNamespace:
+    return read_source(source, source_file)
 
 
 def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:

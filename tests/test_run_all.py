@@ -370,6 +370,36 @@ def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny
     assert pipeline.check_steps(steps, overrides)["train"].eat_checkpoint is None
 
 
+def test_epochs_edited_at_the_top_of_train_py_is_what_the_asdkit_recipe_trains(tiny_demo_dir, tmp_path):
+    """A recipe repeats no constant of its script: under run_all.py --recipe asdkit-eat-lora (the README's
+    real-data command) an EPOCHS edited at the top of train.py is what the train step gets."""
+    import shutil
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache", "docs")
+    )
+    overrides = pipeline.split_step_overrides([])[1]
+    cfg = run_all.parse_config(
+        vars(run_all), ["--data_dir", str(tiny_demo_dir), "--recipe", "asdkit-eat-lora"]
+    )
+
+    def train_settings():
+        steps = pipeline.build_steps(
+            cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+        )
+        return pipeline.check_steps(steps, overrides)["train"]
+
+    assert train_settings().epochs == 25
+    _edit_constant(scripts / "train.py", "EPOCHS", "3")
+    edited = train_settings()
+    assert (edited.epochs, edited.recipe, edited.sources["epochs"]) == (
+        3,
+        "asdkit-eat-lora",
+        "top of train.py",
+    )
+
+
 def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(tiny_demo_dir, tmp_path):
     import os
     import shutil
@@ -584,7 +614,7 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
         r"GRAD_CLIP\s+= 0\.0",
         r"SCALE\s+= fixed",
     ):
-        assert re.search(setting + r"\s+\[recipe asdkit-eat-lora\]", out), setting
+        assert re.search(setting + r"\s+\[top of train\.py\]", out), setting
     labels = ["Deep SVDD", "k-NN + Mahalanobis", "ASDKit k-NN", "ASDKit k-NN + SMOTE", "ASDKit k-means"]
     labels.append("ASDKit k-NN rescaled")
     seeds_table = out[out.index("mean +- standard deviation over 2 seeds") :]
