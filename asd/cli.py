@@ -45,6 +45,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from asd.imports import imported_names, module_file
 from asd.recipes import recipe as recipe_values
 
 GIVEN_TO_ENV = "ASD_OPTIONS_GIVEN_TO"  # run_all.py sets it to "run_all.py" for its steps
@@ -155,34 +156,11 @@ def _help_of(node: ast.stmt, comments: dict[int, str], alone: set[int]) -> str:
     return ""
 
 
-def _imported_modules(tree: ast.Module) -> dict[str, str]:
-    """{local name: dotted module} of a module's imports (``import x``, ``from asd import y``)."""
-    names = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                top = alias.name.split(".")[0]
-                names[alias.asname or top] = alias.name if alias.asname else top
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return names
-
-
-def _module_file(script: Path, dotted: str) -> Path | None:
-    """The project file of a dotted module name, looked for beside the script and up to two folders up."""
-    relative = Path(*dotted.split(".")).with_suffix(".py")
-    for folder in [script.parent, *script.parent.parents][:3]:
-        if (folder / relative).is_file():
-            return folder / relative
-    return None
-
-
 def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setting | None:
     """The library setting ``module.NAME`` names, when ``node`` is such a reference to a project module."""
     if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
         return None
-    module = _module_file(script, imports.get(node.value.id, node.value.id))
+    module = module_file(imports.get(node.value.id, node.value.id), script)
     if module is None:
         return None
     return _script_source(str(module)).settings.get(node.attr)
@@ -206,7 +184,7 @@ def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
     path = Path(source_file)
     tree = ast.parse(source)
     comments, alone = _comment_lines(source)
-    imports = _imported_modules(tree)
+    imports = imported_names(tree)
     settings: dict[str, _Setting] = {}
     private: dict[str, Any] = {}
     for node in tree.body:

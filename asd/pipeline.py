@@ -10,7 +10,6 @@ outputs' keys tell whether the attempt touched them).
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import fcntl
@@ -29,9 +28,9 @@ from typing import Any, NamedTuple
 from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
+from asd.imports import PROJECT_DIR, local_sources
 from asd.train_checks import check_settings
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 STEP_NAMES = (
     "make_demo_data",
     "datashape",
@@ -110,36 +109,6 @@ def _content_key(path: Path | Files | FileNames) -> list:
         folder, children = path, path.rglob("*")
     files = sorted(p for p in children if _visible(p, folder))
     return [str(path), files_key(files, root=folder)]
-
-
-def local_sources(script: Path, roots: Sequence[Path] = (PROJECT_DIR,)) -> list[Path]:
-    """The script and every module of this project it imports, directly or not (so editing model.py
-    reruns training, not only editing train.py); modules are looked for beside the script and in
-    ``roots``."""
-    found: list[Path] = []
-    pending = [script.resolve()]
-    while pending:
-        path = pending.pop()
-        if path in found:
-            continue
-        found.append(path)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module
-                else []
-            )
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names += [f"{node.module}.{alias.name}" for alias in node.names]
-            for name in names:
-                for root in (path.parent, *roots):
-                    module = root.joinpath(*name.split(".")).with_suffix(".py")
-                    if module.is_file():
-                        pending.append(module.resolve())
-                        break
-    return sorted(found)
 
 
 def step_signature(step: Step) -> str:

@@ -103,7 +103,7 @@ def test_readme_is_short_and_points_to_the_reference():
 
 
 def test_the_file_map_names_every_module():
-    from test_architecture import project_modules
+    from helpers import project_modules
 
     missing = [m for m in project_modules() if f"`{m}`" not in README and f"`{Path(m).name}`" not in README]
     assert not missing, f"README's 'Which file holds what' does not name {missing}"

@@ -10,6 +10,7 @@ import pytest
 
 import run_all
 from asd import pipeline, seeds
+from asd.imports import local_sources
 from asd.pipeline import Step, StepFailed, run_pipeline
 
 
@@ -122,7 +123,7 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 
 def test_train_step_depends_on_the_model_code():
-    sources = {p.name for p in pipeline.local_sources(pipeline.PROJECT_DIR / "train.py")}
+    sources = {p.name for p in local_sources(pipeline.PROJECT_DIR / "train.py")}
     assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
     assert "evaluate.py" not in sources
 
@@ -588,9 +589,8 @@ def _run_in_process(step: Step) -> None:
 def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys, monkeypatch):
     """run_all --recipe asdkit-eat-lora --seeds 0,1 on a tiny tree: train.py shows ASDKit's settings,
     each seed's table and the seeds table list Deep SVDD, the ensemble and the four ASDKit back ends."""
-    from conftest import TINY_DEMO_ARGS
-
     import make_demo_data
+    from helpers import TINY_DEMO_ARGS
 
     data = (
         tmp_path / "demo_data"

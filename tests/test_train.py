@@ -15,6 +15,7 @@ import train
 from asd import augment, training
 from asd.embed import embed_fbanks
 from dataset import discover_clips
+from helpers import tiny_train_args
 
 
 def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -126,31 +127,6 @@ def test_spec_augment_masks_bands():
 # ----------------------------------------------------------------------------- the asdkit-eat-lora recipe
 
 
-def _asdkit_args(tmp_path: Path, data_dir: Path | str, *extra: str) -> list[str]:
-    """The default recipe with a tiny random encoder and small overrides for CPU tests."""
-    return [
-        "--data_dir",
-        str(data_dir),
-        "--model_size",
-        "tiny",
-        "--lora_rank",
-        "4",
-        "--warmup_steps",
-        "2",
-        "--epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--feature_cache",
-        str(tmp_path.parent / "cache"),
-        "--output",
-        str(tmp_path / "best.pth"),
-        "--last_checkpoint",
-        str(tmp_path / "last.pth"),
-        *extra,
-    ]
-
-
 def test_variable_length_collate_pads_to_multiples_and_the_longest():
     from dataset import VariableLengthCollate
     from preprocessing import PAD_VALUE
@@ -252,7 +228,7 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
 
     monkeypatch.setattr(training, "fixed_length_input", recording_input)
     monkeypatch.setattr(training, "mixup_samples", recording_mixup)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora"))
+    history = train.main(tiny_train_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora"))
     assert history["epochs"] == [1] and history["task"] == "classes" and history["num_val"] == 0
     assert set(lengths) == {(18 * 16000, 1824)}
     assert {prob for prob, _ in mixed} == {0.5} and torch.cat([m for _, m in mixed]).any()
@@ -282,7 +258,7 @@ def test_two_data_folders_train_one_model(tmp_path, samples_dir, tiny_demo_dir):
     """DATA_DIR a,b: the training clips of both folders, one class index over both."""
     real = samples_dir / "dcase2023_dev"
     history = train.main(
-        _asdkit_args(tmp_path, f"{real},{tiny_demo_dir}", "--clip_seconds", "1", "--batch_size", "16")
+        tiny_train_args(tmp_path, f"{real},{tiny_demo_dir}", "--clip_seconds", "1", "--batch_size", "16")
     )
     both = discover_clips(real, splits=("train",)) + discover_clips(tiny_demo_dir, splits=("train",))
     assert history["num_train"] == len(both)
@@ -304,7 +280,7 @@ def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
 def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
     data_dir = _single_class_dir(tmp_path, samples_dir)
     history = train.main(
-        _asdkit_args(
+        tiny_train_args(
             tmp_path,
             data_dir,
             "--epochs",
@@ -326,7 +302,7 @@ def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
 
 def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir):
     data_dir = _single_class_dir(tmp_path, samples_dir)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--single_class", "frozen"))
+    history = train.main(tiny_train_args(tmp_path, data_dir, "--single_class", "frozen"))
     assert history["task"] == "frozen" and history["epochs"] == []
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == 1 and settings["task"] == "frozen" and model.embed_dim == 192
@@ -355,14 +331,14 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
     with pytest.raises(
         ValueError, match=rf"{re.escape(str(long_clip))}: 124.0 s .* longer than the encoder's reach"
     ):
-        train.main(_asdkit_args(tmp_path, tmp_path / "long", *whole))
+        train.main(tiny_train_args(tmp_path, tmp_path / "long", *whole))
     short = tmp_path / "short" / "fan" / "train"  # only clips within reach: CLIP_SECONDS itself is refused
     short.mkdir(parents=True)
     sf.write(short / "section_00_source_train_normal_0001_a_2.wav", np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(
         ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
     ):
-        train.main(_asdkit_args(tmp_path, short.parents[1], "--clip_seconds", "130"))
+        train.main(tiny_train_args(tmp_path, short.parents[1], "--clip_seconds", "130"))
 
 
 @pytest.mark.parametrize(
