@@ -12,7 +12,7 @@ from helpers import project_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the asd/ high-level modules build on; asd/heads.py holds model.py's classifier heads (model.py
-# re-exports them), so it sits in model.py's layer
+# builds on them), so it sits in model.py's layer
 LIBRARY = ["model.py", "dataset.py", "preprocessing.py", "asd/heads.py"]
 LOW_LEVEL = [
     "asd/cli.py",

@@ -12,7 +12,7 @@ import torch
 import asd.checkpoints as C
 import model as M
 import train
-from asd import augment, training
+from asd import augment, heads, training
 from asd.embed import embed_fbanks
 from dataset import discover_clips
 from helpers import tiny_train_args
@@ -80,7 +80,7 @@ def test_two_epochs_lower_the_loss_and_write_a_reloadable_model(tmp_path, tiny_d
     first = embed_fbanks(model, fbanks, 128, amp=False)
     again, _, _ = C.load_tuned(tmp_path / "best.pth")
     assert torch.equal(embed_fbanks(again, fbanks, 128, amp=False), first)
-    untrained = M.ASDModel(C.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
+    untrained = M.ASDModel(C.build_encoder(None, "tiny"), heads.LinearHead(192, len(labels)))
     assert not torch.allclose(embed_fbanks(untrained, fbanks, 128, amp=False), first, atol=1e-4)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "last.pth").is_file()
 
@@ -241,7 +241,7 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert set(labels.names) == names and settings["epoch"] == 1 and settings["clip_seconds_resolved"] == 18.0
     head = model.head
-    assert isinstance(head, M.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
+    assert isinstance(head, heads.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
     assert not head.dynamic and float(head.scale) == pytest.approx(
         math.sqrt(2) * math.log(16 * len(names) - 1)
     )
@@ -309,7 +309,7 @@ def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir)
     fbanks = _fbanks(data_dir, 2)
     plain = C.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
     tuned = embed_fbanks(model, fbanks, 256, amp=False)
-    untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
+    untouched = embed_fbanks(M.ASDModel(plain, heads.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
 
 
