@@ -73,7 +73,7 @@ PROGRESS = True
 # also require clips fit for this channel mode (near, far, mix, residual, both)
 CHANNELS = ""
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
+_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", *CHANNEL_MODES)}
 
 
 @dataclass

@@ -39,6 +39,7 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
+from asd import recipes
 from asd.asdkit_backends import asdkit_factory
 from asd.backends import ensemble_factory
 from asd.cli import config_to_dict, parse_config, print_config
@@ -105,7 +106,7 @@ PLOTS = True
 REPORT = True
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
-    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+    "RECIPE": ("", *recipes.RECIPES),
     "K": (1, None),
     "W": (0.0, 1.0),
     "BACKEND": ("knn", "kmeans", "density"),

@@ -30,7 +30,8 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import pipeline, seeds
+import preprocessing
+from asd import pipeline, recipes, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.files import remove_stale_temp_files
@@ -46,7 +47,7 @@ RUNS_DIR = "runs"
 EAT_CHECKPOINT = None
 # encoder size when there is no checkpoint: tiny | base | large; None = not set (train.py's own; demo: tiny)
 MODEL_SIZE = None
-# named settings for train.py and evaluate.py (asd/recipes.py): asdkit-eat-lora | arcface-v1; "" = not set
+# named settings for train.py and evaluate.py (asd/recipes.py); "" = not set
 RECIPE = ""
 # auto | cpu | cuda for training and embedding; None = not set (each script's own)
 DEVICE = None
@@ -79,10 +80,10 @@ DEMO_NUM_WORKERS = 0
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "MODEL_SIZE": ("tiny", "base", "large"),
-    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
-    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RECIPE": ("", *recipes.RECIPES),
+    "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
-    "CHANNEL_COMBINE": ("concat", "residual"),
+    "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
     "SEEDS": (0, None),
     "DEMO_CLIP_SECONDS": (">0", None),
     "DEMO_EPOCHS": (1, None),

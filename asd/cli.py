@@ -157,13 +157,46 @@ def _help_of(node: ast.stmt, comments: dict[int, str], alone: set[int]) -> str:
 
 
 def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setting | None:
-    """The library setting ``module.NAME`` names, when ``node`` is such a reference to a project module."""
-    if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+    """The library setting ``module.NAME`` (or ``NAME`` imported with ``from module import NAME``)
+    names, when ``node`` is such a reference to a project module's constant."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        dotted, name = imports.get(node.value.id, node.value.id), node.attr
+    elif isinstance(node, ast.Name) and "." in imports.get(node.id, ""):
+        dotted, name = imports[node.id].rsplit(".", 1)
+    else:
         return None
-    module = module_file(imports.get(node.value.id, node.value.id), script)
+    module = module_file(dotted, script)
     if module is None:
         return None
-    return _script_source(str(module)).settings.get(node.attr)
+    return _script_source(str(module)).settings.get(name)
+
+
+def _resolved(node: ast.expr, script: Path, imports: dict[str, str]) -> Any:
+    """The value of ``_LIMITS`` as Python computes it, from the source: literals, references to a project
+    module's constant (``preprocessing.CHANNEL_MODES``) and tuples or lists unpacking them (``("",
+    *recipes.RECIPES)``: a dict unpacks to its keys); _NOT_LITERAL for anything else."""
+    value = _literal(node)
+    if value is not _NOT_LITERAL:
+        return value
+    if isinstance(node, (ast.Attribute, ast.Name)):
+        setting = _taken_over(node, script, imports)
+        return _NOT_LITERAL if setting is None else setting.value
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        pairs = [
+            (_resolved(k, script, imports), _resolved(v, script, imports))
+            for k, v in zip(node.keys, node.values)
+        ]
+        return _NOT_LITERAL if any(_NOT_LITERAL in pair for pair in pairs) else dict(pairs)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items: list = []
+        for element in node.elts:
+            starred = isinstance(element, ast.Starred)
+            value = _resolved(element.value if starred else element, script, imports)
+            if value is _NOT_LITERAL or (starred and not isinstance(value, (tuple, list, dict))):
+                return _NOT_LITERAL
+            items += list(value) if starred else [value]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    return _NOT_LITERAL
 
 
 def _script_source(source_file: str) -> SimpleNamespace:
@@ -195,7 +228,7 @@ def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
         )
         for name in (t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()):
             if name.startswith("_"):
-                private[name] = _literal(node.value)
+                private[name] = _resolved(node.value, path, imports)
                 continue
             text = ast.get_source_segment(source, node.value) or ""
             setting = _Setting(
@@ -214,12 +247,18 @@ def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
             aliases = next((_literal(k.value) for k in node.keywords if k.arg == "aliases"), aliases)
     limits = private.get("_LIMITS", {})
+    problems = [_problem(path, s) for s in settings.values() if _problem(path, s)]
+    if not isinstance(limits, dict):
+        problems.append(
+            f"{path}: _LIMITS cannot be read from the source; write each allowed value as a literal or a "
+            f'reference to a project module\'s constant (preprocessing.CHANNEL_MODES, ("", *recipes.RECIPES))'
+        )
     return SimpleNamespace(
         settings=settings,
         values={name: s.value for name, s in settings.items()},
         comments={name: s.help for name, s in settings.items()},
         limits=limits if isinstance(limits, dict) else {},
-        problems=[_problem(path, s) for s in settings.values() if _problem(path, s)],
+        problems=problems,
         doc=ast.get_docstring(tree, clean=False),
         aliases=aliases,
     )

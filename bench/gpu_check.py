@@ -49,6 +49,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch  # noqa: E402
 
+import preprocessing  # noqa: E402
 from asd import benchmark  # noqa: E402
 from asd.cli import check_script_arguments, parse_config, print_config  # noqa: E402
 from asd.files import atomic_write_text  # noqa: E402
@@ -123,7 +124,7 @@ _LIMITS = {
     "NUM_WORKERS": (0, None),
     "TRAIN_EPOCHS": (1, None),
     "TRAIN_CLIP_SECONDS": (0.025, None),
-    "CHANNEL_MODES": ("near", "far", "mix", "residual", "both"),
+    "CHANNEL_MODES": preprocessing.CHANNEL_MODES,
     "MODE_SEEDS": (0, None),
     "DATASHEET_TFLOPS": (0.0, None),
     "DCASE_MACHINES": (1, None),
