@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from asd import docs, pipeline
+from asd import docs
 from asd.cli import check_script_arguments
+from asd.steps import split_step_overrides
 from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_every_command_shown_parses_with_the_real_options(command):
     assert calls, f"a command that calls no project script and is not named in NOT_RUN: {command}"
     for script, argv in calls:
         if script == "run_all.py":
-            own, overrides = pipeline.split_step_overrides(argv)
+            own, overrides = split_step_overrides(argv)
             check_script_arguments(ROOT / script, own)
             for name, words in overrides.items():
                 check_script_arguments(ROOT / f"{name}.py", words)
