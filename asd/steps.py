@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from asd.cli import source_constants
 from asd.imports import PROJECT_DIR
 from asd.pipeline import FileNames, Files, Step
+from asd.settings_source import source_constants
 
 STEP_NAMES = (
     "make_demo_data",

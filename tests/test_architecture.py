@@ -22,6 +22,7 @@ LOW_LEVEL = [
     "asd/recipes.py",
     "asd/docs.py",
     "asd/imports.py",
+    "asd/settings_source.py",
 ]
 LAYERS = [  # top first: a module may import its own layer and the layers below it, never one above
     ("scripts", lambda path: path in SCRIPTS),

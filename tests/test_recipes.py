@@ -10,7 +10,8 @@ import pytest
 import evaluate
 import train
 from asd import recipes
-from asd.cli import check_script_arguments, config_constants, parse_config, print_config, source_constants
+from asd.cli import check_script_arguments, parse_config, print_config
+from asd.settings_source import config_constants, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 

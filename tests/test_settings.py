@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, parse_config, print_config, read_source
+from asd.cli import check_script_arguments, parse_config, print_config
 from asd.docs import SCRIPTS
+from asd.settings_source import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")
