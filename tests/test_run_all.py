@@ -343,9 +343,7 @@ def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny
     from eat_checkpoint_support import write_eat_checkpoint
 
     scripts = tmp_path / "project"
-    shutil.copytree(
-        PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
-    )
+    shutil.copytree(PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache"))
     checkpoint = tmp_path / "my_eat"
     write_eat_checkpoint(checkpoint)
     _edit_constant(scripts / "train.py", "EAT_CHECKPOINT", repr(str(checkpoint)))
@@ -541,9 +539,7 @@ def test_a_step_constant_that_is_not_a_literal_stops_run_all_naming_it(tiny_demo
     import shutil
 
     scripts = tmp_path / "project"
-    shutil.copytree(
-        PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
-    )
+    shutil.copytree(PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache"))
     _edit_constant(scripts / "train.py", "EPOCHS", "5 * 5")
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
     overrides = split_step_overrides([])[1]
