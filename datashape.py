@@ -48,6 +48,7 @@ from asd.data_check import (
 from asd.errors import run_script
 from asd.recipe_report import recipe_report
 from dataset import SPLITS as DCASE_SPLITS
+from preprocessing import CHANNEL_MODES
 from dataset import machine_type_dirs, read_attribute_tables, wav_files
 from preprocessing import NUM_MEL_BINS
 
@@ -71,7 +72,7 @@ EVAL_LIST = ""
 # the recipe whose year, clip seconds, classes and fixed scale are printed (asd/recipes.py)
 REPORT_RECIPE = "asdkit-eat-lora"
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", "near", "far", "mix", "residual", "both")}
+_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", *CHANNEL_MODES)}
 
 
 def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int) -> None:

@@ -35,6 +35,8 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
+from asd import recipes
+from asd.backends import registry
 from asd.backends.registry import backend_factory, make_backend
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.comparison import (
@@ -123,8 +125,8 @@ REPORT = True
 # allowed values of the constants above, checked by asd.cli.parse_config; BACKENDS and EMBEDDING_BACKEND
 # are the registry's names (asd/backends/registry.py; tests/test_backends_registry.py keeps them equal)
 _LIMITS = {
-    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
-    "BACKENDS": ("ensemble", "knn", "smote_knn", "kmeans", "rescale", "mahalanobis"),
+    "RECIPE": ("", *recipes.RECIPES),
+    "BACKENDS": (*registry.REGISTRY,),
     "EMBEDDING_BACKEND": ("knn", "smote_knn", "kmeans", "rescale"),
     "K": (1, None),
     "W": (0.0, 1.0),

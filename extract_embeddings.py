@@ -92,9 +92,9 @@ _LIMITS = {
     "LONG_CLIP": ("crop", "windows"),
     "POOLING": ("cls", "mean"),
     "TARGET_FRAMES": (0, None),
-    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
-    "CHANNEL_COMBINE": ("concat", "residual"),
+    "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
 }
 
 

@@ -31,17 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# the auxiliary heads are part of the model; they live in asd/heads.py and are re-exported here
-from asd.heads import (  # noqa: F401
-    HEADS,
-    ArcFaceHead,
-    Head,
-    LinearHead,
-    SCAdaCosHead,
-    head_from_settings,
-    head_settings,
-    make_head,
-)
+from asd.heads import Head
 
 LORA_TARGET_MODULES = {
     "qkv": r"attn\.qkv",

@@ -30,12 +30,14 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import pipeline, seeds
+import preprocessing
+from asd import pipeline, recipes, seeds
 from asd.cli import parse_config, print_config
 from asd.comparison import comparison_rows, format_comparison, write_comparison
 from asd.errors import run_script
 from asd.files import remove_stale_temp_files
 from asd.locks import run_folder_lock
+from asd.steps import StepMaker, run_folder, seed_overrides, split_step_overrides
 from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
@@ -48,7 +50,7 @@ RUNS_DIR = "runs"
 EAT_CHECKPOINT = None
 # encoder size when there is no checkpoint: tiny | base | large; None = not set (train.py's own; demo: tiny)
 MODEL_SIZE = None
-# named settings for train.py and evaluate.py (asd/recipes.py): asdkit-eat-lora | arcface-v1; "" = not set
+# named settings for train.py and evaluate.py (asd/recipes.py); "" = not set
 RECIPE = ""
 # auto | cpu | cuda for training and embedding; None = not set (each script's own)
 DEVICE = None
@@ -82,10 +84,10 @@ DEMO_NUM_WORKERS = 0
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "MODEL_SIZE": ("tiny", "base", "large"),
-    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
-    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "RECIPE": ("", *recipes.RECIPES),
+    "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
-    "CHANNEL_COMBINE": ("concat", "residual"),
+    "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
     "SEEDS": (0, None),
     "DEMO_CLIP_SECONDS": (">0", None),
     "DEMO_EPOCHS": (1, None),
@@ -116,16 +118,34 @@ def choose_data_dirs(cfg) -> tuple[list[Path], bool]:
     return [Path(cfg.demo_dir).expanduser().resolve()], True
 
 
+def build_steps(
+    cfg, data_dirs: list[Path], run_dir: Path, demo: bool, overrides: dict[str, list[str]], scripts_dir=None
+) -> list[pipeline.Step]:
+    """The pipeline, in the order it runs: (the demo data,) each folder's data check, one encoder
+    trained on every folder, then for each folder with test clips: its embeddings, Deep SVDD trained
+    and scored, the ensemble (and ASDKit's back ends) scored. Every output under ``run_dir``."""
+    make = StepMaker(cfg, data_dirs, run_dir, demo, overrides, *([scripts_dir] if scripts_dir else []))
+    steps = [make.make_demo_data()] if demo else []
+    steps += [make.datashape(folder) for folder in make.data_dirs]
+    steps.append(make.train())
+    for folder in make.scored:
+        steps.append(make.extract_embeddings(folder))
+        steps.append(make.train_deepSVDD(folder))
+        steps.append(make.evaluate_deepSVDD(folder))
+        steps.append(make.evaluate(folder))
+    return steps
+
+
 def plan(cfg, overrides: dict[str, list[str]]) -> list[tuple[Path, list[pipeline.Step]]]:
     """(run folder, its steps) for each run (one per seed), every step's settings checked and its
     checkpoint input known, before anything is touched."""
     data_dirs, demo = choose_data_dirs(cfg)
-    base = pipeline.run_folder(Path(cfg.runs_dir).expanduser().resolve(), data_dirs)
+    base = run_folder(Path(cfg.runs_dir).expanduser().resolve(), data_dirs)
     runs = []
     for seed in cfg.seeds or [None]:
         run_dir = base if seed is None else base.with_name(f"{base.name}-seed{seed}")
-        words = overrides if seed is None else pipeline.seed_overrides(overrides, seed)
-        steps = pipeline.build_steps(cfg, data_dirs, run_dir, demo, words)
+        words = overrides if seed is None else seed_overrides(overrides, seed)
+        steps = build_steps(cfg, data_dirs, run_dir, demo, words)
         settings = pipeline.check_steps(steps, words)
         pipeline.check_ground_truth_folders(settings)
         pipeline.add_checkpoint_input(steps, settings)
@@ -160,7 +180,7 @@ def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    own_args, overrides = pipeline.split_step_overrides(list(sys.argv[1:] if argv is None else argv))
+    own_args, overrides = split_step_overrides(list(sys.argv[1:] if argv is None else argv))
     refuse_repeated_data_dir(own_args, "run_all.py")
     cfg = parse_config(globals(), own_args, description=__doc__)
     print_config(cfg, "run_all.py settings")

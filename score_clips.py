@@ -88,9 +88,9 @@ TIMELINE_DIR = "."
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
     "SCORER": ("ensemble", "deepsvdd"),
-    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
-    "CHANNEL_COMBINE": ("concat", "residual"),
+    "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
     "LONG_SECONDS": (0.0, None),
     "WINDOW_SECONDS": (">0", None),
     "HOP_SECONDS": (">0", None),

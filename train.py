@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import preprocessing
-from asd import training
+from asd import recipes, training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
@@ -59,7 +59,7 @@ from asd.train_checks import refuse_repeated_data_dir
 from dataset import LabelIndex
 from model import base_encoder, trainable_state
 
-# named settings (asd/recipes.py) applied over the constants below: asdkit-eat-lora | arcface-v1; "" = none
+# named settings (asd/recipes.py) applied over the constants below; "" = none
 # (the constants as written); flags and values given to run_all.py still win
 RECIPE = ""
 # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
@@ -187,7 +187,7 @@ LAST_CHECKPOINT = "last_encoder_model.pth"
 RESUME = "auto"
 # allowed values of the constants above, checked by asd.cli.parse_config
 _LIMITS = {
-    "RECIPE": ("", "asdkit-eat-lora", "arcface-v1"),
+    "RECIPE": ("", *recipes.RECIPES),
     "EPOCHS": (1, None),
     "BATCH_SIZE": (1, None),
     "GRAD_ACCUM": (1, None),
@@ -231,9 +231,9 @@ _LIMITS = {
     "MIXUP_ALPHA": (">0", None),
     "RESUME": ("auto", "true", "false"),
     "MODEL_SIZE": ("tiny", "base", "large"),
-    "CHANNELS": ("near", "far", "mix", "residual", "both"),
+    "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
-    "CHANNEL_COMBINE": ("concat", "residual"),
+    "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
 }
 
 

@@ -79,16 +79,17 @@ def training_step(
     + ArcFace head; mode "recipe": the asdkit-eat-lora step, rank RECIPE_LORA_RANK on qkv only,
     Linear(D -> PROJECTION_DIM) and the SCAdaCos loss (16 sub-clusters). Both over HEAD_CLASSES."""
     import model as M
+    from asd import heads
 
     if mode == "recipe":
         rank = cfg_dict["recipe_lora_rank"]
         wrapped = M.add_lora(encoder, rank, 2.0 * rank, 0.1, targets=("qkv",))
-        head = M.make_head(
+        head = heads.make_head(
             "scadacos", encoder.embed_dim, HEAD_CLASSES, projection_dim=cfg_dict["projection_dim"]
         )
     else:
         wrapped = M.add_lora(encoder, cfg_dict["lora_rank"], 2.0 * cfg_dict["lora_rank"], 0.1)
-        head = M.make_head("arcface", encoder.embed_dim, HEAD_CLASSES)
+        head = heads.make_head("arcface", encoder.embed_dim, HEAD_CLASSES)
     model = M.ASDModel(wrapped, head).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

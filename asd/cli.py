@@ -24,33 +24,28 @@ its allowed values. A value outside its limits is rejected in argparse's style (
 --epochs must be >= 1, got 0``).
 
 ``--help`` answers without importing torch & co: each script calls ``exit_if_help(globals())``
-before its heavy imports, which builds the same parser from the script's *source* (``ast`` and
-``tokenize``). ``check_script_arguments`` uses that source parser too, so run_all can validate a step's
-options (and know its effective settings) before running anything. This module imports nothing heavy.
+before its heavy imports, which builds the same parser from the script's *source* (read by
+asd/settings_source.py with ``ast`` and ``tokenize``). ``check_script_arguments`` uses that source
+parser too, so run_all can validate a step's options (and know its effective settings) before running
+anything. This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import functools
-import io
 import json
 import os
 import sys
-import tokenize
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from asd.recipes import recipe as recipe_values
+from asd.settings_source import check_settings_source, config_constants, script_source, source_constants
 
 GIVEN_TO_ENV = "ASD_OPTIONS_GIVEN_TO"  # run_all.py sets it to "run_all.py" for its steps
 PRECEDENCE = "constant at the top of the file < recipe < value given to run_all.py < command-line flag"
-_OPTION_TYPES = (bool, int, float, str, type(None), list, tuple)
-_NOT_LITERAL = object()
 _UNSET = object()
 
 
@@ -108,183 +103,6 @@ def _parser_for(default: Any) -> Callable[[str], Any]:
 def _parse_text(text: str) -> str | None:
     """Text options: "none" (any case) is None, the one spelling of "off" for every setting."""
     return None if text.strip().lower() == "none" else text
-
-
-def _literal(node: ast.AST | None) -> Any:
-    """The value of a literal expression, or _NOT_LITERAL."""
-    try:
-        return ast.literal_eval(node) if node is not None else _NOT_LITERAL
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return _NOT_LITERAL
-
-
-# ----------------------------------------------------------------------------- reading a script's source
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setting:
-    name: str
-    value: Any  # _NOT_LITERAL when the source does not give a literal
-    help: str
-    where: str  # file:line of the assignment (of the library's, for a taken-over setting)
-    text: str  # the value as written
-
-
-def _comment_lines(source: str) -> tuple[dict[int, str], set[int]]:
-    """{line: comment text} of every comment, and the lines that hold nothing but a comment."""
-    comments = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            comments[token.start[0]] = token.string.lstrip("#").strip()
-    lines = source.splitlines()
-    alone = {number for number in comments if lines[number - 1].lstrip().startswith("#")}
-    return comments, alone
-
-
-def _help_of(node: ast.stmt, comments: dict[int, str], alone: set[int]) -> str:
-    """The comment block directly above a statement (no blank line between), else the trailing
-    comment of a one-line statement, else ""."""
-    above, line = [], node.lineno - 1
-    while line in alone:
-        above.insert(0, comments[line])
-        line -= 1
-    if any(above):
-        return " ".join(text for text in above if text)
-    if node.lineno == node.end_lineno and node.lineno in comments and node.lineno not in alone:
-        return comments[node.lineno]
-    return ""
-
-
-def _imported_modules(tree: ast.Module) -> dict[str, str]:
-    """{local name: dotted module} of a module's imports (``import x``, ``from asd import y``)."""
-    names = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                top = alias.name.split(".")[0]
-                names[alias.asname or top] = alias.name if alias.asname else top
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return names
-
-
-def _module_file(script: Path, dotted: str) -> Path | None:
-    """The project file of a dotted module name, looked for beside the script and up to two folders up."""
-    relative = Path(*dotted.split(".")).with_suffix(".py")
-    for folder in [script.parent, *script.parent.parents][:3]:
-        if (folder / relative).is_file():
-            return folder / relative
-    return None
-
-
-def _taken_over(node: ast.expr, script: Path, imports: dict[str, str]) -> _Setting | None:
-    """The library setting ``module.NAME`` names, when ``node`` is such a reference to a project module."""
-    if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
-        return None
-    module = _module_file(script, imports.get(node.value.id, node.value.id))
-    if module is None:
-        return None
-    return _script_source(str(module)).settings.get(node.attr)
-
-
-@functools.cache
-def _script_source(source_file: str) -> SimpleNamespace:
-    """read_source() of a script file, read once per process."""
-    return read_source(Path(source_file).read_text(), source_file)
-
-
-def read_source(source: str, source_file: str | os.PathLike) -> SimpleNamespace:
-    """What a script's source says about its settings (the UPPER_CASE names it assigns itself at top
-    level, with their help and literal values), its docstring, ``_LIMITS``, the ``aliases=`` of its
-    ``parse_config`` call, and what is wrong with its settings (``problems``); ``source_file`` places
-    it (the modules it takes settings over from are looked for beside it)."""
-    path = Path(source_file)
-    tree = ast.parse(source)
-    comments, alone = _comment_lines(source)
-    imports = _imported_modules(tree)
-    settings: dict[str, _Setting] = {}
-    private: dict[str, Any] = {}
-    for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else ([node.target] if isinstance(node, ast.AnnAssign) else [])
-        )
-        for name in (t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()):
-            if name.startswith("_"):
-                private[name] = _literal(node.value)
-                continue
-            text = ast.get_source_segment(source, node.value) or ""
-            setting = _Setting(
-                name,
-                _literal(node.value),
-                _help_of(node, comments, alone),
-                f"{path.name}:{node.lineno}",
-                text,
-            )
-            library = _taken_over(node.value, path, imports)
-            if library is not None:
-                setting = dataclasses.replace(library, name=name, help=setting.help or library.help)
-            settings[name] = setting
-    aliases = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config":
-            aliases = next((_literal(k.value) for k in node.keywords if k.arg == "aliases"), aliases)
-    limits = private.get("_LIMITS", {})
-    return SimpleNamespace(
-        settings=settings,
-        values={name: s.value for name, s in settings.items()},
-        comments={name: s.help for name, s in settings.items()},
-        limits=limits if isinstance(limits, dict) else {},
-        problems=[_problem(path, s) for s in settings.values() if _problem(path, s)],
-        doc=ast.get_docstring(tree, clean=False),
-        aliases=aliases,
-    )
-
-
-def _problem(path: Path, setting: _Setting) -> str | None:
-    """Why a setting cannot be an option (not a literal, or not a number, text, boolean, None or list)."""
-    if setting.value is _NOT_LITERAL:
-        return (
-            f"{path}: constant {setting.name} ({setting.where}) is not a literal: {setting.name} = "
-            f"{setting.text}. A setting is written as a plain value (a number, text, True/False, None or a "
-            f"list of those) so that --help and run_all.py can read it without running the script; write "
-            f"the value itself, or start the name with _ if it is not a setting"
-        )
-    if not isinstance(setting.value, _OPTION_TYPES):
-        return (
-            f"{path}: constant {setting.name} ({setting.where}) is a {type(setting.value).__name__}; a "
-            f"setting is a number, text, True/False, None or a list (start the name with _ if it is not one)"
-        )
-    return None
-
-
-def check_settings_source(source_file: str | os.PathLike) -> None:
-    """Stop with a message naming the file and the constant when a setting is not a literal."""
-    problems = _script_source(str(source_file)).problems
-    if problems:
-        raise SystemExit("error: " + "\n       ".join(problems))
-
-
-def config_constants(module_globals: dict[str, Any]) -> dict[str, Any]:
-    """The UPPER_CASE constants a script defines itself, in the order they are defined."""
-    source_file = module_globals.get("__file__")
-    own_names = _script_source(source_file).settings if source_file else None
-    return {
-        name: value
-        for name, value in module_globals.items()
-        if name.isupper()
-        and not name.startswith("_")
-        and isinstance(value, _OPTION_TYPES)
-        and (own_names is None or name in own_names)
-    }
-
-
-def source_constants(source_file: str | os.PathLike) -> dict[str, Any]:
-    """config_constants() of a script read from its source, without running it."""
-    values = _script_source(str(source_file)).values
-    return {name: value for name, value in values.items() if isinstance(value, _OPTION_TYPES)}
 
 
 # ----------------------------------------------------------------------------- limits
@@ -485,7 +303,7 @@ def parse_config(
         Path(source_file).name if source_file else None,
         description,
         config_constants(module_globals),
-        _script_source(source_file) if source_file else None,
+        script_source(source_file) if source_file else None,
         module_globals.get("_LIMITS", {}),
         aliases or {},
         sys.argv[1:] if argv is None else argv,
@@ -497,7 +315,7 @@ def check_script_arguments(script: str | os.PathLike, argv: Sequence[str]) -> Se
     settings, or argparse's error and exit when an option is unknown or out of range (and an error
     naming the constant when a setting is not a literal)."""
     check_settings_source(script)
-    source = _script_source(str(script))
+    source = script_source(str(script))
     return _settings(
         Path(script).name, source.doc, source_constants(script), source, source.limits, source.aliases, argv
     )

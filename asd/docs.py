@@ -9,8 +9,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from asd.cli import PRECEDENCE, _describe_limit, _script_source, source_constants
+from asd.cli import PRECEDENCE, _describe_limit
 from asd.files import atomic_write_text
+from asd.settings_source import script_source, source_constants
 
 SCRIPTS = [  # the project's runnable scripts: docs/constants.md, the tests of every script's options
     "run_all.py",
@@ -47,7 +48,7 @@ def constants_markdown(root: str | os.PathLike, scripts: Sequence[str] = SCRIPTS
 
     out = []
     for script in scripts:
-        source = _script_source(str(Path(root) / script))
+        source = script_source(str(Path(root) / script))
         out += [f"## `{script}`", "", "| constant | default | allowed | meaning |", "|---|---|---|---|"]
         for name, value in source_constants(Path(root) / script).items():
             allowed = _describe_limit(source.limits[name]) if name in source.limits else ""

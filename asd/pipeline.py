@@ -1,4 +1,5 @@
-"""run_all.py's machinery: the pipeline's steps and their run stamps (asd/locks.py: the run folder's lock).
+"""run_all.py's machinery: running steps, their run stamps, and the checks of the built steps
+(asd/steps.py makes each step; run_all.build_steps orders them; asd/locks.py: the run folder's lock).
 
 A step is a command with the files it reads and the files it must leave behind. It is skipped when a
 stamp under <run folder>/.stamps/ says it succeeded with the same command, code and inputs and its
@@ -10,9 +11,7 @@ outputs' keys tell whether the attempt touched them).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -22,24 +21,15 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments, source_constants
+from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments
 from asd.comparison import backend_folders
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
+from asd.imports import local_sources
 from asd.train_checks import check_settings
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-STEP_NAMES = (
-    "make_demo_data",
-    "datashape",
-    "train",
-    "extract_embeddings",
-    "train_deepSVDD",
-    "evaluate_deepSVDD",
-    "evaluate",
-)  # each step runs the script of its name
 # every scorer's results folder name -> its name in the tables; evaluate.py's BACKENDS names the back ends
 # (asd/backends/registry.py) it scores (the recipe asdkit-eat-lora: ASDKit's four and the ensemble)
 SCORERS = {
@@ -109,36 +99,6 @@ def _content_key(path: Path | Files | FileNames) -> list:
         folder, children = path, path.rglob("*")
     files = sorted(p for p in children if _visible(p, folder))
     return [str(path), files_key(files, root=folder)]
-
-
-def local_sources(script: Path, roots: Sequence[Path] = (PROJECT_DIR,)) -> list[Path]:
-    """The script and every module of this project it imports, directly or not (so editing model.py
-    reruns training, not only editing train.py); modules are looked for beside the script and in
-    ``roots``."""
-    found: list[Path] = []
-    pending = [script.resolve()]
-    while pending:
-        path = pending.pop()
-        if path in found:
-            continue
-        found.append(path)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module
-                else []
-            )
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names += [f"{node.module}.{alias.name}" for alias in node.names]
-            for name in names:
-                for root in (path.parent, *roots):
-                    module = root.joinpath(*name.split(".")).with_suffix(".py")
-                    if module.is_file():
-                        pending.append(module.resolve())
-                        break
-    return sorted(found)
 
 
 def step_signature(step: Step) -> str:
@@ -268,247 +228,6 @@ def run_pipeline(steps: list[Step], stamp_dir: Path, force: bool = False) -> lis
     return ran
 
 
-# ----------------------------------------------------------------------------- building the steps
-
-
-def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Separate ``script.constant=value`` words (passed on to that step's script) from run_all's own."""
-    own, overrides = [], {name: [] for name in STEP_NAMES}
-    for word in argv:
-        head, dot, rest = word.partition(".")
-        head = head.removesuffix(".py")
-        if dot and "=" in rest and not word.startswith("-"):
-            if rest.startswith("py."):
-                rest = rest[3:]
-            if head not in overrides:
-                raise SystemExit(
-                    f"run_all.py: error: unknown script {head!r} in {word!r}; "
-                    f"scripts: {', '.join(STEP_NAMES)}"
-                )
-            constant, _, value = rest.partition("=")
-            overrides[head] += [f"--{constant.lower()}", value]
-        else:
-            own.append(word)
-    return own, overrides
-
-
-def run_folder(runs_dir: str | os.PathLike, data_dirs: Path | Sequence[Path]) -> Path:
-    """RUNS_DIR/<folder names>-<8 hex digits of their resolved paths>: readable, two data folders with
-    the same name never share outputs, and a relative and an absolute spelling of one folder do."""
-    folders = [data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else list(data_dirs)
-    resolved = [Path(folder).expanduser().resolve() for folder in folders]
-    digest = hashlib.sha1("\n".join(map(str, resolved)).encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{'+'.join(folder.name for folder in resolved)}-{digest}"
-
-
-def _clips(data_dir: Path, split: str) -> Files:
-    return Files(data_dir, f"*/{split}/*.[wW][aA][vV]")  # as dataset.wav_files: any case of .wav
-
-
-def _flag(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _user_set(cfg: Any, names: Sequence[str]) -> list[str]:
-    """``--name value`` for each of run_all's settings the user set: given on run_all's command line
-    (even as "none"), or edited at its top away from its "not set" value (None or "")."""
-    sources = getattr(cfg, "sources", {})
-    words = []
-    for name in names:
-        value = getattr(cfg, name)
-        if value not in (None, "") or sources.get(name, "").startswith(("command line", "run_all.py")):
-            words += [f"--{name}", "none" if value is None else _flag(value)]
-    return words
-
-
-def _options(pairs: dict[str, Any]) -> list[str]:
-    return [word for name, value in pairs.items() for word in (f"--{name}", _flag(value))]
-
-
-def _script(scripts_dir: Path, name: str) -> list[str]:
-    return [sys.executable, str(scripts_dir / f"{name}.py")]
-
-
-def build_steps(
-    cfg: Any,
-    data_dirs: Sequence[Path],
-    run_dir: Path,
-    demo: bool,
-    overrides: dict[str, list[str]],
-    scripts_dir: Path = PROJECT_DIR,
-) -> list[Step]:
-    """The pipeline's steps with every output under ``run_dir``. A step gets only the values the user
-    set (on run_all's command line or its constants, the demo's values), never run_all's "not set"
-    defaults, so a constant at the top of a step's script holds. With several data folders the
-    encoder trains on all of them and each folder with test clips is embedded and scored on its own
-    under ``run_dir/<folder name>/`` (a folder without test/ only trains)."""
-    data_dirs = [Path(d) for d in data_dirs]
-    model = run_dir / "best_encoder_model.pth"
-    demo_train = (
-        {
-            "model_size": "tiny",
-            "epochs": cfg.demo_epochs,
-            "learning_rate": cfg.demo_learning_rate,
-            "warmup_steps": cfg.demo_warmup_steps,
-            "batch_size": cfg.demo_batch_size,
-            "num_workers": cfg.demo_num_workers,
-        }
-        if demo
-        else {}
-    )
-    recipe = _user_set(cfg, ["recipe"])
-    data_options = _user_set(cfg, ["channels", "residual_weight", "channel_combine"])
-    eval_lists = _evaluation_lists(cfg)
-    train_args = (
-        ["--data_dir", ",".join(map(str, data_dirs))]
-        + (["--eval_list", ",".join(map(str, eval_lists))] if eval_lists else [])
-        + ["--output", str(model), "--last_checkpoint", str(run_dir / "last_encoder_model.pth")]
-        + _options(demo_train)
-        + _user_set(cfg, ["device", "eat_checkpoint", "model_size"])
-        + recipe
-        + data_options
-    )
-    script = lambda name: _script(scripts_dir, name)  # noqa: E731
-    steps = []
-    if demo:
-        steps.append(
-            Step(
-                "make_demo_data",
-                script("make_demo_data")
-                + ["--out_dir", str(data_dirs[0]), "--clip_seconds", str(cfg.demo_clip_seconds)]
-                + overrides["make_demo_data"],
-                outputs=[data_dirs[0] / "manifest.json"],
-            )
-        )
-    scored = [d for d in data_dirs if demo or has_test_split(d)]
-    # test clip names too: train.py's default CLASSES_FROM train_test builds classes from labelled test names
-    train_inputs = (
-        [_clips(d, "train") for d in data_dirs]
-        + [FileNames(d, _clips(d, "test").pattern) for d in scored]
-        + [Files(d, "*/attributes*.csv") for d in data_dirs]
-        + [Files(path.parent, path.name) for path in eval_lists]
-    )
-    for data_dir in data_dirs:
-        splits = [] if data_dir in scored else ["--splits", "train"]
-        steps.append(
-            Step(
-                _named("datashape", data_dir, data_dirs),
-                script("datashape")
-                + ["--data_dir", str(data_dir)]
-                + splits
-                + _user_set(cfg, ["channels"])  # a mono clip is a problem only when channels are asked for
-                + overrides["datashape"],
-                always_run=True,
-                script="datashape",
-            )
-        )
-    steps.append(Step("train", script("train") + train_args + overrides["train"], train_inputs, [model]))
-    for data_dir in scored:
-        steps += _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script)
-    return steps
-
-
-def _evaluation_lists(cfg) -> list[Path]:
-    """The evaluation lists among GROUND_TRUTH's parts: train.py's EVAL_LIST (classes of anonymised clips)."""
-    from asd.ground_truth import ground_truth_parts  # here: it imports torch, which --help skips
-
-    return [path.resolve() for path in ground_truth_parts(cfg.ground_truth)[1]] if cfg.ground_truth else []
-
-
-def has_test_split(data_dir: Path) -> bool:
-    """Whether a data folder has test clips to score (<machine>/test/); a folder without is an
-    additional-training set: it only trains the encoder."""
-    return any(path.is_dir() for path in Path(data_dir).glob("*/test"))
-
-
-def _label(data_dir: Path, data_dirs: Sequence[Path]) -> str:
-    """A data folder's name among the run's folders (numbered when two share a name)."""
-    names = [d.name for d in data_dirs]
-    return (
-        data_dir.name
-        if names.count(data_dir.name) == 1
-        else f"{data_dirs.index(data_dir) + 1}-{data_dir.name}"
-    )
-
-
-def _named(step: str, data_dir: Path, data_dirs: Sequence[Path]) -> str:
-    return step if len(data_dirs) == 1 else f"{step}[{_label(data_dir, data_dirs)}]"
-
-
-def folder_dir(run_dir: Path, data_dir: Path, data_dirs: Sequence[Path]) -> Path:
-    """Where a data folder's embeddings and results go: the run folder itself for a single folder."""
-    return run_dir if len(data_dirs) == 1 else run_dir / _label(data_dir, data_dirs)
-
-
-def _scoring_steps(cfg, demo, data_dir, data_dirs, run_dir, model, overrides, script) -> list[Step]:
-    """Embedding, Deep SVDD and the ensemble for one data folder."""
-    from asd.embedding_files import EMBEDDING_FILE_NAMES  # here: it imports torch, which --help skips
-
-    out = folder_dir(run_dir, data_dir, data_dirs)
-    embeddings = [out / name for name in EMBEDDING_FILE_NAMES]
-    svdd_dir, results = out / "svdd_models_per_type", out / "results"
-    embed = ["--embed_dir", str(out)]
-    truth = _user_set(cfg, ["ground_truth"])
-    data = [_clips(data_dir, "train"), _clips(data_dir, "test"), Files(data_dir, "*/attributes*.csv")]
-    name = lambda step: _named(step, data_dir, data_dirs)  # noqa: E731
-    svdd_args = ["--use_stats", _flag(cfg.demo_svdd_use_stats)] if demo else []
-    recipe = _user_set(cfg, ["recipe"])
-    data_options = _user_set(cfg, ["channels", "residual_weight", "channel_combine"])
-    return [
-        Step(
-            name("extract_embeddings"),
-            script("extract_embeddings")
-            + ["--data_dir", str(data_dir)]
-            + _user_set(cfg, ["device"])
-            + ["--model_path", str(model)]
-            + embed
-            + data_options
-            + overrides["extract_embeddings"],
-            data + [model],
-            embeddings,
-            script="extract_embeddings",
-        ),
-        Step(
-            name("train_deepSVDD"),
-            script("train_deepSVDD")
-            + embed
-            + ["--svdd_dir", str(svdd_dir)]
-            + svdd_args
-            + overrides["train_deepSVDD"],
-            embeddings[:2],
-            [svdd_dir],
-            script="train_deepSVDD",
-        ),
-        Step(
-            name("evaluate_deepSVDD"),
-            script("evaluate_deepSVDD")
-            + embed
-            + ["--svdd_dir", str(svdd_dir), "--results_dir", str(results / "deepsvdd")]
-            + truth
-            + overrides["evaluate_deepSVDD"],
-            embeddings + [svdd_dir],
-            [results / "deepsvdd" / "summary.json"],
-            script="evaluate_deepSVDD",
-        ),
-        Step(
-            name("evaluate"),
-            script("evaluate")
-            + embed
-            + ["--results_dir", str(results / "ensemble")]
-            + recipe
-            + truth
-            + overrides["evaluate"],
-            embeddings,
-            [results / "ensemble" / "summary.json"],
-            script="evaluate",
-        ),
-    ]
-
-
 def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str, Settings]:
     """Every step's effective settings (its script's constants, recipe and options), read from the
     scripts' sources before anything runs: argparse's error and exit when an option is unknown or
@@ -578,12 +297,3 @@ def scorer_summaries(steps: list[Step]) -> dict[Path, dict[str, Path]]:
             summaries = [deepsvdd, *step.outputs]
             found[deepsvdd.parents[1]] = {SCORERS.get(p.parent.name, p.parent.name): p for p in summaries}
     return found
-
-
-def seed_overrides(overrides: dict[str, list[str]], seed: int, scripts_dir: Path = PROJECT_DIR) -> dict:
-    """The overrides with ``--seed SEED`` added for every step script that has a SEED constant."""
-    seeded = {name: list(words) for name, words in overrides.items()}
-    for name in STEP_NAMES:
-        if "SEED" in source_constants(scripts_dir / f"{name}.py") and name != "make_demo_data":
-            seeded[name] = ["--seed", str(seed)] + seeded[name]
-    return seeded

@@ -87,24 +87,38 @@ def _column(rows: Sequence[Mapping[str, str]], name: str) -> np.ndarray:
     return np.array([float(row[name]) if row.get(name) not in (None, "") else np.nan for row in rows])
 
 
+def has_validation(rows: Sequence[Mapping[str, str]]) -> bool:
+    """Whether a training history holds validation values: a val_ column (missing or with empty cells
+    when training held nothing out) with a value that is not a copy of the training column (histories
+    written before validation-less epochs left their cells empty repeated the training values there)."""
+    for validation, training in (("val_loss", "loss"), ("val_accuracy", "accuracy")):
+        values = _column(rows, validation)
+        if not np.isnan(values).all() and not np.array_equal(values, _column(rows, training), equal_nan=True):
+            return True
+    return False
+
+
 def training_curves_figure(rows: Sequence[Mapping[str, str]], title: str = "training"):
     """Loss, accuracy and learning rate per epoch of a training history (asd.history.read_history rows),
-    validation beside training where the history has it, as the DCASE baseline draws its loss curve.
-    Returns the matplotlib figure (three panels; each line labelled train / validation)."""
+    validation beside training only where the history has validation values (has_validation), as the
+    DCASE baseline draws its loss curve. Returns the matplotlib figure (three panels; each line labelled
+    train / validation; without validation the panels are named training loss and accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = _column(rows, "epoch")
+    validated = has_validation(rows)
     panels = (("loss", ("loss", "val_loss")), ("accuracy", ("accuracy", "val_accuracy")))
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
     for ax, (name, columns) in zip(axes, panels):
-        for column, label in zip(columns, ("train", "validation")):
+        for column, label in list(zip(columns, ("train", "validation")))[: 2 if validated else 1]:
             values = _column(rows, column)
             if not np.isnan(values).all():
                 ax.plot(epochs, values, marker="o", ms=3, label=label)
-        ax.set(xlabel="epoch", ylabel=name, title=f"{title}: {name}")
+        shown = name if validated else f"training {name} (no validation split)"
+        ax.set(xlabel="epoch", ylabel=name, title=f"{title}: {shown}")
         if ax.lines:
             ax.legend(loc="best")
     rate = _column(rows, "learning_rate")

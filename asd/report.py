@@ -27,7 +27,7 @@ from asd.evaluation import Evaluation, group_by_section
 from asd.files import atomic_write_text
 from asd.history import history_path, read_history
 from asd.metrics import MAX_FPR
-from asd.plots import training_curves_png
+from asd.plots import has_validation, training_curves_png
 from asd.tables import format_number, table_rows
 from asd.thresholds import DECISION_PERCENTILE, MIN_DOMAIN_SCORES
 from asd.years import RULES
@@ -298,7 +298,7 @@ def training_curves_html(model_path: str | Path | None) -> str:
         return f'<p class="note">The training history {_esc(path)} cannot be read: {_esc(error)}.</p>'
     if png is None:
         return f'<p class="note">The training history {_esc(path)} holds no epochs (encoder not tuned).</p>'
-    validated = any(row.get("val_loss") for row in rows)
+    validated = has_validation(rows)
     return (
         f'<p class="note">{len(rows)} epoch{"s" * (len(rows) != 1)} of {_esc(model_path)}, from {_esc(path)}; '
         + ("training and validation" if validated else "training only (no validation split)")

@@ -48,6 +48,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch  # noqa: E402
 
+import preprocessing  # noqa: E402
 from asd.cli import parse_config, print_config  # noqa: E402
 from asd.gpu_bench import Report, baseline_autoencoder, encoder_rates, fbank_throughput, idle_share  # noqa: E402
 from asd.gpu_runs import estimate, make_data, modes, pipeline  # noqa: E402
@@ -125,7 +126,7 @@ _LIMITS = {
     "NUM_WORKERS": (0, None),
     "TRAIN_EPOCHS": (1, None),
     "TRAIN_CLIP_SECONDS": (0.025, None),
-    "CHANNEL_MODES": ("near", "far", "mix", "residual", "both"),
+    "CHANNEL_MODES": preprocessing.CHANNEL_MODES,
     "MODE_SEEDS": (0, None),
     "BASELINE_EPOCHS": (1, None),
     "DATASHEET_TFLOPS": (0.0, None),

@@ -15,23 +15,6 @@ if str(REPO_ROOT) not in sys.path:
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 SAMPLES_DIR = Path(os.environ.get("DCASE_SAMPLES_DIR", FIXTURES_DIR / "dcase_samples"))
 
-# tiny demo tree: 3 machine types x (6 source + 2 target train normals, 1 normal + 1 anomaly test
-# clip per domain), 2 s clips; small enough for training/evaluation tests on CPU
-TINY_DEMO_ARGS = [
-    "--clip_seconds",
-    "2",
-    "--source_train",
-    "6",
-    "--target_train",
-    "2",
-    "--test_normal",
-    "1",
-    "--test_anomaly",
-    "1",
-    "--progress",
-    "false",
-]
-
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
@@ -47,6 +30,7 @@ def samples_dir() -> Path:
 def tiny_demo_dir(tmp_path_factory) -> Path:
     """A tiny DCASE-2023-style demo_data tree (fan, gearbox, pump; 8 train + 4 test clips each, 2 s)."""
     import make_demo_data
+    from helpers import TINY_DEMO_ARGS
 
     out_dir = tmp_path_factory.mktemp("tiny_demo") / "demo_data"
     make_demo_data.main(["--out_dir", str(out_dir), *TINY_DEMO_ARGS])

@@ -4,14 +4,15 @@ module and the rule it breaks."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from asd.docs import SCRIPTS
+from asd.imports import module_file, project_imports
+from helpers import project_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the asd/ high-level modules build on; asd/heads.py holds model.py's classifier heads (model.py
-# re-exports them), so it sits in model.py's layer
+# builds on them), so it sits in model.py's layer
 LIBRARY = ["model.py", "dataset.py", "preprocessing.py", "asd/heads.py"]
 LOW_LEVEL = [
     "asd/cli.py",
@@ -21,6 +22,8 @@ LOW_LEVEL = [
     "asd/recipes.py",
     "asd/docs.py",
     "asd/years.py",
+    "asd/imports.py",
+    "asd/settings_source.py",
 ]
 LAYERS = [  # top first: a module may import its own layer and the layers below it, never one above
     ("scripts", lambda path: path in SCRIPTS),
@@ -32,37 +35,9 @@ MAX_LINES = 600
 MAX_METRICS_LINES = 450
 
 
-def project_modules() -> list[str]:
-    """Every Python file of the project (relative paths), tests and the environment left out."""
-    files = [*ROOT.glob("*.py"), *ROOT.glob("asd/*.py"), *ROOT.glob("asd/*/*.py"), *ROOT.glob("bench/*.py")]
-    return sorted(str(p.relative_to(ROOT)) for p in files if p.name != "__init__.py")
-
-
-def _module_file(name: str, importer: str) -> str | None:
-    """The project file a dotted import name means for ``importer`` (bench/ scripts put bench/ on the
-    path), or None for an outside library."""
-    parts = name.split(".")
-    for folder in dict.fromkeys([str(Path(importer).parent), "."]):
-        candidate = Path(folder, *parts).with_suffix(".py")
-        if (ROOT / candidate).is_file() and candidate.name != "__init__.py":
-            return str(candidate)
-    return None
-
-
 def imports_of(module: str) -> set[str]:
-    """The project modules ``module`` imports anywhere in its source (inside functions too)."""
-    found = set()
-    for node in ast.walk(ast.parse((ROOT / module).read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            target = _module_file(name, module)
-            if target and target != module:
-                found.add(target)
-    return found
+    """The project modules ``module`` imports anywhere in its source (asd/imports.py's rule)."""
+    return {str(path.relative_to(ROOT)) for path in project_imports(ROOT / module, ROOT)}
 
 
 def graph() -> dict[str, set[str]]:
@@ -163,7 +138,31 @@ def test_metrics_holds_only_definitions_in_under_450_lines():
 def test_the_checks_see_a_cycle_an_uphill_import_and_a_script_import():
     edges = {"a.py": {"b.py"}, "b.py": {"c.py"}, "c.py": {"a.py"}, "d.py": {"a.py"}}
     assert cycles(edges) == [["a.py", "b.py", "c.py"]]
-    assert _module_file("asd.cli", "run_all.py") == "asd/cli.py"
-    assert _module_file("encoder", "bench/gpu_check.py") == "bench/encoder.py"
-    assert _module_file("torch", "train.py") is None
+    assert module_file("asd.cli", ROOT / "run_all.py") == ROOT / "asd/cli.py"
+    assert module_file("encoder", ROOT / "bench/gpu_check.py") == ROOT / "bench/encoder.py"
+    assert module_file("torch", ROOT / "train.py") is None
     assert layer_of("asd/metrics.py") == 1 and layer_of("asd/cli.py") == 3 and layer_of("train.py") == 0
+
+
+def test_a_test_module_importing_another_is_seen(tmp_path):
+    (tmp_path / "test_a.py").write_text("def test_x():\n    from test_b import helper\n")
+    (tmp_path / "test_b.py").write_text("helper = 1\n")
+    assert imported_test_modules(tmp_path / "test_a.py") == {"test_b.py"}
+
+
+def imported_test_modules(path: Path) -> set[str]:
+    """The test modules (and conftest.py, which pytest loads itself) that ``path`` imports."""
+    return {
+        target.name
+        for target in project_imports(path, ROOT)
+        if target.parent == path.parent and (target.name.startswith("test_") or target.name == "conftest.py")
+    }
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in tests/conftest.py (fixtures) or tests/helpers.py, never in a test module."""
+    tests = sorted((ROOT / "tests").glob("*.py"))
+    broken = [
+        f"{p.name} imports {', '.join(sorted(found))}" for p in tests if (found := imported_test_modules(p))
+    ]
+    assert not broken, "rule 'no test module imports another' broken:\n  " + "\n  ".join(broken)

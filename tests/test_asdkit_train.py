@@ -16,7 +16,7 @@ import torch
 
 import model as M
 import train
-from asd import training
+from asd import heads, training
 from asd.augment import mixup_samples
 from asd.cli import parse_config
 from asd.clips import (
@@ -57,10 +57,10 @@ def _recipe_cfg(*extra: str):
 # ----------------------------------------------------------------------------- scadacos
 
 
-def _recipe_head(cases) -> M.SCAdaCosHead:
+def _recipe_head(cases) -> heads.SCAdaCosHead:
     """The head build_model makes for the recipe, over 256-d embeddings and the case's 12 classes."""
     cfg, settings = _recipe_cfg(), cases["scadacos"]["settings"]
-    head = M.make_head(
+    head = heads.make_head(
         cfg.head,
         settings["embed_size"],
         settings["n_classes"],
@@ -72,7 +72,7 @@ def _recipe_head(cases) -> M.SCAdaCosHead:
         cfg.scale == "adaptive",
         cfg.centre_init,
     )
-    assert isinstance(head, M.SCAdaCosHead) and head.sub_clusters == settings["n_subclusters"]
+    assert isinstance(head, heads.SCAdaCosHead) and head.sub_clusters == settings["n_subclusters"]
     return head.train()
 
 
@@ -118,7 +118,7 @@ def test_scadacos_scale_stays_fixed_over_training_passes(cases, npz):
         assert loss.item() == pytest.approx(float(npz["scadacos.out.pass_loss"][i]), rel=1e-5)
         trace.append(float(head.scale))
     assert trace == pytest.approx(npz["scadacos.out.pass_s_trace"].tolist(), rel=1e-7)
-    adaptive = M.SCAdaCosHead(256, 12, 16, dynamic=True).train()  # the other setting still adapts
+    adaptive = heads.SCAdaCosHead(256, 12, 16, dynamic=True).train()  # the other setting still adapts
     adaptive.target_loss(_t(npz, "scadacos.in.x"), _t(npz, "scadacos.in.onehot"))
     assert float(adaptive.scale) != pytest.approx(trace[0], rel=1e-3)
 

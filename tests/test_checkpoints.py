@@ -16,7 +16,7 @@ import torch
 import asd.checkpoints as C
 import asd.pretrained as P
 import model as M
-from asd import freshness
+from asd import freshness, heads
 from asd.embed import embed_fbanks
 from dataset import LabelIndex
 from eat_checkpoint_support import (
@@ -448,7 +448,7 @@ def test_a_pickle_in_any_torch_file_is_refused_in_one_line_that_never_suggests_l
 
 def _tuned(encoder: M.EATEncoder, head: str = "arcface") -> M.ASDModel:
     wrapped = M.add_lora(encoder, rank=4, alpha=8, dropout=0.0, unfreeze_last_norms=1)
-    model = M.ASDModel(wrapped, M.make_head(head, encoder.embed_dim, 3))
+    model = M.ASDModel(wrapped, heads.make_head(head, encoder.embed_dim, 3))
     with torch.no_grad():  # pretend training moved the adapters
         for p in model.parameters():
             if p.requires_grad:

@@ -15,40 +15,16 @@ import extract_embeddings
 import train
 from asd.embed import with_clip_settings
 from asd.embedding_files import read_feature_file
+from helpers import tiny_train_args
 from preprocessing import SAMPLE_RATE
 
-
-def _train_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
-    """The asdkit recipe (train.py's default) with a tiny random encoder, one epoch."""
-    return [
-        "--data_dir",
-        str(data_dir),
-        "--model_size",
-        "tiny",
-        "--lora_rank",
-        "4",
-        "--warmup_steps",
-        "2",
-        "--epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "16",
-        "--feature_cache",
-        "none",
-        "--output",
-        str(tmp_path / "best.pth"),
-        "--last_checkpoint",
-        str(tmp_path / "last.pth"),
-        *extra,
-    ]
+_NO_CACHE = ("--batch_size", "16", "--feature_cache", "none")
 
 
 @pytest.fixture(scope="module")
 def one_second_model(tmp_path_factory, tiny_demo_dir) -> Path:
     out = tmp_path_factory.mktemp("one_second")
-    train.main(_train_args(out, tiny_demo_dir, "--clip_seconds", "1"))
+    train.main(tiny_train_args(out, tiny_demo_dir, "--clip_seconds", "1", *_NO_CACHE))
     return out / "best.pth"
 
 
@@ -112,7 +88,9 @@ def test_the_fixed_clip_path_differs_from_embedding_the_whole_clip(tmp_path, tin
 def test_a_whole_clip_model_keeps_its_embedding_settings(tmp_path, tiny_demo_dir):
     from asd.embed import embedding_settings
 
-    args = _train_args(tmp_path, tiny_demo_dir, "--clip_seconds", "whole", "--mixup", "batch_fbank")
+    args = tiny_train_args(
+        tmp_path, tiny_demo_dir, "--clip_seconds", "whole", "--mixup", "batch_fbank", *_NO_CACHE
+    )
     train.main(args)
     settings = embedding_settings("windows", None, None, True)
     assert with_clip_settings(settings, tmp_path / "best.pth") is settings

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import asd.pretrained as P
 import model as M
+from asd import heads
 from asd.embed import embed_fbanks
 
 
@@ -24,7 +25,7 @@ def _clusters(num_classes: int = 4, per_class: int = 32, dim: int = 16, seed: in
 
 def test_scadacos_learns_separable_embeddings():
     emb, labels = _clusters()
-    head = M.SCAdaCosHead(16, 4, sub_clusters=3)
+    head = heads.SCAdaCosHead(16, 4, sub_clusters=3)
     assert float(head.scale) == pytest.approx(math.sqrt(2) * math.log(4 * 3 - 1))
     start_centres, start_scale = head.centres.detach().clone(), float(head.scale)
     optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
@@ -41,13 +42,13 @@ def test_scadacos_learns_separable_embeddings():
     assert accuracies[-1] == 1.0 and accuracies[-1] > accuracies[0]
     assert not torch.allclose(head.centres, start_centres)  # trainable centres moved
     assert float(head.scale) != start_scale  # the adaptive scale followed the batches
-    frozen = M.SCAdaCosHead(16, 4, sub_clusters=3, train_centres=False)
+    frozen = heads.SCAdaCosHead(16, 4, sub_clusters=3, train_centres=False)
     assert not frozen.centres.requires_grad and torch.equal(frozen.centres, start_centres)  # seeded start
 
 
 def test_scadacos_formula():
     torch.manual_seed(1)
-    head = M.SCAdaCosHead(8, 3, sub_clusters=2, scale=5.0)
+    head = heads.SCAdaCosHead(8, 3, sub_clusters=2, scale=5.0)
     emb, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
     cosine = F.normalize(emb) @ F.normalize(head.centres).T  # [6, 3 * 2], row j * 2 + k
     p = torch.softmax(5.0 * cosine, dim=1)
@@ -76,12 +77,12 @@ def test_scadacos_formula():
 
 @pytest.mark.parametrize("kind", ["linear", "arcface", "scadacos"])
 def test_head_settings_rebuild_the_head(kind):
-    head = M.make_head(kind, 32, 5, projection_dim=8, sub_clusters=4)
+    head = heads.make_head(kind, 32, 5, projection_dim=8, sub_clusters=4)
     if kind == "scadacos":
         head.scale.fill_(7.25)
-    settings = M.head_settings(head)
-    rebuilt = M.head_from_settings(settings, 32)
-    assert type(rebuilt) is type(head) and M.head_settings(rebuilt) == settings
+    settings = heads.head_settings(head)
+    rebuilt = heads.head_from_settings(settings, 32)
+    assert type(rebuilt) is type(head) and heads.head_settings(rebuilt) == settings
     assert rebuilt.projection.weight.shape == (8, 32) and rebuilt.dim == 8
     if kind == "scadacos":
         assert float(rebuilt.scale) == 7.25 and rebuilt.centres.shape == (5 * 4, 8)
@@ -91,12 +92,12 @@ def test_head_settings_rebuild_the_head(kind):
         "scale": 30.0,
         "margin": 0.5,
     }  # before projections
-    assert isinstance(M.head_from_settings(old_file_settings, 32).projection, torch.nn.Identity)
+    assert isinstance(heads.head_from_settings(old_file_settings, 32).projection, torch.nn.Identity)
 
 
 def test_scadacos_fixed_scale_and_xavier_centres_survive_a_reload():
-    head = M.make_head("scadacos", 32, 5, sub_clusters=4, dynamic=False, centre_init="xavier")
-    rebuilt = M.head_from_settings(M.head_settings(head), 32)
+    head = heads.make_head("scadacos", 32, 5, sub_clusters=4, dynamic=False, centre_init="xavier")
+    rebuilt = heads.head_from_settings(heads.head_settings(head), 32)
     assert not rebuilt.dynamic and torch.equal(rebuilt.centres, head.centres)  # frozen centres rebuild alike
     bound = math.sqrt(6 / (32 + 5 * 4))  # xavier uniform over the (D, N * C) layout
     assert head.centres.abs().max() <= bound and head.centres.abs().max() > 0.9 * bound
@@ -105,13 +106,13 @@ def test_scadacos_fixed_scale_and_xavier_centres_survive_a_reload():
     rebuilt.target_loss(torch.randn(6, 32), torch.eye(5)[torch.tensor([0, 1, 2, 3, 4, 0])])
     assert float(rebuilt.scale) == before
     older = {"kind": "scadacos", "num_classes": 5, "sub_clusters": 4, "scale": 3.0, "train_centres": True}
-    assert M.head_from_settings(older, 32).dynamic  # files saved before the setting: adaptive, as trained
+    assert heads.head_from_settings(older, 32).dynamic  # files saved before the setting: adaptive, as trained
 
 
 def test_projection_gives_the_downstream_embedding(tmp_path):
     encoder = P.build_encoder(None, "tiny")
     model = M.ASDModel(
-        M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), M.make_head("scadacos", 192, 3, projection_dim=24)
+        M.add_lora(encoder, 2, 4, 0.0, targets="qkv"), heads.make_head("scadacos", 192, 3, projection_dim=24)
     ).eval()
     assert model.embed_dim == 24
     fbank = torch.randn(130, 128)

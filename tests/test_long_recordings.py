@@ -179,12 +179,16 @@ def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path,
     """A model trained with --clip_seconds 1 (train.py's default recipe records no long_clip): each window
     is tiled or cut to 1 s like a clip, so the first window embeds as the same samples saved as a clip."""
     import torch
-    from test_clip_extraction import _train_args
 
     from asd.embed import embed_records, embedding_settings, feature_caches, tuned_model, with_clip_settings
     from dataset import ClipRecord
+    from helpers import tiny_train_args
 
-    train.main(_train_args(tmp_path, tiny_demo_dir, "--clip_seconds", "1"))
+    train.main(
+        tiny_train_args(
+            tmp_path, tiny_demo_dir, "--clip_seconds", "1", "--batch_size", "16", "--feature_cache", "none"
+        )
+    )
     model_path = tmp_path / "best.pth"
     rng = np.random.default_rng(1)
     sr = 16000

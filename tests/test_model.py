@@ -9,6 +9,7 @@ import torch
 
 import asd.pretrained as P
 import model as M
+from asd import heads
 from asd.embed import embed_fbanks
 
 
@@ -141,7 +142,7 @@ def test_lora_unfreezes_last_norms():
 
 def test_heads():
     emb, labels = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
-    arc = M.ArcFaceHead(16, 3, scale=10.0, margin=0.3)
+    arc = heads.ArcFaceHead(16, 3, scale=10.0, margin=0.3)
     plain, margined = arc(emb), arc(emb, labels)
     cosine = torch.nn.functional.normalize(emb) @ torch.nn.functional.normalize(arc.weight).T
     assert torch.allclose(plain, 10 * cosine, atol=1e-5)
@@ -150,17 +151,17 @@ def test_heads():
     others = torch.ones_like(plain, dtype=torch.bool)
     others[target] = False
     assert torch.equal(margined[others], plain[others])
-    linear = M.make_head("linear", 16, 3)
+    linear = heads.make_head("linear", 16, 3)
     assert torch.equal(linear(emb, labels), linear(emb))
     with pytest.raises(ValueError, match="unknown head"):
-        M.make_head("svm", 16, 3)
+        heads.make_head("svm", 16, 3)
 
 
 # ----------------------------------------------------------------------------- embedding clips
 
 
 def test_embed_fbanks_crop_and_windows(tiny_encoder):
-    model = M.ASDModel(tiny_encoder, M.LinearHead(192, 2))
+    model = M.ASDModel(tiny_encoder, heads.LinearHead(192, 2))
     short, long = _fbank(100, 1), _fbank(700, 2)  # 700 frames -> 3 windows of 256
     crop = embed_fbanks(model, [short, long], 256, "crop", amp=False)
     windows = embed_fbanks(model, [short, long], 256, "windows", amp=False)
@@ -178,5 +179,5 @@ def test_embed_fbanks_crop_and_windows(tiny_encoder):
     with torch.no_grad():
         alone = model.embed(long[None, None])
     assert torch.allclose(full[1], alone[0], atol=1e-5)
-    mean_pool = M.ASDModel(tiny_encoder, M.LinearHead(192, 2), pooling="mean")
+    mean_pool = M.ASDModel(tiny_encoder, heads.LinearHead(192, 2), pooling="mean")
     assert not torch.allclose(embed_fbanks(mean_pool, [short], 256, amp=False), crop[:1])

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from asd import docs, pipeline
+from asd import docs
 from asd.cli import check_script_arguments
+from asd.steps import split_step_overrides
 from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_readme_is_short_and_points_to_the_reference():
 
 
 def test_the_file_map_names_every_module():
-    from test_architecture import project_modules
+    from helpers import project_modules
 
     missing = [m for m in project_modules() if f"`{m}`" not in README and f"`{Path(m).name}`" not in README]
     assert not missing, f"README's 'Which file holds what' does not name {missing}"
@@ -126,7 +127,7 @@ def test_every_command_shown_parses_with_the_real_options(command):
     assert calls, f"a command that calls no project script and is not named in NOT_RUN: {command}"
     for script, argv in calls:
         if script == "run_all.py":
-            own, overrides = pipeline.split_step_overrides(argv)
+            own, overrides = split_step_overrides(argv)
             check_script_arguments(ROOT / script, own)
             for name, words in overrides.items():
                 check_script_arguments(ROOT / f"{name}.py", words)

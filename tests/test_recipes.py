@@ -10,7 +10,8 @@ import pytest
 import evaluate
 import train
 from asd import recipes
-from asd.cli import check_script_arguments, config_constants, parse_config, print_config
+from asd.cli import check_script_arguments, parse_config, print_config
+from asd.settings_source import config_constants, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +37,9 @@ def test_recipe_values_apply_and_explicit_flags_win():
 
 
 def test_recipe_at_the_top_of_the_file_works_like_the_flag(tmp_path):
-    by_flag = parse_config(vars(evaluate), ["--recipe", "arcface-v1"])
-    edited = {**vars(evaluate), "RECIPE": "arcface-v1"}  # what the running script sees after the edit
-    assert parse_config(edited, []) == by_flag and by_flag.w == 0.5
+    by_flag = parse_config(vars(evaluate), ["--recipe", "asdkit-eat-lora"])
+    edited = {**vars(evaluate), "RECIPE": "asdkit-eat-lora"}  # what the running script sees after the edit
+    assert parse_config(edited, []) == by_flag and by_flag.w == 1.0
     # and from the source (--help, run_all): a copy of evaluate.py with RECIPE edited at its top
     copy = tmp_path / "evaluate.py"
     copy.write_text(
@@ -75,16 +76,22 @@ def test_evaluate_side_of_the_published_recipe():
 
 def test_print_config_names_the_source_of_every_value(capsys, monkeypatch):
     monkeypatch.setenv("ASD_OPTIONS_GIVEN_TO", "run_all.py")
-    print_config(parse_config(vars(evaluate), ["--recipe", "arcface-v1", "--plots", "false"]))
+    print_config(parse_config(vars(evaluate), ["--recipe", "asdkit-eat-lora", "--plots", "false"]))
     out = capsys.readouterr().out
     assert "constant at the top of the file < recipe < value given to run_all.py < command-line flag" in out
     assert "PLOTS" in out and "= False  [run_all.py]" in out
-    assert "= 0.5  [recipe arcface-v1]" in out and "[top of evaluate.py]" in out
+    assert "= 1.0  [recipe asdkit-eat-lora]" in out and "[top of evaluate.py]" in out
 
 
-def test_train_py_defaults_are_the_asdkit_recipe():
-    """README: train.py's own constants equal asdkit-eat-lora's (RECIPE "" at its top changes nothing)."""
-    plain = parse_config(vars(train), [])
-    expected = recipes.recipe("asdkit-eat-lora", "train")
-    assert {key: getattr(plain, key.lower()) for key in expected} == expected
-    assert plain.recipe == ""
+def test_a_recipe_lists_only_what_differs_from_the_scripts_constants():
+    """Every value is written once: a recipe never repeats a script's own constant, so an edit at the
+    top of the script holds under a recipe that does not set it (train.py's constants ARE asdkit-eat-lora's
+    training settings: that recipe sets nothing for train.py)."""
+    for name, parts in recipes.RECIPES.items():
+        for script, values in parts.items():
+            constants = source_constants(ROOT / f"{script}.py")
+            repeated = sorted(key for key, value in values.items() if constants.get(key) == value)
+            assert not repeated, f"recipe {name} repeats {script}.py's own constants {repeated}"
+    assert recipes.recipe("asdkit-eat-lora", "train") == {}
+    plain, recipe = parse_config(vars(train), []), parse_config(vars(train), ["--recipe", "asdkit-eat-lora"])
+    assert {**vars(plain), "recipe": "asdkit-eat-lora"} == vars(recipe)

@@ -10,7 +10,9 @@ import pytest
 
 import run_all
 from asd import locks, pipeline, seeds
+from asd.imports import PROJECT_DIR, local_sources
 from asd.pipeline import Step, StepFailed, run_pipeline
+from asd.steps import STEP_NAMES, has_test_split, run_folder, split_step_overrides
 
 
 def _writer(out: Path, text: str = "x", inputs: list[Path] | None = None) -> list[str]:
@@ -122,26 +124,24 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 
 def test_train_step_depends_on_the_model_code():
-    sources = {p.name for p in pipeline.local_sources(pipeline.PROJECT_DIR / "train.py")}
+    sources = {p.name for p in local_sources(PROJECT_DIR / "train.py")}
     assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
     assert "evaluate.py" not in sources
 
 
 def test_step_words_reach_the_named_script_only():
-    own, overrides = pipeline.split_step_overrides(
+    own, overrides = split_step_overrides(
         ["--force", "true", "train.epochs=3", "evaluate.py.k=5", "train.learning_rate=1e-3"]
     )
     assert own == ["--force", "true"]
     assert overrides["train"] == ["--epochs", "3", "--learning_rate", "1e-3"]
     assert overrides["evaluate"] == ["--k", "5"] and overrides["datashape"] == []
     with pytest.raises(SystemExit, match="unknown script 'trian'"):
-        pipeline.split_step_overrides(["trian.epochs=3"])
+        split_step_overrides(["trian.epochs=3"])
 
 
 def test_split_accepts_script_names():
-    _, overrides = pipeline.split_step_overrides(
-        ["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"]
-    )
+    _, overrides = split_step_overrides(["make_demo_data.seed=1", "make_demo_data.py.clip_seconds=2"])
     assert overrides["make_demo_data"] == ["--seed", "1", "--clip_seconds", "2"]
 
 
@@ -190,7 +190,7 @@ def test_the_demo_runs_only_when_no_data_folder_is_asked_for(tmp_path, monkeypat
 def test_bad_options_stop_the_run_before_any_stamp_is_touched(
     tiny_demo_dir, tmp_path, no_pipeline, capsys, words, message
 ):
-    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = run_folder(tmp_path / "runs", tiny_demo_dir)
     stamp = run_dir / ".stamps" / "train.json"
     stamp.parent.mkdir(parents=True)
     stamp.write_text("{}")
@@ -202,16 +202,16 @@ def test_bad_options_stop_the_run_before_any_stamp_is_touched(
 
 def test_run_folders_are_keyed_by_the_full_path(tmp_path, monkeypatch):
     one, other = tmp_path / "a" / "dev_data", tmp_path / "b" / "dev_data"
-    folder = pipeline.run_folder("runs", one)
+    folder = run_folder("runs", one)
     assert folder.parent == Path("runs") and folder.name.startswith("dev_data-") and len(folder.name) == 17
-    assert pipeline.run_folder("runs", other) != folder
+    assert run_folder("runs", other) != folder
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    assert pipeline.run_folder("runs", Path("dev_data")) == folder
+    assert run_folder("runs", Path("dev_data")) == folder
 
 
 def test_no_stale_table_or_temp_file_survives_a_new_run(tiny_demo_dir, tmp_path, monkeypatch):
-    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = run_folder(tmp_path / "runs", tiny_demo_dir)
     (run_dir / "results").mkdir(parents=True)
     old_table, temp = run_dir / "results" / "comparison.csv", run_dir / ".best_encoder_model.pth.x1y2.tmp"
     old_table.write_text("old results\n")
@@ -236,9 +236,7 @@ def test_only_clips_and_attributes_retrain_the_encoder(tiny_demo_dir, tmp_path):
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
     steps = {
         s.name: s
-        for s in pipeline.build_steps(
-            cfg, [data], tmp_path / "run", False, {n: [] for n in pipeline.STEP_NAMES}
-        )
+        for s in run_all.build_steps(cfg, [data], tmp_path / "run", False, {n: [] for n in STEP_NAMES})
     }
 
     def signatures():
@@ -307,7 +305,7 @@ def test_a_step_that_writes_an_unreadable_output_fails(tmp_path):
 
 def _plan(argv: list[str], overrides: list[str] = ()) -> list:
     cfg = run_all.parse_config(vars(run_all), argv)
-    return run_all.plan(cfg, pipeline.split_step_overrides(list(overrides))[1])
+    return run_all.plan(cfg, split_step_overrides(list(overrides))[1])
 
 
 def _commands(steps) -> dict[str, list[str]]:
@@ -345,17 +343,13 @@ def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny
     from eat_checkpoint_support import write_eat_checkpoint
 
     scripts = tmp_path / "project"
-    shutil.copytree(
-        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
-    )
+    shutil.copytree(PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache"))
     checkpoint = tmp_path / "my_eat"
     write_eat_checkpoint(checkpoint)
     _edit_constant(scripts / "train.py", "EAT_CHECKPOINT", repr(str(checkpoint)))
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
-    overrides = pipeline.split_step_overrides([])[1]
-    steps = pipeline.build_steps(
-        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
-    )
+    overrides = split_step_overrides([])[1]
+    steps = run_all.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts)
     settings = pipeline.check_steps(steps, overrides)
     assert settings["train"].eat_checkpoint == str(checkpoint)
     assert settings["train"].sources["eat_checkpoint"] == "top of train.py"
@@ -364,10 +358,38 @@ def test_eat_checkpoint_edited_at_the_top_of_train_py_is_what_the_run_loads(tiny
     assert checkpoint.resolve() in train.inputs and "--eat_checkpoint" not in train.command
     # given to run_all, it wins over the file's constant
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir), "--eat_checkpoint", "none"])
-    steps = pipeline.build_steps(
-        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
-    )
+    steps = run_all.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts)
     assert pipeline.check_steps(steps, overrides)["train"].eat_checkpoint is None
+
+
+def test_epochs_edited_at_the_top_of_train_py_is_what_the_asdkit_recipe_trains(tiny_demo_dir, tmp_path):
+    """A recipe repeats no constant of its script: under run_all.py --recipe asdkit-eat-lora (the README's
+    real-data command) an EPOCHS edited at the top of train.py is what the train step gets."""
+    import shutil
+
+    scripts = tmp_path / "project"
+    shutil.copytree(
+        PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache", "docs")
+    )
+    overrides = split_step_overrides([])[1]
+    cfg = run_all.parse_config(
+        vars(run_all), ["--data_dir", str(tiny_demo_dir), "--recipe", "asdkit-eat-lora"]
+    )
+
+    def train_settings():
+        steps = run_all.build_steps(
+            cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
+        )
+        return pipeline.check_steps(steps, overrides)["train"]
+
+    assert train_settings().epochs == 25
+    _edit_constant(scripts / "train.py", "EPOCHS", "3")
+    edited = train_settings()
+    assert (edited.epochs, edited.recipe, edited.sources["epochs"]) == (
+        3,
+        "asdkit-eat-lora",
+        "top of train.py",
+    )
 
 
 def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(tiny_demo_dir, tmp_path):
@@ -376,7 +398,7 @@ def test_a_clip_edited_in_place_with_the_same_size_and_mtime_reruns_its_readers(
 
     data = shutil.copytree(tiny_demo_dir, tmp_path / "data")
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(data)])
-    steps = pipeline.build_steps(cfg, [data], tmp_path / "run", False, pipeline.split_step_overrides([])[1])
+    steps = run_all.build_steps(cfg, [data], tmp_path / "run", False, split_step_overrides([])[1])
     signature = lambda name: pipeline.step_signature(next(s for s in steps if s.name == name))  # noqa: E731
     before = {name: signature(name) for name in ("train", "extract_embeddings")}
     clip = next((data / "fan" / "test").glob("*.wav"))
@@ -419,13 +441,13 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
     import os
     import subprocess
 
-    run_dir = pipeline.run_folder(tmp_path / "runs", tiny_demo_dir)
+    run_dir = run_folder(tmp_path / "runs", tiny_demo_dir)
     code = (
         "import sys, time; from pathlib import Path; from asd.locks import run_folder_lock\n"
         f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=pipeline.PROJECT_DIR, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -446,7 +468,7 @@ def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(t
     [(run_dir, steps)] = _plan(
         ["--data_dir", f"{tiny_demo_dir},{other}", "--runs_dir", str(tmp_path / "runs")]
     )
-    assert run_dir == pipeline.run_folder(tmp_path / "runs", [tiny_demo_dir, other])
+    assert run_dir == run_folder(tmp_path / "runs", [tiny_demo_dir, other])
     assert run_dir.name.startswith("demo_data+eval_data-")
     commands = _commands(steps)
     assert commands["train"][commands["train"].index("--data_dir") + 1] == f"{tiny_demo_dir},{other}"
@@ -461,17 +483,17 @@ def test_several_data_folders_train_one_encoder_and_are_scored_each_on_its_own(t
 
 
 def test_channels_and_ground_truth_pass_only_when_set(tiny_demo_dir, tmp_path):
-    overrides = pipeline.split_step_overrides([])[1]
+    overrides = split_step_overrides([])[1]
     argv = ["--data_dir", str(tiny_demo_dir), "--channels", "far", "--residual_weight", "0.5"]
     cfg = run_all.parse_config(vars(run_all), argv + ["--ground_truth", str(tmp_path)])
-    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    commands = _commands(run_all.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
     for name in ("train", "extract_embeddings"):
         assert commands[name][-4:] == ["--channels", "far", "--residual_weight", "0.5"]
     assert commands["datashape"][-2:] == ["--channels", "far"]  # mono clips are its problem to report
     for name in ("evaluate", "evaluate_deepSVDD"):
         assert commands[name][-2:] == ["--ground_truth", str(tmp_path)]
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
-    commands = _commands(pipeline.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
+    commands = _commands(run_all.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides))
     assert not any({"--channels", "--residual_weight", "--ground_truth"} & set(w) for w in commands.values())
 
 
@@ -508,7 +530,7 @@ def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypat
         "# passes\nEPOCHS = 10\n# learning rate\nLEARNING_RATE = 0.1\n"
         "print_config(parse_config(globals()))\n"
     )
-    monkeypatch.setenv("PYTHONPATH", str(pipeline.PROJECT_DIR))
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_DIR))
     pipeline.run_step(Step("step", [sys.executable, str(script), "--epochs", "3"]))
     out = capfd.readouterr().out
     assert "EPOCHS        = 3  [run_all.py]" in out and "LEARNING_RATE = 0.1  [top of step.py]" in out
@@ -518,15 +540,11 @@ def test_a_step_constant_that_is_not_a_literal_stops_run_all_naming_it(tiny_demo
     import shutil
 
     scripts = tmp_path / "project"
-    shutil.copytree(
-        pipeline.PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache")
-    )
+    shutil.copytree(PROJECT_DIR, scripts, ignore=shutil.ignore_patterns(".*", "runs", "tests", "cache"))
     _edit_constant(scripts / "train.py", "EPOCHS", "5 * 5")
     cfg = run_all.parse_config(vars(run_all), ["--data_dir", str(tiny_demo_dir)])
-    overrides = pipeline.split_step_overrides([])[1]
-    steps = pipeline.build_steps(
-        cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts
-    )
+    overrides = split_step_overrides([])[1]
+    steps = run_all.build_steps(cfg, [tiny_demo_dir], tmp_path / "run", False, overrides, scripts_dir=scripts)
     with pytest.raises(
         SystemExit, match=r"train\.py: constant EPOCHS \(train\.py:\d+\) is not a literal: EPOCHS = 5 \* 5"
     ):
@@ -559,9 +577,8 @@ def _run_in_process(step: Step) -> None:
 def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys, monkeypatch):
     """run_all --recipe asdkit-eat-lora --seeds 0,1 on a tiny tree: train.py shows ASDKit's settings,
     each seed's table and the seeds table list Deep SVDD, the ensemble and the four ASDKit back ends."""
-    from conftest import TINY_DEMO_ARGS
-
     import make_demo_data
+    from helpers import TINY_DEMO_ARGS
 
     data = (
         tmp_path / "demo_data"
@@ -585,7 +602,7 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
         r"GRAD_CLIP\s+= 0\.0",
         r"SCALE\s+= fixed",
     ):
-        assert re.search(setting + r"\s+\[recipe asdkit-eat-lora\]", out), setting
+        assert re.search(setting + r"\s+\[top of train\.py\]", out), setting
     labels = ["Deep SVDD", "k-NN + Mahalanobis", "ASDKit k-NN", "ASDKit k-NN + SMOTE", "ASDKit k-means"]
     labels.append("ASDKit k-NN rescaled")
     seeds_table = out[out.index("mean +- standard deviation over 2 seeds") :]
@@ -632,7 +649,7 @@ def test_a_folder_without_test_clips_only_trains(tiny_demo_dir, tmp_path):
     for machine in (tiny_demo_dir).iterdir():
         if (machine / "train").is_dir():
             shutil.copytree(machine / "train", extra / machine.name / "train")
-    assert pipeline.has_test_split(tiny_demo_dir) and not pipeline.has_test_split(extra)
+    assert has_test_split(tiny_demo_dir) and not has_test_split(extra)
     [(run_dir, steps)] = _plan(
         ["--data_dir", f"{tiny_demo_dir},{extra}", "--runs_dir", str(tmp_path / "runs")]
     )

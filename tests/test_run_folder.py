@@ -13,6 +13,7 @@ import pytest
 import run_all
 import train
 from asd import locks, pipeline
+from asd.steps import split_step_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_a_bad_ground_truth_folder_stops_the_run_before_the_first_step(
     assert not no_pipeline and not runs.exists()
     (truth / "ground_truth_data" / name).write_text("a.wav,1\n")  # a good folder passes the check
     (truth / "ground_truth_domain" / name).write_text("a.wav,0\n")
-    overrides = pipeline.split_step_overrides([])[1]
+    overrides = split_step_overrides([])[1]
     assert run_all.plan(run_all.parse_config(vars(run_all), argv), overrides)
 
 

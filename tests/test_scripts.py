@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, config_constants, limit_violation, source_constants
+from asd.cli import check_script_arguments, limit_violation
 from asd.docs import SCRIPTS
+from asd.settings_source import config_constants, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchaudio", "sklearn", "scipy", "peft", "pyod"}

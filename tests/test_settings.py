@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, parse_config, print_config, read_source
+from asd.cli import check_script_arguments, parse_config, print_config
 from asd.docs import SCRIPTS
+from asd.settings_source import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")
@@ -186,3 +187,54 @@ def test_a_script_starts_from_its_own_defaults(script):
     assert read_source((ROOT / script).read_text(), ROOT / script).values["RECIPE"] == "", (
         f'{script}: RECIPE at its top should be "" (no recipe); its constants are the script\'s defaults'
     )
+
+
+def test_limits_can_name_a_module_constant_read_from_its_source(tmp_path):
+    """_LIMITS names allowed values another module owns (``library.MODES``, ``("", *library.MODES)``, a
+    dict's keys); --help and run_all read them from that module's source, as Python computes them."""
+    _script(tmp_path, 'MODES = ("a", "b")\nTABLE = {"x": 1, "y": 2}\n', "library.py")
+    path = _script(
+        tmp_path,
+        """
+        import library
+
+        # mode
+        MODE = "a"
+        # table entry
+        ENTRY = ""
+        _LIMITS = {"MODE": library.MODES, "ENTRY": ("", *library.TABLE)}
+        """,
+    )
+    assert read_source(path.read_text(), path).limits == {"MODE": ("a", "b"), "ENTRY": ("", "x", "y")}
+    assert check_script_arguments(path, ["--mode", "b", "--entry", "y"]).entry == "y"
+    with pytest.raises(SystemExit):
+        check_script_arguments(path, ["--entry", "z"])
+    path.write_text(path.read_text().replace("library.MODES", "library.MISSING"))
+    with pytest.raises(SystemExit, match="_LIMITS cannot be read from the source"):
+        check_script_arguments(path, [])
+
+
+def test_allowed_values_are_named_not_copied():
+    """Recipe names and channel modes are written once (asd/recipes.py, preprocessing.py): every script's
+    _LIMITS names them, and what --help reads from the source is what the running script checks."""
+    import ast
+
+    import evaluate
+    import preprocessing
+    import run_all
+    import train
+    from asd import recipes
+
+    owned = {frozenset(recipes.RECIPES), frozenset(preprocessing.CHANNEL_MODES)}
+    for script in SCRIPTS:
+        tree = ast.parse((ROOT / script).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_LIMITS":
+                for key, value in zip(node.value.keys, node.value.values):
+                    if isinstance(value, ast.Tuple) and all(isinstance(e, ast.Constant) for e in value.elts):
+                        copied = frozenset(e.value for e in value.elts) - {""}
+                        assert copied not in owned, (
+                            f"{script}: _LIMITS {key.value} copies a list; name its owner"
+                        )
+    for module in (train, evaluate, run_all):
+        assert read_source(Path(module.__file__).read_text(), module.__file__).limits == module._LIMITS

@@ -13,9 +13,10 @@ import asd.checkpoints as C
 import asd.pretrained as P
 import model as M
 import train
-from asd import augment, training
+from asd import augment, heads, training
 from asd.embed import embed_fbanks
 from dataset import discover_clips
+from helpers import tiny_train_args
 
 
 def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -80,7 +81,7 @@ def test_two_epochs_lower_the_loss_and_write_a_reloadable_model(tmp_path, tiny_d
     first = embed_fbanks(model, fbanks, 128, amp=False)
     again, _, _ = C.load_tuned(tmp_path / "best.pth")
     assert torch.equal(embed_fbanks(again, fbanks, 128, amp=False), first)
-    untrained = M.ASDModel(P.build_encoder(None, "tiny"), M.LinearHead(192, len(labels)))
+    untrained = M.ASDModel(P.build_encoder(None, "tiny"), heads.LinearHead(192, len(labels)))
     assert not torch.allclose(embed_fbanks(untrained, fbanks, 128, amp=False), first, atol=1e-4)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "last.pth").is_file()
 
@@ -125,31 +126,6 @@ def test_spec_augment_masks_bands():
 
 
 # ----------------------------------------------------------------------------- the asdkit-eat-lora recipe
-
-
-def _asdkit_args(tmp_path: Path, data_dir: Path | str, *extra: str) -> list[str]:
-    """The default recipe with a tiny random encoder and small overrides for CPU tests."""
-    return [
-        "--data_dir",
-        str(data_dir),
-        "--model_size",
-        "tiny",
-        "--lora_rank",
-        "4",
-        "--warmup_steps",
-        "2",
-        "--epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--feature_cache",
-        str(tmp_path.parent / "cache"),
-        "--output",
-        str(tmp_path / "best.pth"),
-        "--last_checkpoint",
-        str(tmp_path / "last.pth"),
-        *extra,
-    ]
 
 
 def test_variable_length_collate_pads_to_multiples_and_the_longest():
@@ -253,7 +229,7 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
 
     monkeypatch.setattr(training, "fixed_length_input", recording_input)
     monkeypatch.setattr(training, "mixup_samples", recording_mixup)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora"))
+    history = train.main(tiny_train_args(tmp_path, data_dir, "--recipe", "asdkit-eat-lora"))
     assert history["epochs"] == [1] and history["task"] == "classes" and history["num_val"] == 0
     assert set(lengths) == {(18 * 16000, 1824)}
     assert {prob for prob, _ in mixed} == {0.5} and torch.cat([m for _, m in mixed]).any()
@@ -266,7 +242,7 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert set(labels.names) == names and settings["epoch"] == 1 and settings["clip_seconds_resolved"] == 18.0
     head = model.head
-    assert isinstance(head, M.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
+    assert isinstance(head, heads.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
     assert not head.dynamic and float(head.scale) == pytest.approx(
         math.sqrt(2) * math.log(16 * len(names) - 1)
     )
@@ -283,7 +259,7 @@ def test_two_data_folders_train_one_model(tmp_path, samples_dir, tiny_demo_dir):
     """DATA_DIR a,b: the training clips of both folders, one class index over both."""
     real = samples_dir / "dcase2023_dev"
     history = train.main(
-        _asdkit_args(tmp_path, f"{real},{tiny_demo_dir}", "--clip_seconds", "1", "--batch_size", "16")
+        tiny_train_args(tmp_path, f"{real},{tiny_demo_dir}", "--clip_seconds", "1", "--batch_size", "16")
     )
     both = discover_clips(real, splits=("train",)) + discover_clips(tiny_demo_dir, splits=("train",))
     assert history["num_train"] == len(both)
@@ -305,7 +281,7 @@ def _single_class_dir(tmp_path: Path, samples_dir: Path) -> Path:
 def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
     data_dir = _single_class_dir(tmp_path, samples_dir)
     history = train.main(
-        _asdkit_args(
+        tiny_train_args(
             tmp_path,
             data_dir,
             "--epochs",
@@ -327,14 +303,14 @@ def test_single_class_trains_a_pretext_task(tmp_path, samples_dir, capsys):
 
 def test_single_class_frozen_writes_the_untouched_encoder(tmp_path, samples_dir):
     data_dir = _single_class_dir(tmp_path, samples_dir)
-    history = train.main(_asdkit_args(tmp_path, data_dir, "--single_class", "frozen"))
+    history = train.main(tiny_train_args(tmp_path, data_dir, "--single_class", "frozen"))
     assert history["task"] == "frozen" and history["epochs"] == []
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
     assert len(labels) == 1 and settings["task"] == "frozen" and model.embed_dim == 192
     fbanks = _fbanks(data_dir, 2)
     plain = P.build_encoder(None, "tiny")  # the same seeded random encoder, never tuned
     tuned = embed_fbanks(model, fbanks, 256, amp=False)
-    untouched = embed_fbanks(M.ASDModel(plain, M.LinearHead(192, 1)), fbanks, 256, amp=False)
+    untouched = embed_fbanks(M.ASDModel(plain, heads.LinearHead(192, 1)), fbanks, 256, amp=False)
     assert torch.allclose(tuned, untouched, atol=1e-5)
 
 
@@ -356,14 +332,14 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
     with pytest.raises(
         ValueError, match=rf"{re.escape(str(long_clip))}: 124.0 s .* longer than the encoder's reach"
     ):
-        train.main(_asdkit_args(tmp_path, tmp_path / "long", *whole))
+        train.main(tiny_train_args(tmp_path, tmp_path / "long", *whole))
     short = tmp_path / "short" / "fan" / "train"  # only clips within reach: CLIP_SECONDS itself is refused
     short.mkdir(parents=True)
     sf.write(short / "section_00_source_train_normal_0001_a_2.wav", np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(
         ValueError, match=r"CLIP_SECONDS 130 gives 12998 frames; the encoder takes at most 12288"
     ):
-        train.main(_asdkit_args(tmp_path, short.parents[1], "--clip_seconds", "130"))
+        train.main(tiny_train_args(tmp_path, short.parents[1], "--clip_seconds", "130"))
 
 
 @pytest.mark.parametrize(

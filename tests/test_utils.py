@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, config_constants, parse_config
+from asd.cli import check_script_arguments, parse_config
 from asd.files import atomic_path, atomic_torch_save, atomic_write_text, remove_stale_temp_files
+from asd.settings_source import config_constants
 
 
 @pytest.fixture
