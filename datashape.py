@@ -48,9 +48,8 @@ from asd.data_check import (
 from asd.errors import run_script
 from asd.recipe_report import recipe_report
 from dataset import SPLITS as DCASE_SPLITS
-from preprocessing import CHANNEL_MODES
 from dataset import machine_type_dirs, read_attribute_tables, wav_files
-from preprocessing import NUM_MEL_BINS
+from preprocessing import CHANNEL_MODES, NUM_MEL_BINS
 
 # folder(s) with <machine_type>/{train,test}/*.wav, comma-separated (as train.py's DATA_DIR)
 DATA_DIR = "dev_data"
