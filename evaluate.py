@@ -36,7 +36,7 @@ from asd.cli import exit_if_help
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from asd import recipes
-from asd.backends import registry
+from asd.backends import baseline_ae, registry
 from asd.backends.registry import backend_factory, make_backend
 from asd.cli import config_to_dict, parse_config, print_config
 from asd.comparison import (
@@ -46,7 +46,7 @@ from asd.comparison import (
     format_comparison,
     write_comparison,
 )
-from asd.embedding_files import load_features
+from asd.embedding_files import embedding_channels, load_features
 from asd.errors import run_script
 from asd.evaluation import compute_official
 from asd.ground_truth import apply_ground_truth
@@ -93,6 +93,20 @@ KMEANS_N_INIT = 1
 RESCALE_NEIGHBOURS = 4
 # smote_knn, kmeans, rescale: refits scoring the thresholds' training normals out of fold
 FOLDS = 5
+# baseline_ae (the DCASE baseline autoencoder, on the clips' audio): MSE | MAHALA
+BASELINE_SCORE = baseline_ae.SCORE
+# baseline_ae: training epochs (the baseline's 100)
+BASELINE_EPOCHS = baseline_ae.EPOCHS
+# baseline_ae: feature vectors per batch
+BASELINE_BATCH_SIZE = baseline_ae.BATCH_SIZE
+# baseline_ae: Adam's learning rate
+BASELINE_LR = baseline_ae.LEARNING_RATE
+# baseline_ae: seed of its initialisation, batches and held-out clips
+BASELINE_SEED = baseline_ae.SEED
+# baseline_ae: CPU threads while it trains
+BASELINE_THREADS = baseline_ae.THREADS
+# baseline_ae: auto | cpu | cuda
+DEVICE = "auto"
 # seed of SMOTE, of k-means and of the fold splits
 SEED = 0
 # statistics: per_domain (source, target apart; smaller distance) | pooled
@@ -139,6 +153,13 @@ _LIMITS = {
     "KMEANS_N_INIT": (1, None),
     "RESCALE_NEIGHBOURS": (1, None),
     "FOLDS": (2, None),
+    "BASELINE_SCORE": baseline_ae.SCORES,
+    "BASELINE_EPOCHS": (1, None),
+    "BASELINE_BATCH_SIZE": (1, None),
+    "BASELINE_LR": (">0", None),
+    "BASELINE_SEED": (0, None),
+    "BASELINE_THREADS": (1, None),
+    "DEVICE": ("auto", "cpu", "cuda"),
     "SEED": (0, None),
     "MAHALANOBIS": ("per_domain", "pooled"),
     "MIN_DOMAIN_STATS": (2, None),
@@ -187,7 +208,8 @@ def sweep(features, cfg) -> list[list[float]]:
 def backend_results(features, cfg) -> dict[str, dict]:
     """Score with each of BACKENDS, in its order; write each one's results folder and, with several, the
     side-by-side table (printed and BACKENDS_DIR/comparison.csv)."""
-    settings = config_to_dict(cfg)
+    # back ends that read the audio hear it as the encoder did (the embedding files' channel mode)
+    settings = {**config_to_dict(cfg), **embedding_channels(features.fingerprint)}
     folders = backend_folders(cfg.backends, cfg.results_dir, cfg.backends_dir)
     summaries = {}
     for name in cfg.backends:

@@ -1,11 +1,12 @@
-"""Run the whole pipeline: check data, train, embed, Deep SVDD, ensemble (ASDKit back ends), one table.
+"""Run the whole pipeline: check data, train, embed, Deep SVDD, the back ends, the DCASE baseline, one table.
 
     python run_all.py                                   # dev_data/ if present, else the demo
     python run_all.py --data_dir /data/dcase2023/dev_data --eat_checkpoint ~/EAT-base_epoch30_pretrain
     python run_all.py train.epochs=20 evaluate.k=3 evaluate.w=0.7    # pass any script's constant
     python run_all.py --data_dir dev_data,eval_data     # one encoder on both; each scored on its own
     python run_all.py --seeds 0,1,2,3                   # one run per seed, then mean +- std
-    python run_all.py --recipe asdkit-eat-lora          # ASDKit's recipe; its four back ends side by side
+    python run_all.py --recipe asdkit-eat-lora          # ASDKit's recipe; its k-NN + SMOTE first
+    python run_all.py --baseline false                  # without the DCASE baseline autoencoder step
 
 A step gets only what you set here (on this command line, in the constants below, the demo's values);
 everything else is the step script's own constant. Precedence, lowest first: constant at the top of
@@ -63,6 +64,8 @@ CHANNEL_COMBINE = None
 # ground truth of unlabelled test clips: the evaluator's ground-truth folder, an eval_data_list_YYYY.csv (also
 # train.py's EVAL_LIST), or both comma-separated (asd/ground_truth.py); None = not set
 GROUND_TRUTH = None
+# also score with the official DCASE baseline autoencoder (evaluate.py's back end baseline_ae), side by side
+BASELINE = True
 # seeds: one run folder per seed (train, Deep SVDD, evaluate get it), then mean +- std; empty = one run
 SEEDS = []
 # rerun every step even if its outputs are up to date
@@ -79,6 +82,8 @@ DEMO_WARMUP_STEPS = 10
 DEMO_SVDD_USE_STATS = True
 # demo training clips per step
 DEMO_BATCH_SIZE = 8
+# demo epochs of the DCASE baseline autoencoder (its recipe's 100 would triple the demo's time)
+DEMO_BASELINE_EPOCHS = 20
 # demo DataLoader workers (0: the tiny data set loads fastest in-process)
 DEMO_NUM_WORKERS = 0
 # allowed values of the constants above, checked by asd.cli.parse_config
@@ -95,6 +100,7 @@ _LIMITS = {
     "DEMO_WARMUP_STEPS": (0, None),
     "DEMO_BATCH_SIZE": (1, None),
     "DEMO_NUM_WORKERS": (0, None),
+    "DEMO_BASELINE_EPOCHS": (1, None),
 }
 
 _DEFAULT_DATA_DIR = "dev_data"  # what DATA_DIR None uses when it exists
@@ -123,7 +129,8 @@ def build_steps(
 ) -> list[pipeline.Step]:
     """The pipeline, in the order it runs: (the demo data,) each folder's data check, one encoder
     trained on every folder, then for each folder with test clips: its embeddings, Deep SVDD trained
-    and scored, the ensemble (and ASDKit's back ends) scored. Every output under ``run_dir``."""
+    and scored, evaluate.py's back ends (the ensemble; the recipe's ASDKit back ends), and the DCASE
+    baseline autoencoder on the same clips. Every output under ``run_dir``."""
     make = StepMaker(cfg, data_dirs, run_dir, demo, overrides, *([scripts_dir] if scripts_dir else []))
     steps = [make.make_demo_data()] if demo else []
     steps += [make.datashape(folder) for folder in make.data_dirs]
@@ -133,6 +140,7 @@ def build_steps(
         steps.append(make.train_deepSVDD(folder))
         steps.append(make.evaluate_deepSVDD(folder))
         steps.append(make.evaluate(folder))
+        steps += [make.baseline(folder)] if cfg.baseline else []
     return steps
 
 
@@ -174,7 +182,7 @@ def run_one(run_dir: Path, steps: list[pipeline.Step], force: bool) -> dict[str,
     print(
         f"\nran {len(ran)} of {len(steps)} steps in {time.time() - started:.0f} s. Results (official CSVs, "
         f"summaries, ROC and histogram plots): {' '.join(str(r) for r in summaries)} "
-        "(a folder per scorer: deepsvdd/, ensemble/, backends/<name>/; comparison.csv)"
+        "(a folder per scorer: deepsvdd/, ensemble/, backends/<name>/, baseline/baseline_ae/; comparison.csv)"
     )
     return tables
 

@@ -195,7 +195,7 @@ def baseline_autoencoder(cfg, records: list, device: torch.device) -> tuple[str,
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from asd.baseline_ae import VALIDATION_SHARE, BaselineAEScorer, file_to_vectors
+    from asd.backends.baseline_ae import VALIDATION_SHARE, BaselineAE, file_to_vectors
     from asd.embedding_files import Split
 
     def split_of(rows):
@@ -206,7 +206,7 @@ def baseline_autoencoder(cfg, records: list, device: torch.device) -> tuple[str,
     for machine_type in sorted({r.machine_type for r in records}):
         train = [r for r in records if r.machine_type == machine_type and r.split == "train"]
         test = [r for r in records if r.machine_type == machine_type and r.split == "test"]
-        scorer = BaselineAEScorer(epochs=cfg.baseline_epochs, device=device.type, channels="near")
+        scorer = BaselineAE(epochs=cfg.baseline_epochs, device=device.type, channels="near")
         _, feature_s = timed(lambda: scorer.clip_vectors(train))  # noqa: B023
         _, fit_s = timed(lambda: scorer.fit(split_of(train)))  # noqa: B023
         labels = [r.label == "anomaly" for r in test]

@@ -39,6 +39,7 @@ SCORERS = {
     "smote_knn": "ASDKit k-NN + SMOTE",
     "kmeans": "ASDKit k-means",
     "rescale": "ASDKit k-NN rescaled",
+    "baseline_ae": "DCASE baseline AE",
 }
 
 
@@ -286,14 +287,18 @@ def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> Non
 
 
 def scorer_summaries(steps: list[Step]) -> dict[Path, dict[str, Path]]:
-    """Per data folder's results folder: {scorer's table name: its summary.json}, Deep SVDD first, then
-    the back ends the evaluate step writes, in their order."""
+    """Per data folder's results folder: {scorer's table name: its summary.json}: the back ends of the
+    evaluate step in their order (the first is the headline), Deep SVDD, then the DCASE baseline step's."""
     found: dict[Path, dict[str, Path]] = {}
-    deepsvdd = None
+    deepsvdd: dict[str, Path] = {}
     for step in steps:
         if step.script == "evaluate_deepSVDD":
-            deepsvdd = step.outputs[0]
-        if step.script == "evaluate" and deepsvdd is not None:
-            summaries = [deepsvdd, *step.outputs]
-            found[deepsvdd.parents[1]] = {SCORERS.get(p.parent.name, p.parent.name): p for p in summaries}
+            deepsvdd[step.name.replace("evaluate_deepSVDD", "")] = step.outputs[0]
+    for step in steps:
+        if step.script != "evaluate":
+            continue
+        svdd = deepsvdd[step.name.replace("evaluate", "").replace("baseline", "")]
+        table = found.setdefault(svdd.parents[1], {})
+        table.update({SCORERS.get(p.parent.name, p.parent.name): p for p in step.outputs})
+        table.setdefault(SCORERS["deepsvdd"], svdd)
     return found

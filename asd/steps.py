@@ -29,7 +29,16 @@ STEP_NAMES = (
     "train_deepSVDD",
     "evaluate_deepSVDD",
     "evaluate",
-)  # the scripts run_all runs (each step runs the script of its name); run_all.build_steps orders them
+    "baseline",
+)  # run_all's steps (each runs the script of its name, but see STEP_SCRIPTS); run_all.build_steps orders them
+STEP_SCRIPTS = {
+    "baseline": "evaluate"
+}  # the DCASE baseline autoencoder is evaluate.py's back end baseline_ae
+
+
+def step_script(name: str) -> str:
+    """The script a step (or a ``step.constant=value`` override) runs."""
+    return STEP_SCRIPTS.get(name, name)
 
 
 def split_step_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -57,7 +66,9 @@ def seed_overrides(overrides: dict[str, list[str]], seed: int, scripts_dir: Path
     """The overrides with ``--seed SEED`` added for every step script that has a SEED constant."""
     seeded = {name: list(words) for name, words in overrides.items()}
     for name in STEP_NAMES:
-        if "SEED" in source_constants(scripts_dir / f"{name}.py") and name != "make_demo_data":
+        if name == "baseline":  # its network's seed
+            seeded[name] = ["--baseline_seed", str(seed)] + seeded[name]
+        elif "SEED" in source_constants(scripts_dir / f"{step_script(name)}.py") and name != "make_demo_data":
             seeded[name] = ["--seed", str(seed)] + seeded[name]
     return seeded
 
@@ -129,7 +140,8 @@ class StepMaker:
 
     def _command(self, name: str, *words: list[str]) -> list[str]:
         """The script's command: its words, then the user's ``script.constant=value`` overrides."""
-        return [sys.executable, str(self.scripts_dir / f"{name}.py"), *sum(words, []), *self.overrides[name]]
+        script = self.scripts_dir / f"{step_script(name)}.py"
+        return [sys.executable, str(script), *sum(words, []), *self.overrides[name]]
 
     def _user_set(self, *names: str) -> list[str]:
         """``--name value`` for each of run_all's settings the user set: given on run_all's command line
@@ -254,5 +266,26 @@ class StepMaker:
             self._command("evaluate", words, self._user_set("recipe", "ground_truth")),
             embeddings,
             [results / "summary.json"],
+            script="evaluate",
+        )
+
+    def baseline(self, data_dir: Path) -> Step:
+        """The DCASE baseline autoencoder (evaluate.py's back end baseline_ae, on the clips' audio) into
+        results/baseline/baseline_ae/: the scorer every run is compared with."""
+        out, embeddings = self._folder(data_dir)
+        words = ["--embed_dir", str(out), "--backends", "baseline_ae"]
+        words += [
+            "--results_dir",
+            str(out / "results" / "ensemble"),
+            "--backends_dir",
+            str(out / "results" / "baseline"),
+        ]
+        words += ["--baseline_epochs", str(self.cfg.demo_baseline_epochs)] if self.demo else []
+        data = [_clips(data_dir, "train"), _clips(data_dir, "test")]
+        return Step(
+            self._named("baseline", data_dir),
+            self._command("baseline", words, self._user_set("device", "ground_truth")),
+            embeddings + data,
+            [out / "results" / "baseline" / "baseline_ae" / "summary.json"],
             script="evaluate",
         )

@@ -24,7 +24,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch  # noqa: E402
 
-from asd import baseline_ae  # noqa: E402
+from asd.backends import baseline_ae  # noqa: E402
 from asd.runtime import resolve_device  # noqa: E402
 
 # training clips of one machine type (a DCASE development set has 1,000 per machine type)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asd import baseline_ae as B
+from asd.backends import baseline_ae as B
 from asd.embedding_files import Split
 from dataset import parse_clip_name
 from preprocessing import AudioError
@@ -35,9 +35,9 @@ def split_of(records) -> Split:
     )
 
 
-def fixture_scorer(arrays: dict, score: str) -> B.BaselineAEScorer:
+def fixture_scorer(arrays: dict, score: str) -> B.BaselineAE:
     """The scorer holding the fixture's network (strict state-dict names) and covariances."""
-    scorer = B.BaselineAEScorer(score=score, device="cpu")
+    scorer = B.BaselineAE(score=score, device="cpu")
     scorer.model.load_state_dict(
         {k[len("state::") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state::")}
     )
@@ -54,7 +54,7 @@ def relative_error(actual, expected) -> float:
 
 def test_vectors_match_the_baseline_on_real_clips(samples_dir, reference):
     arrays, cases = reference
-    scorer = B.BaselineAEScorer(channels="near", device="cpu")
+    scorer = B.BaselineAE(channels="near", device="cpu")
     names = [f"vectors_{i}" for i in range(7)]
     records = [parse_clip_name(samples_dir / cases["arrays"][name]) for name in names]
     for name, vectors in zip(names, scorer.clip_vectors(records)):
@@ -70,7 +70,7 @@ def test_two_channel_clip_near_is_the_baselines_channel_0(reference):
     far = B.file_to_vectors(path, "far")
     assert np.max(np.abs(far - arrays["vectors_two_channel"])) > 1.0  # another microphone is heard
     with pytest.raises(ValueError, match="one channel"):
-        B.BaselineAEScorer(channels="both")
+        B.BaselineAE(channels="both")
 
 
 def test_mono_clip_in_a_two_channel_mode_is_refused(samples_dir, reference):
@@ -147,7 +147,7 @@ def trained(tmp_path_factory):
     test = write_tone_clips(root, 3, "test", "normal", 1000.0, 1) + write_tone_clips(
         root, 3, "test", "anomaly", 2500.0, 2
     )
-    scorer = B.BaselineAEScorer(epochs=15, batch_size=64, device="cpu").fit(split_of(train))
+    scorer = B.BaselineAE(epochs=15, batch_size=64, device="cpu").fit(split_of(train))
     return scorer, train, test, np.array([r.label == "anomaly" for r in test])
 
 
@@ -194,7 +194,7 @@ def test_model_file_round_trip_and_refusals(trained, tmp_path):
     scorer.save(path)
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     assert state["format"] == B.BASELINE_FORMAT
-    loaded = B.BaselineAEScorer.load(path, device="cpu")
+    loaded = B.BaselineAE.load(path, device="cpu")
     assert np.array_equal(loaded.score(split_of(test)), scorer.score(split_of(test)))
     np.testing.assert_array_equal(
         loaded.training_scores(split_of(train)), scorer.training_scores(split_of(train))
@@ -202,29 +202,29 @@ def test_model_file_round_trip_and_refusals(trained, tmp_path):
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": B.BASELINE_FORMAT, "object": Path("x")}, pickled)  # needs unpickling a class
     with pytest.raises(ValueError, match="cannot read"):
-        B.BaselineAEScorer.load(pickled)
+        B.BaselineAE.load(pickled)
     other = tmp_path / "other.pt"
     torch.save({"format": "something else"}, other)
     with pytest.raises(ValueError, match="not a baseline"):
-        B.BaselineAEScorer.load(other)
+        B.BaselineAE.load(other)
 
 
-def test_from_settings_reads_its_options():
-    scorer = B.BaselineAEScorer.from_settings(
-        {
-            "baseline_score": "MAHALA",
-            "baseline_epochs": 3,
-            "baseline_lr": 0.01,
-            "channels": "far",
-            "device": "cpu",
-        }
-    )
+def test_the_registry_builds_it_from_evaluate_settings():
+    """evaluate.py's BASELINE_* constants (the baseline's recipe) through the registry, as evaluate.py runs it."""
+    import evaluate
+    from asd.backends.registry import make_backend
+    from asd.cli import config_to_dict, parse_config
+
+    cfg = parse_config(vars(evaluate), ["--baseline_score", "MAHALA", "--baseline_epochs", "3"])
+    scorer = make_backend("baseline_ae", {**config_to_dict(cfg), "channels": "far", "device": "cpu"})
+    assert isinstance(scorer, B.BaselineAE) and scorer.group_by == "machine_type"
     assert scorer.settings["score"] == "MAHALA" and scorer.settings["epochs"] == 3
-    assert scorer.settings["learning_rate"] == 0.01 and scorer.settings["channels"] == "far"
+    assert scorer.settings["learning_rate"] == 1e-3 and scorer.settings["channels"] == "far"
     assert scorer.settings["batch_size"] == 256 and scorer.settings["seed"] == 13711
-    assert B.BaselineAEScorer.group_by == "machine_type"
-    with pytest.raises(ValueError, match="MSE"):
-        B.BaselineAEScorer.from_settings({"baseline_score": "L1"})
+    both = make_backend("baseline_ae", {**config_to_dict(cfg), "channels": "both"})
+    assert both.settings["channels"] == "near"  # the baseline's own 2026 reading: channel 0
+    with pytest.raises(SystemExit):
+        parse_config(vars(evaluate), ["--baseline_score", "L1"])
 
 
 def test_thresholds_count_only_the_held_out_scores_of_a_domain():

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asd.backends.base import Backend, pick
 from asd.embedding_files import Split
 from asd.files import atomic_torch_save
 from asd.runtime import resolve_device, seed_everything
@@ -51,14 +52,19 @@ CODE_DIM = 8
 HIDDEN = 128
 SCORES = ("MSE", "MAHALA")
 VALIDATION_SHARE = 0.1  # share of each machine type's training clips held out (the baseline's 10 %)
-DEFAULTS = {
-    "score": "MSE",
-    "epochs": 100,
-    "batch_size": 256,
-    "learning_rate": 1e-3,
-    "seed": 13711,
-    "threads": 1,
-}
+# the baseline's recipe (baseline.yaml); evaluate.py's BASELINE_* constants take these over
+# score of a clip: MSE (the baseline's default) | MAHALA
+SCORE = "MSE"
+# training epochs
+EPOCHS = 100
+# vectors per training batch
+BATCH_SIZE = 256
+# Adam's learning rate
+LEARNING_RATE = 1e-3
+# seed of the initialisation, the batches and the held-out clips
+SEED = 13711
+# CPU threads of torch while fitting (more threads than free cores make this small network slower)
+THREADS = 1
 
 
 def check_one_view(channels: str) -> None:
@@ -261,24 +267,25 @@ def validation_rows(records: Sequence[ClipRecord], share: float, seed: int) -> n
     return held_out
 
 
-class BaselineAEScorer:
+class BaselineAE(Backend):
     """The baseline autoencoder behind the scorer interface, fitted per machine type; reads the audio of
     the records itself (the embeddings of the Split are not used)."""
 
-    group_by = "machine_type"
+    EMBEDDING = False  # reads the audio: never the ensemble's embedding branch
 
     def __init__(
         self,
-        score: str = DEFAULTS["score"],
-        epochs: int = DEFAULTS["epochs"],
-        batch_size: int = DEFAULTS["batch_size"],
-        learning_rate: float = DEFAULTS["learning_rate"],
-        seed: int = DEFAULTS["seed"],
+        score: str = SCORE,
+        epochs: int = EPOCHS,
+        batch_size: int = BATCH_SIZE,
+        learning_rate: float = LEARNING_RATE,
+        seed: int = SEED,
         channels: str = "near",
         residual_weight: float = RESIDUAL_WEIGHT,
         device: str = "auto",
-        threads: int = DEFAULTS["threads"],
+        threads: int = THREADS,
     ):
+        super().__init__(group_by="machine_type", seed=seed)
         if score not in SCORES:
             raise ValueError(f"baseline score must be one of {SCORES}, got {score!r}")
         check_one_view(channels)  # refuses a mode before any work
@@ -297,30 +304,36 @@ class BaselineAEScorer:
         self.held_out: dict | None = None
 
     @classmethod
-    def from_settings(cls, cfg: Mapping[str, Any] | Any) -> BaselineAEScorer:
-        """From a script's settings (a mapping or argparse namespace with the lower-case option names):
-        baseline_score, baseline_epochs, baseline_batch_size, baseline_lr, baseline_seed, channels,
-        residual_weight, device, baseline_threads (CPU threads of torch while fitting: with more threads
-        than free cores, OpenMP's waiting makes this small network many times slower); a missing one
-        takes the baseline's default."""
-        values = cfg if isinstance(cfg, Mapping) else vars(cfg)
-        return cls(
-            score=values.get("baseline_score", DEFAULTS["score"]),
-            epochs=values.get("baseline_epochs", DEFAULTS["epochs"]),
-            batch_size=values.get("baseline_batch_size", DEFAULTS["batch_size"]),
-            learning_rate=values.get("baseline_lr", DEFAULTS["learning_rate"]),
-            seed=values.get("baseline_seed", DEFAULTS["seed"]),
-            channels=values.get("channels", "near"),
-            residual_weight=values.get("residual_weight", RESIDUAL_WEIGHT),
-            device=values.get("device", "auto"),
-            threads=values.get("baseline_threads", DEFAULTS["threads"]),
+    def from_settings(cls, settings: Mapping[str, Any], make=None) -> BaselineAE:
+        """From evaluate.py's settings: BASELINE_SCORE, BASELINE_EPOCHS, BASELINE_BATCH_SIZE, BASELINE_LR,
+        BASELINE_SEED, BASELINE_THREADS, DEVICE, and the embeddings' channel mode (CHANNELS, RESIDUAL_WEIGHT:
+        the clips are heard as the encoder heard them; both = the baseline's own channel 0, near)."""
+        values = pick(
+            settings,
+            ("baseline_score", "baseline_epochs", "baseline_batch_size", "baseline_lr", "baseline_seed"),
         )
+        channels = settings.get("channels", "near")
+        return cls(
+            score=values["baseline_score"],
+            epochs=values["baseline_epochs"],
+            batch_size=values["baseline_batch_size"],
+            learning_rate=values["baseline_lr"],
+            seed=values["baseline_seed"],
+            channels="near" if channels == "both" else channels,
+            residual_weight=settings.get("residual_weight", RESIDUAL_WEIGHT),
+            device=settings.get("device", "auto"),
+            threads=settings.get("baseline_threads", THREADS),
+        )
+
+    def describe(self) -> str:
+        s = self.settings
+        return f"DCASE baseline autoencoder ({s['score']}, {s['epochs']} epochs, channel {s['channels']})"
 
     def clip_vectors(self, records: Sequence[ClipRecord]) -> list[np.ndarray]:
         s = self.settings
         return [file_to_vectors(r.path, s["channels"], s["residual_weight"]) for r in records]
 
-    def fit(self, normal: Split) -> BaselineAEScorer:
+    def fit(self, normal: Split) -> BaselineAE:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.settings["threads"])
         try:
@@ -328,7 +341,7 @@ class BaselineAEScorer:
         finally:
             torch.set_num_threads(previous)
 
-    def _fit(self, normal: Split) -> BaselineAEScorer:
+    def _fit(self, normal: Split) -> BaselineAE:
         s = self.settings
         records = list(normal.records)
         if not records:
@@ -415,7 +428,7 @@ class BaselineAEScorer:
         atomic_torch_save(self.state(), path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> BaselineAEScorer:
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> BaselineAE:
         """A saved model, read with torch.load(weights_only=True); refused when it is not one."""
         path = Path(path)
         if not path.is_file():
