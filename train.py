@@ -308,8 +308,9 @@ def run(cfg, rank: int, world: int, device: torch.device) -> dict:
             step_module, device_ids=[device.index] if device.type == "cuda" else None
         )
     loop = Loop(
-        cfg, model, step_module, optimizer, scheduler, train_loader, val_loader, task_index, device, rank, world,
-        pretext, seconds,
+        cfg=cfg, model=model, step_module=step_module, optimizer=optimizer, scheduler=scheduler,
+        train_loader=train_loader, val_loader=val_loader, label_index=task_index, device=device, rank=rank,
+        world=world, pretext=pretext, clip_seconds=seconds,
     )  # fmt: skip
     history = new_history(len(task_index), len(train_records), len(val_records), pretext)
     history = train_epochs(loop, history)
