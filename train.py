@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from types import SimpleNamespace
 
 from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -47,17 +45,16 @@ from asd import recipes, training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
-from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
+from asd.clips import check_encoder_reach, resolve_clip_seconds
+from asd.epochs import Loop, train_epochs
 from asd.errors import run_script
-from asd.history import history_path, write_history
+from asd.history import new_history
 from asd.labels import class_name
 from asd.locks import hold_run_folder_lock
-from asd.pretrained import tensors_checksum
-from asd.resume import resume_state, save_last
-from asd.runtime import seed_everything, tune_cpu_allocator
-from asd.train_checks import refuse_repeated_data_dir
+from asd.runtime import seed_everything, setup_processes, tune_cpu_allocator
+from asd.train_checks import check_settings, refuse_repeated_data_dir
 from dataset import LabelIndex
-from model import base_encoder, trainable_state
+from model import base_encoder
 
 # named settings (asd/recipes.py) applied over the constants below; "" = none
 # (the constants as written); flags and values given to run_all.py still win
@@ -240,14 +237,13 @@ _LIMITS = {
 def main(argv: list[str] | None = None) -> dict:
     refuse_repeated_data_dir(sys.argv[1:] if argv is None else argv, "train.py")
     cfg = parse_config(globals(), argv, description=__doc__)
-    training.check_settings(cfg)
+    check_settings(cfg)
     hold_run_folder_lock([cfg.output, cfg.last_checkpoint], "train.py")
-    rank, world, device = training.setup_processes(cfg.device)
-    show = rank == 0
+    rank, world, device = setup_processes(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
     try:
-        return run(cfg, rank, device, show)
+        return run(cfg, rank, world, device)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -277,7 +273,8 @@ def save_frozen(cfg, label_index: LabelIndex, show: bool) -> dict:
     return {"epochs": [], "num_classes": len(label_index), "task": "frozen", "best": {}}
 
 
-def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
+def run(cfg, rank: int, world: int, device: torch.device) -> dict:
+    show = rank == 0
     if show:
         print_config(cfg, "train.py settings")
     seed_everything(cfg.seed)
@@ -303,7 +300,6 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
             f"fixed-length clips: {seconds:g} s ({why}); tiled or cropped at a random offset in "
             "training, from the start in validation and extraction"
         )
-    label_index = task_index
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     optimizer, scheduler = training.make_optimizer(model, cfg, steps_per_epoch)
     warmup = training.warmup_length(cfg, steps_per_epoch)
@@ -312,110 +308,23 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
             f"note: the warm-up ({warmup} steps) outlasts training ({cfg.epochs * steps_per_epoch} steps): "
             "the learning rate never reaches LEARNING_RATE"
         )
-    history = training.new_history(label_index, train_records, val_records, pretext)
-    best, start_epoch = {}, 1
-    state = resume_state(cfg, model, optimizer, scheduler, label_index, show)
-    if state is not None:
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
     step_module: nn.Module = training.TrainStep(model)
     if dist.is_initialized():
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loop = SimpleNamespace(
+    loop = Loop(
         cfg=cfg, model=model, step_module=step_module, optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, val_loader=val_loader, label_index=label_index,
-        device=device, rank=rank, show=show, pretext=pretext, clip_seconds=seconds,
-        clip_samples=None if seconds is None else clip_samples(seconds),
-        history_csv=history_path(cfg.output),
+        train_loader=train_loader, val_loader=val_loader, label_index=task_index, device=device, rank=rank,
+        world=world, pretext=pretext, clip_seconds=seconds,
     )  # fmt: skip
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        best = fit_epoch(loop, epoch, history, best)
-    if show and best and cfg.keep_epoch == "best":
-        print(
-            f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, val loss {best['val_loss']:.4f} -> {cfg.output}"
-        )
-    elif show and history["epochs"]:
-        print(f"last epoch {history['epochs'][-1]} -> {cfg.output}")
-    history["best"] = best
+    history = new_history(len(task_index), len(train_records), len(val_records), pretext)
+    history = train_epochs(loop, history)
     history["feature_cache"] = {
         "hits": sum(getattr(c, "hits", 0) for c in caches) if cfg.feature_cache else None,
         "misses": sum(getattr(c, "misses", 0) for c in caches) if cfg.feature_cache else None,
     }
     return history
-
-
-def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> dict:
-    """Train one epoch, validate, record it in ``history``, save the models and the history; the best record."""
-    cfg, show, started = loop.cfg, loop.show, time.monotonic()
-    # every epoch's shuffling and augmentation depend only on (seed, epoch, rank): resuming repeats them
-    seed_everything(cfg.seed + 1000 * epoch + loop.rank)
-    training.seed_epoch(loop.train_loader, cfg.seed, epoch)
-    lr = loop.optimizer.param_groups[0]["lr"]
-    crops = np.random.default_rng([cfg.seed, epoch, loop.rank])  # fixed-length clips' random offsets
-    clip = None if loop.clip_samples is None else (loop.clip_samples, crops)
-    sums = training.train_epoch(
-        loop.step_module, loop.train_loader, loop.optimizer, loop.scheduler, cfg, loop.device, epoch, show,
-        loop.pretext, clip,
-    )  # fmt: skip
-    loss_sum, correct, count = training.all_sum(list(sums), loop.device)
-    train_loss, train_acc = loss_sum / count, correct / count
-    if loop.val_loader is not None:
-        sums = training.evaluate(
-            loop.model, loop.val_loader, cfg, loop.device, show, loop.pretext, loop.clip_samples
-        )
-        loss_sum, correct, count = training.all_sum(list(sums), loop.device)
-        val_loss, val_acc = loss_sum / count, correct / count
-    else:
-        val_loss, val_acc = train_loss, train_acc
-    scale = getattr(loop.model.head, "scale", None)
-    training.record_epoch(
-        history,
-        train_loss=train_loss,
-        train_acc=train_acc,
-        val_loss=val_loss,
-        val_acc=val_acc,
-        lr=lr,
-        scale=None if scale is None else float(scale),
-        seconds=time.monotonic() - started,
-        epochs=epoch,
-    )
-    improved = training.is_better(val_acc, val_loss, best)
-    if improved:
-        best = {
-            "epoch": epoch,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "trainable_sha256": tensors_checksum(trainable_state(loop.model)),
-        }
-    if show:
-        saved = improved if cfg.keep_epoch == "best" else True
-        print(
-            f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}"
-            + ("  * best" if improved and cfg.keep_epoch == "best" else "")
-            + (", saved" if saved else "")
-        )
-        if saved:
-            save_model(loop, epoch, val_acc, val_loss)
-        save_last(cfg, loop.model, loop.optimizer, loop.scheduler, loop.label_index, epoch, history, best)
-        write_history(loop.history_csv, history)
-    if dist.is_initialized():
-        dist.barrier()
-    return best
-
-
-def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: float) -> None:
-    """OUTPUT: the model after ``epoch``, with the settings extraction needs (the fixed clip length)."""
-    cfg = loop.cfg
-    settings = {
-        **config_to_dict(cfg),
-        "best_epoch" if cfg.keep_epoch == "best" else "epoch": epoch,
-        "val_acc": val_acc,
-        "val_loss": val_loss,
-        "clip_seconds_resolved": loop.clip_seconds,
-    }
-    save_tuned(cfg.output, loop.model, loop.label_index, settings, cfg.eat_checkpoint)
 
 
 if __name__ == "__main__":

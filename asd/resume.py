@@ -1,5 +1,12 @@
-"""Resuming training: the last-epoch checkpoint (LAST_CHECKPOINT), written every epoch, and whether a
-run may continue it (asd.freshness.changes over the settings)."""
+"""Resuming training: the last-epoch checkpoint (LAST_CHECKPOINT), written after every epoch, whether a
+run may continue it (asd.freshness.changes over the settings), and whether the continued run will be
+bit-identical to an uninterrupted one.
+
+LAST_CHECKPOINT holds everything one epoch hands the next: trainable weights, head buffers, AdamW's
+state, the schedule's step, the history and best record, plus where it ran (device kind, world
+size). It holds no random generator state because no random stream outlives its epoch: asd/epochs.py
+seeds every stream from (SEED, epoch, rank) at each epoch's start. Tensors, numbers and strings
+only: it loads with torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
@@ -33,6 +40,9 @@ RESUME_MUST_MATCH = (
 )
 # --resume auto: everything but these must match
 RESUME_MAY_DIFFER = ("device", "num_workers", "resume", "output", "last_checkpoint", "feature_cache")
+# settings that change no number of training (where files go); any other change, the device kind or the
+# world size make a resumed run differ from an uninterrupted one (NUM_WORKERS: the workers' random crops)
+_BOOKKEEPING = ("device", "resume", "output", "last_checkpoint", "feature_cache")
 
 
 def _comparable(key: str, value):
@@ -75,11 +85,27 @@ def read_last_checkpoint(cfg, label_index: LabelIndex) -> tuple[dict | None, str
     return state, ""
 
 
+def inexact_resume(state: dict, cfg, where: dict) -> list[str]:
+    """Why continuing ``state`` cannot give the uninterrupted run's numbers (empty: it gives them
+    bit for bit on CPU): changed settings, another device kind or world size (``where``)."""
+    saved, current = state["settings"], config_to_dict(cfg)
+    keys = [k for k in current if k not in _BOOKKEEPING]
+    changed = changes(
+        {k: _comparable(k, saved.get(k)) for k in keys}, {k: _comparable(k, current[k]) for k in keys}
+    )
+    reasons = [f"{k.upper()} {saved.get(k)!r} then, {current[k]!r} now" for k in changed]
+    then = state.get("where", {})
+    return reasons + [
+        f"{k} {then.get(k, 'unrecorded')} then, {v} now" for k, v in where.items() if then.get(k) != v
+    ]
+
+
 def resume_state(
-    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool
+    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, show: bool, where: dict
 ) -> dict | None:
     """Load the LAST_CHECKPOINT this run continues into model/optimizer/scheduler and return it
-    (history, best record, epoch), or None to start fresh, as RESUME says; says why it does not resume."""
+    (history, best record, epoch), or None to start fresh, as RESUME says; says why it does not resume,
+    and in one line why a resumed run will not be the uninterrupted one (``where``: device kind, world size)."""
     if cfg.resume == "false":
         return None
     state, why_not = read_last_checkpoint(cfg, label_index)
@@ -106,13 +132,25 @@ def resume_state(
         print(
             f"resumed from {cfg.last_checkpoint} after epoch {state['epoch']} (--resume false starts fresh)"
         )
+        inexact = inexact_resume(state, cfg, where)
+        if inexact:
+            print("note: the resumed run will differ from an uninterrupted one: " + "; ".join(inexact))
     return state
 
 
 def save_last(
-    cfg, model: ASDModel, optimizer, scheduler, label_index: LabelIndex, epoch: int, history: dict, best: dict
+    cfg,
+    model: ASDModel,
+    optimizer,
+    scheduler,
+    label_index: LabelIndex,
+    epoch: int,
+    history: dict,
+    best: dict,
+    where: dict,
 ) -> None:
-    """LAST_CHECKPOINT after ``epoch``: trainable weights, head buffers, optimizer and schedule (atomic)."""
+    """LAST_CHECKPOINT after ``epoch``: trainable weights, head buffers, optimizer and schedule, and
+    ``where`` it ran (device kind, world size) (atomic)."""
     atomic_torch_save(
         {
             "epoch": epoch,
@@ -124,6 +162,7 @@ def save_last(
             "best": best,
             "label_index": label_index.to_dict(),
             "settings": config_to_dict(cfg),
+            "where": where,
         },
         cfg.last_checkpoint,
     )

@@ -1,9 +1,10 @@
-"""Devices, precision, seeds and the CPU allocator: how a script runs, not what it computes."""
+"""Devices, processes (DDP), precision, seeds and the CPU allocator: how a script runs, not what it computes."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import random
 import sys
 from typing import TYPE_CHECKING
@@ -24,6 +25,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def setup_processes(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): DDP whenever torchrun started the process (one process too), else
+    a plain process."""
+    import torch
+    import torch.distributed as dist
+
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, resolve_device(device_name)
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over every process (unchanged without DDP)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than float32 on most machines)."""
     import torch
@@ -34,6 +64,7 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's random, numpy's global generator and torch's (CPU and every CUDA device)."""
     import numpy as np
     import torch
 

@@ -1,11 +1,10 @@
-"""What train.py runs: processes (DDP), data loaders, the model to tune, optimiser and schedule, one
-training epoch and one validation pass."""
+"""What train.py runs: data loaders, the model to tune, optimiser and schedule, one training epoch and
+one validation pass (asd/epochs.py strings the epochs together)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import torch.distributed as dist
@@ -19,8 +18,7 @@ from asd.ground_truth import apply_evaluation_list
 from asd.heads import make_head
 from asd.labels import ClassIndex, counted_note, counted_records
 from asd.pretrained import build_encoder
-from asd.runtime import autocast, resolve_device
-from asd.train_checks import check_settings  # noqa: F401 (train.py calls training.check_settings)
+from asd.runtime import autocast
 from dataset import (
     ClipDataset,
     FixedLengthCollate,
@@ -31,32 +29,6 @@ from dataset import (
 )
 from model import ASDModel, add_lora, count_parameters, set_drop_path
 from preprocessing import FeatureCache, channel_views, load_audio
-
-# ----------------------------------------------------------------------------- processes
-
-
-def setup_processes(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): DDP whenever torchrun started the process (one process too), else
-    a plain process."""
-    if "LOCAL_RANK" not in os.environ:
-        return 0, 1, resolve_device(device_name)
-    world = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), world, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-
-
-def all_sum(values: list[float], device: torch.device) -> list[float]:
-    """``values`` summed over every process (unchanged without DDP)."""
-    if not dist.is_initialized():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -187,7 +159,9 @@ def make_loader(dataset: Dataset, cfg, train: bool) -> DataLoader:
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
+        # training: fresh workers every epoch, seeded from the epoch's generator (persistent ones would carry
+        # their random crops' state over from the epochs before, which a resumed run never saw)
+        persistent_workers=not train and cfg.num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate,
         generator=torch.Generator() if train and sampler is None else None,  # reseeded every epoch
@@ -195,7 +169,7 @@ def make_loader(dataset: Dataset, cfg, train: bool) -> DataLoader:
 
 
 def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Shuffle the epoch's clips as (seed, epoch) say, so a resumed run repeats the order."""
+    """Shuffle the epoch's clips, and seed its workers, as (seed, epoch) say, so a resumed run repeats them."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
     else:
@@ -231,30 +205,6 @@ def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records:
         train_set, val_set = (wave_dataset(part, label_index, cfg) for part in (train_records, val_records))
     val_loader = make_loader(val_set, cfg, False) if val_records else None
     return make_loader(train_set, cfg, True), val_loader, caches
-
-
-def new_history(label_index: LabelIndex, train_records: list, val_records: list, pretext: bool) -> dict:
-    return {
-        "train_loss": [],
-        "train_acc": [],
-        "val_loss": [],
-        "val_acc": [],
-        "lr": [],
-        "scale": [],
-        "seconds": [],
-        "epochs": [],
-        "num_classes": len(label_index),
-        "num_train": len(train_records),
-        "num_val": len(val_records),
-        "task": "pretext" if pretext else "classes",
-    }
-
-
-def record_epoch(history: dict, **values) -> None:
-    """Append one epoch's values to ``history`` (a history resumed from an older run gets missing lists)."""
-    done = len(history["epochs"])
-    for key, value in values.items():
-        history.setdefault(key, [None] * done).append(value)
 
 
 # ----------------------------------------------------------------------------- model and optimisation
@@ -461,10 +411,3 @@ def evaluate(
         correct += (plain.argmax(1) == labels).sum().item()
         count += len(labels)
     return loss_sum, correct, count
-
-
-def is_better(val_acc: float, val_loss: float, best: dict) -> bool:
-    """Higher validation accuracy wins; a tie goes to the lower validation loss."""
-    if best.get("val_acc") is None:
-        return True
-    return val_acc > best["val_acc"] or (val_acc == best["val_acc"] and val_loss < best["val_loss"])

@@ -15,6 +15,7 @@ import model as M
 import train
 from asd import augment, heads, training
 from asd.embed import embed_fbanks
+from asd.train_checks import check_settings
 from dataset import discover_clips
 from helpers import tiny_train_args
 
@@ -210,9 +211,10 @@ def test_warmup_in_steps_then_constant_or_cosine():
     assert 0.1 <= optimizer.param_groups[0]["lr"] < 0.5
 
 
-def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, monkeypatch):
+def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, monkeypatch, capsys):
     """The recipe on real DCASE 2023 clips: 18 s waveforms (1824 frames), classes with the domain counted
-    over train and test names, the last epoch written with its history."""
+    over train and test names, the last epoch written with its history (no validation clips: training
+    figures only, named as such)."""
     data_dir = samples_dir / "dcase2023_dev"
     lengths, mixed = [], []
     real_input, real_mixup = training.fixed_length_input, training.mixup_samples
@@ -253,6 +255,11 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
         rows[0] == "epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,scale,seconds" and len(rows) == 2
     )
     assert rows[1].split(",")[0] == "1" and float(rows[1].split(",")[6]) == pytest.approx(float(head.scale))
+    cells = rows[1].split(",")
+    assert float(cells[1]) == pytest.approx(history["train_loss"][0]) and cells[3:5] == ["", ""]
+    assert history["val_loss"] == history["val_acc"] == [None] and settings["val_loss"] is None
+    printed = capsys.readouterr().out
+    assert "epoch 1/1  train loss" in printed and "val loss" not in printed
 
 
 def test_two_data_folders_train_one_model(tmp_path, samples_dir, tiny_demo_dir):
@@ -357,20 +364,20 @@ def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, messag
 
     cfg = parse_config(vars(train), ["--data_dir", "/nonexistent", *argv])
     with pytest.raises(ValueError, match=message):
-        training.check_settings(cfg)
+        check_settings(cfg)
     with pytest.raises(ValueError, match=message):  # train.py checks before it looks at the data
         train.main(["--data_dir", "/nonexistent", *argv])
     for recipe in RECIPES:  # every recipe's settings go together
-        assert training.check_settings(parse_config(vars(train), ["--recipe", recipe])) is None
+        assert check_settings(parse_config(vars(train), ["--recipe", recipe])) is None
 
 
 def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
     """An older checkpoint's history has no scale or seconds: those cells stay empty for its epochs."""
-    from asd.history import history_path, read_history, write_history
+    from asd.history import history_path, read_history, record_epoch, write_history
 
     history = {"train_loss": [2.0], "train_acc": [0.1], "val_loss": [2.1], "val_acc": [0.2], "lr": [1e-5]}
     history["epochs"] = [1]
-    training.record_epoch(
+    record_epoch(
         history,
         train_loss=1.5,
         train_acc=0.3,
