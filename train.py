@@ -47,7 +47,7 @@ from asd import training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned, tensors_checksum
 from asd.cli import config_to_dict, parse_config, print_config
-from asd.clips import check_encoder_reach, clip_samples, resolve_clip_seconds
+from asd.clips import ClipPolicy, check_encoder_reach, resolve_clip_seconds
 from asd.history import history_path, write_history
 from asd.labels import class_name
 from asd.resume import resume_state, save_last
@@ -283,13 +283,14 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
         return save_frozen(cfg, label_index, show)
     train_records, val_records = training.split_clips(cfg, records, label_index, show)
     seconds, why = resolve_clip_seconds(cfg.clip_seconds, training.data_dirs(cfg), records)
+    policy = ClipPolicy.from_config(cfg, seconds)
     task_index = pretext_label_index() if pretext else label_index
     model = training.build_model(cfg, len(task_index), show).to(device)
     encoder = base_encoder(model.encoder).config
     reach = encoder.max_length * encoder.patch_size
-    check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
+    check_encoder_reach(records, policy, reach)  # before any fbank is computed
     train_loader, val_loader, caches = training.make_loaders(
-        cfg, label_index, train_records, val_records, seconds, show
+        cfg, label_index, train_records, val_records, policy, show
     )
     if show and seconds is not None:
         print(
@@ -318,8 +319,7 @@ def run(cfg, rank: int, device: torch.device, show: bool) -> dict:
     loop = SimpleNamespace(
         cfg=cfg, model=model, step_module=step_module, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, val_loader=val_loader, label_index=label_index,
-        device=device, rank=rank, show=show, pretext=pretext, clip_seconds=seconds,
-        clip_samples=None if seconds is None else clip_samples(seconds),
+        device=device, rank=rank, show=show, pretext=pretext, policy=policy,
         history_csv=history_path(cfg.output),
     )  # fmt: skip
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -346,7 +346,7 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
     training.seed_epoch(loop.train_loader, cfg.seed, epoch)
     lr = loop.optimizer.param_groups[0]["lr"]
     crops = np.random.default_rng([cfg.seed, epoch, loop.rank])  # fixed-length clips' random offsets
-    clip = None if loop.clip_samples is None else (loop.clip_samples, crops)
+    clip = None if loop.policy.seconds is None else (loop.policy, crops)
     sums = training.train_epoch(
         loop.step_module, loop.train_loader, loop.optimizer, loop.scheduler, cfg, loop.device, epoch, show,
         loop.pretext, clip,
@@ -355,7 +355,7 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
     train_loss, train_acc = loss_sum / count, correct / count
     if loop.val_loader is not None:
         sums = training.evaluate(
-            loop.model, loop.val_loader, cfg, loop.device, show, loop.pretext, loop.clip_samples
+            loop.model, loop.val_loader, cfg, loop.device, show, loop.pretext, loop.policy
         )
         loss_sum, correct, count = training.all_sum(list(sums), loop.device)
         val_loss, val_acc = loss_sum / count, correct / count
@@ -399,14 +399,14 @@ def fit_epoch(loop: SimpleNamespace, epoch: int, history: dict, best: dict) -> d
 
 
 def save_model(loop: SimpleNamespace, epoch: int, val_acc: float, val_loss: float) -> None:
-    """OUTPUT: the model after ``epoch``, with the settings extraction needs (the fixed clip length)."""
+    """OUTPUT: the model after ``epoch``, with the settings extraction needs (its clip policy)."""
     cfg = loop.cfg
     settings = {
         **config_to_dict(cfg),
         "best_epoch" if cfg.keep_epoch == "best" else "epoch": epoch,
         "val_acc": val_acc,
         "val_loss": val_loss,
-        "clip_seconds_resolved": loop.clip_seconds,
+        "clip_policy": loop.policy.record(),
     }
     save_tuned(cfg.output, loop.model, loop.label_index, settings, cfg.eat_checkpoint)
 

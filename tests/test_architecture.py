@@ -11,8 +11,17 @@ from asd.docs import SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the asd/ high-level modules build on; asd/heads.py holds model.py's classifier heads (model.py
-# re-exports them), so it sits in model.py's layer
-LIBRARY = ["model.py", "dataset.py", "preprocessing.py", "asd/heads.py"]
+# re-exports them), so it sits in model.py's layer; asd/clips.py (the clip policy), asd/fbank.py and
+# asd/signal_stats.py (the audio front end) are what dataset.py and preprocessing.py build on
+LIBRARY = [
+    "model.py",
+    "dataset.py",
+    "preprocessing.py",
+    "asd/heads.py",
+    "asd/clips.py",
+    "asd/fbank.py",
+    "asd/signal_stats.py",
+]
 LOW_LEVEL = [
     "asd/cli.py",
     "asd/files.py",

@@ -12,8 +12,8 @@ import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
 import make_demo_data
+from asd.signal_stats import signal_stats
 from dataset import discover_clips, read_attribute_tables
-from preprocessing import signal_stats
 
 SMALL = [
     "--clip_seconds",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,9 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "eat_reference_fixture"
 def fixture_dir() -> Path:
     """The fixture folder, its files checked against the SHA-256 cases.json lists."""
     if not (FIXTURE / "cases.json").is_file():
-        pytest.fail(f"EAT reference fixture not found at {FIXTURE}: restore tests/fixtures/eat_reference_fixture")
+        pytest.fail(
+            f"EAT reference fixture not found at {FIXTURE}: restore tests/fixtures/eat_reference_fixture"
+        )
     for name, entry in json.loads((FIXTURE / "cases.json").read_text())["files"].items():
         assert hashlib.sha256((FIXTURE / name).read_bytes()).hexdigest() == entry["sha256"], name
     return FIXTURE
@@ -136,7 +137,9 @@ def test_drop_path_rates_rise_linearly_over_the_blocks(cases):
 
 def test_the_project_front_end_gives_the_clip_case_input(encoder, cases, arrays, samples_dir):
     """The real clip through preprocessing (load, fbank, pad to 1024) then the encoder: the official tokens."""
-    from preprocessing import load_audio, pad_or_crop, wav_to_fbank
+    from asd.clips import pad_or_crop
+    from asd.fbank import wav_to_fbank
+    from preprocessing import load_audio
 
     front = cases["front_end"]
     clip = samples_dir / front["clip"].split(" (")[0]  # "<path> (inside tests/fixtures/dcase_samples)"
