@@ -181,13 +181,23 @@ def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path,
     """A model trained with --clip_seconds 1 (train.py's default recipe records no long_clip): each window
     is tiled or cut to 1 s like a clip, so the first window embeds as the same samples saved as a clip."""
     import torch
-    from test_clip_extraction import _train_args
 
     from asd.embed import embed_records, embedding_settings, feature_caches, tuned_model, with_clip_settings
     from dataset import ClipRecord
 
-    train.main(_train_args(tmp_path, tiny_demo_dir, "--clip_seconds", "1"))
     model_path = tmp_path / "best.pth"
+    train.main(
+        ["--data_dir", str(tiny_demo_dir), "--model_size", "tiny", "--lora_rank", "4", "--epochs", "1"]
+        + ["--warmup_steps", "2", "--num_workers", "0", "--batch_size", "16", "--feature_cache", "none"]
+        + [
+            "--output",
+            str(model_path),
+            "--last_checkpoint",
+            str(tmp_path / "last.pth"),
+            "--clip_seconds",
+            "1",
+        ]
+    )
     rng = np.random.default_rng(1)
     sr = 16000
     wave = (0.1 * rng.standard_normal(6 * sr)).astype(np.float32)
