@@ -39,18 +39,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from preprocessing import (
-    CHANNELS,
-    ENCODER_MAX_FRAMES,
-    FRAME_SHIFT_MS,
-    SAMPLE_RATE,
-    AudioError,
-    FeatureCache,
-    channels_needed,
-    check_clip_channels,
-    num_frames,
-    pad_or_crop,
-)
+from asd.clips import ClipPolicy, pad_or_crop, padded_frames
+from asd.fbank import ENCODER_MAX_FRAMES, FRAME_SHIFT_MS, SAMPLE_RATE, num_frames
+from preprocessing import CHANNELS, AudioError, FeatureCache, channels_needed, check_clip_channels
 
 SPLITS = ("train", "test")
 NO_ATTRIBUTE = "noAttribute"
@@ -475,22 +466,14 @@ class FixedLengthCollate:
     """Pad/crop every fbank to ``target_frames`` -> ([B, 1, T, 128], LongTensor[B], records).
 
     ``random_crop=True`` crops clips longer than ``target_frames`` at a random offset (training
-    augmentation); the default crops from the start, like pad_or_crop.
+    augmentation); the default crops from the start (asd.clips.ClipPolicy.training_fbank).
     """
 
     def __init__(self, target_frames: int, random_crop: bool = False):
-        self.target_frames = target_frames
-        self.random_crop = random_crop
-
-    def _fit(self, fbank: torch.Tensor) -> torch.Tensor:
-        extra = fbank.shape[0] - self.target_frames
-        if self.random_crop and extra > 0:
-            start = int(torch.randint(0, extra + 1, ()))
-            return fbank[start : start + self.target_frames]
-        return pad_or_crop(fbank, self.target_frames)
+        self.policy = ClipPolicy(target_frames=target_frames, random_crop=random_crop)
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):
-        return _collated([self._fit(fbank) for fbank, _, _ in batch], batch)
+        return _collated([self.policy.training_fbank(fbank, True) for fbank, _, _ in batch], batch)
 
 
 class VariableLengthCollate:
@@ -506,9 +489,17 @@ class VariableLengthCollate:
         self.multiple = multiple
 
     def __call__(self, batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):
-        longest = max(fbank.shape[0] for fbank, _, _ in batch)
-        frames = -(-longest // self.multiple) * self.multiple
+        frames = padded_frames(max(fbank.shape[0] for fbank, _, _ in batch), self.multiple)
         return _collated([pad_or_crop(fbank, frames) for fbank, _, _ in batch], batch)
+
+
+def fbank_collate(policy: ClipPolicy, train: bool):
+    """The collate of fbank clips under ``policy``: whole clips padded to its pad_multiple and the batch's
+    longest (target_frames 0), else each cut to target_frames (at a random offset when ``train`` and
+    random_crop)."""
+    if policy.target_frames == 0:
+        return VariableLengthCollate(policy.pad_multiple)
+    return FixedLengthCollate(policy.target_frames, random_crop=train and policy.random_crop)
 
 
 def _collated(fbanks: list[torch.Tensor], batch: Sequence[tuple[torch.Tensor, int, ClipRecord]]):

@@ -3,9 +3,10 @@
     python datashape.py --data_dir dev_data
 
 Prints per machine type and split the clip counts by section, domain and label, the durations, sample
-rates and channels, the attribute values seen, the fbank shape and how it compares with a
-TARGET_FRAMES-frame input (pad, crop, windows: what train.py's TARGET_FRAMES would do; its default
-CLIP_SECONDS auto instead tiles or cuts the waveforms), and per machine type and for the folder which
+rates and channels, the attribute values seen, the fbank shape and the model input a tuned model's clip
+policy makes of it (MODEL_PATH; asd/clips.py: pad, crop, windows, or waveforms tiled or cut to a fixed
+length; without a model, whole clips padded as train.py's CLIP_SECONDS whole does), and per machine
+type and for the folder which
 channel modes (CHANNELS: near, far, mix, residual, both) the clips support: the modes that use the far
 microphone need two channels in every clip (DCASE 2026). Exits non-zero with a list of every problem:
 file names that follow no DCASE scheme, attributes that disagree with attributes_XX.csv, empty,
@@ -36,7 +37,9 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import numpy as np
 
+from asd.checkpoints import read_tuned
 from asd.cli import parse_config, print_config
+from asd.clips import ClipPolicy
 from asd.data_check import (
     SplitSummary,
     channel_modes,
@@ -46,10 +49,11 @@ from asd.data_check import (
     report_channels,
 )
 from asd.errors import run_script
+from asd.fbank import NUM_MEL_BINS
 from asd.recipe_report import recipe_report
 from dataset import SPLITS as DCASE_SPLITS
 from dataset import machine_type_dirs, read_attribute_tables, wav_files
-from preprocessing import CHANNEL_MODES, NUM_MEL_BINS
+from preprocessing import CHANNEL_MODES
 
 # folder(s) with <machine_type>/{train,test}/*.wav, comma-separated (as train.py's DATA_DIR)
 DATA_DIR = "dev_data"
@@ -59,8 +63,9 @@ MACHINE_TYPES = []
 SPLITS = ["train", "test"]
 # read every clip's samples to find silent or NaN clips (False: headers only)
 DECODE = True
-# fbank length the summary compares each split's clips with (pad, crop, windows), in frames
-TARGET_FRAMES = 1024
+# tuned model whose clip policy the summary applies to each split's clips ("": whole clips, padded to a
+# multiple of 32 frames)
+MODEL_PATH = ""
 # progress bar while reading clips
 PROGRESS = True
 # also require clips fit for this channel mode (near, far, mix, residual, both)
@@ -71,11 +76,22 @@ EVAL_LIST = ""
 # the recipe whose year, clip seconds, classes and fixed scale are printed (asd/recipes.py)
 REPORT_RECIPE = "asdkit-eat-lora"
 # allowed values of the constants above, checked by asd.cli.parse_config
-_LIMITS = {"TARGET_FRAMES": (16, None), "CHANNELS": ("", *CHANNEL_MODES)}
+_LIMITS = {"CHANNELS": ("", *CHANNEL_MODES)}
 
 
-def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int) -> None:
-    """One split's counts, audio format, fbank shape against ``target_frames`` and attribute values."""
+def model_input(frames: int, policy: ClipPolicy) -> str:
+    """The model input ``policy`` makes of a clip of ``frames`` fbank frames, and how."""
+    target = policy.input_frames(frames)
+    shape = f"model input [1, {target}, {NUM_MEL_BINS}]"
+    if policy.seconds is not None:
+        return f"{shape} (waveform tiled or cut to {policy.seconds:g} s)"
+    fit = "pad" if frames < target else ("crop" if frames > target else "exact")
+    windows = -(-frames // target)
+    return f"{shape} ({fit}; {windows} window{'s' if windows > 1 else ''} to cover the clip)"
+
+
+def print_summary(machine: str, split: str, s: SplitSummary, policy: ClipPolicy) -> None:
+    """One split's counts, audio format, fbank shape with the model input ``policy`` makes, attribute values."""
     if s.clips == 0 and not s.durations:
         print(f"  {split:<5} no clips")
         return
@@ -91,12 +107,7 @@ def print_summary(machine: str, split: str, s: SplitSummary, target_frames: int)
     if s.frames:
         frames = s.frames.most_common(1)[0][0]
         spread = f" (clips span {min(s.frames)}..{max(s.frames)} frames)" if len(s.frames) > 1 else ""
-        fit = "pad" if frames < target_frames else ("crop" if frames > target_frames else "exact")
-        windows = -(-frames // target_frames)
-        print(
-            f"        fbank [{frames}, {NUM_MEL_BINS}]{spread} -> model input [1, {target_frames}, {NUM_MEL_BINS}] "
-            f"({fit}; {windows} window{'s' if windows > 1 else ''} to cover the clip)"
-        )
+        print(f"        fbank [{frames}, {NUM_MEL_BINS}]{spread} -> {model_input(frames, policy)}")
     if s.attributes:
         print(
             "        attributes "
@@ -109,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     print_config(cfg)
     problems: list[str] = []
     warnings: list[str] = []
+    policy = (
+        ClipPolicy.from_settings(read_tuned(cfg.model_path)["settings"]) if cfg.model_path else ClipPolicy()
+    )
+    print(
+        f"clip policy: {policy.describe()}"
+        + (f" (as {cfg.model_path} was trained)" if cfg.model_path else "")
+    )
     folders = [f.strip() for f in str(cfg.data_dir).split(",") if f.strip()]
     for folder in folders:
-        if check_folder(SimpleNamespace(**{**vars(cfg), "data_dir": folder}), problems, warnings):
+        if check_folder(SimpleNamespace(**{**vars(cfg), "data_dir": folder}), policy, problems, warnings):
             return 1
     if not problems:
         recipe_report(cfg, problems, warnings)
@@ -128,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_folder(cfg, problems: list[str], warnings: list[str]) -> bool:
+def check_folder(cfg, policy: ClipPolicy, problems: list[str], warnings: list[str]) -> bool:
     """Check one data folder, adding to ``problems`` and ``warnings``; True when it cannot be read at all."""
     try:
         machine_dirs = machine_type_dirs(cfg.data_dir, cfg.machine_types or None)
@@ -155,7 +173,7 @@ def check_folder(cfg, problems: list[str], warnings: list[str]) -> bool:
             summaries[machine, split] = summary
             if summary.clips == 0 and not wav_files(machine_dir / split):
                 problems.append(f"{machine}: no {split} clips in {machine_dir / split}")
-            print_summary(machine, split, summary, cfg.target_frames)
+            print_summary(machine, split, summary, policy)
         machine_channels = sum((summaries[machine, split].channels for split in cfg.splits), Counter())
         report_channels(machine, machine_channels, cfg.channels, problems)
         folder_channels += machine_channels

@@ -15,7 +15,9 @@ embeddings as CHANNEL_COMBINE says; its statistics are the near ones followed by
 
 A model trained on fixed-length clips (CLIP_SECONDS of train.py not "whole") is embedded as ASDKit
 extracts: each clip from its start, tiled or cut to the trained length, its fbank padded to the
-trained PAD_MULTIPLE, no windows, float32; LONG_CLIP, TARGET_FRAMES and AMP do not apply to it.
+trained PAD_MULTIPLE, no windows, float32; LONG_CLIP and AMP do not apply to it. The window length
+of a model trained on fbank clips is its TARGET_FRAMES (the clip policy the tuned model records,
+asd/clips.py), or the whole clip.
 """
 
 from __future__ import annotations
@@ -70,12 +72,11 @@ EMBED_BATCH_SIZE = 16
 DEVICE = "auto"
 # bf16 autocast on CUDA (ignored on CPU)
 AMP = True
-# crop: first TARGET_FRAMES only | windows: mean over windows covering the clip
+# clips longer than the model's TARGET_FRAMES: crop = the first TARGET_FRAMES only | windows = mean over
+# windows covering the clip
 LONG_CLIP = "windows"
 # None = as trained | cls | mean
 POOLING = None
-# fbank frames per window; None = as trained
-TARGET_FRAMES = None
 # microphone(s) heard, as in training: near (channel 0) | far | mix | residual | both
 CHANNELS = preprocessing.CHANNELS
 # weight of the far channel in residual (waveform) and in CHANNEL_COMBINE residual
@@ -91,7 +92,6 @@ _LIMITS = {
     "EMBED_BATCH_SIZE": (1, None),
     "LONG_CLIP": ("crop", "windows"),
     "POOLING": ("cls", "mean"),
-    "TARGET_FRAMES": (0, None),
     "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
     "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
@@ -139,13 +139,12 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
     print_config(cfg)
     hold_run_folder_lock([cfg.embed_dir], "extract_embeddings.py")
     channels = channel_record(cfg.channels, cfg.residual_weight, cfg.channel_combine)
-    explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.target_frames, cfg.amp, channels)
+    explicit = embedding_settings(cfg.long_clip, cfg.pooling, cfg.amp, channels)
     default = channel_record(CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE)
     # test clips alone are embedded like the normals already on disk, unless settings were given
     settings = (
         explicit
-        if "train" in cfg.splits
-        or explicit != embedding_settings(LONG_CLIP, POOLING, TARGET_FRAMES, AMP, default)
+        if "train" in cfg.splits or explicit != embedding_settings(LONG_CLIP, POOLING, AMP, default)
         else (saved_settings(cfg.embed_dir) or explicit)
     )
     settings = with_clip_settings(settings, cfg.model_path)
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         print(
             f"{cfg.model_path} was trained on {settings['clip_seconds']:g} s clips: each clip is embedded from "
             f"its start, tiled or cut to that length, padded to a multiple of {settings['pad_multiple']} "
-            "frames, in float32 (LONG_CLIP, TARGET_FRAMES and AMP do not apply)"
+            "frames, in float32 (LONG_CLIP and AMP do not apply)"
         )
     check_model_channels(cfg.model_path, settings["channels"], f"extraction into {cfg.embed_dir}")
     device = resolve_device(cfg.device)

@@ -1,13 +1,12 @@
-"""EAT's input features and per-clip signal statistics.
+"""Reading clips (the channel views of two-channel recordings) and the on-disk feature cache; the
+settings the scripts share (FEATURE_CACHE, CHANNELS, RESIDUAL_WEIGHT, CHANNEL_COMBINE) are written here.
 
     wav = load_audio("dev_data/fan/train/section_00_source_train_normal_0000_m-n_W.wav")
-    fbank = wav_to_fbank(wav)                 # [frames, 128], EAT-normalised, not padded
-    x = pad_or_crop(fbank, TARGET_FRAMES)     # [1024, 128]
-    stats = signal_stats(wav)                 # float32 [len(STAT_NAMES)]
+    cache = FeatureCache()                     # fbank (asd/fbank.py) and statistics (asd/signal_stats.py)
+    fbank, stats = cache.fbank(path), cache.stats(path)
 
-EAT's front end: 16 kHz mono, mean removed, kaldi fbank (128 mel bins, 25 ms Hann window, 10 ms
-shift, no dither, no energy), then (fbank - FBANK_MEAN) / (2 * FBANK_STD). FeatureCache keeps the
-fbank and the statistics of every clip on disk so no epoch or script computes them twice.
+FeatureCache keeps the fbank and the statistics of every clip on disk so no epoch or script computes
+them twice; how a clip is padded, cropped or tiled for the encoder is asd/clips.py's job.
 
 Channels (DCASE 2026 clips are two-channel: 0 near the machine, 1 far from it). ``channels`` picks
 what the encoder hears: near (channel 0, the default and the official 2026 baseline's; a mono clip
@@ -34,25 +33,22 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from torchaudio.compliance import kaldi
 
+from asd.fbank import (
+    FBANK_MEAN,
+    FBANK_STD,
+    FRAME_LENGTH_MS,
+    FRAME_SHIFT_MS,
+    NUM_MEL_BINS,
+    SAMPLE_RATE,
+    WINDOW_SAMPLES,
+    wav_to_fbank,
+    wavs_to_fbank_batch,
+)
 from asd.files import atomic_path, atomic_torch_save
 from asd.freshness import file_key
-from asd.runtime import resolve_device
+from asd.signal_stats import ROLLOFF, STAT_FFT, STAT_HOP, STAT_NAMES, signal_stats
 
-SAMPLE_RATE = 16000  # EAT was pre-trained on 16 kHz audio
-NUM_MEL_BINS = 128  # mel bins of the kaldi fbank
-TARGET_FRAMES = 1024  # frames the released EAT recipes pad/crop to (10.24 s)
-FBANK_MEAN = -4.268  # EAT's dataset mean of the log-mel fbank
-FBANK_STD = 4.569  # EAT's dataset std; the normalisation divides by 2 * FBANK_STD
-FRAME_LENGTH_MS = 25.0  # kaldi window length
-FRAME_SHIFT_MS = 10.0  # kaldi hop
-PREEMPHASIS = 0.97  # kaldi default pre-emphasis
-LOW_FREQ = 20.0  # kaldi default lowest mel edge (Hz)
-STAT_MEL_BANDS = 16  # the 128 log-mel bins are pooled into this many bands for signal_stats
-STAT_FFT = 1024  # FFT size of the spectral statistics
-STAT_HOP = 512  # hop of the spectral statistics
-ROLLOFF = 0.85  # spectral roll-off: frequency below which this share of the energy lies
 # on-disk fbank/statistics cache folder, keyed by each clip's bytes and the feature settings; "none" = off
 FEATURE_CACHE = "cache/features"
 FEATURE_VERSION = 1  # bump when the feature code changes, so old caches are ignored
@@ -69,12 +65,6 @@ RESIDUAL_WEIGHT = 0.5  # weight of the far channel in 'residual' (LUDO's DCASE 2
 CHANNEL_COMBINES = ("concat", "residual")
 CHANNEL_COMBINE = "concat"  # default combination of 'both'
 LEGACY_CHANNEL_RECORD = {"channels": "mix"}  # what a model/embedding file without a record was made with
-ENCODER_MAX_FRAMES = 12288  # EAT's position table: 768 time patches x 16 frames, about 123 s
-
-_EPS = torch.finfo(torch.float32).eps
-_WINDOW_SIZE = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400 samples
-_WINDOW_SHIFT = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160 samples
-_PADDED_WINDOW = 1 << (_WINDOW_SIZE - 1).bit_length()  # 512: kaldi rounds to a power of two
 
 
 class AudioError(ValueError):
@@ -205,8 +195,8 @@ def load_audio(
             f"{path}: sample rate {sr} Hz, resampling to {target_sr} Hz", AudioWarning, stacklevel=2
         )
         wav = torchaudio.functional.resample(wav, sr, target_sr)
-    if wav.shape[-1] < _WINDOW_SIZE:
-        raise AudioError(f"{path}: too short ({wav.shape[-1]} samples; at least {_WINDOW_SIZE} are needed)")
+    if wav.shape[-1] < WINDOW_SAMPLES:
+        raise AudioError(f"{path}: too short ({wav.shape[-1]} samples; at least {WINDOW_SAMPLES} are needed)")
     if not torch.any(wav != 0):
         warnings.warn(f"{path}: clip is all silent (every sample is zero)", AudioWarning, stacklevel=2)
     return wav.contiguous()
@@ -258,213 +248,6 @@ def check_channel_record(
         f"with {_describe_channels(expected)}: use the same --channels (and --residual_weight, "
         f"--channel_combine) for training, embedding and scoring, or rebuild {source}"
     )
-
-
-# -----------------------------------------------------------------------------
-# EAT's fbank
-
-
-def num_frames(num_samples: int) -> int:
-    """Frames kaldi's fbank gives for a 16 kHz clip of ``num_samples`` (snip_edges=True)."""
-    return 0 if num_samples < _WINDOW_SIZE else 1 + (num_samples - _WINDOW_SIZE) // _WINDOW_SHIFT
-
-
-def normalise_fbank(log_mel: torch.Tensor) -> torch.Tensor:
-    return (log_mel - FBANK_MEAN) / (2 * FBANK_STD)
-
-
-PAD_VALUE = -FBANK_MEAN / (2 * FBANK_STD)  # a zero log-mel frame after normalisation
-
-
-def _check_wave(wav: torch.Tensor) -> torch.Tensor:
-    wav = torch.as_tensor(wav, dtype=torch.float32)
-    if wav.shape[-1] < _WINDOW_SIZE:
-        raise ValueError(
-            f"waveform of {wav.shape[-1]} samples is shorter than one {_WINDOW_SIZE}-sample frame"
-        )
-    return wav
-
-
-def kaldi_log_mel(wav: torch.Tensor) -> torch.Tensor:
-    """Un-normalised kaldi log-mel fbank [frames, 128] of a 16 kHz 1-D waveform (mean removed first)."""
-    wav = _check_wave(wav)
-    wav = wav - wav.mean()
-    return kaldi.fbank(
-        wav[None],
-        htk_compat=True,
-        sample_frequency=SAMPLE_RATE,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=NUM_MEL_BINS,
-        dither=0.0,
-        frame_shift=FRAME_SHIFT_MS,
-        frame_length=FRAME_LENGTH_MS,
-    )
-
-
-def wav_to_fbank(wav: torch.Tensor) -> torch.Tensor:
-    """EAT's input for one 16 kHz waveform: normalised kaldi fbank [frames, 128], not padded."""
-    return normalise_fbank(kaldi_log_mel(wav))
-
-
-_MEL_BANKS: dict[tuple, torch.Tensor] = {}
-
-
-def _mel_banks(device: torch.device) -> torch.Tensor:
-    """kaldi's triangular mel filters [257, 128] (zero column for the Nyquist bin, as kaldi pads)."""
-    key = (str(device),)
-    if key not in _MEL_BANKS:
-        banks, _ = kaldi.get_mel_banks(
-            NUM_MEL_BINS, _PADDED_WINDOW, float(SAMPLE_RATE), LOW_FREQ, 0.0, 100.0, -500.0, 1.0
-        )
-        banks = torch.nn.functional.pad(banks.float(), (0, 1))
-        _MEL_BANKS[key] = banks.T.contiguous().to(device)
-    return _MEL_BANKS[key]
-
-
-def batch_log_mel(wavs: torch.Tensor) -> torch.Tensor:
-    """kaldi_log_mel for a batch [B, samples] of equal-length waveforms, with plain torch ops."""
-    wavs = _check_wave(wavs)
-    wavs = wavs - wavs.mean(dim=-1, keepdim=True)
-    frames = wavs.unfold(-1, _WINDOW_SIZE, _WINDOW_SHIFT)  # [B, F, 400]
-    frames = frames - frames.mean(dim=-1, keepdim=True)  # remove DC per frame
-    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[j-1], x[-1] := x[0]
-    frames = frames - PREEMPHASIS * previous
-    window = torch.hann_window(_WINDOW_SIZE, periodic=False, device=wavs.device, dtype=wavs.dtype)
-    frames = torch.nn.functional.pad(frames * window, (0, _PADDED_WINDOW - _WINDOW_SIZE))
-    power = torch.fft.rfft(frames).abs().pow(2)  # [B, F, 257]
-    mel = power @ _mel_banks(wavs.device)  # [B, F, 128]
-    return mel.clamp_min(_EPS).log()
-
-
-def wavs_to_fbank_batch(
-    wavs: torch.Tensor, device: str | torch.device = "auto", chunk: int = 32
-) -> torch.Tensor:
-    """wav_to_fbank for a batch [B, samples] of equal-length clips, on ``device`` ("auto": GPU when present).
-
-    Returns a float32 CPU tensor [B, frames, 128] with the same numbers as the per-clip call (~1e-5).
-    """
-    device = resolve_device(str(device))
-    outputs = [
-        normalise_fbank(batch_log_mel(part.to(device, torch.float32))).cpu()
-        for part in torch.as_tensor(wavs).split(chunk)
-    ]
-    return torch.cat(outputs)
-
-
-def pad_or_crop(fbank: torch.Tensor, target_frames: int = TARGET_FRAMES) -> torch.Tensor:
-    """Pad at the end or crop from the start to exactly ``target_frames`` frames.
-
-    EAT's recipe zero-pads the raw log-mel and normalises afterwards, so padded frames of a
-    normalised fbank hold the normalised zero, PAD_VALUE (about 0.467), not 0.
-    """
-    frames = fbank.shape[0]
-    if frames >= target_frames:
-        return fbank[:target_frames]
-    return torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - frames), value=PAD_VALUE)
-
-
-def split_windows(fbank: torch.Tensor, target_frames: int = TARGET_FRAMES) -> torch.Tensor:
-    """Cover the whole clip with ceil(frames / target) windows [n, target_frames, 128].
-
-    Windows start evenly from 0 to frames - target_frames (the last one ends at the clip's end, so
-    long clips need no padding); a clip no longer than one window gives one padded window.
-    """
-    frames = fbank.shape[0]
-    if frames <= target_frames:
-        return pad_or_crop(fbank, target_frames)[None]
-    count = math.ceil(frames / target_frames)
-    starts = np.linspace(0, frames - target_frames, count).round().astype(int)
-    return torch.stack([fbank[s : s + target_frames] for s in starts])
-
-
-# -----------------------------------------------------------------------------
-# signal statistics for the Mahalanobis branch
-
-_TIME_STATS = ["rms", "peak", "crest_factor", "kurtosis", "skewness", "zero_crossing_rate", "frame_rms_std"]
-_SPECTRAL_STATS = [
-    "spectral_centroid",
-    "spectral_bandwidth",
-    "spectral_flatness",
-    "spectral_rolloff",
-    "spectral_flux",
-]
-STAT_NAMES: list[str] = (
-    _TIME_STATS
-    + _SPECTRAL_STATS
-    + [f"logmel_mean_{b:02d}" for b in range(STAT_MEL_BANDS)]
-    + [f"logmel_std_{b:02d}" for b in range(STAT_MEL_BANDS)]
-)
-
-
-def _time_stats(x: torch.Tensor) -> list[float]:
-    """Moments and shape of a mean-removed float64 waveform."""
-    peak = x.abs().max()
-    m2 = x.pow(2).mean()
-    rms = m2.sqrt()
-    if m2 <= 0:
-        return [0.0] * len(_TIME_STATS)
-    kurtosis = x.pow(4).mean() / m2.pow(2) - 3.0
-    skewness = x.pow(3).mean() / m2.pow(1.5)
-    signs = torch.signbit(x)
-    zcr = (signs[1:] != signs[:-1]).double().mean()
-    usable = x.numel() // STAT_HOP * STAT_HOP
-    frame_rms = x[:usable].view(-1, STAT_HOP).pow(2).mean(dim=1).sqrt()
-    frame_rms_std = frame_rms.std() / rms if frame_rms.numel() > 1 else torch.zeros((), dtype=x.dtype)
-    return [float(v) for v in (rms, peak, peak / rms, kurtosis, skewness, zcr, frame_rms_std)]
-
-
-def _spectral_stats(x: torch.Tensor, sample_rate: int) -> list[float]:
-    """Magnitude-weighted centroid/bandwidth/roll-off, power flatness and flux, averaged over frames."""
-    n_fft = min(STAT_FFT, 1 << (x.numel().bit_length() - 1))
-    window = torch.hann_window(n_fft, dtype=x.dtype)
-    spec = (
-        torch.stft(
-            x, n_fft, hop_length=min(STAT_HOP, n_fft), window=window, center=False, return_complex=True
-        )
-        .abs()
-        .T
-    )  # [frames, bins]
-    freqs = torch.fft.rfftfreq(n_fft, 1.0 / sample_rate, dtype=x.dtype)
-    total = spec.sum(dim=1)
-    weights = total / total.sum().clamp_min(1e-20)  # loud frames count more; silent ones not at all
-    share = spec / total.clamp_min(1e-20)[:, None]
-    centroid = share @ freqs
-    bandwidth = (share * (freqs[None] - centroid[:, None]).pow(2)).sum(dim=1).sqrt()
-    cumulative = share.cumsum(dim=1)
-    rolloff = freqs[
-        torch.searchsorted(cumulative, torch.full_like(total[:, None], ROLLOFF)).clamp_max(len(freqs) - 1)
-    ][:, 0]
-    power = spec.pow(2) + 1e-20
-    flatness = power.log().mean(dim=1).exp() / power.mean(dim=1)
-    unit = spec / spec.norm(dim=1, keepdim=True).clamp_min(1e-20)
-    flux = (unit[1:] - unit[:-1]).norm(dim=1)
-    flux_mean = (
-        (flux * weights[1:]).sum() / weights[1:].sum().clamp_min(1e-20) if flux.numel() else flux.sum()
-    )
-    return [float((v * weights).sum()) for v in (centroid, bandwidth, flatness, rolloff)] + [float(flux_mean)]
-
-
-def _band_stats(wav: torch.Tensor) -> list[float]:
-    """Mean and std over time of the log-mel energy pooled into STAT_MEL_BANDS bands."""
-    log_mel = kaldi_log_mel(wav)  # [frames, 128]
-    bands = log_mel.view(log_mel.shape[0], STAT_MEL_BANDS, -1).mean(dim=2)
-    std = bands.std(dim=0) if bands.shape[0] > 1 else torch.zeros(STAT_MEL_BANDS)
-    return bands.mean(dim=0).tolist() + std.tolist()
-
-
-def signal_stats(wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """One float32 vector [len(STAT_NAMES)] of time, spectral and log-mel band statistics of a clip."""
-    wav = torch.as_tensor(np.asarray(wav, dtype=np.float32)).flatten()
-    if wav.numel() < _WINDOW_SIZE:
-        raise ValueError(f"waveform of {wav.numel()} samples is too short for statistics")
-    x = wav.double() - wav.double().mean()
-    values = _time_stats(x) + _spectral_stats(x, sample_rate)
-    mel_input = (
-        wav if sample_rate == SAMPLE_RATE else torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
-    )
-    values += _band_stats(mel_input)
-    return np.asarray(values, dtype=np.float32)
 
 
 # -----------------------------------------------------------------------------

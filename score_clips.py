@@ -36,13 +36,14 @@ import soundfile as sf
 import preprocessing
 from asd.backends.registry import backend_factory
 from asd.cli import parse_config, print_config
+from asd.clips import window_spans
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
 from asd.embedding_files import Split, embedding_channels, feature_paths, load_features, recorded_model_path
 from asd.errors import run_script
 from asd.files import atomic_write_text
 from asd.freshness import file_key
 from asd.locks import hold_run_folder_lock
-from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, window_spans, write_window_table
+from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, write_window_table
 from asd.plots import plot_timeline
 from asd.runtime import resolve_device
 from asd.scoring import score_by_group

@@ -45,7 +45,7 @@ from asd import recipes, training
 from asd.augment import PRETEXT_TASKS, pretext_label_index
 from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict, parse_config, print_config
-from asd.clips import check_encoder_reach, resolve_clip_seconds
+from asd.clips import ClipPolicy, check_encoder_reach, resolve_clip_seconds
 from asd.epochs import Loop, train_epochs
 from asd.errors import run_script
 from asd.history import new_history
@@ -287,13 +287,14 @@ def run(cfg, rank: int, world: int, device: torch.device) -> dict:
         return save_frozen(cfg, label_index, show)
     train_records, val_records = training.split_clips(cfg, records, label_index, show)
     seconds, why = resolve_clip_seconds(cfg.clip_seconds, training.data_dirs(cfg), records)
+    policy = ClipPolicy.from_config(cfg, seconds)
     task_index = pretext_label_index() if pretext else label_index
     model = training.build_model(cfg, len(task_index), show).to(device)
     encoder = base_encoder(model.encoder).config
     reach = encoder.max_length * encoder.patch_size
-    check_encoder_reach(records, seconds, cfg.target_frames, reach)  # before any fbank is computed
+    check_encoder_reach(records, policy, reach)  # before any fbank is computed
     train_loader, val_loader, caches = training.make_loaders(
-        cfg, label_index, train_records, val_records, seconds, show
+        cfg, label_index, train_records, val_records, policy, show
     )
     if show and seconds is not None:
         print(
@@ -316,7 +317,7 @@ def run(cfg, rank: int, world: int, device: torch.device) -> dict:
     loop = Loop(
         cfg=cfg, model=model, step_module=step_module, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, val_loader=val_loader, label_index=task_index, device=device, rank=rank,
-        world=world, pretext=pretext, clip_seconds=seconds,
+        world=world, pretext=pretext, policy=policy,
     )  # fmt: skip
     history = new_history(len(task_index), len(train_records), len(val_records), pretext)
     history = train_epochs(loop, history)

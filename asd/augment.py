@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from asd.fbank import PAD_VALUE
 from dataset import LabelIndex
-from preprocessing import PAD_VALUE
 
 PRETEXT_TASKS = ("none", "time_stretch", "pitch_shift", "overlay")
 _STRETCH, _SHIFT_BINS = 1.25, 8

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asd.fbank import ENCODER_MAX_FRAMES, SAMPLE_RATE, num_frames
 from dataset import (
     ClipNameError,
     apply_attribute_row,
@@ -30,15 +31,7 @@ from dataset import (
     wav_files,
 )
 from model import EATConfig
-from preprocessing import (
-    CHANNEL_MODES,
-    ENCODER_MAX_FRAMES,
-    SAMPLE_RATE,
-    AudioError,
-    channels_needed,
-    check_wav_header,
-    num_frames,
-)
+from preprocessing import CHANNEL_MODES, AudioError, channels_needed, check_wav_header
 
 
 @dataclass

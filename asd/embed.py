@@ -7,10 +7,11 @@ one by one (one FeatureCache each, ``feature_caches``) and combines the two embe
 [near, far] (twice the width) or 'residual' near - RESIDUAL_WEIGHT x far (embedding space). The
 statistics of 'both' are the near statistics followed by the far ones (``stat_columns``).
 
-A model trained on fixed-length clips (its settings' clip_seconds_resolved is a number) is embedded
-as ASDKit extracts: each clip from its start, tiled or cut to that length, the fbank padded to a
-multiple of PAD_MULTIPLE frames, one input per clip (no windows), in float32 (``with_clip_settings``
-records this in the embedding settings; ``embed_records`` follows them).
+Clips are cut as the tuned model's clip policy says (asd.clips.ClipPolicy, read from its settings):
+a model trained on fixed-length clips is embedded as ASDKit extracts: each clip from its start, tiled
+or cut to that length, the fbank padded to a multiple of its pad_multiple frames, one input per clip
+(no windows), in float32 (``with_clip_settings`` records this in the embedding settings); a model
+trained on fbank clips gets each clip whole, or LONG_CLIP windows / crops of its target_frames.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ LONG_CLIPS = ("crop", "windows")
 POOLINGS = (None, "cls", "mean")
 
 
-def embedding_settings(
-    long_clip: str, pooling: str | None, target_frames: int | None, amp: bool, channels: dict | None = None
-) -> dict:
+def embedding_settings(long_clip: str, pooling: str | None, amp: bool, channels: dict | None = None) -> dict:
     """The settings that change embedding values (device-independent except for precision);
     ``channels`` is the channel record (preprocessing.channel_record; None = the default 'near')."""
     from preprocessing import channel_record
@@ -42,7 +41,6 @@ def embedding_settings(
     return {
         "long_clip": long_clip,
         "pooling": pooling,
-        "target_frames": target_frames,
         "amp": bool(amp),
         "channels": dict(channels) if channels is not None else channel_record(),
     }
@@ -75,44 +73,37 @@ def combine_views(parts: Sequence[torch.Tensor], record: dict) -> torch.Tensor:
 
 def stat_columns(record: dict) -> list[str]:
     """Names of the statistics columns: STAT_NAMES, or for 'both' near_* then far_*."""
-    from preprocessing import STAT_NAMES
+    from asd.signal_stats import STAT_NAMES
 
     views, _ = record_views(record)
     return list(STAT_NAMES) if len(views) == 1 else [f"{v}_{name}" for v in views for name in STAT_NAMES]
 
 
-def with_clip_settings(settings: dict, model_path) -> dict:
-    """``settings`` for the tuned model at ``model_path``: unchanged for a whole-clip model; for a model
-    trained on fixed-length clips, its clip_seconds and pad_multiple added, amp off (ASDKit extracts in
-    float32), and long_clip / target_frames None (no windows: they do not apply)."""
-    from asd.clips import model_clip_settings
+def model_policy(trained: dict):
+    """The clip policy a tuned model's settings record (asd.clips.ClipPolicy.from_settings)."""
+    from asd.clips import ClipPolicy
 
-    fixed = model_clip_settings(model_path)
-    if not fixed:
+    return ClipPolicy.from_settings(trained)
+
+
+def with_clip_settings(settings: dict, model_path) -> dict:
+    """``settings`` for the tuned model at ``model_path`` (only its settings are read): unchanged for a
+    model trained on fbank clips; for one trained on fixed-length clips, its clip_seconds and
+    pad_multiple added, amp off (ASDKit extracts in float32) and long_clip None (no windows)."""
+    from asd.checkpoints import read_tuned
+
+    policy = model_policy(read_tuned(model_path).get("settings", {}))
+    if policy.seconds is None:
         return settings
-    return {**settings, "long_clip": None, "target_frames": None, "amp": False, **fixed}
+    return {
+        **settings, "long_clip": None, "amp": False, "clip_seconds": policy.seconds,
+        "pad_multiple": policy.pad_multiple,
+    }  # fmt: skip
 
 
 def precision(settings: dict, device: torch.device) -> str:
     """The precision the embeddings are computed in: bf16 under AMP on CUDA, else fp32."""
     return "bf16" if settings["amp"] and device.type == "cuda" else "fp32"
-
-
-def _windows(
-    fbank: torch.Tensor, target_frames: int | None, long_clip: str, max_frames: int, pad_multiple: int
-) -> list[torch.Tensor]:
-    """The model inputs of one clip: its windows, the padded/cropped clip, or (target_frames 0) the whole
-    clip padded to a multiple of ``pad_multiple`` frames, as training fed it."""
-    from preprocessing import pad_or_crop, split_windows
-
-    if target_frames is None:
-        return [fbank[:max_frames]]
-    if target_frames == 0:
-        frames = min(-(-fbank.shape[0] // pad_multiple) * pad_multiple, max_frames)
-        return [pad_or_crop(fbank, frames)]
-    if long_clip == "windows":
-        return list(split_windows(fbank, target_frames))
-    return [pad_or_crop(fbank, target_frames)]
 
 
 def _same_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -141,8 +132,10 @@ def embed_fbanks(
     Each clip is padded (EAT-style) / cropped to ``target_frames`` ("crop"), or ("windows") split into
     ``target_frames`` windows covering the whole clip whose embeddings are averaged. With
     ``target_frames`` 0 each clip is embedded whole, padded to a multiple of ``pad_multiple`` frames
-    (the asdkit recipe's input); with None at its own length (up to the encoder's maximum).
+    (the asdkit recipe's input); with None at its own length (up to the encoder's maximum). The pieces
+    are cut by asd.clips.ClipPolicy.fbank_pieces.
     """
+    from asd.clips import ClipPolicy
     from model import base_encoder
 
     if long_clip not in ("crop", "windows"):
@@ -152,9 +145,14 @@ def embed_fbanks(
     max_frames = cfg.max_length * cfg.patch_size
     if target_frames is not None and target_frames > max_frames:
         raise ValueError(f"target_frames {target_frames} exceeds the encoder's {max_frames} frames")
+    policy = ClipPolicy(target_frames=target_frames or 0, pad_multiple=pad_multiple)
     pieces, owners = [], []
     for clip_index, fbank in enumerate(fbanks):
-        windows = _windows(fbank, target_frames, long_clip, max_frames, pad_multiple)
+        windows = (
+            [fbank[:max_frames]]
+            if target_frames is None
+            else policy.fbank_pieces(fbank, long_clip, max_frames)
+        )
         pieces += windows
         owners += [clip_index] * len(windows)
     was_training = model.training
@@ -186,17 +184,14 @@ def embed_records(
 
 
 def embed_fbank_batch(model, trained: dict, settings: dict, fbanks, device: torch.device, batch_size: int):
-    """Embeddings [B, D] of already computed fbanks of one view, with the embedding ``settings``."""
-    from preprocessing import TARGET_FRAMES as DEFAULT_FRAMES
-
-    target_frames = settings["target_frames"]
-    if target_frames is None:
-        target_frames = trained.get("target_frames", DEFAULT_FRAMES)
+    """Embeddings [B, D] of already computed fbanks of one view, cut as the tuned model's clip policy
+    (``trained``: its settings) and the embedding ``settings`` (LONG_CLIP) say."""
+    policy = model_policy(trained)
     trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
     try:
         return embed_fbanks(
-            model, fbanks, target_frames, settings["long_clip"], device, settings["amp"], batch_size,
-            trained.get("pad_multiple", 32),
+            model, fbanks, policy.target_frames, settings["long_clip"], device, settings["amp"], batch_size,
+            policy.pad_multiple,
         )  # fmt: skip
     finally:
         model.pooling = trained_pooling
@@ -205,10 +200,11 @@ def embed_fbank_batch(model, trained: dict, settings: dict, fbanks, device: torc
 def _embed_view(
     records: Sequence, model, trained: dict, settings: dict, device: torch.device, batch_size: int, cache
 ) -> torch.Tensor:
-    """One channel view's embeddings [N, D]: fixed-length clips when ``settings`` say so
-    (``with_clip_settings``), else the clips' fbanks as the settings say."""
-    if settings.get("clip_seconds") is not None:
-        return embed_fixed_clips(records, model, settings, device, batch_size, cache)
+    """One channel view's embeddings [N, D]: fixed-length clips when the tuned model's clip policy says
+    so, else the clips' fbanks as it and the embedding settings say."""
+    policy = model_policy(trained)
+    if policy.seconds is not None:
+        return embed_fixed_clips(records, model, policy, settings["pooling"], device, batch_size, cache)
     chunks = []
     for start in tqdm(range(0, len(records), batch_size), desc="embedding", unit="batch"):
         paths = [r.path for r in records[start : start + batch_size]]
@@ -223,15 +219,14 @@ def _embed_view(
 
 
 def embed_fixed_clips(
-    records: Sequence, model, settings: dict, device: torch.device, batch_size: int, cache
+    records: Sequence, model, policy, pooling: str | None, device: torch.device, batch_size: int, cache
 ) -> torch.Tensor:
     """Embeddings [N, D] (float32, CPU) of a model trained on fixed-length clips, as ASDKit extracts:
-    each waveform (read as ``cache`` reads its channel view) from its start, tiled or cut to
-    settings["clip_seconds"], its fbank padded to settings["pad_multiple"] frames, float32, no grad."""
-    from asd.clips import extraction_input
+    each waveform (read as ``cache`` reads its channel view) cut by ``policy.extraction_input``
+    (from its start, tiled or cut to the clip length, fbank padded), float32, no grad."""
     from preprocessing import load_audio
 
-    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    trained_pooling, model.pooling = model.pooling, pooling or model.pooling
     was_training = model.training
     model.eval()
     chunks = []
@@ -242,7 +237,7 @@ def embed_fixed_clips(
                     load_audio(r.path, channels=cache.channels, residual_weight=cache.residual_weight)
                     for r in records[start : start + batch_size]
                 ]
-                x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+                x = policy.extraction_input(waves, device)
                 chunks.append(model.embed(x).float().cpu())
     finally:
         model.pooling = trained_pooling

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from asd import training
 from asd.checkpoints import save_tuned
 from asd.cli import config_to_dict
-from asd.clips import clip_samples
+from asd.clips import ClipPolicy
 from asd.history import history_path, record_epoch, write_history
 from asd.pretrained import tensors_checksum
 from asd.resume import resume_state, save_last
@@ -49,7 +49,7 @@ class Loop:
     rank: int
     world: int
     pretext: bool
-    clip_seconds: float | None  # fixed-length clips' length; None: whole clips as fbanks
+    policy: ClipPolicy  # how a clip becomes the encoder's input (recorded in the tuned model)
 
     @property
     def show(self) -> bool:
@@ -99,7 +99,7 @@ def fit_epoch(loop: Loop, epoch: int, history: dict, best: dict) -> dict:
     cfg, show, started = loop.cfg, loop.show, time.monotonic()
     crops = seed_streams(loop, epoch)
     lr = loop.optimizer.param_groups[0]["lr"]
-    clip = None if loop.clip_seconds is None else (clip_samples(loop.clip_seconds), crops)
+    clip = None if loop.policy.seconds is None else (loop.policy, crops)
     sums = training.train_epoch(
         loop.step_module, loop.train_loader, loop.optimizer, loop.scheduler, cfg, loop.device, epoch, show,
         loop.pretext, clip,
@@ -119,7 +119,7 @@ def fit_epoch(loop: Loop, epoch: int, history: dict, best: dict) -> dict:
             loop.device,
             show,
             loop.pretext,
-            None if clip is None else clip[0],
+            loop.policy,
         )
         loss_sum, correct, count = all_sum(list(sums), loop.device)
         figures.update(val_loss=loss_sum / count, val_acc=correct / count)
@@ -187,6 +187,6 @@ def save_model(loop: Loop, epoch: int, figures: dict) -> None:
         **config_to_dict(cfg),
         "best_epoch" if cfg.keep_epoch == "best" else "epoch": epoch,
         **figures,
-        "clip_seconds_resolved": loop.clip_seconds,
+        "clip_policy": loop.policy.record(),
     }
     save_tuned(cfg.output, loop.model, loop.label_index, settings, cfg.eat_checkpoint)

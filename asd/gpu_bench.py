@@ -56,8 +56,9 @@ def fbank_throughput(cfg, records: list, device: torch.device) -> tuple[str, dic
     """clips/s of the per-clip CPU path in DataLoader workers and of the batched path on ``device``."""
     from torch.utils.data import DataLoader
 
+    from asd.fbank import wavs_to_fbank_batch
     from dataset import ClipDataset, FixedLengthCollate
-    from preprocessing import FeatureCache, load_audio, wavs_to_fbank_batch
+    from preprocessing import FeatureCache, load_audio
 
     rows, numbers = [], {}
     for workers in cfg.fbank_workers:
@@ -133,7 +134,7 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from asd.clips import clip_samples
+    from asd.clips import ClipPolicy
     from asd.pretrained import build_encoder
     from asd.runtime import tune_cpu_allocator
     from asd.training import WaveDataset, fixed_length_input, wave_batch
@@ -174,8 +175,8 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
         collate_fn=wave_batch,
         **loader_options,
     )
-    samples, rng = clip_samples(cfg.train_clip_seconds), np.random.default_rng(0)
-    to_input = lambda batch: fixed_length_input(batch[0], samples, device, 32, rng)[0]  # noqa: E731
+    policy, rng = ClipPolicy(cfg.train_clip_seconds), np.random.default_rng(0)
+    to_input = lambda batch: fixed_length_input(batch[0], policy, device, rng)[0]  # noqa: E731
     recipe_name = f"recipe: waveforms, {cfg.train_clip_seconds:g} s crops, fbank on {device.type}"
     numbers[recipe_name] = benchmark.timed_pass(waves, to_input, step, classes, device)
     rows = [[name, v["clips_per_s"], v["idle_share"]] for name, v in numbers.items()]

@@ -9,8 +9,8 @@ embedded (same channel views, fbank, statistics and embedding settings). A windo
 a clip; the recording's score is an aggregate of its windows' scores (``aggregate``). One detail
 differs from a clip cut out with an editor: a recording at another sample rate is resampled window
 by window (edge samples of each window differ slightly from resampling the whole file). With a model
-trained on fixed-length clips (settings["clip_seconds"]) each window is, like a clip, taken from its
-start and tiled or cut to that length (asd.clips.extraction_input).
+trained on fixed-length clips (its clip policy, asd.clips.ClipPolicy) each window is, like a clip,
+taken from its start and tiled or cut to that length (ClipPolicy.extraction_input).
 """
 
 from __future__ import annotations
@@ -24,21 +24,15 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from asd.embed import combine_views, embed_fbank_batch, record_views
+from asd.clips import ClipPolicy
+from asd.embed import combine_views, embed_fbank_batch, model_policy, record_views
 from asd.embedding_files import Split
+from asd.fbank import ENCODER_MAX_FRAMES, FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE, wav_to_fbank
 from asd.files import atomic_write_text
+from asd.signal_stats import signal_stats
 from asd.tables import csv_text
 from dataset import ClipRecord
-from preprocessing import (
-    ENCODER_MAX_FRAMES,
-    FRAME_LENGTH_MS,
-    FRAME_SHIFT_MS,
-    SAMPLE_RATE,
-    AudioError,
-    select_channels,
-    signal_stats,
-    wav_to_fbank,
-)
+from preprocessing import AudioError, select_channels
 
 AGGREGATES = ("max", "mean")
 ENCODER_REACH_SECONDS = ((ENCODER_MAX_FRAMES - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 1000  # about 122.9 s
@@ -53,20 +47,6 @@ def duration(path: str | os.PathLike) -> float:
 def is_long(path: str | os.PathLike, long_seconds: float) -> bool:
     """Whether a clip is scored as windows: longer than ``long_seconds`` (0 = the encoder's reach)."""
     return duration(path) > (long_seconds or ENCODER_REACH_SECONDS)
-
-
-def window_spans(num_samples: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
-    """(start, stop) sample indices of windows of ``window_s`` every ``hop_s`` covering the recording;
-    the last window ends at its end. A recording no longer than one window is one span."""
-    if window_s <= 0 or hop_s <= 0:
-        raise ValueError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
-    window, hop = round(window_s * sample_rate), round(hop_s * sample_rate)
-    if num_samples <= window:
-        return [(0, num_samples)]
-    spans = [(start, start + window) for start in range(0, num_samples - window + 1, hop)]
-    if spans[-1][1] < num_samples:
-        spans.append((num_samples - window, num_samples))
-    return spans
 
 
 def _read_window(handle: sf.SoundFile, path: str, span: tuple[int, int]) -> np.ndarray:
@@ -87,17 +67,17 @@ def _view_wave(data: np.ndarray, view: str, weight: float, path: str, sample_rat
     return wav.contiguous()
 
 
-def _embed_fixed(model, settings: dict, waves: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _embed_fixed(
+    model, policy: ClipPolicy, pooling: str | None, waves: list[torch.Tensor], device: torch.device
+) -> torch.Tensor:
     """Embeddings [B, D] of windows for a model trained on fixed-length clips, as asd.embed.embed_fixed_clips
-    embeds a clip: each window from its start, tiled or cut to settings["clip_seconds"], float32, no grad."""
-    from asd.clips import extraction_input
-
-    trained_pooling, model.pooling = model.pooling, settings["pooling"] or model.pooling
+    embeds a clip: each window from its start, tiled or cut to the clip length, float32, no grad."""
+    trained_pooling, model.pooling = model.pooling, pooling or model.pooling
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            x = extraction_input(waves, settings["clip_seconds"], settings["pad_multiple"], device)
+            x = policy.extraction_input(waves, device)
             return model.embed(x).float().cpu()
     finally:
         model.pooling = trained_pooling
@@ -108,8 +88,9 @@ def _embed_view_batch(
     model, trained: dict, settings: dict, waves: list[torch.Tensor], device: torch.device, batch_size: int
 ) -> torch.Tensor:
     """One channel view's embeddings of a batch of windows, as that view of a clip is embedded."""
-    if settings.get("clip_seconds") is not None:
-        return _embed_fixed(model, settings, waves, device)
+    policy = model_policy(trained)
+    if policy.seconds is not None:
+        return _embed_fixed(model, policy, settings["pooling"], waves, device)
     return embed_fbank_batch(model, trained, settings, [wav_to_fbank(w) for w in waves], device, batch_size)
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from tqdm import tqdm
 
 from asd.augment import mixup_batch, mixup_samples, pretext_batch, spec_augment
-from asd.clips import crop_or_tile, waves_to_input
+from asd.clips import ClipPolicy
 from asd.ground_truth import apply_evaluation_list
 from asd.heads import make_head
 from asd.labels import ClassIndex, counted_note, counted_records
@@ -21,10 +21,9 @@ from asd.pretrained import build_encoder
 from asd.runtime import autocast
 from dataset import (
     ClipDataset,
-    FixedLengthCollate,
     LabelIndex,
-    VariableLengthCollate,
     discover_clips,
+    fbank_collate,
     stratified_split,
 )
 from model import ASDModel, add_lora, count_parameters, set_drop_path
@@ -143,15 +142,10 @@ def wave_batch(batch: list) -> tuple[list, torch.Tensor, list]:
     return [w for w, _, _ in batch], torch.tensor([label for _, label, _ in batch]), [r for _, _, r in batch]
 
 
-def make_loader(dataset: Dataset, cfg, train: bool) -> DataLoader:
-    """Batches of fbanks (whole clips padded to PAD_MULTIPLE, TARGET_FRAMES 0, or TARGET_FRAMES each), or
-    of whole waveforms (a WaveDataset: fixed-length clips)."""
-    if _holds_waves(dataset):
-        collate = wave_batch
-    elif cfg.target_frames == 0:
-        collate = VariableLengthCollate(cfg.pad_multiple)
-    else:
-        collate = FixedLengthCollate(cfg.target_frames, random_crop=train and cfg.random_crop)
+def make_loader(dataset: Dataset, cfg, train: bool, policy: ClipPolicy) -> DataLoader:
+    """Batches of fbanks cut as the clip ``policy`` says (dataset.fbank_collate), or of whole waveforms
+    (a WaveDataset: fixed-length clips)."""
+    collate = wave_batch if _holds_waves(dataset) else fbank_collate(policy, train)
     sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed) if dist.is_initialized() else None
     return DataLoader(
         dataset,
@@ -192,19 +186,21 @@ def split_clips(cfg, records: list, label_index: LabelIndex, show: bool) -> tupl
     return train_records, val_records
 
 
-def make_loaders(cfg, label_index: LabelIndex, train_records: list, val_records: list, seconds, show: bool):
+def make_loaders(
+    cfg, label_index: LabelIndex, train_records: list, val_records: list, policy: ClipPolicy, show: bool
+):
     """(training loader, validation loader or None, fbank caches (none for waveforms)): fbanks of whole
-    clips (through FEATURE_CACHE), or whole waveforms that training tiles or crops to ``seconds``."""
+    clips (through FEATURE_CACHE), or whole waveforms that training tiles or crops to policy.seconds."""
     caches = []
-    if seconds is None:
+    if policy.seconds is None:
         caches = feature_sources(cfg, [r.path for r in train_records + val_records], show)
         train_set, val_set = (
             clip_dataset(part, label_index, caches) for part in (train_records, val_records)
         )
     else:
         train_set, val_set = (wave_dataset(part, label_index, cfg) for part in (train_records, val_records))
-    val_loader = make_loader(val_set, cfg, False) if val_records else None
-    return make_loader(train_set, cfg, True), val_loader, caches
+    val_loader = make_loader(val_set, cfg, False, policy) if val_records else None
+    return make_loader(train_set, cfg, True, policy), val_loader, caches
 
 
 # ----------------------------------------------------------------------------- model and optimisation
@@ -301,17 +297,16 @@ def make_optimizer(model: nn.Module, cfg, steps_per_epoch: int):
 
 
 def fixed_length_input(
-    waves: list, samples: int, device, pad_multiple: int, rng=None, mixup_prob: float = 0.0, labels=None
+    waves: list, policy: ClipPolicy, device, rng=None, mixup_prob: float = 0.0, labels=None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fixed-length clips to EAT's input: each waveform cropped or tiled to ``samples`` (offset from
+    """Fixed-length clips to EAT's input: each waveform cropped or tiled as ``policy`` says (offset from
     ``rng``, else from the start), ASDKit's per-sample waveform mixup with ``mixup_prob`` (one-hot
-    ``labels`` [B, N] mixed alike), then the fbank padded to ``pad_multiple`` frames
-    -> (x [B, 1, T, 128], mixed targets or None)."""
-    batch = torch.stack([crop_or_tile(w, samples, rng) for w in waves]).to(device, non_blocking=True)
+    ``labels`` [B, N] mixed alike), then the padded fbank -> (x [B, 1, T, 128], mixed targets or None)."""
+    batch = policy.crop_waves(waves, device, rng)
     targets = None
     if mixup_prob > 0:
         batch, targets = mixup_samples(batch, labels.float(), mixup_prob)
-    return waves_to_input(batch, pad_multiple), targets
+    return policy.wave_input(batch), targets
 
 
 def _augment(x: torch.Tensor, labels: torch.Tensor, cfg, pretext: bool):
@@ -343,12 +338,12 @@ def train_epoch(
     epoch: int,
     show: bool,
     pretext: bool = False,
-    clip: tuple[int, object] | None = None,
+    clip: tuple[ClipPolicy, object] | None = None,
 ) -> tuple[float, float, float]:
     """(summed loss, correct, clips) of one pass; the optimizer steps every GRAD_ACCUM batches.
 
     ``pretext``: the labels are which PRETEXT_TASKS augmentation each clip got (no mixup then).
-    ``clip``: (samples, numpy Generator) when the loader gives whole waveforms (fixed-length clips).
+    ``clip``: (ClipPolicy, numpy Generator) when the loader gives whole waveforms (fixed-length clips).
     """
     classes = _module(step_module).model.head.settings()["num_classes"]
     step_module.train()
@@ -359,7 +354,7 @@ def train_epoch(
         if clip is not None:
             wave_mixup = cfg.mixup_prob if cfg.mixup == "sample_wave" and not pretext else 0.0
             onehot = nn.functional.one_hot(labels, classes)
-            x, targets = fixed_length_input(x, clip[0], device, cfg.pad_multiple, clip[1], wave_mixup, onehot)
+            x, targets = fixed_length_input(x, clip[0], device, clip[1], wave_mixup, onehot)
         x, labels, mixed_labels, lam = _augment(x.to(device, non_blocking=True), labels, cfg, pretext)
         update = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         no_sync = (
@@ -392,15 +387,16 @@ def evaluate(
     device,
     show: bool,
     pretext: bool = False,
-    clip_samples: int | None = None,
+    policy: ClipPolicy | None = None,
 ) -> tuple[float, float, float]:
     """(summed loss, correct, clips) on held-out clips, without augmentation (``pretext``: the same
-    seeded pretext augmentations every epoch; ``clip_samples``: whole waveforms cut from the start)."""
+    seeded pretext augmentations every epoch; ``policy`` of fixed-length clips: whole waveforms cut
+    from the start)."""
     model.eval()
     loss_sum = correct = count = 0.0
     for i, (x, labels, _) in enumerate(tqdm(loader, desc="validation", disable=not show, leave=False)):
-        if clip_samples is not None:
-            x, _ = fixed_length_input(x, clip_samples, device, cfg.pad_multiple)
+        if policy is not None and policy.seconds is not None:
+            x, _ = fixed_length_input(x, policy, device)
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if pretext:
             x, labels = pretext_batch(x, torch.Generator().manual_seed(cfg.seed + i))

@@ -8,7 +8,7 @@ run: two-channel 2026 style, so train.py and extraction hear the near channel of
 measures, and writes to OUT_DIR/gpu_check.txt (tables) and OUT_DIR/gpu_check.json (numbers), with
 everything bulky (data, caches, models, logs) under WORK_DIR:
   1. fbank throughput: CPU DataLoader workers (read + kaldi fbank per clip) against the batched
-     path preprocessing.wavs_to_fbank_batch on the GPU;
+     path asd.fbank.wavs_to_fbank_batch on the GPU;
   2. EAT encoder forward and LoRA training clips/s at each of BATCH_SIZES, the published recipe's
      training step (bench/encoder.py, each in its own process), MFU against this run's measured
      bf16 matmul rate and against the card's datasheet peak, and peak GPU memory;

@@ -5,7 +5,7 @@
 1. k-NN scoring (normalise, one matrix product, top-k, mean) of N_TEST test embeddings against
    N_NORMAL normal embeddings, timed against one raw matmul of the same shapes in the same run
    (target: within 2x of the matmul).
-2. Per-clip cost of the signal statistics (preprocessing.signal_stats) on CLIP_SECONDS clips.
+2. Per-clip cost of the signal statistics (asd/signal_stats.py) on CLIP_SECONDS clips.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import preprocessing  # noqa: E402
 from asd.backends.knn import knn_distance  # noqa: E402
+from asd.fbank import SAMPLE_RATE  # noqa: E402
+from asd.signal_stats import signal_stats  # noqa: E402
 
 # test embeddings
 N_TEST = 2000
@@ -81,16 +82,16 @@ def bench_knn(cfg) -> dict:
 
 def bench_stats(cfg) -> dict:
     rng = np.random.default_rng(cfg.seed)
-    n = int(cfg.clip_seconds * preprocessing.SAMPLE_RATE)
-    t = np.arange(n) / preprocessing.SAMPLE_RATE
+    n = int(cfg.clip_seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
     clips = [
         (0.1 * rng.normal(size=n) + 0.3 * np.sin(2 * np.pi * rng.uniform(50, 4000) * t)).astype(np.float32)
         for _ in range(cfg.stats_clips)
     ]
-    preprocessing.signal_stats(clips[0])  # warm-up
+    signal_stats(clips[0])  # warm-up
     start = time.perf_counter()
     for clip in clips:
-        preprocessing.signal_stats(clip)
+        signal_stats(clip)
     per_clip = (time.perf_counter() - start) / len(clips)
     return {"stats_per_clip_ms": per_clip * 1000}
 

@@ -12,8 +12,17 @@ from helpers import project_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 # what the asd/ high-level modules build on; asd/heads.py holds model.py's classifier heads (model.py
-# builds on them), so it sits in model.py's layer
-LIBRARY = ["model.py", "dataset.py", "preprocessing.py", "asd/heads.py"]
+# builds on them), so it sits in model.py's layer; asd/clips.py (the clip policy), asd/fbank.py and
+# asd/signal_stats.py (the audio front end) are what dataset.py and preprocessing.py build on
+LIBRARY = [
+    "model.py",
+    "dataset.py",
+    "preprocessing.py",
+    "asd/heads.py",
+    "asd/clips.py",
+    "asd/fbank.py",
+    "asd/signal_stats.py",
+]
 LOW_LEVEL = [
     "asd/cli.py",
     "asd/files.py",

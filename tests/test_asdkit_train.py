@@ -20,9 +20,9 @@ from asd import heads, training
 from asd.augment import mixup_samples
 from asd.cli import parse_config
 from asd.clips import (
+    ClipPolicy,
     clip_samples,
     crop_or_tile,
-    extraction_input,
     resolve_clip_seconds,
     waves_to_input,
 )
@@ -257,10 +257,10 @@ def test_recipe_model_has_drop_path_lora_defaults_and_xavier_centres():
 
 def test_extraction_input_cuts_from_the_start_as_validation_does():
     waves = [torch.randn(16000 * 3), torch.randn(16000 * 1)]
-    x = extraction_input(waves, 2.0, 32)
+    x = ClipPolicy(2.0).extraction_input(waves)
     assert x.shape == (2, 1, 224, 128)  # 2 s: 198 frames padded to 224
     first = waves_to_input(waves[0][: 2 * 16000][None], 32)
     tiled = waves_to_input(torch.cat([waves[1], waves[1]])[None], 32)
     assert torch.equal(x[0], first[0]) and torch.equal(x[1], tiled[0])
-    again, _ = training.fixed_length_input(waves, clip_samples(2.0), "cpu", 32)  # validation's path
+    again, _ = training.fixed_length_input(waves, ClipPolicy(2.0), "cpu")  # validation's path
     assert torch.equal(again, x)

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from asd.fbank import ENCODER_MAX_FRAMES, wav_to_fbank
 from preprocessing import (
     CHANNEL_MODES,
-    ENCODER_MAX_FRAMES,
     AudioError,
     FeatureCache,
     channel_record,
@@ -19,7 +19,6 @@ from preprocessing import (
     check_channel_record,
     feature_settings,
     load_audio,
-    wav_to_fbank,
 )
 
 

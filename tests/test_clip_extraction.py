@@ -1,5 +1,6 @@
 """Extraction of a model trained on fixed-length clips: each clip from its start, tiled or cut to the
-trained length, float32, no windows (as ASDKit extracts); whole-clip models keep their settings."""
+trained length, float32, no windows (as ASDKit extracts); whole-clip models keep their settings. The
+clip policy (asd.clips.ClipPolicy) the tuned model records is what extraction and datashape.py read."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pytest
 import soundfile as sf
 import torch
 
+import datashape
 import extract_embeddings
 import train
+from asd.checkpoints import read_tuned
+from asd.clips import LEGACY_TARGET_FRAMES, ClipPolicy
 from asd.embed import with_clip_settings
 from asd.embedding_files import read_feature_file
+from asd.fbank import SAMPLE_RATE
 from helpers import tiny_train_args
-from preprocessing import SAMPLE_RATE
 
 _NO_CACHE = ("--batch_size", "16", "--feature_cache", "none")
 
@@ -63,7 +67,7 @@ def test_a_one_second_model_embeds_each_clip_from_its_start_tiled_or_cut(
     fingerprint = read_feature_file(tmp_path / "test_embeddings.pt")["fingerprint"]
     settings = fingerprint["settings"]
     assert (settings["clip_seconds"], settings["pad_multiple"], settings["amp"]) == (1.0, 32, False)
-    assert settings["long_clip"] is None and settings["target_frames"] is None
+    assert settings["long_clip"] is None and "target_frames" not in settings
     assert fingerprint["precision"] == "fp32"
 
 
@@ -77,7 +81,7 @@ def test_the_fixed_clip_path_differs_from_embedding_the_whole_clip(tmp_path, tin
     path = str(next((data_dir / "fan" / "test").glob("*_long.wav")))
     record = ClipRecord(path, "fan", "00", None, "test", "unknown")
     model, _, trained = tuned_model(one_second_model, torch.device("cpu"))
-    base = embedding_settings("windows", None, 0, True)
+    base = embedding_settings("windows", None, True)
     fixed = with_clip_settings(base, one_second_model)
     cache = FeatureCache(None)
     cropped = embed_records([record], model, trained, fixed, torch.device("cpu"), 1, cache)
@@ -92,5 +96,62 @@ def test_a_whole_clip_model_keeps_its_embedding_settings(tmp_path, tiny_demo_dir
         tmp_path, tiny_demo_dir, "--clip_seconds", "whole", "--mixup", "batch_fbank", *_NO_CACHE
     )
     train.main(args)
-    settings = embedding_settings("windows", None, None, True)
+    settings = embedding_settings("windows", None, True)
     assert with_clip_settings(settings, tmp_path / "best.pth") is settings
+
+
+def test_the_tuned_model_records_its_clip_policy_and_datashape_reads_it(
+    one_second_model, tiny_demo_dir, capsys
+):
+    """train.py records the resolved policy; datashape.py shows the model input that policy makes (1 s:
+    98 frames padded to 128), not a constant of its own."""
+    settings = read_tuned(one_second_model)["settings"]
+    assert settings["clip_policy"] == {
+        "seconds": 1.0,
+        "target_frames": 0,
+        "pad_multiple": 32,
+        "random_crop": True,
+    }
+    assert ClipPolicy.from_settings(settings) == ClipPolicy(1.0)
+    assert datashape.main(["--data_dir", str(tiny_demo_dir), "--model_path", str(one_second_model)]) == 0
+    out = capsys.readouterr().out
+    assert "fbank [198, 128] -> model input [1, 128, 128] (waveform tiled or cut to 1 s)" in out
+
+
+def test_a_model_file_without_a_recorded_policy_reads_as_it_was_trained():
+    """Files written before settings["clip_policy"]: the resolved seconds, else the fbank settings, else
+    the EAT recipe's 1024 frames."""
+    assert ClipPolicy.from_settings({"clip_seconds_resolved": 18, "pad_multiple": 16}) == ClipPolicy(
+        18.0, 1024, 16
+    )
+    old = ClipPolicy.from_settings({"clip_seconds_resolved": None, "target_frames": 0, "random_crop": False})
+    assert old == ClipPolicy(None, 0, 32, False)
+    assert ClipPolicy.from_settings({}).target_frames == LEGACY_TARGET_FRAMES
+    policy = ClipPolicy(None, 256, 16, False)
+    assert ClipPolicy.from_settings({"clip_policy": policy.record(), "target_frames": 0}) == policy
+
+
+def test_the_policy_cuts_fbank_clips_for_training_and_extraction():
+    """Training crops at a random offset only with random_crop; validation and extraction from the start;
+    whole clips are padded to pad_multiple (at most the encoder's reach); windows cover the clip."""
+    from asd.fbank import PAD_VALUE
+    from dataset import FixedLengthCollate, VariableLengthCollate, fbank_collate
+
+    fbank = torch.arange(300 * 128, dtype=torch.float32).view(300, 128)
+    crop = ClipPolicy(None, 100, 32, True)
+    torch.manual_seed(0)
+    starts = {int(crop.training_fbank(fbank, True)[0, 0]) // 128 for _ in range(20)}
+    assert len(starts) > 1 and all(0 <= s <= 200 for s in starts)
+    assert torch.equal(crop.training_fbank(fbank, False), fbank[:100])
+    assert torch.equal(ClipPolicy(None, 100, 32, False).training_fbank(fbank, True), fbank[:100])
+    windows = crop.fbank_pieces(fbank, "windows", 12288)
+    assert [int(w[0, 0]) // 128 for w in windows] == [0, 100, 200]
+    assert len(crop.fbank_pieces(fbank, "crop", 12288)) == 1
+    whole = ClipPolicy(None, 0, 32).fbank_pieces(fbank, "windows", 12288)[0]
+    assert (
+        whole.shape[0] == 320 and torch.equal(whole[:300], fbank) and bool((whole[300:] == PAD_VALUE).all())
+    )
+    assert ClipPolicy(None, 0, 32).fbank_pieces(fbank, "windows", 256)[0].shape[0] == 256
+    assert isinstance(fbank_collate(ClipPolicy(None, 0, 32), True), VariableLengthCollate)
+    assert isinstance(fbank_collate(crop, True), FixedLengthCollate)
+    assert fbank_collate(crop, False)([(fbank, 0, "r")])[0].shape == (1, 1, 100, 128)

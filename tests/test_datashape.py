@@ -37,9 +37,9 @@ def test_dcase2020_samples_report_missing_train(samples_dir, capsys):
 
 
 def test_demo_tree_passes(tiny_demo_dir, capsys):
-    code, out = run(capsys, "--data_dir", str(tiny_demo_dir), "--target_frames", "200")
+    code, out = run(capsys, "--data_dir", str(tiny_demo_dir))
     assert code == 0, out
-    assert "fbank [198, 128] -> model input [1, 200, 128] (pad" in out
+    assert "fbank [198, 128] -> model input [1, 224, 128] (pad; 1 window" in out  # whole, padded to 32
 
 
 def write(path: Path, data, sr: int = 16000, subtype: str = "PCM_16") -> None:
@@ -119,7 +119,8 @@ def test_missing_folder_is_reported(tmp_path, capsys):
 def test_frame_count_from_the_header_matches_the_loaded_clip(tmp_path):
     import warnings
 
-    from preprocessing import load_audio, wav_to_fbank
+    from asd.fbank import wav_to_fbank
+    from preprocessing import load_audio
 
     for sr, samples in ((16000, 16000), (44100, 30871), (22050, 20000)):
         path = tmp_path / f"clip_{sr}.wav"
@@ -154,7 +155,7 @@ def test_channel_counts_and_supported_modes(samples_dir, tmp_path, capsys):
 
 
 def test_clips_beyond_the_encoder_reach_and_unlabelled_training_clips_are_problems(tmp_path, capsys):
-    from preprocessing import ENCODER_MAX_FRAMES
+    from asd.fbank import ENCODER_MAX_FRAMES
 
     tone = 0.2 * np.sin(np.arange(16000) / 7)
     long_samples = 400 + ENCODER_MAX_FRAMES * 160  # one frame more than the encoder's reach

@@ -13,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 import make_demo_data
 from asd import demo_data
+from asd.signal_stats import signal_stats
 from asd.years import YEARS, detect_year
 from dataset import discover_clips, read_attribute_tables
-from preprocessing import signal_stats
 
 SMALL = [
     "--clip_seconds",

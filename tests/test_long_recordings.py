@@ -20,6 +20,8 @@ import preprocessing  # noqa: E402
 import score_clips  # noqa: E402
 import train  # noqa: E402
 from asd import long_clips  # noqa: E402
+from asd.clips import window_spans  # noqa: E402
+from asd.signal_stats import STAT_NAMES  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 DEMO = ["--machine_types", "fan", "--clip_seconds", "1.5", "--source_train", "6", "--target_train", "2"]
@@ -83,11 +85,11 @@ def _long_recording(path: Path, source: Path, minutes: float, rng) -> Path:
 
 
 def test_window_spans_cover_the_recording_and_end_at_its_end():
-    spans = long_clips.window_spans(600 * 16000, 16000, 10.0, 7.0)
+    spans = window_spans(600 * 16000, 16000, 10.0, 7.0)
     assert spans[0] == (0, 160000) and spans[-1] == (600 * 16000 - 160000, 600 * 16000)
     assert len(spans) == 86 and all(b - a == 160000 for a, b in spans)
     assert [a for a, _ in spans[:-1]] == list(range(0, 588 * 16000 + 1, 7 * 16000))
-    assert long_clips.window_spans(100, 16000, 10.0, 5.0) == [(0, 100)]
+    assert window_spans(100, 16000, 10.0, 5.0) == [(0, 100)]
     assert (
         long_clips.aggregate([1.0, 3.0, 2.0], "max") == 3.0
         and long_clips.aggregate([1.0, 3.0, 2.0], "mean") == 2.0
@@ -196,12 +198,12 @@ def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path,
     long, first = tmp_path / "long.wav", tmp_path / "first.wav"
     sf.write(long, wave, sr)
     sf.write(first, wave[: 2 * sr], sr)
-    settings = with_clip_settings(embedding_settings("windows", None, 0, True), model_path)
+    settings = with_clip_settings(embedding_settings("windows", None, True), model_path)
     assert settings["long_clip"] is None and settings["clip_seconds"] == 1.0
     model, _, trained = tuned_model(model_path, torch.device("cpu"))
     record = ClipRecord(str(long), "fan", "00", None, "test", "unknown")
-    spans = long_clips.window_spans(6 * sr, sr, 2.0, 2.0)
-    columns = list(preprocessing.STAT_NAMES)
+    spans = window_spans(6 * sr, sr, 2.0, 2.0)
+    columns = list(STAT_NAMES)
     windows = long_clips.embed_windows(
         str(long), record, spans, model, trained, settings, torch.device("cpu"), 2, columns
     )

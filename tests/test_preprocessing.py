@@ -13,23 +13,18 @@ import torch
 from torchaudio.compliance import kaldi
 
 import preprocessing
-from preprocessing import (
+from asd.clips import pad_or_crop, split_windows
+from asd.fbank import (
     NUM_MEL_BINS,
     PAD_VALUE,
     SAMPLE_RATE,
-    STAT_NAMES,
-    AudioError,
-    AudioWarning,
-    FeatureCache,
-    feature_settings,
-    load_audio,
     normalise_fbank,
-    pad_or_crop,
-    signal_stats,
-    split_windows,
+    num_frames,
     wav_to_fbank,
     wavs_to_fbank_batch,
 )
+from asd.signal_stats import STAT_MEL_BANDS, STAT_NAMES, signal_stats
+from preprocessing import AudioError, AudioWarning, FeatureCache, feature_settings, load_audio
 
 SR = SAMPLE_RATE
 
@@ -236,7 +231,7 @@ def test_stats_of_white_noise_and_impulses():
 
 def test_band_statistics_follow_the_spectrum():
     low, high = stats_of(tone(200, 1, amp=0.5)), stats_of(tone(6000, 1, amp=0.5))
-    last = f"logmel_mean_{preprocessing.STAT_MEL_BANDS - 1:02d}"
+    last = f"logmel_mean_{STAT_MEL_BANDS - 1:02d}"
     assert low["logmel_mean_01"] > high["logmel_mean_01"]
     assert high[last] > low[last]
 
@@ -322,7 +317,7 @@ def test_cache_recovers_from_a_broken_entry_and_can_be_disabled(tmp_path, counte
 
 @pytest.mark.parametrize("samples", [400, 401, 559, 560, 16000, 16159])
 def test_num_frames_matches_the_fbank(samples):
-    assert wav_to_fbank(torch.randn(samples)).shape[0] == preprocessing.num_frames(samples)
+    assert wav_to_fbank(torch.randn(samples)).shape[0] == num_frames(samples)
 
 
 def test_cache_fbanks_batches_the_missing_clips(tmp_path, counted):

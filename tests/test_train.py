@@ -130,8 +130,8 @@ def test_spec_augment_masks_bands():
 
 
 def test_variable_length_collate_pads_to_multiples_and_the_longest():
+    from asd.fbank import PAD_VALUE
     from dataset import VariableLengthCollate
-    from preprocessing import PAD_VALUE
 
     fbanks = [torch.randn(998, 128), torch.randn(1198, 128), torch.randn(64, 128)]
     x, labels, records = VariableLengthCollate(32)([(f, i, f"r{i}") for i, f in enumerate(fbanks)])
@@ -157,7 +157,7 @@ def test_mixup_happens_with_its_probability():
 
 
 def test_pretext_batch_applies_the_labelled_augmentation():
-    from preprocessing import PAD_VALUE
+    from asd.fbank import PAD_VALUE
 
     x = torch.randn(16, 1, 64, 128)
     out, labels = augment.pretext_batch(x, torch.Generator().manual_seed(3))
@@ -219,9 +219,9 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
     lengths, mixed = [], []
     real_input, real_mixup = training.fixed_length_input, training.mixup_samples
 
-    def recording_input(waves, samples, *args, **kwargs):
-        x, targets = real_input(waves, samples, *args, **kwargs)
-        lengths.append((samples, x.shape[2]))
+    def recording_input(waves, policy, *args, **kwargs):
+        x, targets = real_input(waves, policy, *args, **kwargs)
+        lengths.append((policy.samples, x.shape[2]))
         return x, targets
 
     def recording_mixup(x, targets, prob, *args, **kwargs):
@@ -242,7 +242,9 @@ def test_asdkit_recipe_trains_on_fixed_length_real_clips(tmp_path, samples_dir, 
     }
     assert history["num_classes"] == len(names) > len({r.class_name for r in records if r.split == "train"})
     model, labels, settings = C.load_tuned(tmp_path / "best.pth")
-    assert set(labels.names) == names and settings["epoch"] == 1 and settings["clip_seconds_resolved"] == 18.0
+    assert (
+        set(labels.names) == names and settings["epoch"] == 1 and settings["clip_policy"]["seconds"] == 18.0
+    )
     head = model.head
     assert isinstance(head, heads.SCAdaCosHead) and head.sub_clusters == 16 and model.embed_dim == 256
     assert not head.dynamic and float(head.scale) == pytest.approx(
