@@ -12,7 +12,9 @@ from types import SimpleNamespace
 from asd import training
 from asd.clips import resolve_clip_seconds
 from asd.heads import fixed_scale
+from asd.imports import PROJECT_DIR
 from asd.recipes import recipe
+from asd.settings_source import source_constants
 from asd.years import detect_year
 from preprocessing import AudioError
 
@@ -21,7 +23,9 @@ def recipe_report(cfg: SimpleNamespace, problems: list[str], warnings: list[str]
     """Print the DCASE year, clip seconds, classes and fixed scale RECIPE gives these folders (through
     train.py's own functions), and flag machine type/sections without normal or anomalous labelled test
     clips (issue 26: their AUC cannot be measured)."""
-    settings = {k.lower(): v for k, v in recipe(cfg.report_recipe, "train").items()}
+    # what train.py would run: its constants (as edited at its top), then the recipe's differences
+    constants = source_constants(PROJECT_DIR / "train.py")
+    settings = {k.lower(): v for k, v in {**constants, **recipe(cfg.report_recipe, "train")}.items()}
     run = SimpleNamespace(**{**settings, "data_dir": cfg.data_dir, "eval_list": cfg.eval_list})
     run.machine_types, run.channels = cfg.machine_types, cfg.channels or "near"
     try:
