@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from asd.cli import GIVEN_TO_ENV, Settings, check_script_arguments
-from asd.comparison import backend_folders
 from asd.files import atomic_write_text
 from asd.freshness import file_key, files_key, settings_key
 from asd.imports import local_sources
@@ -233,7 +232,8 @@ def check_steps(steps: list[Step], overrides: dict[str, list[str]]) -> dict[str,
     """Every step's effective settings (its script's constants, recipe and options), read from the
     scripts' sources before anything runs: argparse's error and exit when an option is unknown or
     out of range, or when an override names a script this run does not use."""
-    unused = [name for name, words in overrides.items() if words and name not in {s.script for s in steps}]
+    used = {s.script for s in steps} | {s.name.split("[")[0] for s in steps}  # baseline: evaluate.py's step
+    unused = [name for name, words in overrides.items() if words and name not in used]
     if unused:
         raise SystemExit(
             f"run_all.py: error: overrides for {', '.join(unused)}, which this run does not use "
@@ -279,6 +279,8 @@ def check_ground_truth_folders(settings: dict[str, Settings]) -> None:
 def add_backend_outputs(steps: list[Step], settings: dict[str, Settings]) -> None:
     """The evaluate step's outputs: <its back end's folder>/summary.json for each of its effective BACKENDS
     (wherever they were set), in that order."""
+    from asd.comparison import backend_folders  # here: it imports numpy, which --help skips
+
     for step in steps:
         cfg = settings.get(step.name)
         if step.script == "evaluate" and cfg is not None:

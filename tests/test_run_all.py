@@ -588,10 +588,10 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
     monkeypatch.setattr(pipeline, "run_step", _run_in_process)
     argv = ["--data_dir", str(data), "--runs_dir", str(tmp_path / "runs"), "--recipe", "asdkit-eat-lora"]
     argv += ["--model_size", "tiny", "--seeds", "0,1", "train.epochs=1", "train.num_workers=0"]
-    argv += ["train_deepSVDD.svdd_epochs=1"]
+    argv += ["train_deepSVDD.svdd_epochs=1", "baseline.baseline_epochs=2"]
     argv += [
         f"{script}.{name}=false"
-        for script in ("evaluate", "evaluate_deepSVDD")
+        for script in ("evaluate", "evaluate_deepSVDD", "baseline")
         for name in ("plots", "report")
     ]
     assert run_all.main(argv) == 0
@@ -604,7 +604,13 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
     ):
         assert re.search(setting + r"\s+\[top of train\.py\]", out), setting
     labels = ["Deep SVDD", "k-NN + Mahalanobis", "ASDKit k-NN", "ASDKit k-NN + SMOTE", "ASDKit k-means"]
-    labels.append("ASDKit k-NN rescaled")
+    labels += ["ASDKit k-NN rescaled", "DCASE baseline AE"]
+    # the headline, first in each seed's side-by-side table: ASDKit's k-NN + SMOTE
+    tables = sorted((tmp_path / "runs").glob("*-seed*/results/comparison.csv"))
+    assert len(tables) == 2
+    for table in tables:
+        first = next(line for line in table.read_text().splitlines()[1:] if line.startswith("all,"))
+        assert first.split(",")[1] == "ASDKit k-NN + SMOTE", table
     seeds_table = out[out.index("mean +- standard deviation over 2 seeds") :]
     for label in labels:
         assert out.count(f"\n{label}: ") >= 2  # each seed's side-by-side table ends with its score
@@ -616,9 +622,19 @@ def test_the_asdkit_recipe_over_two_seeds_reports_each_back_end(tmp_path, capsys
 def test_the_evaluate_step_owns_each_back_end_it_will_write(tiny_demo_dir, tmp_path):
     base = ["--data_dir", str(tiny_demo_dir), "--runs_dir", str(tmp_path)]
     [(run_dir, plain)] = _plan(base)
-    assert list(pipeline.scorer_summaries(plain)[run_dir / "results"]) == ["Deep SVDD", "k-NN + Mahalanobis"]
+    assert list(pipeline.scorer_summaries(plain)[run_dir / "results"]) == [
+        "k-NN + Mahalanobis",
+        "Deep SVDD",
+        "DCASE baseline AE",
+    ]
+    [(_, no_baseline)] = _plan([*base, "--baseline", "false"])
+    assert list(pipeline.scorer_summaries(no_baseline)[run_dir / "results"]) == [
+        "k-NN + Mahalanobis",
+        "Deep SVDD",
+    ]
     [(run_dir, steps)] = _plan([*base, "--recipe", "asdkit-eat-lora"])
-    [evaluate] = [step for step in steps if step.script == "evaluate"]
+    [evaluate, baseline] = [step for step in steps if step.script == "evaluate"]
+    assert baseline.outputs == [run_dir / "results" / "baseline" / "baseline_ae" / "summary.json"]
     backends = run_dir / "results" / "backends"
     assert evaluate.outputs == [
         backends / "smote_knn" / "summary.json",
@@ -626,19 +642,20 @@ def test_the_evaluate_step_owns_each_back_end_it_will_write(tiny_demo_dir, tmp_p
         *(backends / n / "summary.json" for n in ("knn", "kmeans", "rescale")),
     ]
     tables = pipeline.scorer_summaries(steps)[run_dir / "results"]
-    assert list(tables) == [
-        "Deep SVDD",
+    assert list(tables) == [  # ASDKit's k-NN + SMOTE is the headline (the published figures' back end)
         "ASDKit k-NN + SMOTE",
         "k-NN + Mahalanobis",
         "ASDKit k-NN",
         "ASDKit k-means",
         "ASDKit k-NN rescaled",
+        "Deep SVDD",
+        "DCASE baseline AE",
     ]
     # a back-end folder or list set for evaluate.py is where run_all looks
     [(_, moved)] = _plan(
         base, [f"evaluate.backends_dir={tmp_path / 'elsewhere'}", "evaluate.backends=kmeans"]
     )
-    [evaluate] = [step for step in moved if step.script == "evaluate"]
+    [evaluate, _] = [step for step in moved if step.script == "evaluate"]
     assert evaluate.outputs == [tmp_path / "elsewhere" / "kmeans" / "summary.json"]
 
 
