@@ -33,7 +33,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/vulture
 
 docs: $(VENV)/.installed
-	$(PY) -c "import asd.docs; asd.docs.update_docs('.')"
+	$(PY) -c "import asd.base.docs; asd.base.docs.update_docs('.')"
 
 clean-runs:
 	rm -rf runs demo_data cache

@@ -4,7 +4,7 @@
 
 Prints per machine type and split the clip counts by section, domain and label, the durations, sample
 rates and channels, the attribute values seen, the fbank shape and the model input a tuned model's clip
-policy makes of it (MODEL_PATH; asd/clips.py: pad, crop, windows, or waveforms tiled or cut to a fixed
+policy makes of it (MODEL_PATH; asd/data/clips.py: pad, crop, windows, or waveforms tiled or cut to a fixed
 length; without a model, whole clips padded as train.py's CLIP_SECONDS whole does), and per machine
 type and for the folder which
 channel modes (CHANNELS: near, far, mix, residual, both) the clips support: the modes that use the far
@@ -20,7 +20,7 @@ warnings alone exit 0.
 
 For the folders together (DATA_DIR comma-separated, as train.py's) it then prints what REPORT_RECIPE will use,
 through train.py's own functions: the DCASE year detected from the clip names and machine types
-(asd/years.py), the clip seconds, the number of classes (anonymised evaluation test clips counted under
+(asd/base/years.py), the clip seconds, the number of classes (anonymised evaluation test clips counted under
 their original names with EVAL_LIST) and SCAdaCos's fixed scale; and WARNS about each machine type and
 section whose labelled test clips have no normal or no anomalous clip (its AUC is undefined).
 """
@@ -31,16 +31,22 @@ import sys
 from collections import Counter
 from types import SimpleNamespace
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import numpy as np
 
-from asd.checkpoints import read_tuned
-from asd.cli import parse_config, print_config
-from asd.clips import ClipPolicy
-from asd.data_check import (
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.data.clips import ClipPolicy
+from asd.data.dataset import machine_type_dirs, wav_files
+from asd.data.fbank import NUM_MEL_BINS
+from asd.data.names import SPLITS as DCASE_SPLITS
+from asd.data.names import read_attribute_tables
+from asd.data.preprocessing import CHANNEL_MODES
+from asd.model.checkpoints import read_tuned
+from asd.report.data_check import (
     SplitSummary,
     channel_modes,
     check_sample_rates,
@@ -48,12 +54,7 @@ from asd.data_check import (
     counts,
     report_channels,
 )
-from asd.errors import run_script
-from asd.fbank import NUM_MEL_BINS
-from asd.recipe_report import recipe_report
-from dataset import SPLITS as DCASE_SPLITS
-from dataset import machine_type_dirs, read_attribute_tables, wav_files
-from preprocessing import CHANNEL_MODES
+from asd.report.recipe_report import recipe_report
 
 # folder(s) with <machine_type>/{train,test}/*.wav, comma-separated (as train.py's DATA_DIR)
 DATA_DIR = "dev_data"
@@ -73,9 +74,9 @@ CHANNELS = ""
 # evaluation list(s) eval_data_list_YYYY.csv, as train.py's EVAL_LIST: anonymised test clips counted and
 # checked under their original names
 EVAL_LIST = ""
-# the recipe whose year, clip seconds, classes and fixed scale are printed (asd/recipes.py)
+# the recipe whose year, clip seconds, classes and fixed scale are printed (asd/base/recipes.py)
 REPORT_RECIPE = "asdkit-eat-lora"
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {"CHANNELS": ("", *CHANNEL_MODES)}
 
 

@@ -14,7 +14,7 @@ own results folder, side by side.
              the smaller distance; pooled: one fit).
 ASDKit's four back ends are knn, smote_knn, kmeans and rescale with METRIC euclidean, GROUP_BY
 machine_type and BANK_NORMALISE off (the recipe asdkit-eat-lora). The decision thresholds
-(asd/thresholds.py) come from the training normals' scores out of sample. The ensemble writes
+(asd/score/thresholds.py) come from the training normals' scores out of sample. The ensemble writes
 RESULTS_DIR, every other back end BACKENDS_DIR/<name>; with several back ends their tables are printed
 side by side in BACKENDS order and written to BACKENDS_DIR/comparison.csv. Reads only the embedding
 files of extract_embeddings.py.
@@ -31,30 +31,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import recipes
 from asd.backends import baseline_ae, registry
 from asd.backends.registry import backend_factory, make_backend
-from asd.cli import config_to_dict, parse_config, print_config
-from asd.comparison import (
+from asd.base import recipes
+from asd.base.cli import config_to_dict, parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.locks import hold_run_folder_lock
+from asd.data.ground_truth import apply_ground_truth
+from asd.embed.embedding_files import embedding_channels, load_features
+from asd.report.comparison import (
     backend_folders,
     backends_folder,
     comparison_rows,
     format_comparison,
     write_comparison,
 )
-from asd.embedding_files import embedding_channels, load_features
-from asd.errors import run_script
-from asd.evaluation import compute_official
-from asd.ground_truth import apply_ground_truth
-from asd.locks import hold_run_folder_lock
-from asd.results import score_results_folder, write_scorer_results
-from asd.scoring import score_by_group
+from asd.report.evaluation import compute_official
+from asd.report.results import score_results_folder, write_scorer_results
+from asd.score.scoring import score_by_group
 
-# named settings (asd/recipes.py), e.g. asdkit-eat-lora (ASDKit's back ends); explicit flags win
+# named settings (asd/base/recipes.py), e.g. asdkit-eat-lora (ASDKit's back ends); explicit flags win
 RECIPE = ""
 # folder of normal_/test_ embeddings and stats (.pt)
 EMBED_DIR = "."
@@ -136,7 +136,7 @@ GAMMA_LOCATION = "zero"
 PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
 REPORT = True
-# allowed values of the constants above, checked by asd.cli.parse_config; BACKENDS and EMBEDDING_BACKEND
+# allowed values of the constants above, checked by asd.base.cli.parse_config; BACKENDS and EMBEDDING_BACKEND
 # are the registry's names (asd/backends/registry.py; tests/test_backends_registry.py keeps them equal)
 _LIMITS = {
     "RECIPE": ("", *recipes.RECIPES),

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import sys
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd.cli import parse_config, print_config
-from asd.embedding_files import load_features
-from asd.errors import run_script
-from asd.ground_truth import apply_ground_truth
-from asd.locks import hold_run_folder_lock
-from asd.results import write_scorer_results
-from asd.scoring import score_by_group
-from asd.svdd import svdd_factory
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.locks import hold_run_folder_lock
+from asd.data.ground_truth import apply_ground_truth
+from asd.embed.embedding_files import load_features
+from asd.report.results import write_scorer_results
+from asd.score.scoring import score_by_group
+from asd.score.svdd import svdd_factory
 
 # folder of the normal_/test_ embeddings and stats
 EMBED_DIR = "."
@@ -42,7 +42,7 @@ GAMMA_LOCATION = "zero"
 PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
 REPORT = True
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("zero", "free")}
 
 

@@ -3,7 +3,7 @@ clip's signal statistics. The only script after training that loads EAT.
 
     python extract_embeddings.py --data_dir dev_data --model_path best_encoder_model.pth
 
-Writes into EMBED_DIR the four files that are the scorers' only input (asd/embedding_files.py owns
+Writes into EMBED_DIR the four files that are the scorers' only input (asd/embed/embedding_files.py owns
 their names and format): normal_embeddings.pt, normal_stats.pt (the training normals) and
 test_embeddings.pt, test_stats.pt (the test clips). Each records content keys of the clips, of the
 tuned model and the embedding settings; a file whose record differs from the current one is rebuilt,
@@ -17,22 +17,25 @@ A model trained on fixed-length clips (CLIP_SECONDS of train.py not "whole") is 
 extracts: each clip from its start, tiled or cut to the trained length, its fbank padded to the
 trained PAD_MULTIPLE, no windows, float32; LONG_CLIP and AMP do not apply to it. The window length
 of a model trained on fbank clips is its TARGET_FRAMES (the clip policy the tuned model records,
-asd/clips.py), or the whole clip.
+asd/data/clips.py), or the whole clip.
 """
 
 from __future__ import annotations
 
 import sys
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import torch
 
-import preprocessing
-from asd.cli import parse_config, print_config
-from asd.embed import (
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.locks import hold_run_folder_lock
+from asd.base.runtime import resolve_device
+from asd.data import preprocessing
+from asd.embed.embed import (
     embed_records,
     embedding_settings,
     feature_caches,
@@ -43,7 +46,7 @@ from asd.embed import (
     tuned_model,
     with_clip_settings,
 )
-from asd.embedding_files import (
+from asd.embed.embedding_files import (
     check_model_channels,
     embedding_fingerprint,
     feature_paths,
@@ -54,9 +57,6 @@ from asd.embedding_files import (
     stats_fingerprint,
     write_feature_file,
 )
-from asd.errors import run_script
-from asd.locks import hold_run_folder_lock
-from asd.runtime import resolve_device
 
 # DCASE folder: <machine>/{train,test}/*.wav
 DATA_DIR = "dev_data"
@@ -86,7 +86,7 @@ CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 FEATURE_CACHE = preprocessing.FEATURE_CACHE
 # rebuild even when the files are up to date
 REBUILD = False
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "SPLITS": ("train", "test"),
     "EMBED_BATCH_SIZE": (1, None),
@@ -133,7 +133,7 @@ def build_split(split: str, cfg, settings: dict, device: torch.device, caches) -
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
-    from preprocessing import channel_record
+    from asd.data.preprocessing import channel_record
 
     cfg = parse_config(globals(), argv, description=__doc__)
     print_config(cfg)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
         )
     check_model_channels(cfg.model_path, settings["channels"], f"extraction into {cfg.embed_dir}")
     device = resolve_device(cfg.device)
-    caches = feature_caches(cfg.feature_cache, settings["channels"])  # asd.cli reads "none" as None
+    caches = feature_caches(cfg.feature_cache, settings["channels"])  # asd.base.cli reads "none" as None
     out = {}
     try:
         for split in cfg.splits:

@@ -8,7 +8,7 @@ Layout: OUT_DIR/<machine>/{train,test}/section_00_{source|target}_{train|test}_{
 plus OUT_DIR/<machine>/attributes_00.csv. Each machine type has its own sound, the attribute value sets
 its operating speed and load, the target domain is a shifted operating condition, and test anomalies
 (bearing whine, rattle, imbalance, frequency shift) come at graded strengths from barely audible to
-obvious (asd/demo_sounds.py; the files: asd/demo_data.py). Deterministic: the same settings give
+obvious (asd/data/demo_sounds.py; the files: asd/data/demo_data.py). Deterministic: the same settings give
 byte-identical files.
 
 YEAR_STYLE 2026 writes DCASE-2026-style two-channel clips: channel 0 (near the machine) holds
@@ -29,16 +29,16 @@ import json
 import sys
 from pathlib import Path
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from tqdm import tqdm
 
-from asd.cli import parse_config, print_config
-from asd.demo_data import STYLES, attributes_csv, clip_plan, ground_truth_files, render_wave, write_wav
-from asd.errors import run_script
-from asd.files import atomic_write_text
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.files import atomic_write_text
+from asd.data.demo_data import STYLES, attributes_csv, clip_plan, ground_truth_files, render_wave, write_wav
 
 # where the tree is written
 OUT_DIR = "demo_data"
@@ -76,7 +76,7 @@ FAR_NOISE_DB = -3.0
 EVAL_NAMES = False
 # show a progress bar
 PROGRESS = True
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "SEED": (0, None),
     "CLIP_SECONDS": (">0", None),

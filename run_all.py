@@ -27,19 +27,21 @@ import sys
 import time
 from pathlib import Path
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-import preprocessing
-from asd import pipeline, recipes, seeds
-from asd.cli import parse_config, print_config
-from asd.comparison import comparison_rows, format_comparison, write_comparison
-from asd.errors import run_script
-from asd.files import remove_stale_temp_files
-from asd.locks import run_folder_lock
-from asd.steps import StepMaker, run_folder, seed_overrides, split_step_overrides
-from asd.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
+from asd.base import recipes
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.files import remove_stale_temp_files
+from asd.base.locks import run_folder_lock
+from asd.base.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
+from asd.data import preprocessing
+from asd.report.comparison import comparison_rows, format_comparison, write_comparison
+from asd.report.report import seeds
+from asd.run import pipeline
+from asd.run.steps import StepMaker, run_folder, seed_overrides, split_step_overrides
 
 # DCASE data (<machine>/{train,test}/*.wav), several comma-separated; None = dev_data/ if present, else the demo
 DATA_DIR = None
@@ -51,7 +53,7 @@ RUNS_DIR = "runs"
 EAT_CHECKPOINT = None
 # encoder size when there is no checkpoint: tiny | base | large; None = not set (train.py's own; demo: tiny)
 MODEL_SIZE = None
-# named settings for train.py and evaluate.py (asd/recipes.py); "" = not set
+# named settings for train.py and evaluate.py (asd/base/recipes.py); "" = not set
 RECIPE = ""
 # auto | cpu | cuda for training and embedding; None = not set (each script's own)
 DEVICE = None
@@ -62,7 +64,7 @@ RESIDUAL_WEIGHT = None
 # with CHANNELS both: how extraction combines the two embeddings (concat | residual); None = not set
 CHANNEL_COMBINE = None
 # ground truth of unlabelled test clips: the evaluator's ground-truth folder, an eval_data_list_YYYY.csv (also
-# train.py's EVAL_LIST), or both comma-separated (asd/ground_truth.py); None = not set
+# train.py's EVAL_LIST), or both comma-separated (asd/data/ground_truth.py); None = not set
 GROUND_TRUTH = None
 # also score with the official DCASE baseline autoencoder (evaluate.py's back end baseline_ae), side by side
 BASELINE = True
@@ -86,7 +88,7 @@ DEMO_BATCH_SIZE = 8
 DEMO_BASELINE_EPOCHS = 20
 # demo DataLoader workers (0: the tiny data set loads fastest in-process)
 DEMO_NUM_WORKERS = 0
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "MODEL_SIZE": ("tiny", "base", "large"),
     "RECIPE": ("", *recipes.RECIPES),

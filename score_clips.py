@@ -26,31 +26,37 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import numpy as np
 import soundfile as sf
 
-import preprocessing
 from asd.backends.registry import backend_factory
-from asd.cli import parse_config, print_config
-from asd.clips import window_spans
-from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
-from asd.embedding_files import Split, embedding_channels, feature_paths, load_features, recorded_model_path
-from asd.errors import run_script
-from asd.files import atomic_write_text
-from asd.freshness import file_key
-from asd.locks import hold_run_folder_lock
-from asd.long_clips import aggregate, embed_windows, is_long, timeline_path, write_window_table
-from asd.plots import plot_timeline
-from asd.runtime import resolve_device
-from asd.scoring import score_by_group
-from asd.svdd import svdd_factory
-from asd.tables import csv_text
-from dataset import ClipRecord
-from preprocessing import channel_record, check_channel_record
+from asd.base.cli import parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.files import atomic_write_text
+from asd.base.freshness import file_key
+from asd.base.locks import hold_run_folder_lock
+from asd.base.runtime import resolve_device
+from asd.data import preprocessing
+from asd.data.clips import window_spans
+from asd.data.names import ClipRecord
+from asd.data.preprocessing import channel_record, check_channel_record
+from asd.embed.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
+from asd.embed.embedding_files import (
+    Split,
+    embedding_channels,
+    feature_paths,
+    load_features,
+    recorded_model_path,
+)
+from asd.embed.long_clips import aggregate, embed_windows, is_long, timeline_path, write_window_table
+from asd.report.plots import plot_timeline
+from asd.report.tables import csv_text
+from asd.score.scoring import score_by_group
+from asd.score.svdd import svdd_factory
 
 # run folder of run_all.py (runs/<data>-<hash>/): tuned model, embeddings, results
 RUN = ""
@@ -86,7 +92,7 @@ EMBED_BATCH_SIZE = 16
 WINDOW_OUTPUT = "window_scores.csv"
 # where each long recording's timeline plot (<name>_timeline.png) goes
 TIMELINE_DIR = "."
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "SCORER": ("ensemble", "deepsvdd"),
     "CHANNELS": preprocessing.CHANNEL_MODES,

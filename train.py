@@ -4,18 +4,18 @@ validation epoch (KEEP_EPOCH; validation on held-out training normals, never tes
 best_encoder_model.pth, a resumable last_encoder_model.pth, and the per-epoch history beside the model
 (<OUTPUT stem>_history.csv).
 
-The defaults are the recipe asdkit-eat-lora (asd/recipes.py; a published result stands behind it). When
+The defaults are the recipe asdkit-eat-lora (asd/base/recipes.py; a published result stands behind it). When
 the clips form a single class that task teaches nothing: SINGLE_CLASS picks a pretext task (which
 augmentation each clip got) or no training at all.
 
     python train.py --data_dir dev_data --eat_checkpoint /models/EAT-base_epoch10_pretrain
     python train.py --data_dir dev_data,eval_data ...   # one model over several folders' training clips
-    python train.py --recipe arcface-v1 ...          # another named recipe (asd/recipes.py); explicit flags win
+    python train.py --recipe arcface-v1 ...          # another named recipe (asd/base/recipes.py); explicit flags win
     torchrun --nproc_per_node 4 train.py ...        # DistributedDataParallel on several GPUs
     python train.py --resume false                  # start fresh even if an unfinished last_encoder_model.pth is there
     python train.py --channels both ...             # DCASE 2026: learn from the near and the far microphone
 
-CHANNELS (DCASE 2026 two-channel clips; preprocessing.py describes the modes) picks what the
+CHANNELS (DCASE 2026 two-channel clips; asd/data/preprocessing.py describes the modes) picks what the
 encoder hears and is recorded in OUTPUT; extraction and scoring refuse another mode. With 'both'
 each training clip's near and far channel are two training examples of the clip's class (the
 validation split is drawn over clips first, so a clip's two views never straddle it). Why both
@@ -32,7 +32,7 @@ import math
 import sys
 from types import SimpleNamespace
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -40,23 +40,24 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import preprocessing
-from asd import recipes, training
-from asd.augment import PRETEXT_TASKS, pretext_label_index
-from asd.checkpoints import save_tuned
-from asd.cli import config_to_dict, parse_config, print_config
-from asd.clips import ClipPolicy, check_encoder_reach, resolve_clip_seconds
-from asd.epochs import Loop, train_epochs
-from asd.errors import run_script
-from asd.history import new_history
-from asd.labels import class_name
-from asd.locks import hold_run_folder_lock
-from asd.runtime import seed_everything, setup_processes, tune_cpu_allocator
-from asd.train_checks import check_settings, refuse_repeated_data_dir
-from dataset import LabelIndex
-from model import base_encoder
+from asd.base import recipes
+from asd.base.cli import config_to_dict, parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.locks import hold_run_folder_lock
+from asd.base.runtime import seed_everything, setup_processes, tune_cpu_allocator
+from asd.base.train_checks import check_settings, refuse_repeated_data_dir
+from asd.data import preprocessing
+from asd.data.clips import ClipPolicy, check_encoder_reach, resolve_clip_seconds
+from asd.data.dataset import LabelIndex
+from asd.data.labels import class_name
+from asd.model.checkpoints import save_tuned
+from asd.model.model import base_encoder
+from asd.train import training
+from asd.train.augment import PRETEXT_TASKS, pretext_label_index
+from asd.train.epochs import Loop, train_epochs
+from asd.train.history import new_history
 
-# named settings (asd/recipes.py) applied over the constants below; "" = none
+# named settings (asd/base/recipes.py) applied over the constants below; "" = none
 # (the constants as written); flags and values given to run_all.py still win
 RECIPE = ""
 # DCASE folder(s), comma-separated: <machine>/train/*.wav (test clips: names only, CLASSES_FROM)
@@ -182,7 +183,7 @@ LAST_CHECKPOINT = "last_encoder_model.pth"
 # auto: continue an unfinished LAST_CHECKPOINT of the same settings, else start fresh saying why | true: must
 # continue it | false: start fresh
 RESUME = "auto"
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "RECIPE": ("", *recipes.RECIPES),
     "EPOCHS": (1, None),

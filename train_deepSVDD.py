@@ -3,7 +3,7 @@
     python train_deepSVDD.py --svdd_epochs 50 --use_stats true
 
 Inputs are standardised on the machine type's training normals; with USE_STATS the signal
-statistics are appended to the embeddings (asd/svdd.py). Each machine type's scaler,
+statistics are appended to the embeddings (asd/score/svdd.py). Each machine type's scaler,
 network, centre and the fingerprint of the embeddings it was fitted on go to
 SVDD_DIR/deepsvdd_<machine>.pt (tensors and plain data only: read back without unpickling code).
 Reads only the embedding files of extract_embeddings.py.
@@ -14,19 +14,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from asd.cli import exit_if_help
+from asd.base.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 from tqdm import tqdm
 
-from asd.cli import config_to_dict, parse_config, print_config
-from asd.embedding_files import load_features
-from asd.errors import run_script
-from asd.files import atomic_torch_save
-from asd.locks import hold_run_folder_lock
-from asd.scoring import row_groups
-from asd.svdd import DeepSVDDScorer, bundle_path
+from asd.base.cli import config_to_dict, parse_config, print_config
+from asd.base.errors import run_script
+from asd.base.files import atomic_torch_save
+from asd.base.locks import hold_run_folder_lock
+from asd.embed.embedding_files import load_features
+from asd.score.scoring import row_groups
+from asd.score.svdd import DeepSVDDScorer, bundle_path
 
 # folder of normal_embeddings.pt / normal_stats.pt
 EMBED_DIR = "."
@@ -52,7 +52,7 @@ SEED = 0
 THRESHOLD_FOLDS = 5
 # torch CPU threads while fitting: the network is small, more threads only add overhead
 THREADS = 1
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "HIDDEN_NEURONS": (1, None),
     "SVDD_EPOCHS": (0, None),

@@ -18,14 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd.cli import exit_if_help, parse_config, print_config  # noqa: E402
+from asd.base.cli import exit_if_help, parse_config, print_config  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import torch  # noqa: E402
 
 from asd.backends import baseline_ae  # noqa: E402
-from asd.runtime import resolve_device  # noqa: E402
+from asd.base.runtime import resolve_device  # noqa: E402
 
 # training clips of one machine type (a DCASE development set has 1,000 per machine type)
 N_CLIPS = 1000
@@ -47,7 +47,7 @@ CLIP = "tests/fixtures/dcase_samples/dcase2023_dev/valve/train/section_00_source
 FEATURE_REPEATS = 10
 # seed of the random vectors and the training
 SEED = 13711
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "N_CLIPS": (2, None),
     "VECTORS_PER_CLIP": (1, None),

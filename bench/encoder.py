@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd.cli import exit_if_help, parse_config, print_config  # noqa: E402
+from asd.base.cli import exit_if_help, parse_config, print_config  # noqa: E402
 
 exit_if_help(globals())  # --help from this file's source, before the heavy imports
 
 import torch  # noqa: E402
 
-from asd.benchmark import format_rows, matmul_dtype, matmul_rate, run_isolated  # noqa: E402
-from asd.runtime import resolve_device  # noqa: E402
+from asd.base.runtime import resolve_device  # noqa: E402
+from asd.run.benchmark import format_rows, matmul_dtype, matmul_rate, run_isolated  # noqa: E402
 
 # encoder presets to measure
 SIZES = ["base", "tiny"]
@@ -57,7 +57,7 @@ AMP = True
 THREADS = 0
 # also measure LoRA training steps
 TRAIN = True
-# CPU: asd.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
+# CPU: asd.base.runtime.tune_cpu_allocator() (no page faults on big activations), as train.py does
 TUNE_ALLOCATOR = True
 # LoRA rank for the training measurement
 LORA_RANK = 8
@@ -72,7 +72,7 @@ RECIPE_FRAMES = 1216
 # recipe: Linear(D -> PROJECTION_DIM) before the SCAdaCos head
 PROJECTION_DIM = 256
 
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "BATCH_SIZE": (1, None),
     "FRAMES": (16, None),

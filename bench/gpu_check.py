@@ -8,7 +8,7 @@ run: two-channel 2026 style, so train.py and extraction hear the near channel of
 measures, and writes to OUT_DIR/gpu_check.txt (tables) and OUT_DIR/gpu_check.json (numbers), with
 everything bulky (data, caches, models, logs) under WORK_DIR:
   1. fbank throughput: CPU DataLoader workers (read + kaldi fbank per clip) against the batched
-     path asd.fbank.wavs_to_fbank_batch on the GPU;
+     path asd.data.fbank.wavs_to_fbank_batch on the GPU;
   2. EAT encoder forward and LoRA training clips/s at each of BATCH_SIZES, the published recipe's
      training step (bench/encoder.py, each in its own process), MFU against this run's measured
      bf16 matmul rate and against the card's datasheet peak, and peak GPU memory;
@@ -42,17 +42,17 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 
-from asd.cli import exit_if_help  # noqa: E402
+from asd.base.cli import exit_if_help  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
 import torch  # noqa: E402
 
-import preprocessing  # noqa: E402
-from asd.cli import parse_config, print_config  # noqa: E402
-from asd.gpu_bench import Report, baseline_autoencoder, encoder_rates, fbank_throughput, idle_share  # noqa: E402
-from asd.gpu_runs import estimate, make_data, modes, pipeline  # noqa: E402
-from asd.runtime import resolve_device  # noqa: E402
+from asd.base.cli import parse_config, print_config  # noqa: E402
+from asd.base.runtime import resolve_device  # noqa: E402
+from asd.data import preprocessing  # noqa: E402
+from asd.run.gpu_bench import Report, baseline_autoencoder, encoder_rates, fbank_throughput, idle_share  # noqa: E402
+from asd.run.gpu_runs import estimate, make_data, modes, pipeline  # noqa: E402
 
 # gpu_check.txt (tables) and gpu_check.json (numbers) go here
 OUT_DIR = "runs/gpu_check"
@@ -110,7 +110,7 @@ DCASE_TRAIN = 1000
 DCASE_TEST = 200
 # estimate: training epochs (the published recipe's 25)
 DCASE_EPOCHS = 25
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "DEVICE": ("auto", "cpu", "cuda"),
     "MODEL_SIZE": ("tiny", "base", "large"),
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         else f"CPU, {torch.get_num_threads()} threads"
     )
 
-    from dataset import discover_clips
+    from asd.data.dataset import discover_clips
 
     data_dir = work_dir / "data"
     data_seconds = make_data(cfg, data_dir)

@@ -5,7 +5,7 @@
 1. k-NN scoring (normalise, one matrix product, top-k, mean) of N_TEST test embeddings against
    N_NORMAL normal embeddings, timed against one raw matmul of the same shapes in the same run
    (target: within 2x of the matmul).
-2. Per-clip cost of the signal statistics (asd/signal_stats.py) on CLIP_SECONDS clips.
+2. Per-clip cost of the signal statistics (asd/data/signal_stats.py) on CLIP_SECONDS clips.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd.cli import exit_if_help, parse_config, print_config  # noqa: E402
+from asd.base.cli import exit_if_help, parse_config, print_config  # noqa: E402
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from asd.backends.knn import knn_distance  # noqa: E402
-from asd.fbank import SAMPLE_RATE  # noqa: E402
-from asd.signal_stats import signal_stats  # noqa: E402
+from asd.data.fbank import SAMPLE_RATE  # noqa: E402
+from asd.data.signal_stats import signal_stats  # noqa: E402
 
 # test embeddings
 N_TEST = 2000
@@ -46,7 +46,7 @@ CLIP_SECONDS = 10.0
 THREADS = 0
 # seed of the random embeddings and clips
 SEED = 0
-# allowed values of the constants above, checked by asd.cli.parse_config
+# allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
     "N_TEST": (1, None),
     "N_NORMAL": (1, None),

@@ -43,8 +43,8 @@ def _write_features(folder, rng) -> None:
     import numpy as np
     import torch
 
-    from asd import embedding_files
-    from dataset import ClipRecord
+    from asd.data.names import ClipRecord
+    from asd.embed.embed import embedding_files
 
     fingerprint = {
         "format": embedding_files.FEATURES_FORMAT,

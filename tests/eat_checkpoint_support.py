@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import EATConfig, EATEncoder, sincos_position_table  # noqa: E402
+from asd.model.model import EATConfig, EATEncoder, sincos_position_table  # noqa: E402
 
 TINY_HF_CONFIG = {
     "architectures": ["EATModel"],

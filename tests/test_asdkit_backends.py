@@ -12,9 +12,9 @@ import pytest
 
 from asd.backends import base, kmeans, knn, rescale
 from asd.backends.registry import backend_factory, make_backend
-from asd.cli import check_script_arguments
-from asd.embedding_files import Split
-from dataset import ClipRecord
+from asd.base.cli import check_script_arguments
+from asd.data.names import ClipRecord
+from asd.embed.embedding_files import Split
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture"
 ROOT = Path(__file__).resolve().parents[1]

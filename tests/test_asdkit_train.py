@@ -14,21 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-import model as M
 import train
-from asd import heads, training
-from asd.augment import mixup_samples
-from asd.cli import parse_config
-from asd.clips import (
+from asd.base.cli import parse_config
+from asd.base.years import YEARS
+from asd.data.clips import (
     ClipPolicy,
     clip_samples,
     crop_or_tile,
     resolve_clip_seconds,
     waves_to_input,
 )
-from asd.labels import ClassIndex, class_name
-from asd.years import YEARS
-from dataset import parse_clip_name
+from asd.data.labels import ClassIndex, class_name
+from asd.data.names import parse_clip_name
+from asd.model import heads
+from asd.model import model as M
+from asd.train import training
+from asd.train.augment import mixup_samples
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture"
 

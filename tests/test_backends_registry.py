@@ -55,7 +55,7 @@ def test_the_documented_example_back_end_joins_the_comparison(tmp_path, write_fe
     assert list(rows) == ["centroid", "ensemble"]
     assert float(rows["centroid"]["score"]) == pytest.approx(summary["score"])
     # its scores are the documented computation: 1 - cos to the normals' mean direction
-    from asd.embedding_files import load_features
+    from asd.embed.embedding_files import load_features
 
     features = load_features(embed)
     units = features.normal.embeddings / np.linalg.norm(features.normal.embeddings, axis=1, keepdims=True)

@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 
 from asd.backends import baseline_ae as B
-from asd.embedding_files import Split
-from dataset import parse_clip_name
-from preprocessing import AudioError
+from asd.data.names import parse_clip_name
+from asd.data.preprocessing import AudioError
+from asd.embed.embedding_files import Split
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "baseline_fixture"
 VECTOR_ATOL = 1e-3  # dB
@@ -213,7 +213,7 @@ def test_the_registry_builds_it_from_evaluate_settings():
     """evaluate.py's BASELINE_* constants (the baseline's recipe) through the registry, as evaluate.py runs it."""
     import evaluate
     from asd.backends.registry import make_backend
-    from asd.cli import config_to_dict, parse_config
+    from asd.base.cli import config_to_dict, parse_config
 
     cfg = parse_config(vars(evaluate), ["--baseline_score", "MAHALA", "--baseline_epochs", "3"])
     scorer = make_backend("baseline_ae", {**config_to_dict(cfg), "channels": "far", "device": "cpu"})
@@ -228,8 +228,8 @@ def test_the_registry_builds_it_from_evaluate_settings():
 
 
 def test_thresholds_count_only_the_held_out_scores_of_a_domain():
-    from asd.scoring import TrainScores
-    from asd.thresholds import threshold_table
+    from asd.score.scoring import TrainScores
+    from asd.score.thresholds import threshold_table
 
     records = [parse_clip_name("/x/m/test/section_00_source_test_normal_0000_a_1.wav")]
     values = np.concatenate([np.linspace(1.0, 2.0, 12), [3.0, 4.0], np.full(10, np.nan)])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import asd.pretrained as P
-from asd import benchmark
-from asd.cli import check_script_arguments
-from asd.embedding_files import read_feature_file
+import asd.model.pretrained as P
+from asd.base.cli import check_script_arguments
+from asd.embed.embedding_files import read_feature_file
+from asd.run import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

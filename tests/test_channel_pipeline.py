@@ -24,10 +24,11 @@ import make_demo_data  # noqa: E402
 import score_clips  # noqa: E402
 import train  # noqa: E402
 import train_deepSVDD  # noqa: E402
-from asd import embedding_files, training  # noqa: E402
-from asd.signal_stats import STAT_NAMES  # noqa: E402
+from asd.data.preprocessing import FeatureCache  # noqa: E402
+from asd.data.signal_stats import STAT_NAMES  # noqa: E402
+from asd.embed.embed import embedding_files  # noqa: E402
+from asd.train import training  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
-from preprocessing import FeatureCache  # noqa: E402
 
 DEMO = ["--machine_types", "fan", "--clip_seconds", "1.5", "--source_train", "6", "--target_train", "2"]
 DEMO += ["--test_normal", "2", "--test_anomaly", "2", "--progress", "false"]

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from asd.fbank import ENCODER_MAX_FRAMES, wav_to_fbank
-from preprocessing import (
+from asd.data.fbank import ENCODER_MAX_FRAMES, wav_to_fbank
+from asd.data.preprocessing import (
     CHANNEL_MODES,
     AudioError,
     FeatureCache,
@@ -114,7 +114,7 @@ def test_channel_record_and_its_check():
 
 
 def test_encoder_reach_is_the_position_table():
-    from model import EATConfig
+    from asd.model.model import EATConfig
 
     assert ENCODER_MAX_FRAMES == EATConfig.max_length * EATConfig.patch_size
 
@@ -122,7 +122,7 @@ def test_encoder_reach_is_the_position_table():
 def test_a_two_channel_copy_of_a_real_folder_gives_the_same_features(samples_dir, tmp_path):
     """Every clip of the real DCASE 2023 samples, copied as channel 0 of a two-channel file (channel 1:
     the clip reversed), gives bit-identical fbanks and statistics under the default mode."""
-    from dataset import discover_clips
+    from asd.data.dataset import discover_clips
 
     source = samples_dir / "dcase2023_dev"
     originals = discover_clips(source)

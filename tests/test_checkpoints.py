@@ -1,5 +1,5 @@
-"""asd/pretrained.py: HF folders (strict), hub ids through the cache, fairseq files without code;
-asd/checkpoints.py: tuned files."""
+"""asd/model/pretrained.py: HF folders (strict), hub ids through the cache, fairseq files without code;
+asd/model/checkpoints.py: tuned files."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import zipfile
 import pytest
 import torch
 
-import asd.checkpoints as C
-import asd.pretrained as P
-import model as M
-from asd import freshness, heads
-from asd.embed import embed_fbanks
-from dataset import LabelIndex
+import asd.model.checkpoints as C
+import asd.model.pretrained as P
+from asd.base import freshness
+from asd.data.dataset import LabelIndex
+from asd.embed.embed import embed_fbanks
+from asd.model import heads
+from asd.model import model as M
+from asd.model.model import base_encoder
 from eat_checkpoint_support import (
     COMMIT,
     TINY_HF_CONFIG,
@@ -26,7 +28,6 @@ from eat_checkpoint_support import (
     write_eat_checkpoint,
     write_hub_snapshot,
 )
-from model import base_encoder
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Extraction of a model trained on fixed-length clips: each clip from its start, tiled or cut to the
 trained length, float32, no windows (as ASDKit extracts); whole-clip models keep their settings. The
-clip policy (asd.clips.ClipPolicy) the tuned model records is what extraction and datashape.py read."""
+clip policy (asd.data.clips.ClipPolicy) the tuned model records is what extraction and datashape.py read."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 import datashape
 import extract_embeddings
 import train
-from asd.checkpoints import read_tuned
-from asd.clips import LEGACY_TARGET_FRAMES, ClipPolicy
-from asd.embed import with_clip_settings
-from asd.embedding_files import read_feature_file
-from asd.fbank import SAMPLE_RATE
+from asd.data.clips import LEGACY_TARGET_FRAMES, ClipPolicy
+from asd.data.fbank import SAMPLE_RATE
+from asd.embed.embed import with_clip_settings
+from asd.embed.embedding_files import read_feature_file
+from asd.model.checkpoints import read_tuned
 from helpers import tiny_train_args
 
 _NO_CACHE = ("--batch_size", "16", "--feature_cache", "none")
@@ -73,9 +73,9 @@ def test_a_one_second_model_embeds_each_clip_from_its_start_tiled_or_cut(
 
 def test_the_fixed_clip_path_differs_from_embedding_the_whole_clip(tmp_path, tiny_demo_dir, one_second_model):
     """The 2 s clip's first second is not what whole-clip extraction of the same model gives."""
-    from asd.embed import embed_fbanks, embed_records, embedding_settings, tuned_model
-    from dataset import ClipRecord
-    from preprocessing import FeatureCache
+    from asd.data.names import ClipRecord
+    from asd.data.preprocessing import FeatureCache
+    from asd.embed.embed import embed_fbanks, embed_records, embedding_settings, tuned_model
 
     data_dir, _ = _clips_folder(tmp_path, tiny_demo_dir)
     path = str(next((data_dir / "fan" / "test").glob("*_long.wav")))
@@ -90,7 +90,7 @@ def test_the_fixed_clip_path_differs_from_embedding_the_whole_clip(tmp_path, tin
 
 
 def test_a_whole_clip_model_keeps_its_embedding_settings(tmp_path, tiny_demo_dir):
-    from asd.embed import embedding_settings
+    from asd.embed.embed import embedding_settings
 
     args = tiny_train_args(
         tmp_path, tiny_demo_dir, "--clip_seconds", "whole", "--mixup", "batch_fbank", *_NO_CACHE
@@ -134,8 +134,8 @@ def test_a_model_file_without_a_recorded_policy_reads_as_it_was_trained():
 def test_the_policy_cuts_fbank_clips_for_training_and_extraction():
     """Training crops at a random offset only with random_crop; validation and extraction from the start;
     whole clips are padded to pad_multiple (at most the encoder's reach); windows cover the clip."""
-    from asd.fbank import PAD_VALUE
-    from dataset import FixedLengthCollate, VariableLengthCollate, fbank_collate
+    from asd.data.dataset import FixedLengthCollate, VariableLengthCollate, fbank_collate
+    from asd.data.fbank import PAD_VALUE
 
     fbank = torch.arange(300 * 128, dtype=torch.float32).view(300, 128)
     crop = ClipPolicy(None, 100, 32, True)

@@ -11,18 +11,10 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from asd.fbank import PAD_VALUE, wav_to_fbank
-from dataset import (
-    ClipDataset,
-    ClipNameError,
-    ClipRecord,
-    FixedLengthCollate,
-    LabelIndex,
-    discover_clips,
-    parse_clip_name,
-    stratified_split,
-)
-from preprocessing import AudioError, FeatureCache, load_audio
+from asd.data.dataset import ClipDataset, FixedLengthCollate, LabelIndex, discover_clips, stratified_split
+from asd.data.fbank import PAD_VALUE, wav_to_fbank
+from asd.data.names import ClipNameError, ClipRecord, parse_clip_name
+from asd.data.preprocessing import AudioError, FeatureCache, load_audio
 
 NAMES = [
     # (file name, split folder) -> section, domain, label, attributes
@@ -369,7 +361,7 @@ def write_silence(path: Path, samples: int, channels: int = 1) -> None:
 
 
 def test_clips_longer_than_the_encoder_reach_are_refused_before_anything_runs(tmp_path):
-    from asd.fbank import ENCODER_MAX_FRAMES, num_frames
+    from asd.data.fbank import ENCODER_MAX_FRAMES, num_frames
 
     fits = 400 + (ENCODER_MAX_FRAMES - 1) * 160  # exactly ENCODER_MAX_FRAMES fbank frames
     assert num_frames(fits) == ENCODER_MAX_FRAMES and num_frames(fits + 160) == ENCODER_MAX_FRAMES + 1

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 
 import datashape
-from asd.data_check import fbank_frames
+from asd.report.data_check import fbank_frames
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -119,8 +119,8 @@ def test_missing_folder_is_reported(tmp_path, capsys):
 def test_frame_count_from_the_header_matches_the_loaded_clip(tmp_path):
     import warnings
 
-    from asd.fbank import wav_to_fbank
-    from preprocessing import load_audio
+    from asd.data.fbank import wav_to_fbank
+    from asd.data.preprocessing import load_audio
 
     for sr, samples in ((16000, 16000), (44100, 30871), (22050, 20000)):
         path = tmp_path / f"clip_{sr}.wav"
@@ -155,7 +155,7 @@ def test_channel_counts_and_supported_modes(samples_dir, tmp_path, capsys):
 
 
 def test_clips_beyond_the_encoder_reach_and_unlabelled_training_clips_are_problems(tmp_path, capsys):
-    from asd.fbank import ENCODER_MAX_FRAMES
+    from asd.data.fbank import ENCODER_MAX_FRAMES
 
     tone = 0.2 * np.sin(np.arange(16000) / 7)
     long_samples = 400 + ENCODER_MAX_FRAMES * 160  # one frame more than the encoder's reach
@@ -191,7 +191,7 @@ def test_recipe_report_over_folders_and_an_evaluation_list(samples_dir, tmp_path
     and an anonymised evaluation folder named through the evaluation list; sections missing a label flagged."""
     import math
 
-    from asd.ground_truth import read_evaluation_list
+    from asd.data.ground_truth import read_evaluation_list
 
     labels = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture" / "labels"
     rows = read_evaluation_list(labels / "eval_data_list_2023.csv")[("bandsaw", "00")]

@@ -12,10 +12,11 @@ import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
 import make_demo_data
-from asd import demo_data
-from asd.signal_stats import signal_stats
-from asd.years import YEARS, detect_year
-from dataset import discover_clips, read_attribute_tables
+from asd.base.years import YEARS, detect_year
+from asd.data import demo_data
+from asd.data.dataset import discover_clips
+from asd.data.names import read_attribute_tables
+from asd.data.signal_stats import signal_stats
 
 SMALL = [
     "--clip_seconds",
@@ -192,7 +193,7 @@ def test_eval_names_anonymise_the_test_clips_and_write_the_evaluator_ground_trut
 
 
 def test_year_styles_are_years_of_the_table_and_the_names_are_read_as_that_year(tiny_demo_dir, tmp_path):
-    """YEAR_STYLE's allowed values are asd/demo_data.py's styles, each a year of asd/years.py; the 2026
+    """YEAR_STYLE's allowed values are asd/data/demo_data.py's styles, each a year of asd/base/years.py; the 2026
     names are detected as DCASE 2026. The 2023-style names fit 2023's name patterns and get its metric
     rules, but pump and the demo's attribute keys (fan: vel) are not 2023's, so no year is detected and
     the demo's 10 s clips are not cut to 2023's 18 s."""

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import asd.pretrained as P
-import model as M
+import asd.model.pretrained as P
+from asd.model import model as M
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "eat_reference_fixture"
 
@@ -137,9 +137,9 @@ def test_drop_path_rates_rise_linearly_over_the_blocks(cases):
 
 def test_the_project_front_end_gives_the_clip_case_input(encoder, cases, arrays, samples_dir):
     """The real clip through preprocessing (load, fbank, pad to 1024) then the encoder: the official tokens."""
-    from asd.clips import pad_or_crop
-    from asd.fbank import wav_to_fbank
-    from preprocessing import load_audio
+    from asd.data.clips import pad_or_crop
+    from asd.data.fbank import wav_to_fbank
+    from asd.data.preprocessing import load_audio
 
     front = cases["front_end"]
     clip = samples_dir / front["clip"].split(" (")[0]  # "<path> (inside tests/fixtures/dcase_samples)"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from asd import errors, pipeline
-from asd.pipeline import Step, StepFailed
+from asd.base import errors
+from asd.run import pipeline
+from asd.run.pipeline import Step, StepFailed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def test_known_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeyp
 
 def test_run_all_shows_a_failed_step_s_one_line_error_alone(tmp_path):
     code = (
-        "import sys; from asd.errors import run_script\n"
+        "import sys; from asd.base.errors import run_script\n"
         "def main():\n    print('settings ...'); print('loading clips')\n"
         "    raise ValueError('dev_data/fan/train/x.wav: not a WAV file; replace or remove it')\n"
         "sys.argv[0] = 'train.py'; sys.exit(run_script(main))"

@@ -26,7 +26,7 @@ import extract_embeddings  # noqa: E402
 import make_demo_data  # noqa: E402
 import train  # noqa: E402
 import train_deepSVDD  # noqa: E402
-from asd import freshness  # noqa: E402
+from asd.base import freshness  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 MACHINES = ["fan", "pump"]
@@ -287,7 +287,7 @@ def test_stale_files_are_rebuilt_and_refused_by_the_scorers(pipeline, tmp_path, 
 
 def test_scorers_do_not_import_the_model():
     code = (
-        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, score_clips, asd.results; "
+        "import sys, evaluate, evaluate_deepSVDD, train_deepSVDD, score_clips, asd.report.results; "
         "assert 'model' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
@@ -354,7 +354,7 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
 
 
 def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):
-    from asd import embedding_files
+    from asd.embed.embed import embedding_files
 
     data = Path(pipeline["data"])
     monkeypatch.chdir(data.parent)

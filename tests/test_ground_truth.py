@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from asd.ground_truth import apply_ground_truth, ground_truth_parts, read_evaluation_list
-from dataset import parse_clip_name
+from asd.data.ground_truth import apply_ground_truth, ground_truth_parts, read_evaluation_list
+from asd.data.names import parse_clip_name
 
 LIST = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture" / "labels" / "eval_data_list_2023.csv"
 

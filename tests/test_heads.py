@@ -1,4 +1,4 @@
-"""model.py heads: sub-cluster AdaCos, the projection, head settings round trips, LoRA targets."""
+"""asd/model/model.py heads: sub-cluster AdaCos, the projection, head settings round trips, LoRA targets."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import asd.pretrained as P
-import model as M
-from asd import heads
-from asd.embed import embed_fbanks
+import asd.model.pretrained as P
+from asd.embed.embed import embed_fbanks
+from asd.model import heads
+from asd.model import model as M
 
 
 def _clusters(num_classes: int = 4, per_class: int = 32, dim: int = 16, seed: int = 0):

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from asd import training
-from asd.ground_truth import read_evaluation_list
-from asd.heads import SCAdaCosHead
+from asd.data.ground_truth import read_evaluation_list
+from asd.model.heads import SCAdaCosHead
+from asd.train import training
 
 LABELS = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture" / "labels"
 

@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluate  # noqa: E402
 import extract_embeddings  # noqa: E402
 import make_demo_data  # noqa: E402
-import preprocessing  # noqa: E402
 import score_clips  # noqa: E402
 import train  # noqa: E402
-from asd import long_clips  # noqa: E402
-from asd.clips import window_spans  # noqa: E402
-from asd.signal_stats import STAT_NAMES  # noqa: E402
+from asd.data import preprocessing  # noqa: E402
+from asd.data.clips import window_spans  # noqa: E402
+from asd.data.signal_stats import STAT_NAMES  # noqa: E402
+from asd.embed.embed import long_clips  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 DEMO = ["--machine_types", "fan", "--clip_seconds", "1.5", "--source_train", "6", "--target_train", "2"]
@@ -165,9 +165,9 @@ def _threshold(run: Path) -> float:
     import json
 
     from asd.backends.registry import backend_factory
-    from asd.embedding_files import load_features
-    from asd.scoring import score_by_group
-    from asd.thresholds import threshold_info
+    from asd.embed.embedding_files import load_features
+    from asd.score.scoring import score_by_group
+    from asd.score.thresholds import threshold_info
 
     features = load_features(run, splits=("train",))
     settings = json.loads((run / "results" / "ensemble" / "summary.json").read_text())["settings"]
@@ -182,8 +182,14 @@ def test_a_fixed_length_model_embeds_a_window_as_a_clip_of_its_samples(tmp_path,
     is tiled or cut to 1 s like a clip, so the first window embeds as the same samples saved as a clip."""
     import torch
 
-    from asd.embed import embed_records, embedding_settings, feature_caches, tuned_model, with_clip_settings
-    from dataset import ClipRecord
+    from asd.data.names import ClipRecord
+    from asd.embed.embed import (
+        embed_records,
+        embedding_settings,
+        feature_caches,
+        tuned_model,
+        with_clip_settings,
+    )
     from helpers import tiny_train_args
 
     train.main(

@@ -1,4 +1,4 @@
-"""asd/metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
+"""asd/report/metrics.py: the official evaluator's numbers, hand-computed cases, each year's rules, files."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-import asd.evaluation as ev
-from asd import comparison, metrics, results, tables, thresholds
-from dataset import ClipRecord
+import asd.report.evaluation as ev
+from asd.data.names import ClipRecord
+from asd.report.report import comparison, metrics, results, tables
+from asd.score import thresholds
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_evaluator_fixture"
 
@@ -295,8 +296,8 @@ def test_2020_rules_auc_and_pauc_with_arithmetic_means():
 
 
 def test_rules_follow_the_detected_year(samples_dir, tmp_path):
-    from asd.years import detect_year
-    from dataset import discover_clips
+    from asd.base.years import detect_year
+    from asd.data.dataset import discover_clips
 
     assert detect_year(discover_clips(samples_dir / "dcase2020_dev")).rules == "2020"
     assert detect_year(discover_clips(samples_dir / "dcase2023_dev")).rules == "2022+"
@@ -344,7 +345,7 @@ def test_missing_score_is_an_error_and_reversed_ranking_gives_zero():
 
 
 def test_real_dcase_names_give_the_right_table(samples_dir):
-    from dataset import discover_clips
+    from asd.data.dataset import discover_clips
 
     records = discover_clips(samples_dir / "dcase2020_dev", splits=("test",))
     scores = {r.path: float(r.label == "anomaly") + 0.01 * i for i, r in enumerate(records)}
@@ -402,7 +403,7 @@ def test_gamma_threshold_with_location_zero_as_the_issue_defines_it():
 
 
 def test_domains_with_enough_training_scores_get_their_own_threshold():
-    from asd.scoring import TrainScores
+    from asd.score.scoring import TrainScores
 
     records = [_record(f"a{i}", "fan", "00", d, "normal") for i, d in enumerate(["source", "target", None])]
     rng = np.random.default_rng(3)
@@ -520,7 +521,7 @@ def _write_truth(folder: Path, machine: str, section: str, rows: dict[str, tuple
 def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_path):
     """Domain thresholds exist, but an anonymised clip's domain is unknown: it is decided by its section's
     threshold with and without --ground_truth (the ground truth serves the metrics only)."""
-    from asd.scoring import TrainScores
+    from asd.score.scoring import TrainScores
 
     truth_rows = {f"section_00_{i:04d}.wav": (i % 2, int(i >= 4)) for i in range(8)}
     records = [_record(Path(name).stem, "fan", "00", None, None) for name in truth_rows]
@@ -547,7 +548,7 @@ def test_decisions_of_anonymised_clips_do_not_use_the_ground_truth_domains(tmp_p
 def test_ground_truth_of_sections_without_clips_is_ignored_and_named(tmp_path, capsys):
     """One ground-truth folder for a development and an evaluation folder: each folder's scorer needs rows
     only for its own sections; a present section must still match its clips exactly."""
-    from asd.ground_truth import apply_ground_truth
+    from asd.data.ground_truth import apply_ground_truth
 
     fan = {f"section_00_{i:04d}.wav": (i % 2, i // 2) for i in range(4)}
     truth = _write_truth(tmp_path / "truth", "fan", "00", fan)

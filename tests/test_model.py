@@ -1,4 +1,4 @@
-"""model.py: the random encoder, positions, attention, LoRA, heads, embedding."""
+"""asd/model/model.py: the random encoder, positions, attention, LoRA, heads, embedding."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-import asd.pretrained as P
-import model as M
-from asd import heads
-from asd.embed import embed_fbanks
+import asd.model.pretrained as P
+from asd.embed.embed import embed_fbanks
+from asd.model import heads
+from asd.model import model as M
 
 
 def _fbank(frames: int, seed: int = 0) -> torch.Tensor:

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 from torchaudio.compliance import kaldi
 
-import preprocessing
-from asd.clips import pad_or_crop, split_windows
-from asd.fbank import (
+from asd.data import preprocessing
+from asd.data.clips import pad_or_crop, split_windows
+from asd.data.fbank import (
     NUM_MEL_BINS,
     PAD_VALUE,
     SAMPLE_RATE,
@@ -23,8 +23,8 @@ from asd.fbank import (
     wav_to_fbank,
     wavs_to_fbank_batch,
 )
-from asd.signal_stats import STAT_MEL_BANDS, STAT_NAMES, signal_stats
-from preprocessing import AudioError, AudioWarning, FeatureCache, feature_settings, load_audio
+from asd.data.preprocessing import AudioError, AudioWarning, FeatureCache, feature_settings, load_audio
+from asd.data.signal_stats import STAT_MEL_BANDS, STAT_NAMES, signal_stats
 
 SR = SAMPLE_RATE
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from asd import docs
-from asd.cli import check_script_arguments
-from asd.steps import split_step_overrides
+from asd.base import docs
+from asd.base.cli import check_script_arguments
+from asd.run.steps import split_step_overrides
 from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_readme_is_short_and_points_to_the_reference():
         "constant at the top of the file < recipe < value given to `run_all.py` < command-line flag" in README
     )
     makefile = (ROOT / "Makefile").read_text()
-    assert "run_all.py" in makefile and "pytest" in makefile and "asd.docs" in makefile
+    assert "run_all.py" in makefile and "pytest" in makefile and "asd.base.docs" in makefile
 
 
 def test_the_file_map_names_every_module():

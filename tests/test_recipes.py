@@ -1,4 +1,4 @@
-"""asd/recipes.py: a recipe sets its values over a script's constants, whether RECIPE is set at the top
+"""asd/base/recipes.py: a recipe sets its values over a script's constants, whether RECIPE is set at the top
 of the file or by --recipe; flags win; every value says where it came from."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 
 import evaluate
 import train
-from asd import recipes
-from asd.cli import check_script_arguments, parse_config, print_config
-from asd.settings_source import config_constants, source_constants
+from asd.base import recipes
+from asd.base.cli import check_script_arguments, parse_config, print_config
+from asd.base.settings_source import config_constants, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 

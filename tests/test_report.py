@@ -1,4 +1,4 @@
-"""asd/report.py: the self-contained results page, its content and its rendering in a real browser."""
+"""asd/report/report.py: the self-contained results page, its content and its rendering in a real browser."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-import asd.evaluation as ev
-import asd.thresholds as asd_thresholds
-from asd import plots, report, tables
-from dataset import ClipRecord
+import asd.report.evaluation as ev
+import asd.score.thresholds as asd_thresholds
+from asd.data.names import ClipRecord
+from asd.report.report import plots, report, tables
 
 MACHINES = ["fan", "valve<&>"]  # a name with HTML's special characters must come out escaped
 TITLE = 'deep <script>alert("x")</script> & SVDD'
@@ -153,7 +153,7 @@ def test_without_embeddings_or_plots(results):
 
 
 def _history(path, val: bool) -> None:
-    from asd.history import write_history
+    from asd.train.history import write_history
 
     history = {"epochs": [1, 2, 3], "train_loss": [2.0, 1.5, 1.25], "train_acc": [0.25, 0.5, 0.75]}
     history |= {"lr": [1e-4, 5e-5, 1e-5], "scale": [30.0, 30.0, 30.0], "seconds": [1.5, 1.25, 1.0]}
@@ -165,7 +165,7 @@ def _history(path, val: bool) -> None:
 def test_training_curves_are_drawn_from_the_history_beside_the_model(results, tmp_path_factory):
     """The history CSV train.py writes beside the model is found through the model path and drawn;
     a missing, empty or unreadable history (or no model at all) is stated, not an error."""
-    from asd.history import history_path
+    from asd.train.history import history_path
 
     models = tmp_path_factory.mktemp("models")
     model = models / "best_encoder_model.pth"
@@ -188,7 +188,7 @@ def test_training_curves_are_drawn_from_the_history_beside_the_model(results, tm
 def test_training_curves_plot_the_csv_values(tmp_path):
     import matplotlib.pyplot as plt
 
-    from asd.history import read_history
+    from asd.train.history import read_history
 
     _history(tmp_path / "h.csv", val=True)
     fig = plots.training_curves_figure(read_history(tmp_path / "h.csv"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from asd import resume, training
+from asd.train import resume, training
 
 OPTIONS = [
     "--model_size",

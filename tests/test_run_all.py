@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 import run_all
-from asd import locks, pipeline, seeds
-from asd.imports import PROJECT_DIR, local_sources
-from asd.pipeline import Step, StepFailed, run_pipeline
-from asd.steps import STEP_NAMES, has_test_split, run_folder, split_step_overrides
+from asd.base import locks
+from asd.base.imports import PROJECT_DIR, local_sources
+from asd.report.report import seeds
+from asd.run import pipeline
+from asd.run.pipeline import Step, StepFailed, run_pipeline
+from asd.run.steps import STEP_NAMES, has_test_split, run_folder, split_step_overrides
 
 
 def _writer(out: Path, text: str = "x", inputs: list[Path] | None = None) -> list[str]:
@@ -125,7 +127,13 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 def test_train_step_depends_on_the_model_code():
     sources = {p.name for p in local_sources(PROJECT_DIR / "train.py")}
-    assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
+    assert {
+        "train.py",
+        "asd/model/model.py",
+        "asd/data/dataset.py",
+        "asd/data/preprocessing.py",
+        "cli.py",
+    } <= sources
     assert "evaluate.py" not in sources
 
 
@@ -443,7 +451,7 @@ def test_a_second_run_on_the_same_run_folder_stops_naming_the_first(tiny_demo_di
 
     run_dir = run_folder(tmp_path / "runs", tiny_demo_dir)
     code = (
-        "import sys, time; from pathlib import Path; from asd.locks import run_folder_lock\n"
+        "import sys, time; from pathlib import Path; from asd.base.locks import run_folder_lock\n"
         f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
@@ -526,7 +534,7 @@ def test_seeds_run_in_their_own_folders_and_are_summed_up_as_mean_and_std(tiny_d
 def test_a_step_labels_the_values_it_got_from_run_all(tmp_path, capfd, monkeypatch):
     script = tmp_path / "step.py"
     script.write_text(
-        "from asd.cli import parse_config, print_config\n"
+        "from asd.base.cli import parse_config, print_config\n"
         "# passes\nEPOCHS = 10\n# learning rate\nLEARNING_RATE = 0.1\n"
         "print_config(parse_config(globals()))\n"
     )
@@ -557,7 +565,7 @@ def _run_in_process(step: Step) -> None:
     import os
     import runpy
 
-    from asd.cli import GIVEN_TO_ENV
+    from asd.base.cli import GIVEN_TO_ENV
 
     saved_argv, saved_env = sys.argv, os.environ.get(GIVEN_TO_ENV)
     sys.argv, os.environ[GIVEN_TO_ENV] = step.command[1:], "run_all.py"
@@ -681,7 +689,7 @@ def test_a_folder_without_test_clips_only_trains(tiny_demo_dir, tmp_path):
 
 
 def test_a_repeated_data_dir_is_refused_in_either_spelling():
-    from asd.train_checks import refuse_repeated_data_dir
+    from asd.base.train_checks import refuse_repeated_data_dir
 
     with pytest.raises(SystemExit, match="train.py: error: --data_dir given 2 times: give several folders"):
         refuse_repeated_data_dir(["--data_dir=a", "--epochs", "1", "--data_dir", "b"], "train.py")

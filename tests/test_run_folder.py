@@ -12,8 +12,9 @@ import pytest
 
 import run_all
 import train
-from asd import locks, pipeline
-from asd.steps import split_step_overrides
+from asd.base import locks
+from asd.run import pipeline
+from asd.run.steps import split_step_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,9 @@ def test_a_seed_named_twice_is_refused_before_anything_is_created(tiny_demo_dir,
 
 
 def _hold_in_child(path, env) -> subprocess.CompletedProcess:
-    code = f"from asd.locks import hold_run_folder_lock; hold_run_folder_lock([{str(path)!r}], 'child.py')"
+    code = (
+        f"from asd.base.locks import hold_run_folder_lock; hold_run_folder_lock([{str(path)!r}], 'child.py')"
+    )
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -85,7 +88,7 @@ def test_a_script_run_by_hand_into_a_locked_run_folder_stops_naming_the_holder(t
 
     run_dir = tmp_path / "runs" / "data-12345678"
     code = (
-        "import time; from pathlib import Path; from asd.locks import run_folder_lock\n"
+        "import time; from pathlib import Path; from asd.base.locks import run_folder_lock\n"
         f"with run_folder_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -162,7 +165,7 @@ def test_a_moved_run_folder_scores_and_evaluates_on_its_own(tmp_path):
     import extract_embeddings
     import make_demo_data
     import score_clips
-    from asd.embedding_files import read_feature_file
+    from asd.embed.embedding_files import read_feature_file
 
     data = make_demo_data.main(
         ["--out_dir", str(tmp_path / "data"), "--machine_types", "fan", "--clip_seconds", "2"]

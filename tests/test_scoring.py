@@ -1,4 +1,4 @@
-"""asd/backends/, asd/scoring.py: the back ends (k-NN, SMOTE k-NN, k-means, rescale) against brute force,
+"""asd/backends/, asd/score/scoring.py: the back ends (k-NN, SMOTE k-NN, k-means, rescale) against brute force,
 Mahalanobis against scipy, the ensemble's mix, evaluate.py with each back end, Deep SVDD fitting and saving."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine, mahalanobis
 
-from asd import embedding_files, scoring, svdd
 from asd.backends.ensemble import Ensemble, standardiser
 from asd.backends.kmeans import KMeansBackend
 from asd.backends.knn import Knn, SmoteKnn, knn_distance
 from asd.backends.mahalanobis import Mahalanobis, StatsMahalanobis
 from asd.backends.registry import backend_factory
 from asd.backends.rescale import Rescale
-from dataset import ClipRecord
+from asd.data.names import ClipRecord
+from asd.embed.embed import embedding_files
+from asd.score import scoring, svdd
 
 
 def _brute_knn(
@@ -492,7 +493,7 @@ def test_held_out_normals_are_flagged_at_the_nominal_rate():
     """Issue 19: 60 training normals with 20 statistics. In-sample Mahalanobis distances of the training
     normals are too small, so the earlier threshold (in-sample, free gamma) flags far more than 10% of
     fresh normals; out-of-fold distances and the gamma at 0 / empirical quantile flag about 10%."""
-    from asd import thresholds
+    from asd.score import thresholds
 
     def normals(rng, n, split):
         records = [
@@ -527,7 +528,7 @@ def test_held_out_normals_are_flagged_at_the_nominal_rate():
 
 def test_deep_svdd_held_out_thresholds_flag_fresh_normals_near_the_nominal_rate():
     """In-sample Deep SVDD distances of its own training normals are far below a fresh normal's."""
-    from asd import thresholds
+    from asd.score import thresholds
 
     rng = np.random.default_rng(9)
     mix = rng.normal(size=(24, 24))
@@ -563,7 +564,7 @@ def test_bank_normalise_loo_flags_the_nominal_share_of_normals_in_both_domains(c
     distances, so one threshold per section (a clip's domain unknown) flags far more target normals than
     10%; dividing each bank's distance by its typical leave-one-out neighbour distance flags about 10% in
     both domains, fresh normals and the out-of-sample training normals alike."""
-    from asd import thresholds
+    from asd.score import thresholds
 
     rng = np.random.default_rng(12)
     centres = {"source": rng.normal(size=16) * 3, "target": rng.normal(size=16) * 3}

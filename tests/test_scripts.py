@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, limit_violation
-from asd.docs import SCRIPTS
-from asd.settings_source import config_constants, source_constants
+from asd.base.cli import check_script_arguments, limit_violation
+from asd.base.docs import SCRIPTS
+from asd.base.settings_source import config_constants, source_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchaudio", "sklearn", "scipy", "peft", "pyod"}

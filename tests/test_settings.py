@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, parse_config, print_config
-from asd.docs import SCRIPTS
-from asd.settings_source import read_source
+from asd.base.cli import check_script_arguments, parse_config, print_config
+from asd.base.docs import SCRIPTS
+from asd.base.settings_source import read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")
@@ -76,7 +76,7 @@ def test_a_constant_that_is_not_a_literal_is_an_error_naming_it(tmp_path):
     path = _script(
         tmp_path,
         """
-        from asd.cli import exit_if_help, parse_config
+        from asd.base.cli import exit_if_help, parse_config
 
         exit_if_help(globals())
         # passes over the data
@@ -133,11 +133,11 @@ def test_precedence_file_recipe_run_all_flag(capsys, monkeypatch):
 
 def test_feature_cache_is_written_once_and_off_is_none():
     """The rule for a setting several scripts share: its value and help live in the library module that
-    uses it (preprocessing.py); each script takes it over with FEATURE_CACHE = preprocessing.FEATURE_CACHE."""
+    uses it (asd/data/preprocessing.py); each script takes it over with FEATURE_CACHE = preprocessing.FEATURE_CACHE."""
     import ast
 
     written = []
-    for path in [*SCRIPTS, "preprocessing.py", "dataset.py", "model.py"]:
+    for path in [*SCRIPTS, "asd/data/preprocessing.py", "asd/data/dataset.py", "asd/model/model.py"]:
         for node in ast.parse((ROOT / path).read_text()).body:
             if (
                 isinstance(node, ast.Assign)
@@ -145,22 +145,22 @@ def test_feature_cache_is_written_once_and_off_is_none():
                 and not isinstance(node.value, ast.Attribute)
             ):
                 written.append(path)
-    assert written == ["preprocessing.py"], f"FEATURE_CACHE is written in {written}; write it once"
+    assert written == ["asd/data/preprocessing.py"], f"FEATURE_CACHE is written in {written}; write it once"
     for script in ("train.py", "extract_embeddings.py"):
         source = read_source((ROOT / script).read_text(), ROOT / script)
-        assert source.settings["FEATURE_CACHE"].where.startswith("preprocessing.py:"), script
+        assert source.settings["FEATURE_CACHE"].where.startswith("asd/data/preprocessing.py:"), script
         assert '"none"' in source.comments["FEATURE_CACHE"] or "none" in source.comments["FEATURE_CACHE"]
         assert check_script_arguments(ROOT / script, ["--feature_cache", "none"]).feature_cache is None
 
 
 @pytest.mark.parametrize("name", ["CHANNELS", "RESIDUAL_WEIGHT", "CHANNEL_COMBINE"])
 def test_channel_settings_are_written_once(name):
-    """The channel defaults live in preprocessing.py; every script that has them takes them over, with its
+    """The channel defaults live in asd/data/preprocessing.py; every script that has them takes them over, with its
     own help and its _LIMITS still checked."""
     import ast
 
     written = []
-    for path in [*SCRIPTS, "dataset.py", "model.py"]:
+    for path in [*SCRIPTS, "asd/data/dataset.py", "asd/model/model.py"]:
         for node in ast.parse((ROOT / path).read_text()).body:
             if (
                 isinstance(node, ast.Assign)
@@ -170,10 +170,10 @@ def test_channel_settings_are_written_once(name):
                 and ast.literal_eval(node.value) not in (None, "")
             ):
                 written.append(path)
-    assert written == [], f"{name} is written in {written}; take it over from preprocessing.py"
+    assert written == [], f"{name} is written in {written}; take it over from asd/data/preprocessing.py"
     for script in ("train.py", "extract_embeddings.py", "score_clips.py"):
         source = read_source((ROOT / script).read_text(), ROOT / script)
-        assert source.settings[name].where.startswith("preprocessing.py:"), script
+        assert source.settings[name].where.startswith("asd/data/preprocessing.py:"), script
         assert source.comments[name], script
         with pytest.raises(SystemExit):
             check_script_arguments(ROOT / script, [f"--{name.lower()}", "-1" if "WEIGHT" in name else "x"])
@@ -183,7 +183,7 @@ def test_channel_settings_are_written_once(name):
     "script", [s for s in SCRIPTS if "RECIPE" in read_source((ROOT / s).read_text(), ROOT / s).values]
 )
 def test_a_script_starts_from_its_own_defaults(script):
-    """A script's top holds its own defaults; a recipe (asd/recipes.py) holds only what it sets."""
+    """A script's top holds its own defaults; a recipe (asd/base/recipes.py) holds only what it sets."""
     assert read_source((ROOT / script).read_text(), ROOT / script).values["RECIPE"] == "", (
         f'{script}: RECIPE at its top should be "" (no recipe); its constants are the script\'s defaults'
     )
@@ -215,15 +215,15 @@ def test_limits_can_name_a_module_constant_read_from_its_source(tmp_path):
 
 
 def test_allowed_values_are_named_not_copied():
-    """Recipe names and channel modes are written once (asd/recipes.py, preprocessing.py): every script's
+    """Recipe names and channel modes are written once (asd/base/recipes.py, asd/data/preprocessing.py): every script's
     _LIMITS names them, and what --help reads from the source is what the running script checks."""
     import ast
 
     import evaluate
-    import preprocessing
     import run_all
     import train
-    from asd import recipes
+    from asd.base import recipes
+    from asd.data import preprocessing
 
     owned = {frozenset(recipes.RECIPES), frozenset(preprocessing.CHANNEL_MODES)}
     for script in SCRIPTS:

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import asd.checkpoints as C
-import asd.pretrained as P
-import model as M
+import asd.model.checkpoints as C
+import asd.model.pretrained as P
 import train
-from asd import augment, heads, training
-from asd.embed import embed_fbanks
-from asd.train_checks import check_settings
-from dataset import discover_clips
+from asd.base.train_checks import check_settings
+from asd.data.dataset import discover_clips
+from asd.embed.embed import embed_fbanks
+from asd.model import heads
+from asd.model import model as M
+from asd.train import augment, training
 from helpers import tiny_train_args
 
 
@@ -57,7 +58,7 @@ def _args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 def _fbanks(data_dir: Path, count: int = 3) -> list[torch.Tensor]:
-    from preprocessing import FeatureCache
+    from asd.data.preprocessing import FeatureCache
 
     cache = FeatureCache(None)
     return [cache.fbank(r.path) for r in discover_clips(data_dir, splits=("train",))[:count]]
@@ -130,8 +131,8 @@ def test_spec_augment_masks_bands():
 
 
 def test_variable_length_collate_pads_to_multiples_and_the_longest():
-    from asd.fbank import PAD_VALUE
-    from dataset import VariableLengthCollate
+    from asd.data.dataset import VariableLengthCollate
+    from asd.data.fbank import PAD_VALUE
 
     fbanks = [torch.randn(998, 128), torch.randn(1198, 128), torch.randn(64, 128)]
     x, labels, records = VariableLengthCollate(32)([(f, i, f"r{i}") for i, f in enumerate(fbanks)])
@@ -157,7 +158,7 @@ def test_mixup_happens_with_its_probability():
 
 
 def test_pretext_batch_applies_the_labelled_augmentation():
-    from asd.fbank import PAD_VALUE
+    from asd.data.fbank import PAD_VALUE
 
     x = torch.randn(16, 1, 64, 128)
     out, labels = augment.pretext_batch(x, torch.Generator().manual_seed(3))
@@ -361,8 +362,8 @@ def test_a_clip_beyond_the_encoders_reach_is_refused_before_training(tmp_path, m
     ],
 )
 def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, message):
-    from asd.cli import parse_config
-    from asd.recipes import RECIPES
+    from asd.base.cli import parse_config
+    from asd.base.recipes import RECIPES
 
     cfg = parse_config(vars(train), ["--data_dir", "/nonexistent", *argv])
     with pytest.raises(ValueError, match=message):
@@ -375,7 +376,7 @@ def test_settings_that_do_not_go_together_stop_before_anything_runs(argv, messag
 
 def test_history_csv_of_a_run_resumed_from_an_older_checkpoint(tmp_path):
     """An older checkpoint's history has no scale or seconds: those cells stay empty for its epochs."""
-    from asd.history import history_path, read_history, record_epoch, write_history
+    from asd.train.history import history_path, read_history, record_epoch, write_history
 
     history = {"train_loss": [2.0], "train_acc": [0.1], "val_loss": [2.1], "val_acc": [0.2], "lr": [1e-5]}
     history["epochs"] = [1]

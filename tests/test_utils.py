@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from asd.cli import check_script_arguments, parse_config
-from asd.files import atomic_path, atomic_torch_save, atomic_write_text, remove_stale_temp_files
-from asd.settings_source import config_constants
+from asd.base.cli import check_script_arguments, parse_config
+from asd.base.files import atomic_path, atomic_torch_save, atomic_write_text, remove_stale_temp_files
+from asd.base.settings_source import config_constants
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def script_globals(tmp_path):
     source = tmp_path / "script.py"
     source.write_text(
         textwrap.dedent("""
-        from preprocessing import SAMPLE_RATE
+        from asd.data.preprocessing import SAMPLE_RATE
         EPOCHS = 10              # passes over the data
         LEARNING_RATE = 3e-4
         EAT_CHECKPOINT = None    # local folder
@@ -191,7 +191,9 @@ def test_importing_the_low_level_modules_leaves_torch_unloaded():
     import subprocess
     import sys
 
-    modules = "asd.cli, asd.files, asd.freshness, asd.recipes, asd.docs, asd.pipeline"
+    modules = (
+        "asd.base.cli, asd.base.files, asd.base.freshness, asd.base.recipes, asd.base.docs, asd.run.pipeline"
+    )
     code = f"import sys, {modules}; print(sorted({{'torch', 'numpy'}} & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", code],

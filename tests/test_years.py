@@ -1,4 +1,4 @@
-"""The DCASE years table (asd/years.py): detection from clip names and machine types, never folder names."""
+"""The DCASE years table (asd/base/years.py): detection from clip names and machine types, never folder names."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 import evaluate
 import evaluate_deepSVDD
-from asd.years import RULE_SETS, YEARS, detect_year
-from dataset import parse_clip_name
+from asd.base.years import RULE_SETS, YEARS, detect_year
+from asd.data.names import parse_clip_name
 
 LABELS = Path(__file__).resolve().parent / "fixtures" / "asdkit_fixture" / "labels"
 
@@ -51,7 +51,7 @@ def test_ambiguous_names_give_no_year_and_the_longest_clip():
 
 
 def test_2020_2021_and_unknown_data(samples_dir, tmp_path):
-    from dataset import discover_clips
+    from asd.data.dataset import discover_clips
 
     found = detect_year(discover_clips(samples_dir / "dcase2020_dev"))
     assert (found.year, found.rules, found.clip_seconds) == ("2020", "2020", None)
@@ -73,7 +73,7 @@ def test_2020_2021_and_unknown_data(samples_dir, tmp_path):
 
 
 def test_dcase_year_limits_equal_the_tables_rules():
-    """evaluate.py's and evaluate_deepSVDD.py's _LIMITS stay literals (asd/cli.py reads them) but equal the table."""
+    """evaluate.py's and evaluate_deepSVDD.py's _LIMITS stay literals (asd/base/cli.py reads them) but equal the table."""
     for script in (evaluate, evaluate_deepSVDD):
         assert script._LIMITS["DCASE_YEAR"] == ("auto", *RULE_SETS)
     assert {entry.rules for entry in YEARS.values()} == set(RULE_SETS)

@@ -1,6 +1,6 @@
 """What every back end is: a scorer fitted on one group's training normals, built from named settings.
 
-A back end (a registry entry, asd/backends/registry.py) has the scorer interface of asd/scoring.py:
+A back end (a registry entry, asd/backends/registry.py) has the scorer interface of asd/score/scoring.py:
 ``fit(normal)`` on the normals of one group (``group_by``: a section or a machine type), ``score(clips)``
 (higher = more anomalous) and ``training_scores(normal)`` (the fitted normals' own scores, out of
 sample, for the decision thresholds: by default out of fold, FOLDS refits). ``from_settings`` builds it
@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from asd.embedding_files import Split
-from asd.scoring import GROUPINGS, out_of_fold_scores
+from asd.embed.embedding_files import Split
+from asd.score.scoring import GROUPINGS, out_of_fold_scores
 
 METRICS = ("cosine", "euclidean")
 _MIN_NORM = 1e-12

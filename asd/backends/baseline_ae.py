@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from asd.backends.base import Backend, pick
-from asd.embedding_files import Split
-from asd.files import atomic_torch_save
-from asd.runtime import resolve_device, seed_everything
-from dataset import ClipRecord
-from preprocessing import RESIDUAL_WEIGHT, channel_views, load_audio
+from asd.base.files import atomic_torch_save
+from asd.base.runtime import resolve_device, seed_everything
+from asd.data.names import ClipRecord
+from asd.data.preprocessing import RESIDUAL_WEIGHT, channel_views, load_audio
+from asd.embed.embedding_files import Split
 
 BASELINE_FORMAT = "eat-lora-asd/baseline-ae-v1"
 N_MELS = 128  # mel bands = the Mahalanobis block size

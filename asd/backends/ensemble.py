@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from asd.backends.base import Backend, pick
-from asd.embedding_files import Split
+from asd.embed.embedding_files import Split
 
 
 def standardiser(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from asd.backends.base import Backend, l2_normalise
-from asd.embedding_files import Split
+from asd.embed.embedding_files import Split
 
 
 def fit_kmeans(source: np.ndarray, clusters: int, n_init: int, seed: int):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from asd.backends.base import METRICS, Backend, distances, l2_normalise, mean_of_nearest
-from asd.embedding_files import Split
+from asd.embed.embedding_files import Split
 
 BANK_NORMALISATIONS = ("off", "loo")
 _MIN_SCALE = 1e-12  # a bank of duplicates would have typical distance 0 and divide by it

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from asd.backends.base import Backend
-from asd.embedding_files import Split
-from asd.scoring import out_of_fold_scores
+from asd.embed.embedding_files import Split
+from asd.score.scoring import out_of_fold_scores
 
 MAHALANOBIS_FITS = ("per_domain", "pooled")
 

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Mapping
 
 from asd.backends.base import Backend
-from asd.embedding_files import Split
+from asd.embed.embedding_files import Split
 
 REGISTRY: dict[str, str] = {
     "ensemble": "asd.backends.ensemble.Ensemble",  # W * z(EMBEDDING_BACKEND) + (1 - W) * z(mahalanobis)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from asd.backends.base import METRICS, Backend, distances, l2_normalise
-from asd.embedding_files import Split
+from asd.embed.embedding_files import Split
 
 MIN_DENSITY = 1e-12  # duplicated references would have density 0 and divide by it
 

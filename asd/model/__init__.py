@@ -1,0 +1,1 @@
+"""The EAT encoder, its heads, pretrained checkpoints and tuned-model files."""

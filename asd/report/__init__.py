@@ -1,0 +1,1 @@
+"""Metrics, evaluation rules, tables, results folders, plots, the report page, comparisons."""

@@ -1,0 +1,1 @@
+"""The scorer interface and grouping, Deep SVDD, decision thresholds (the back ends: asd/backends/)."""

@@ -1,0 +1,1 @@
+"""Training: the loaders and one epoch, the epoch loop, resuming, history, augmentations."""
