@@ -38,8 +38,8 @@ from asd.base.files import remove_stale_temp_files
 from asd.base.locks import run_folder_lock
 from asd.base.train_checks import data_folders, refuse_repeated_data_dir, refuse_repeated_seeds
 from asd.data import preprocessing
+from asd.report import seeds
 from asd.report.comparison import comparison_rows, format_comparison, write_comparison
-from asd.report.report import seeds
 from asd.run import pipeline
 from asd.run.steps import StepMaker, run_folder, seed_overrides, split_step_overrides
 

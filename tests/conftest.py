@@ -44,7 +44,7 @@ def _write_features(folder, rng) -> None:
     import torch
 
     from asd.data.names import ClipRecord
-    from asd.embed.embed import embedding_files
+    from asd.embed import embedding_files
 
     fingerprint = {
         "format": embedding_files.FEATURES_FORMAT,

@@ -354,7 +354,7 @@ def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_p
 
 
 def test_a_relative_data_folder_gives_files_the_scorers_accept(pipeline, tmp_path, monkeypatch):
-    from asd.embed.embed import embedding_files
+    from asd.embed import embedding_files
 
     data = Path(pipeline["data"])
     monkeypatch.chdir(data.parent)

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 import asd.report.evaluation as ev
 from asd.data.names import ClipRecord
-from asd.report.report import comparison, metrics, results, tables
+from asd.report import comparison, metrics, results, tables
 from asd.score import thresholds
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_evaluator_fixture"

@@ -13,7 +13,7 @@ import pytest
 import asd.report.evaluation as ev
 import asd.score.thresholds as asd_thresholds
 from asd.data.names import ClipRecord
-from asd.report.report import plots, report, tables
+from asd.report import plots, report, tables
 
 MACHINES = ["fan", "valve<&>"]  # a name with HTML's special characters must come out escaped
 TITLE = 'deep <script>alert("x")</script> & SVDD'

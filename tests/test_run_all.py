@@ -11,7 +11,7 @@ import pytest
 import run_all
 from asd.base import locks
 from asd.base.imports import PROJECT_DIR, local_sources
-from asd.report.report import seeds
+from asd.report import seeds
 from asd.run import pipeline
 from asd.run.pipeline import Step, StepFailed, run_pipeline
 from asd.run.steps import STEP_NAMES, has_test_split, run_folder, split_step_overrides

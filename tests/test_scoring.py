@@ -18,7 +18,7 @@ from asd.backends.mahalanobis import Mahalanobis, StatsMahalanobis
 from asd.backends.registry import backend_factory
 from asd.backends.rescale import Rescale
 from asd.data.names import ClipRecord
-from asd.embed.embed import embedding_files
+from asd.embed import embedding_files
 from asd.score import scoring, svdd
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from asd.report.report import plots, report
+from asd.report import plots, report
 from asd.train.history import history_path, read_history
 
 TRAINING = "epoch,loss,accuracy,learning_rate\n1,2.0,0.25,1e-4\n2,1.5,0.5,5e-5\n"
