@@ -26,7 +26,7 @@ import train  # noqa: E402
 import train_deepSVDD  # noqa: E402
 from asd.data.preprocessing import FeatureCache  # noqa: E402
 from asd.data.signal_stats import STAT_NAMES  # noqa: E402
-from asd.embed.embed import embedding_files  # noqa: E402
+from asd.embed import embedding_files  # noqa: E402
 from asd.train import training  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 

@@ -21,7 +21,7 @@ import train  # noqa: E402
 from asd.data import preprocessing  # noqa: E402
 from asd.data.clips import window_spans  # noqa: E402
 from asd.data.signal_stats import STAT_NAMES  # noqa: E402
-from asd.embed.embed import long_clips  # noqa: E402
+from asd.embed import long_clips  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
 
 DEMO = ["--machine_types", "fan", "--clip_seconds", "1.5", "--source_train", "6", "--target_train", "2"]

@@ -18,7 +18,7 @@ import torch
 
 from asd.base import docs
 from asd.base.cli import check_script_arguments
-from asd.run.steps import split_step_overrides
+from asd.run.steps import split_step_overrides, step_script
 from eat_checkpoint_support import fairseq_layout, write_eat_checkpoint, write_hub_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_every_command_shown_parses_with_the_real_options(command):
             own, overrides = split_step_overrides(argv)
             check_script_arguments(ROOT / script, own)
             for name, words in overrides.items():
-                check_script_arguments(ROOT / f"{name}.py", words)
+                check_script_arguments(ROOT / f"{step_script(name)}.py", words)
         else:
             check_script_arguments(ROOT / script, argv)
 

@@ -127,13 +127,7 @@ def test_editing_an_imported_project_module_reruns_the_step(tmp_path):
 
 def test_train_step_depends_on_the_model_code():
     sources = {p.name for p in local_sources(PROJECT_DIR / "train.py")}
-    assert {
-        "train.py",
-        "asd/model/model.py",
-        "asd/data/dataset.py",
-        "asd/data/preprocessing.py",
-        "cli.py",
-    } <= sources
+    assert {"train.py", "model.py", "dataset.py", "preprocessing.py", "cli.py"} <= sources
     assert "evaluate.py" not in sources
 
 

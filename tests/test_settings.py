@@ -148,7 +148,7 @@ def test_feature_cache_is_written_once_and_off_is_none():
     assert written == ["asd/data/preprocessing.py"], f"FEATURE_CACHE is written in {written}; write it once"
     for script in ("train.py", "extract_embeddings.py"):
         source = read_source((ROOT / script).read_text(), ROOT / script)
-        assert source.settings["FEATURE_CACHE"].where.startswith("asd/data/preprocessing.py:"), script
+        assert source.settings["FEATURE_CACHE"].where.startswith("preprocessing.py:"), script
         assert '"none"' in source.comments["FEATURE_CACHE"] or "none" in source.comments["FEATURE_CACHE"]
         assert check_script_arguments(ROOT / script, ["--feature_cache", "none"]).feature_cache is None
 
@@ -173,7 +173,7 @@ def test_channel_settings_are_written_once(name):
     assert written == [], f"{name} is written in {written}; take it over from asd/data/preprocessing.py"
     for script in ("train.py", "extract_embeddings.py", "score_clips.py"):
         source = read_source((ROOT / script).read_text(), ROOT / script)
-        assert source.settings[name].where.startswith("asd/data/preprocessing.py:"), script
+        assert source.settings[name].where.startswith("preprocessing.py:"), script
         assert source.comments[name], script
         with pytest.raises(SystemExit):
             check_script_arguments(ROOT / script, [f"--{name.lower()}", "-1" if "WEIGHT" in name else "x"])
