@@ -35,7 +35,7 @@ from asd.cli import exit_if_help
 
 exit_if_help(globals())  # answers --help from this file's source, before the heavy imports below
 
-from asd import recipes
+from asd import calibration, recipes
 from asd.backends import baseline_ae, registry
 from asd.backends.registry import backend_factory, make_backend
 from asd.cli import config_to_dict, parse_config, print_config
@@ -132,6 +132,10 @@ SCORED_DIR = ""
 GROUND_TRUTH = ""
 # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 GAMMA_LOCATION = "zero"
+# scores relative to their nearest training normals' (one threshold for both domains): neighbours | off
+CALIBRATION = "neighbours"
+# training normals of the same section each score is compared with (CALIBRATION neighbours)
+CALIBRATION_K = 5
 # ROC curves and score histograms (PNG)
 PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
@@ -168,6 +172,8 @@ _LIMITS = {
     "SWEEP_KS": (1, None),
     "SWEEP_WS": (0.0, 1.0),
     "GAMMA_LOCATION": ("zero", "free"),
+    "CALIBRATION": calibration.CALIBRATIONS,
+    "CALIBRATION_K": (1, None),
 }
 
 
@@ -214,7 +220,9 @@ def backend_results(features, cfg) -> dict[str, dict]:
     summaries = {}
     for name in cfg.backends:
         factory, grouping = backend_factory(name, settings)
-        scores, train_scores = score_by_group(features.normal, features.test, factory, grouping)
+        scores, train_scores = score_by_group(
+            features.normal, features.test, factory, grouping, cfg.calibration, cfg.calibration_k
+        )
         title = f"{name}: {make_backend(name, settings).describe()}"
         summaries[name] = write_scorer_results(
             features, scores, train_scores, cfg, name, title, folders[name], {**settings, "backend": name}
