@@ -35,6 +35,7 @@ import soundfile as sf
 
 import preprocessing
 from asd.backends.registry import backend_factory
+from asd.calibration import recorded_calibration
 from asd.cli import parse_config, print_config
 from asd.clips import window_spans
 from asd.embed import embed_records, feature_caches, stat_columns, stats_records, tuned_model
@@ -217,8 +218,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
         for i, r in enumerate(features.normal.records)
         if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
     ]
-    # the evaluation's score calibration (absent from runs evaluated before it existed: off)
-    calibration = {k: v for k, v in summary["settings"].items() if k in ("calibration", "calibration_k")}
+    calibration = recorded_calibration(summary["settings"])
     scores, _ = score_by_group(features.normal.rows(wanted), clips, factory, by, **calibration)
     windows = {f"{path}#{i}" for path, spans in times.items() for i in range(len(spans))}
     short = {

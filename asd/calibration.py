@@ -94,3 +94,9 @@ def calibrate_sections(
                 embeddings, scores, clip_embeddings[queries], calibrated_clips[queries], k, exclude_self=False
             )
     return calibrated_train, calibrated_clips
+
+
+def recorded_calibration(settings: Mapping) -> dict:
+    """score_by_group's calibration arguments as an evaluation's settings (summary.json) record them;
+    a run evaluated before calibration existed records none, and its scores were not calibrated."""
+    return {key: settings[key] for key in ("calibration", "calibration_k") if key in settings}
