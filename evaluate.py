@@ -180,7 +180,9 @@ _LIMITS = {
 def ensemble_scores(features, settings: dict):
     """Test scores {path: score} and the training normals' scores per section for one setting."""
     factory, grouping = backend_factory("ensemble", settings)
-    return score_by_group(features.normal, features.test, factory, grouping)
+    return score_by_group(
+        features.normal, features.test, factory, grouping, settings["calibration"], settings["calibration_k"]
+    )
 
 
 def sweep(features, cfg) -> list[list[float]]:
