@@ -52,6 +52,7 @@ from asd.report.comparison import (
 )
 from asd.report.evaluation import compute_official
 from asd.report.results import score_results_folder, write_scorer_results
+from asd.score import calibration
 from asd.score.scoring import score_by_group
 
 # named settings (asd/base/recipes.py), e.g. asdkit-eat-lora (ASDKit's back ends); explicit flags win
@@ -132,6 +133,10 @@ SCORED_DIR = ""
 GROUND_TRUTH = ""
 # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 GAMMA_LOCATION = "zero"
+# scores relative to their nearest training normals' (one threshold for both domains): neighbours | off
+CALIBRATION = "neighbours"
+# training normals of the same section each score is compared with (CALIBRATION neighbours)
+CALIBRATION_K = 5
 # ROC curves and score histograms (PNG)
 PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
@@ -168,13 +173,17 @@ _LIMITS = {
     "SWEEP_KS": (1, None),
     "SWEEP_WS": (0.0, 1.0),
     "GAMMA_LOCATION": ("zero", "free"),
+    "CALIBRATION": calibration.CALIBRATIONS,
+    "CALIBRATION_K": (1, None),
 }
 
 
 def ensemble_scores(features, settings: dict):
     """Test scores {path: score} and the training normals' scores per section for one setting."""
     factory, grouping = backend_factory("ensemble", settings)
-    return score_by_group(features.normal, features.test, factory, grouping)
+    return score_by_group(
+        features.normal, features.test, factory, grouping, settings["calibration"], settings["calibration_k"]
+    )
 
 
 def sweep(features, cfg) -> list[list[float]]:
@@ -214,7 +223,9 @@ def backend_results(features, cfg) -> dict[str, dict]:
     summaries = {}
     for name in cfg.backends:
         factory, grouping = backend_factory(name, settings)
-        scores, train_scores = score_by_group(features.normal, features.test, factory, grouping)
+        scores, train_scores = score_by_group(
+            features.normal, features.test, factory, grouping, cfg.calibration, cfg.calibration_k
+        )
         title = f"{name}: {make_backend(name, settings).describe()}"
         summaries[name] = write_scorer_results(
             features, scores, train_scores, cfg, name, title, folders[name], {**settings, "backend": name}

@@ -22,6 +22,7 @@ from asd.base.locks import hold_run_folder_lock
 from asd.data.ground_truth import apply_ground_truth
 from asd.embed.embedding_files import load_features
 from asd.report.results import write_scorer_results
+from asd.score import calibration
 from asd.score.scoring import score_by_group
 from asd.score.svdd import svdd_factory
 
@@ -38,12 +39,21 @@ DCASE_YEAR = "auto"
 GROUND_TRUTH = ""
 # decision threshold's gamma fit: zero (location fixed at 0) | free (the earlier fit)
 GAMMA_LOCATION = "zero"
+# scores relative to their nearest training normals' (one threshold for both domains): neighbours | off
+CALIBRATION = "neighbours"
+# training normals of the same section each score is compared with (CALIBRATION neighbours)
+CALIBRATION_K = 5
 # ROC curves and score histograms (PNG)
 PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
 REPORT = True
 # allowed values of the constants above, checked by asd.base.cli.parse_config
-_LIMITS = {"DCASE_YEAR": ("auto", "2020", "2021", "2022+"), "GAMMA_LOCATION": ("zero", "free")}
+_LIMITS = {
+    "DCASE_YEAR": ("auto", "2020", "2021", "2022+"),
+    "GAMMA_LOCATION": ("zero", "free"),
+    "CALIBRATION": calibration.CALIBRATIONS,
+    "CALIBRATION_K": (1, None),
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
         features.test,
         svdd_factory(cfg.svdd_dir, features.fingerprint),
         "machine_type",
+        cfg.calibration,
+        cfg.calibration_k,
     )
     return write_scorer_results(features, scores, train_scores, cfg, "deepsvdd", "Deep SVDD")
 

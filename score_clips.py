@@ -5,7 +5,7 @@
 The clips (any file names; other sample rates, stereo and odd lengths are handled as in training)
 are embedded with the run's tuned encoder and embedding settings, scored by the run's scorer against
 that section's normal embeddings and statistics (the ensemble with the settings its evaluation used,
-or the run's Deep SVDD of the machine type), and judged by the decision threshold the evaluator
+or the run's Deep SVDD of the machine type; calibrated as its CALIBRATION did), and judged by the decision threshold the evaluator
 recorded for the section over all its training normals (summary.json; a new recording's domain is
 unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary.
 
@@ -55,6 +55,7 @@ from asd.embed.embedding_files import (
 from asd.embed.long_clips import aggregate, embed_windows, is_long, timeline_path, write_window_table
 from asd.report.plots import plot_timeline
 from asd.report.tables import csv_text
+from asd.score.calibration import recorded_calibration
 from asd.score.scoring import score_by_group
 from asd.score.svdd import svdd_factory
 
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
         for i, r in enumerate(features.normal.records)
         if r.machine_type == cfg.machine_type and (by == "machine_type" or r.section == cfg.section)
     ]
-    scores, _ = score_by_group(features.normal.rows(wanted), clips, factory, by)
+    calibration = recorded_calibration(summary["settings"])
+    scores, _ = score_by_group(features.normal.rows(wanted), clips, factory, by, **calibration)
     windows = {f"{path}#{i}" for path, spans in times.items() for i in range(len(spans))}
     short = {
         r.path: (Path(r.path).name, scores[r.path], int(scores[r.path] > threshold))

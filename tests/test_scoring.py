@@ -20,6 +20,7 @@ from asd.backends.rescale import Rescale
 from asd.data.names import ClipRecord
 from asd.embed import embedding_files
 from asd.score import scoring, svdd
+from asd.score.calibration import recorded_calibration
 
 
 def _brute_knn(
@@ -290,7 +291,10 @@ def test_evaluate_runs_each_backend_and_its_summary_rebuilds_the_scorer(
     # score_clips.py's way: the saved settings give the same scorer, hence the same scores
     features = embedding_files.load_features(tmp_path)
     scores, _ = scoring.score_by_group(
-        features.normal, features.test, *backend_factory("ensemble", summary["settings"])
+        features.normal,
+        features.test,
+        *backend_factory("ensemble", summary["settings"]),
+        **recorded_calibration(summary["settings"]),
     )
     rows = (tmp_path / "res" / "anomaly_score_fan_section_00_test.csv").read_text().split()
     written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
@@ -410,7 +414,9 @@ def test_asdkit_recipe_writes_the_four_backends_side_by_side(tmp_path, write_fea
         assert settings["backend"] == name
         rows = (folder / "anomaly_score_fan_section_00_test.csv").read_text().split()
         written = {line.split(",")[0]: float(line.split(",")[1]) for line in rows}
-        scores, _ = scoring.score_by_group(features.normal, features.test, *backend_factory(name, settings))
+        scores, _ = scoring.score_by_group(
+            features.normal, features.test, *backend_factory(name, settings), **recorded_calibration(settings)
+        )
         assert all(
             written[path.rsplit("/", 1)[1]] == pytest.approx(score, rel=1e-5, abs=1e-7)
             for path, score in scores.items()

@@ -15,6 +15,7 @@ import numpy as np
 
 from asd.data.names import ClipRecord
 from asd.embed.embedding_files import Split
+from asd.score.calibration import CALIBRATIONS, calibrate_sections
 
 GROUPINGS = ("section", "machine_type")
 
@@ -50,15 +51,23 @@ def row_groups(records: Sequence[ClipRecord], by: str) -> dict[tuple[str, ...], 
 
 
 def score_by_group(
-    normal: Split, clips: Split, scorer_for: Callable[[tuple[str, ...], Split], Scorer], by: str
+    normal: Split,
+    clips: Split,
+    scorer_for: Callable[[tuple[str, ...], Split], Scorer],
+    by: str,
+    calibration: str = "off",
+    calibration_k: int = 5,
 ) -> tuple[dict[str, float], dict[tuple[str, str], np.ndarray]]:
     """Scores of ``clips`` {path: score}, each by the scorer of its group, and the training normals'
     scores (``training_scores``: out of sample) per (machine_type, section), with their domains, for
     the decision thresholds.
 
     ``scorer_for(key, normals)`` returns a scorer fitted on that group's normals (fits it, or loads
-    a saved one).
+    a saved one). ``calibration`` "neighbours": both the clips' and the training normals' scores are
+    calibrated per section by their ``calibration_k`` nearest training normals (asd/score/calibration.py).
     """
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     normal_groups = row_groups(normal.records, by)
     missing = sorted(set(row_groups(clips.records, by)) - set(normal_groups))
     if missing:
@@ -68,18 +77,33 @@ def score_by_group(
         )
     scores: dict[str, float] = {}
     train_scores: dict[tuple[str, str], list[float]] = {}
+    train_rows: dict[tuple[str, str], list[int]] = {}
     domains: dict[tuple[str, str], list] = {}
     clip_groups = row_groups(clips.records, by)
     for key, rows in normal_groups.items():
         group_normal = normal.rows(rows)
         scorer = scorer_for(key, group_normal)
-        for record, value in zip(group_normal.records, scorer.training_scores(group_normal)):
+        for row, record, value in zip(rows, group_normal.records, scorer.training_scores(group_normal)):
+            train_rows.setdefault((record.machine_type, record.section), []).append(row)
             train_scores.setdefault((record.machine_type, record.section), []).append(float(value))
             domains.setdefault((record.machine_type, record.section), []).append(record.domain)
         if key in clip_groups:
             group_clips = clips.rows(clip_groups[key])
             scores.update(zip((r.path for r in group_clips.records), map(float, scorer.score(group_clips))))
-    return scores, TrainScores({key: np.asarray(values) for key, values in train_scores.items()}, domains)
+    train_scores = {key: np.asarray(values) for key, values in train_scores.items()}
+    if calibration == "neighbours":
+        paths = [r.path for r in clips.records]
+        train_scores, calibrated = calibrate_sections(
+            normal.embeddings,
+            train_rows,
+            train_scores,
+            clips.embeddings,
+            row_groups(clips.records, "section"),
+            np.array([scores[p] for p in paths]),
+            calibration_k,
+        )
+        scores = dict(zip(paths, map(float, calibrated)))
+    return scores, TrainScores(train_scores, domains)
 
 
 def out_of_fold_scores(make_scorer: Callable[[], Scorer], normal: Split, folds: int, seed: int) -> np.ndarray:
