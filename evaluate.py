@@ -142,7 +142,7 @@ PLOTS = True
 # report.html: the tables, plots and a t-SNE map of the embeddings
 REPORT = True
 # allowed values of the constants above, checked by asd.base.cli.parse_config; BACKENDS and EMBEDDING_BACKEND
-# are the registry's names (asd/backends/registry.py; tests/test_backends_registry.py keeps them equal)
+# are the registry's names (asd/backends/registry.py; tests/test_registry.py keeps them equal)
 _LIMITS = {
     "RECIPE": ("", *recipes.RECIPES),
     "BACKENDS": (*registry.REGISTRY,),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asd.data.dataset import ClipRecord
-from asd.embed.embed.embedding_files import Split
+from asd.embed.embedding_files import Split
 from asd.score.calibration import calibrate, neighbour_references
 from asd.score.scoring import score_by_group
 from asd.score.thresholds import threshold_info

@@ -45,6 +45,8 @@ def test_the_documented_example_back_end_joins_the_comparison(tmp_path, write_fe
             "false",
             "--report",
             "false",
+            "--calibration",
+            "off",  # the raw scores, to compare with the documented computation
         ]
     )
     assert (
