@@ -47,6 +47,7 @@ FAST = {
         "train.epochs=1",
         "train.num_workers=0",
         "train_deepSVDD.svdd_epochs=2",
+        "baseline.baseline_epochs=2",
         "evaluate.backends=ensemble",
     ],
     "evaluate.py": ["--backends", "ensemble"],

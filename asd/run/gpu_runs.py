@@ -41,6 +41,9 @@ _MODES_OVERRIDES = [
     "evaluate.report=false",
     "evaluate_deepSVDD.plots=false",
     "evaluate_deepSVDD.report=false",
+    "baseline.baseline_epochs=2",  # the baseline autoencoder has its own section of the check
+    "baseline.plots=false",
+    "baseline.report=false",
 ]
 
 
