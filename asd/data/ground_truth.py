@@ -24,7 +24,7 @@ import csv
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from asd.data.names import ClipNameError, parse_clip_name
@@ -139,6 +139,20 @@ def read_evaluation_list(path: str | os.PathLike) -> dict[tuple[str, str], dict[
     return rows
 
 
+def refuse_rows_without_clips(
+    table: dict, seen: set, lists: Callable[[tuple, dict, str], str], tail: str
+) -> None:
+    """ValueError naming the first row of ``table`` ({(machine, section): {name: row}}) whose clip is not in
+    ``seen`` ((key, name) pairs), with how many such rows there are; ``lists`` says who lists it."""
+    for key, rows in table.items():
+        missing = sorted(name for name in rows if (key, name) not in seen)
+        if missing:
+            raise ValueError(
+                f"{lists(key, rows, missing[0])} ({len(missing)} rows in all) but no such "
+                f"{key[0]} section {key[1]} test clip {tail}"
+            )
+
+
 def apply_evaluation_list(records: Sequence, path: str | os.PathLike) -> list:
     """The ``records`` with label, domain and attributes from their original names in the evaluation list.
 
@@ -159,13 +173,7 @@ def apply_evaluation_list(records: Sequence, path: str | os.PathLike) -> list:
         fields = {"label": original.label, "domain": original.domain, "attributes": original.attributes}
         out.append(dataclasses.replace(record, **fields))
         seen.add((key, name))
-    for key, rows in table.items():
-        missing = sorted(name for name in rows if (key, name) not in seen)
-        if missing:
-            raise ValueError(
-                f"{path} lists {key[0]} {missing[0]} ({len(missing)} rows in all) but no such "
-                f"{key[0]} section {key[1]} test clip is here"
-            )
+    refuse_rows_without_clips(table, seen, lambda key, rows, name: f"{path} lists {key[0]} {name}", "is here")
     return out
 
 
@@ -220,11 +228,7 @@ def apply_truth_folder(records: Sequence, folder: str | os.PathLike) -> list:
             )
         out.append(dataclasses.replace(record, label=label, domain=domain))
         seen.add((key, name))
-    for key, rows in truth.items():
-        missing = sorted(name for name in rows if (key, name) not in seen)
-        if missing:
-            raise ValueError(
-                f"{rows[missing[0]][2]} lists {missing[0]} ({len(missing)} rows in all) but no such "
-                f"{key[0]} section {key[1]} test clip was scored"
-            )
+    refuse_rows_without_clips(
+        truth, seen, lambda key, rows, name: f"{rows[name][2]} lists {name}", "was scored"
+    )
     return out
