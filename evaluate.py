@@ -104,7 +104,7 @@ BASELINE_BATCH_SIZE = baseline_ae.BATCH_SIZE
 BASELINE_LR = baseline_ae.LEARNING_RATE
 # baseline_ae: seed of its initialisation, batches and held-out clips
 BASELINE_SEED = baseline_ae.SEED
-# baseline_ae: CPU threads while it trains
+# baseline_ae: CPU threads while it trains (0 = one per core)
 BASELINE_THREADS = baseline_ae.THREADS
 # baseline_ae: auto | cpu | cuda
 DEVICE = "auto"
@@ -163,7 +163,7 @@ _LIMITS = {
     "BASELINE_BATCH_SIZE": (1, None),
     "BASELINE_LR": (">0", None),
     "BASELINE_SEED": (0, None),
-    "BASELINE_THREADS": (1, None),
+    "BASELINE_THREADS": (0, None),
     "DEVICE": ("auto", "cpu", "cuda"),
     "SEED": (0, None),
     "MAHALANOBIS": ("per_domain", "pooled"),

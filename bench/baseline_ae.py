@@ -24,7 +24,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 
 import torch  # noqa: E402
 
-from asd.backends import baseline_ae  # noqa: E402
+from asd.backends import baseline_ae, baseline_network  # noqa: E402
 from asd.base.runtime import resolve_device  # noqa: E402
 
 # training clips of one machine type (a DCASE development set has 1,000 per machine type)
@@ -71,15 +71,15 @@ def bench_training(cfg, device: torch.device) -> dict:
     timed = cfg.timed_epochs or cfg.epochs
     settings = {"epochs": timed, "batch_size": cfg.batch_size, "learning_rate": 1e-3}
     torch.manual_seed(cfg.seed)
-    model = baseline_ae.AENet().to(device)
+    model = baseline_network.AENet(baseline_ae.INPUT_DIM, baseline_ae.N_MELS).to(device)
     start = time.perf_counter()
-    baseline_ae.train_network(model, train, valid, settings, generator, "bench")
+    baseline_network.train_network(model, train, valid, settings, generator, "bench")
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     is_target = torch.zeros(len(train), dtype=torch.bool, device=device)
-    baseline_ae.covariance_pass(model, train, is_target, torch.randperm(len(train)), cfg.batch_size)
+    baseline_network.covariance_pass(model, train, is_target, torch.randperm(len(train)), cfg.batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     cov_s = time.perf_counter() - start

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from asd.backends import baseline_ae as B
+from asd.backends import baseline_network as N
 from asd.data.names import parse_clip_name
 from asd.data.preprocessing import AudioError
 from asd.embed.embedding_files import Split
@@ -101,12 +102,46 @@ def test_covariance_pass_replays_the_baselines_batches(samples_dir, reference):
     )
     vectors = torch.from_numpy(np.concatenate(per_clip))
     order = torch.from_numpy(arrays["train_vectors_order"])
-    source, target = B.covariance_pass(scorer.model, vectors, is_target, order, 256)
+    source, target = N.covariance_pass(scorer.model, vectors, is_target, order, 256)
     assert relative_error(source, arrays["cov_source"]) < RELATIVE
     assert relative_error(target, arrays["cov_target"]) < RELATIVE
     # without target vectors, target = source
-    only_source, same = B.covariance_pass(scorer.model, vectors, torch.zeros_like(is_target), order, 256)
+    only_source, same = N.covariance_pass(scorer.model, vectors, torch.zeros_like(is_target), order, 256)
     assert torch.equal(only_source, same)
+
+
+def test_the_hand_written_training_step_is_autograds(reference):
+    """train_step with flat parameters and fused Adam gives autograd's loss, gradients, batch-norm statistics
+    and weights, step after step, on the fixture's network and real feature vectors."""
+    arrays, _ = reference
+    vectors = torch.from_numpy(np.concatenate([arrays[f"vectors_{i}"] for i in range(3)]))
+    state = {k[len("state::") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state::")}
+    reference_net, fast_net = (N.AENet(B.INPUT_DIM, B.N_MELS) for _ in range(2))
+    for net in (reference_net, fast_net):
+        net.load_state_dict(state)
+        net.train()
+    reference_adam = torch.optim.Adam(reference_net.parameters(), lr=1e-3, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    with N.flat_parameters(fast_net) as flat:
+        fast_adam = torch.optim.Adam([flat], lr=1e-3, fused=True)
+        for _ in range(3):
+            batch = vectors[torch.randperm(len(vectors), generator=generator)[:256]]
+            reference_adam.zero_grad()
+            loss = torch.mean((reference_net(batch)[0] - batch) ** 2)
+            loss.backward()
+            fast_loss = N.train_step(fast_net, batch)
+            torch.testing.assert_close(fast_loss, loss.detach())
+            for (name, a), b in zip(reference_net.named_parameters(), fast_net.parameters()):
+                torch.testing.assert_close(b.grad, a.grad, msg=name)
+            reference_adam.step()
+            fast_adam.step()
+    for name, value in reference_net.state_dict().items():
+        torch.testing.assert_close(fast_net.state_dict()[name], value, msg=name)
+    # afterwards every parameter owns its storage again and has no gradient
+    pointers = {p.data_ptr() for p in fast_net.parameters()}
+    assert len(pointers) == len(list(fast_net.parameters())) and all(
+        p.grad is None for p in fast_net.parameters()
+    )
 
 
 @pytest.mark.parametrize("score", B.SCORES)
@@ -118,7 +153,7 @@ def test_scores_per_clip_match(samples_dir, reference, score):
     for value, case in zip(scores, cases["scores"]):
         assert abs(value - case[score]) / abs(case[score]) < RELATIVE, case["clip"]
     for case in cases["scores"][:2]:
-        parts = B.clip_scores(scorer.model, torch.from_numpy(arrays[case["vectors"]]), scorer.inverses())
+        parts = N.clip_scores(scorer.model, torch.from_numpy(arrays[case["vectors"]]), scorer.inverses())
         for name in ("MAHALA_source", "MAHALA_target"):
             assert abs(parts[name] - case[name]) / case[name] < RELATIVE
 

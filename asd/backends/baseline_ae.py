@@ -7,10 +7,11 @@ formula with its file and line); the fixture's outputs of the baseline's own cod
   clip's own sample rate, ``10 log10(max(mel, eps))``, 5 consecutive frames concatenated into 640-dim
   vectors. The clip is read with soundfile through preprocessing.load_audio in the project's channel mode
   (near = channel 0 = the baseline's 2026 reading).
-- Network (``AENet``): 640-128-128-128-128-8-128-128-128-128-640, batch norm and ReLU after each hidden
-  layer (the 8-dim code too); ``cov_source``/``cov_target`` buffers.
-- Training, one model per machine type: Adam (lr 1e-3), batch 256 shuffled, MSE, 100 epochs, seed 13711;
-  10 % of the training data held out for validation. Then the covariance pass over the training vectors
+- Network (``AENet``, in asd/backends/baseline_network.py with its training loop):
+  640-128-128-128-128-8-128-128-128-128-640, batch norm and ReLU after each hidden layer (the 8-dim code
+  too); ``cov_source``/``cov_target`` buffers.
+- Training, one model per machine type: Adam (lr 1e-3, torch's fused implementation), batch 256 shuffled,
+  MSE, 100 epochs, seed 13711; 10 % of the training data held out for validation. Then the covariance pass over the training vectors
   (residual blocks of 128, centred per batch, summed, divided by the domain's vector count - 1; target =
   source without target vectors) and the inverses.
 - Scores per clip: ``MSE`` (mean squared residual) or ``MAHALA`` (min over the domains of
@@ -32,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from asd.backends.base import Backend, pick
+from asd.backends.baseline_network import AENet, clip_scores, covariance_pass, train_network
 from asd.base.files import atomic_torch_save
 from asd.base.runtime import resolve_device, seed_everything
 from asd.data.names import ClipRecord
@@ -48,8 +49,6 @@ N_FFT = 1024
 HOP_LENGTH = 512
 POWER = 2.0
 INPUT_DIM = N_MELS * N_FRAMES
-CODE_DIM = 8
-HIDDEN = 128
 SCORES = ("MSE", "MAHALA")
 VALIDATION_SHARE = 0.1  # share of each machine type's training clips held out (the baseline's 10 %)
 # the baseline's recipe (baseline.yaml); evaluate.py's BASELINE_* constants take these over
@@ -63,8 +62,8 @@ BATCH_SIZE = 256
 LEARNING_RATE = 1e-3
 # seed of the initialisation, the batches and the held-out clips
 SEED = 13711
-# CPU threads of torch while fitting (more threads than free cores make this small network slower)
-THREADS = 1
+# CPU threads of torch while fitting (0 = torch's default, one per core)
+THREADS = 0
 
 
 def check_one_view(channels: str) -> None:
@@ -114,123 +113,6 @@ def file_to_vectors(
             f"{path}: too short for one baseline feature vector ({N_FRAMES} frames of {HOP_LENGTH})"
         )
     return vectors
-
-
-def _block(n_in: int, n_out: int) -> list[nn.Module]:
-    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out, momentum=0.01, eps=1e-3), nn.ReLU()]
-
-
-class AENet(nn.Module):
-    """The baseline's dense autoencoder; its state-dict names are the baseline's."""
-
-    def __init__(self, input_dim: int = INPUT_DIM, block_size: int = N_MELS):
-        super().__init__()
-        self.input_dim = input_dim
-        widths = [input_dim, HIDDEN, HIDDEN, HIDDEN, HIDDEN, CODE_DIM]
-        self.encoder = nn.Sequential(*[m for a, b in zip(widths, widths[1:]) for m in _block(a, b)])
-        back = widths[::-1]
-        decoder = [m for a, b in zip(back[:-2], back[1:-1]) for m in _block(a, b)]
-        self.decoder = nn.Sequential(*decoder, nn.Linear(HIDDEN, input_dim))
-        self.register_buffer("cov_source", torch.zeros(block_size, block_size))
-        self.register_buffer("cov_target", torch.zeros(block_size, block_size))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encoder(x.view(-1, self.input_dim))
-        return self.decoder(z), z
-
-
-def _batches(order: torch.Tensor, batch_size: int):
-    """Runs of ``batch_size`` indices; a batch of one vector is skipped, as in the baseline."""
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) > 1:
-            yield batch
-
-
-def train_network(
-    model: AENet,
-    train: torch.Tensor,
-    valid: torch.Tensor,
-    settings: Mapping[str, Any],
-    generator: torch.Generator,
-    desc: str = "baseline AE",
-) -> list[tuple[float, float]]:
-    """The baseline's training loop (Adam, shuffled batches, MSE); returns (train loss, validation loss)
-    per epoch (the validation loss is NaN without validation vectors)."""
-    from tqdm import tqdm
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
-    history = []
-    epochs = tqdm(range(settings["epochs"]), desc=desc, unit="epoch", leave=False, file=sys.stderr)
-    for _ in epochs:
-        model.train()
-        total, steps = 0.0, 0
-        order = torch.randperm(len(train), generator=generator).to(train.device)
-        for batch in _batches(order, settings["batch_size"]):
-            x = train[batch]
-            optimizer.zero_grad()
-            loss = torch.mean((model(x)[0] - x) ** 2)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.detach(), steps + 1
-        history.append((float(total) / max(steps, 1), validation_loss(model, valid, settings["batch_size"])))
-        epochs.set_postfix(loss=f"{history[-1][0]:.4g}", val_loss=f"{history[-1][1]:.4g}")
-    return history
-
-
-@torch.no_grad()
-def validation_loss(model: AENet, valid: torch.Tensor, batch_size: int) -> float:
-    """Mean over the validation batches of their mean squared error (eval mode)."""
-    model.eval()
-    losses = [
-        torch.mean((model(valid[i : i + batch_size])[0] - valid[i : i + batch_size]) ** 2)
-        for i in range(0, len(valid), batch_size)
-    ]
-    return float(torch.stack(losses).mean()) if losses else float("nan")
-
-
-@torch.no_grad()
-def covariance_pass(
-    model: AENet, vectors: torch.Tensor, is_target: torch.Tensor, order: torch.Tensor, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cov_source, cov_target) of the residual blocks, batch by batch in ``order`` (the baseline's
-    covariance epoch): each batch's blocks of one domain centred on their own mean, ``diff^T diff`` summed,
-    divided by that domain's vector count - 1; a domain without vectors takes the other's."""
-    model.eval()
-    block = model.cov_source.shape[0]
-    sums = {False: torch.zeros(block, block, device=vectors.device), True: torch.zeros_like(model.cov_source)}
-    counts = {False: 0, True: 0}
-    for batch in _batches(order.to(vectors.device), batch_size):
-        x = vectors[batch]
-        diff = x - model(x)[0]
-        for domain in (False, True):
-            rows = is_target[batch] == domain
-            if rows.any():
-                blocks = diff[rows].reshape(-1, block)
-                centred = blocks - blocks.mean(dim=0)
-                sums[domain] += centred.T @ centred
-                counts[domain] += int(rows.sum())
-    if counts[False] + counts[True] == 0:
-        raise ValueError("the covariance pass needs at least one batch of two training vectors")
-    covs = {d: sums[d] / (counts[d] - 1) if counts[d] else None for d in (False, True)}
-    source = covs[False] if covs[False] is not None else covs[True]
-    target = covs[True] if covs[True] is not None else source
-    return source, target
-
-
-@torch.no_grad()
-def clip_scores(model: AENet, vectors: torch.Tensor, inverses: Sequence[torch.Tensor]) -> dict[str, float]:
-    """One clip's scores: MSE, MAHALA_source, MAHALA_target and MAHALA (their minimum)."""
-    model.eval()
-    diff = vectors - model(vectors)[0]
-    mean_block = diff.reshape(-1, inverses[0].shape[0]).mean(dim=0).to(inverses[0].dtype)
-    mahala = [float(mean_block @ inverse @ mean_block) for inverse in inverses]
-    return {
-        "MSE": float(torch.mean(diff**2)),
-        "MAHALA_source": mahala[0],
-        "MAHALA_target": mahala[1],
-        "MAHALA": min(mahala),
-    }
 
 
 def target_flags(records: Sequence[ClipRecord], per_clip: Sequence[np.ndarray]) -> torch.Tensor:
@@ -300,7 +182,7 @@ class BaselineAE(Backend):
             "threads": int(threads),
         }
         self.device = resolve_device(device)
-        self.model = AENet()
+        self.model = AENet(INPUT_DIM, N_MELS)
         self.held_out: dict | None = None
 
     @classmethod
@@ -335,7 +217,7 @@ class BaselineAE(Backend):
 
     def fit(self, normal: Split) -> BaselineAE:
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.settings["threads"])
+        torch.set_num_threads(self.settings["threads"] or previous)
         try:
             return self._fit(normal)
         finally:
@@ -356,7 +238,7 @@ class BaselineAE(Backend):
         is_target = target_flags([records[i] for i in train_rows], [per_clip[i] for i in train_rows])
         seed_everything(s["seed"])
         generator = torch.Generator().manual_seed(s["seed"])
-        self.model = AENet().to(self.device)
+        self.model = AENet(INPUT_DIM, N_MELS).to(self.device)
         self.history = train_network(
             self.model, train, valid, s, generator, f"baseline AE {records[0].machine_type}"
         )
