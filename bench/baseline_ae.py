@@ -1,4 +1,4 @@
-"""Benchmark of the baseline autoencoder scorer (asd/baseline_ae.py): training time and feature extraction rate.
+"""Benchmark of the baseline autoencoder scorer (asd/backends/baseline_ae.py): training time and feature extraction rate.
 
     python bench/baseline_ae.py --threads 2                    # 100 epochs on 1,000 clips' worth of vectors
     python bench/baseline_ae.py --timed_epochs 3 --threads 2   # 3 epochs timed, 100 extrapolated
@@ -6,7 +6,7 @@
 1. Training with the baseline's recipe (Adam 1e-3, batch 256 shuffled, MSE, the scorer's own loop) on
    N_CLIPS x VECTORS_PER_CLIP synthetic random 640-dim vectors (random numbers: the timing does not
    depend on the values), 10 % held out for the per-epoch validation loss, then the covariance pass.
-2. Feature extraction (soundfile + librosa, asd.baseline_ae.file_to_vectors) per clip on a real clip.
+2. Feature extraction (soundfile + librosa, asd.backends.baseline_ae.file_to_vectors) per clip on a real clip.
 """
 
 from __future__ import annotations

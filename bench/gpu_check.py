@@ -96,7 +96,7 @@ MODES_CHECK = True
 CHANNEL_MODES = ["residual"]
 # seeds of the first channel mode's run_all --seeds (two or more: mean +- std)
 MODE_SEEDS = [0, 1]
-# train and score the DCASE baseline autoencoder (asd/baseline_ae.py) on the synthetic set
+# train and score the DCASE baseline autoencoder (asd/backends/baseline_ae.py) on the synthetic set
 BASELINE_CHECK = True
 # its training epochs (the baseline's 100)
 BASELINE_EPOCHS = 100

@@ -190,7 +190,7 @@ def idle_share(cfg, records: list, device: torch.device, cache_dir: Path) -> tup
 
 
 def baseline_autoencoder(cfg, records: list, device: torch.device) -> tuple[str, dict]:
-    """The baseline autoencoder scorer (asd/baseline_ae.py) per machine type on the synthetic set:
+    """The baseline autoencoder scorer (asd/backends/baseline_ae.py) per machine type on the synthetic set:
     feature extraction, BASELINE_EPOCHS of training, scoring the test clips by MSE and MAHALA (AUC of
     each), and the DCASE-scale training time from the measured vectors per second."""
     import numpy as np
