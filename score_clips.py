@@ -4,10 +4,10 @@
 
 The clips (any file names; other sample rates, stereo and odd lengths are handled as in training)
 are embedded with the run's tuned encoder and embedding settings, scored by the run's scorer against
-that section's normal embeddings and statistics (the ensemble with the settings its evaluation used,
-or the run's Deep SVDD of the machine type; calibrated as its CALIBRATION did), and judged by the decision threshold the evaluator
-recorded for the section over all its training normals (summary.json; a new recording's domain is
-unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary.
+that section's normal embeddings and statistics (SCORER: any back end the run's evaluation scored, with
+the settings that evaluation used, e.g. the recipe's smote_knn, or the run's Deep SVDD of the machine type;
+calibrated as its CALIBRATION did), and judged by the decision threshold the evaluator recorded for the
+section over all its training normals (summary.json; a new recording's domain is unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary.
 
 Long recordings (longer than LONG_SECONDS; by default the encoder's reach, about 123 s) are scored
 as consecutive windows of WINDOW_SECONDS every HOP_SECONDS, each window like a clip of its samples,
@@ -33,6 +33,7 @@ exit_if_help(globals())  # answers --help from this file's source, before the he
 import numpy as np
 import soundfile as sf
 
+from asd.backends import registry
 from asd.backends.registry import backend_factory
 from asd.base.cli import parse_config, print_config
 from asd.base.errors import run_script
@@ -65,7 +66,8 @@ RUN = ""
 MACHINE_TYPE = ""
 # section (2020 data: machine ID) the clips belong to
 SECTION = "00"
-# ensemble (k-NN + Mahalanobis) | deepsvdd
+# deepsvdd | a back end the run's evaluation scored (asd/backends/registry.py: ensemble, smote_knn, ...,
+# baseline_ae, which trains again on the section's normals)
 SCORER = "ensemble"
 # CSV written: file,score,decision
 OUTPUT = "clip_scores.csv"
@@ -95,7 +97,7 @@ WINDOW_OUTPUT = "window_scores.csv"
 TIMELINE_DIR = "."
 # allowed values of the constants above, checked by asd.base.cli.parse_config
 _LIMITS = {
-    "SCORER": ("ensemble", "deepsvdd"),
+    "SCORER": ("deepsvdd", *registry.REGISTRY),
     "CHANNELS": preprocessing.CHANNEL_MODES,
     "RESIDUAL_WEIGHT": (0.0, None),
     "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
@@ -107,18 +109,32 @@ _LIMITS = {
 }
 
 
+def summary_path_of(run: Path, scorer: str) -> Path:
+    """The summary.json of the run's evaluation by ``scorer`` (results/deepsvdd, results/ensemble,
+    results/backends/<name>, results/baseline/<name>: wherever run_all or evaluate.py wrote it)."""
+    results = run / "results"
+    if scorer == "deepsvdd":
+        candidates = [results / "deepsvdd" / "summary.json"]
+    else:
+        candidates = sorted(results.glob(f"**/{scorer}/summary.json"), key=lambda p: len(p.parts))
+    for path in candidates:
+        if path.is_file() and (
+            scorer == "deepsvdd" or json.loads(path.read_text())["settings"].get("backend") == scorer
+        ):
+            return path
+    raise FileNotFoundError(
+        f"{results} holds no {scorer} evaluation: run run_all.py (or evaluate.py --backends {scorer}) first"
+    )
+
+
 def scorer_factory(run: Path, scorer: str, fingerprint: dict):
-    """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, its grouping and the
-    evaluation's summary (its settings and decision thresholds)."""
-    summary_path = run / "results" / scorer / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(
-            f"{summary_path} not found: the run has no {scorer} evaluation (run run_all.py)"
-        )
+    """The scorer the run's evaluation used, as a ``scoring.score_by_group`` factory, its grouping, the
+    evaluation's summary (its settings and decision thresholds) and where that summary is."""
+    summary_path = summary_path_of(run, scorer)
     summary = json.loads(summary_path.read_text())
-    if scorer == "ensemble":
-        return (*backend_factory("ensemble", summary["settings"]), summary)
-    return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type", summary
+    if scorer == "deepsvdd":
+        return svdd_factory(run / "svdd_models_per_type", fingerprint), "machine_type", summary, summary_path
+    return (*backend_factory(scorer, summary["settings"]), summary, summary_path)
 
 
 def section_threshold(summary: dict, machine_type: str, section: str, path: Path) -> float:
@@ -215,8 +231,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
             f"the run never saw {cfg.machine_type} section {cfg.section}; it knows "
             + ", ".join(f"{m} section {s}" for m, s in seen)
         )
-    factory, by, summary = scorer_factory(run, cfg.scorer, features.fingerprint)
-    summary_path = run / "results" / cfg.scorer / "summary.json"
+    factory, by, summary, summary_path = scorer_factory(run, cfg.scorer, features.fingerprint)
     threshold = section_threshold(summary, cfg.machine_type, cfg.section, summary_path)
     clips, times = embed_clips(cfg, features.fingerprint)
     wanted = [

@@ -143,6 +143,16 @@ def run_folder(pipeline):
     ensemble = evaluate.main(
         ["--embed_dir", str(run), "-k", "3", "--w", "0.7", "--results_dir", str(run / "results" / "ensemble")]
     )
+    # a registry back end beside it, where run_all writes the others (results/backends/<name>)
+    evaluate.main(
+        ["--embed_dir", str(run), "--backends", "knn", "-k", "2", "--plots", "false"]
+        + [
+            "--results_dir",
+            str(run / "results" / "ensemble"),
+            "--backends_dir",
+            str(run / "results" / "backends"),
+        ]
+    )
     return run, {"extract": out, "svdd_models": written, "deepsvdd": svdd, "ensemble": ensemble}
 
 
@@ -293,12 +303,12 @@ def test_scorers_do_not_import_the_model():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-@pytest.mark.parametrize("scorer", ["ensemble", "deepsvdd"])
+@pytest.mark.parametrize("scorer", ["ensemble", "deepsvdd", "knn"])
 def test_score_clips_gives_renamed_clips_the_evaluators_scores(run_folder, tmp_path, scorer, capsys):
     import score_clips
 
     run, _ = run_folder
-    results = run / "results" / scorer
+    results = run / "results" / ("backends/knn" if scorer == "knn" else scorer)
     expected = {
         row[0]: (float(row[1]), int(d[1]))
         for row, d in zip(
