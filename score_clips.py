@@ -10,7 +10,8 @@ calibrated as its CALIBRATION did), and judged by the decision threshold the eva
 section over all its training normals (summary.json; a new recording's domain is unknown). Writes OUTPUT (file,score,decision) and prints a one-line summary.
 
 Long recordings (longer than LONG_SECONDS; by default the encoder's reach, about 123 s) are scored
-as consecutive windows of WINDOW_SECONDS every HOP_SECONDS, each window like a clip of its samples,
+as consecutive windows of WINDOW_SECONDS (by default as long as the run's training clips) every
+HOP_SECONDS, each window like a clip of its samples,
 read from disk EMBED_BATCH_SIZE windows at a time (memory stays bounded for an hour or a day). Their
 windows go to WINDOW_OUTPUT (file,window,start_s,end_s,score,decision), a timeline plot of each to
 TIMELINE_DIR/<name>_timeline.png, and their row in OUTPUT holds the AGGREGATE (max: the worst
@@ -53,7 +54,14 @@ from asd.embed.embedding_files import (
     load_features,
     recorded_model_path,
 )
-from asd.embed.long_clips import aggregate, embed_windows, is_long, timeline_path, write_window_table
+from asd.embed.long_clips import (
+    aggregate,
+    embed_windows,
+    is_long,
+    timeline_path,
+    training_clip_seconds,
+    write_window_table,
+)
 from asd.report.plots import plot_timeline
 from asd.report.tables import csv_text
 from asd.score.calibration import recorded_calibration
@@ -83,8 +91,8 @@ RESIDUAL_WEIGHT = preprocessing.RESIDUAL_WEIGHT
 CHANNEL_COMBINE = preprocessing.CHANNEL_COMBINE
 # clips longer than this (s) are scored as windows; 0 = the encoder's reach (about 123 s)
 LONG_SECONDS = 0.0
-# window length of long recordings (s)
-WINDOW_SECONDS = 10.0
+# window length of long recordings (s); 0 = the length of the run's training clips of the machine type
+WINDOW_SECONDS = 0.0
 # a window starts every this many seconds (the last one ends at the recording's end)
 HOP_SECONDS = 5.0
 # a long recording's score from its windows' scores: max (worst window) | mean
@@ -102,7 +110,7 @@ _LIMITS = {
     "RESIDUAL_WEIGHT": (0.0, None),
     "CHANNEL_COMBINE": preprocessing.CHANNEL_COMBINES,
     "LONG_SECONDS": (0.0, None),
-    "WINDOW_SECONDS": (">0", None),
+    "WINDOW_SECONDS": (0.0, None),
     "HOP_SECONDS": (">0", None),
     "AGGREGATE": ("max", "mean"),
     "EMBED_BATCH_SIZE": (1, None),
@@ -156,9 +164,11 @@ def run_model(fingerprint: dict, run: Path, device):
     return tuned_model(model_path, device)
 
 
-def embed_clips(cfg, fingerprint: dict) -> tuple[Split, dict[str, list[tuple[float, float]]]]:
+def embed_clips(
+    cfg, fingerprint: dict, window_seconds: float
+) -> tuple[Split, dict[str, list[tuple[float, float]]]]:
     """A scoring.Split of the new clips, embedded exactly like the run's normals (long recordings as
-    windows ``<path>#<i>``), and each long recording's window times in seconds."""
+    windows ``<path>#<i>`` of ``window_seconds``), and each long recording's window times in seconds."""
     settings, device = fingerprint["settings"], resolve_device(cfg.device)
     model, _, trained = run_model(fingerprint, Path(cfg.run), device)
     record = ClipRecord("", cfg.machine_type, cfg.section, None, "test", None)
@@ -172,7 +182,7 @@ def embed_clips(cfg, fingerprint: dict) -> tuple[Split, dict[str, list[tuple[flo
         parts.append(Split(embeddings.numpy().astype(np.float32), stats.numpy(), columns, short))
     for path in (str(Path(p)) for p in cfg.clips if is_long(p, cfg.long_seconds)):
         info = sf.info(path)
-        spans = window_spans(info.frames, info.samplerate, cfg.window_seconds, cfg.hop_seconds)
+        spans = window_spans(info.frames, info.samplerate, window_seconds, cfg.hop_seconds)
         times[path] = [(a / info.samplerate, b / info.samplerate) for a, b in spans]
         parts.append(
             embed_windows(
@@ -233,7 +243,12 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
         )
     factory, by, summary, summary_path = scorer_factory(run, cfg.scorer, features.fingerprint)
     threshold = section_threshold(summary, cfg.machine_type, cfg.section, summary_path)
-    clips, times = embed_clips(cfg, features.fingerprint)
+    window_seconds = cfg.window_seconds
+    if not window_seconds and any(is_long(p, cfg.long_seconds) for p in cfg.clips):
+        window_seconds = training_clip_seconds(
+            [r.path for r in features.normal.records if r.machine_type == cfg.machine_type]
+        )
+    clips, times = embed_clips(cfg, features.fingerprint, window_seconds)
     wanted = [
         i
         for i, r in enumerate(features.normal.records)
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, int]]:
     if times:
         write_window_table(cfg.window_output, window_rows)
         print(
-            f"{len(times)} long recording(s) scored as {len(window_rows)} windows of {cfg.window_seconds:g} s "
+            f"{len(times)} long recording(s) scored as {len(window_rows)} windows of {window_seconds:g} s "
             f"every {cfg.hop_seconds:g} s (score = {cfg.aggregate} of the windows) -> {cfg.window_output}, "
             f"timelines in {cfg.timeline_dir}"
         )

@@ -160,6 +160,31 @@ def test_a_long_recording_is_scored_as_windows_within_bounded_memory(run, tmp_pa
     assert not (timelines / "first_timeline.png").exists()
 
 
+def test_windows_default_to_the_training_clips_length(run, tmp_path):
+    """Without WINDOW_SECONDS a long recording's windows are as long as the run's training clips (1.5 s
+    here), so each is heard as a training clip was; a run whose clips cannot be read asks for the length."""
+    data = Path(run.parent / "data")
+    source = sorted((data / "fan" / "test").glob("*normal*.wav"))[0]
+    long = _long_recording(tmp_path / "shift.wav", source, 0.2, np.random.default_rng(1))  # 12 s
+    table = tmp_path / "windows.csv"
+    score_clips.main(
+        ["--run", str(run), "--machine_type", "fan", "--output", str(tmp_path / "scores.csv")]
+        + ["--window_output", str(table), "--timeline_dir", str(tmp_path), "--long_seconds", "4"]
+        + ["--hop_seconds", "4", str(long)]
+    )
+    windows = list(csv.DictReader(open(table)))
+    assert [(float(w["start_s"]), float(w["end_s"])) for w in windows] == [
+        (0.0, 1.5),
+        (4.0, 5.5),
+        (8.0, 9.5),
+        (10.5, 12.0),
+    ]
+    with pytest.raises(
+        FileNotFoundError, match="cannot read the run's training clips .* give WINDOW_SECONDS"
+    ):
+        long_clips.training_clip_seconds([tmp_path / "moved.wav"])
+
+
 def _threshold(run: Path) -> float:
     """The decision threshold score_clips printed, recomputed from the run's training normals."""
     import json

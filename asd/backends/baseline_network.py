@@ -4,8 +4,9 @@ that uses them: asd/backends/baseline_ae.py; formulas: tests/fixtures/baseline_f
 Training runs a hand-written backward pass (``train_step``): the same operations autograd records for
 ``AENet`` (addmm, native batch norm, ReLU, MSE), called directly, with every parameter and gradient a view of
 one flat tensor so that one fused Adam call updates them all. Its gradients, losses, batch-norm statistics
-and weights are bit-identical to autograd with fused Adam (tests/test_baseline_ae.py); it is about 1.5 times
-as fast on CPU, where this network's per-operation overhead is a third of a step.
+and weights equal autograd's with fused Adam (tests/test_baseline_ae.py); with autograd and torch's default
+Adam an epoch took 1.75 times as long on 2 CPU cores (docs/benchmarks.md), where this small network's
+per-operation overhead is as large as its matrix products.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A plant engineer records continuously: an hour-long file cannot be one embedding (EAT reaches about
 123 s; beyond it a clip would be cut). ``window_spans`` cuts the recording into windows of
-WINDOW_SECONDS every HOP_SECONDS (the last one ends at the recording's end, so the tail is heard);
+WINDOW_SECONDS (by default the run's training clips' length, ``training_clip_seconds``) every
+HOP_SECONDS (the last one ends at the recording's end, so the tail is heard);
 ``embed_windows`` reads them from disk a batch at a time (soundfile seeks; the whole recording is
 never in memory, nor its whole fbank) and embeds each window exactly as a clip of those samples is
 embedded (same channel views, fbank, statistics and embedding settings). A window is then scored like
@@ -47,6 +48,24 @@ def duration(path: str | os.PathLike) -> float:
 def is_long(path: str | os.PathLike, long_seconds: float) -> bool:
     """Whether a clip is scored as windows: longer than ``long_seconds`` (0 = the encoder's reach)."""
     return duration(path) > (long_seconds or ENCODER_REACH_SECONDS)
+
+
+def training_clip_seconds(paths: Sequence[str | os.PathLike], most: int = 25) -> float:
+    """The median length of (up to ``most`` of) the run's training clips ``paths``: a long recording's
+    default window, so that each window is heard as the model's training clips were (10 s, 12 s, ...)."""
+    lengths = []
+    for path in list(paths)[:most]:
+        try:
+            lengths.append(duration(path))
+        except (RuntimeError, OSError):  # soundfile's error for a missing or unreadable file
+            continue
+    if not lengths:
+        where = f" (e.g. {paths[0]})" if paths else ""
+        raise FileNotFoundError(
+            f"cannot read the run's training clips{where} to learn their length: give WINDOW_SECONDS "
+            "(--window_seconds) for the long recordings"
+        )
+    return float(np.median(lengths))
 
 
 def _read_window(handle: sf.SoundFile, path: str, span: tuple[int, int]) -> np.ndarray:
