@@ -1,6 +1,6 @@
 """Helpers shared by several test modules (not a test module: no test module imports another).
 
-from helpers import TINY_DEMO_ARGS, project_modules, tiny_train_args
+from helpers import TINY_DEMO_ARGS, extract_args, project_modules, tiny_train_args
 """
 
 from __future__ import annotations
@@ -51,6 +51,14 @@ def tiny_train_args(tmp_path: Path, data_dir: Path | str, *extra: str) -> list[s
         str(tmp_path / "last.pth"),
         *extra,
     ]
+
+
+def extract_args(
+    data_dir: Path | str, model: Path | str, embed_dir: Path | str, cache: str = "none"
+) -> list[str]:
+    """extract_embeddings.py's options for embedding ``data_dir`` with ``model`` into ``embed_dir``."""
+    paths = ["--data_dir", str(data_dir), "--model_path", str(model), "--embed_dir", str(embed_dir)]
+    return [*paths, "--feature_cache", cache]
 
 
 def project_modules() -> list[str]:

@@ -23,6 +23,7 @@ from asd.data.clips import window_spans  # noqa: E402
 from asd.data.signal_stats import STAT_NAMES  # noqa: E402
 from asd.embed import long_clips  # noqa: E402
 from eat_checkpoint_support import write_eat_checkpoint  # noqa: E402
+from helpers import extract_args  # noqa: E402
 
 DEMO = ["--machine_types", "fan", "--clip_seconds", "1.5", "--source_train", "6", "--target_train", "2"]
 DEMO += ["--test_normal", "2", "--test_anomaly", "2", "--progress", "false"]
@@ -53,18 +54,7 @@ def run(tmp_path_factory) -> Path:
         + ["--output", str(model), "--last_checkpoint", str(root / "last.pth"), "--val_fraction", "0.25"]
     )
     run = root / "run"
-    extract_embeddings.main(
-        [
-            "--data_dir",
-            str(data),
-            "--model_path",
-            str(model),
-            "--embed_dir",
-            str(run),
-            "--feature_cache",
-            "none",
-        ]
-    )
+    extract_embeddings.main(extract_args(data, model, run))
     evaluate.main(
         ["--embed_dir", str(run), "--results_dir", str(run / "results" / "ensemble")]
         + ["--plots", "false", "--report", "false"]

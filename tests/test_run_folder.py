@@ -15,6 +15,7 @@ import train
 from asd.base import locks
 from asd.run import pipeline
 from asd.run.steps import split_step_overrides
+from helpers import extract_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,18 +191,7 @@ def test_a_moved_run_folder_scores_and_evaluates_on_its_own(tmp_path):
             + ["--num_workers", "0", "--feature_cache", cache, "--output", str(model)]
             + ["--last_checkpoint", str(run / "last_encoder_model.pth")]
         )
-        extract_embeddings.main(
-            [
-                "--data_dir",
-                str(data),
-                "--model_path",
-                str(model),
-                "--embed_dir",
-                str(run),
-                "--feature_cache",
-                cache,
-            ]
-        )
+        extract_embeddings.main(extract_args(data, model, run, cache))
         evaluate.main(["--embed_dir", str(run), "--results_dir", str(run / "results" / "ensemble")])
     assert read_feature_file(run / "normal_embeddings.pt")["fingerprint"]["model_path"] == model.name
     moved = tmp_path / "elsewhere" / "copy"
